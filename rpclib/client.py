@@ -1,0 +1,321 @@
+"""RPCClient: call, cast and fanout to a target, within a version cap.
+
+``version_cap`` is ``None`` (uncapped), a fixed ``"X.Y"``, or ``"auto"``: the
+lowest version the live servers of the target implement, followed as they are
+upgraded (see :mod:`rpclib.directory`). A request above the cap is refused
+locally with :class:`~rpclib.exceptions.VersionCapError` before anything is
+sent. With ``"auto"`` versioned objects are also backported to the versions
+the live servers know.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rpclib import envelope
+from rpclib.compat import Method
+from rpclib.context import checked_ctx
+from rpclib.directory import Cap
+from rpclib.envelope import Envelope, Kind
+from rpclib.exceptions import (
+    MessagingError,
+    ReplyTimeout,
+    VersionCapError,
+)
+from rpclib.failures import DEFAULT_ALLOWED_MODULES, from_failure
+from rpclib.serializer import Serializer
+from rpclib.target import Target
+from rpclib.transport import Transport
+from rpclib.transports.base import Address, Guarantee
+from rpclib.versioning import Version, parse_version
+
+LOG = logging.getLogger("rpclib.client")
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class CastFailure:
+    """A server's report that a cast could not be handled (rejected or raised)."""
+
+    message_id: str
+    method: str
+    error: BaseException
+
+
+CastErrorHandler = Callable[[CastFailure], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    timeout: float
+    version_cap: str | None
+    at_least_once: bool
+    allowed_modules: frozenset[str]
+    on_cast_error: CastErrorHandler | None = field(default=None)
+
+
+class RPCClient:
+    """Sends requests to ``target``; thread-safe, cheap to :meth:`prepare` copies of."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        target: Target,
+        *,
+        version_cap: str | None = None,
+        timeout: float = 60.0,
+        serializer: Serializer | None = None,
+        allowed_remote_exmods: Collection[str] = (),
+        at_least_once: bool = False,
+        on_cast_error: CastErrorHandler | None = None,
+    ) -> None:
+        if not target.topic:
+            raise ValueError(f"an RPC client needs a target with a topic, got {target!r}")
+        _check_timeout(timeout)
+        _check_cap(version_cap)
+        self.transport = transport
+        self.target = target
+        self.serializer = serializer or Serializer()
+        self._options = _Options(
+            timeout=float(timeout),
+            version_cap=version_cap,
+            at_least_once=at_least_once,
+            allowed_modules=frozenset(DEFAULT_ALLOWED_MODULES) | frozenset(allowed_remote_exmods),
+            on_cast_error=on_cast_error,
+        )
+
+    # --- configuration ------------------------------------------------------------
+
+    def prepare(
+        self,
+        *,
+        exchange: str | None = None,
+        topic: str | None = None,
+        server: str | None = None,
+        namespace: str | None = None,
+        version: str | None = None,
+        fanout: bool | None = None,
+        timeout: float | None = None,
+        version_cap: str | None = None,
+        at_least_once: bool | None = None,
+    ) -> RPCClient:
+        """A copy of this client with the given overrides."""
+        overrides: dict[str, str | bool | None] = {
+            k: v
+            for k, v in {
+                "exchange": exchange,
+                "topic": topic,
+                "server": server,
+                "namespace": namespace,
+                "version": version,
+                "fanout": fanout,
+            }.items()
+            if v is not None
+        }
+        if fanout and server is None and self.target.server is not None:
+            overrides["server"] = None
+        clone = object.__new__(RPCClient)
+        clone.transport = self.transport
+        clone.serializer = self.serializer
+        clone.target = self.target(**overrides) if overrides else self.target
+        options = self._options
+        if timeout is not None:
+            _check_timeout(timeout)
+            options = replace(options, timeout=float(timeout))
+        if version_cap is not None:
+            _check_cap(version_cap)
+            options = replace(options, version_cap=version_cap)
+        if at_least_once is not None:
+            options = replace(options, at_least_once=at_least_once)
+        clone._options = options
+        return clone
+
+    @property
+    def timeout(self) -> float:
+        return self._options.timeout
+
+    @property
+    def version_cap(self) -> str | None:
+        """The cap in force now (for "auto": what the live servers allow), or None."""
+        cap = self._cap(parse_version(self.target.version or "1.0").major)
+        return str(cap.version) if cap.version is not None else None
+
+    def can_send_version(self, version: str) -> bool:
+        """True if a request at ``version`` is within the cap. Never raises."""
+        try:
+            requested = parse_version(version)
+            cap = self._cap(requested.major)
+        except Exception:
+            return False
+        return not cap.known or (cap.version is not None and cap.version.can_honour(requested))
+
+    # --- sending --------------------------------------------------------------------
+
+    def call(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> Any:
+        """Send a request and return the result (or raise what the server raised)."""
+        if self.target.fanout:
+            raise ValueError("call() needs a single server; fanout targets only take cast()")
+        name, version, kwargs = self._negotiate(method, kwargs)
+        ctx = checked_ctx(ctx)
+        options = self._options
+        replies = self.transport.replies
+        message_id = envelope.new_message_id()
+        now = time.time()
+        deadline = now + options.timeout
+        header = {
+            envelope.METHOD: name,
+            envelope.VERSION: version,
+            envelope.CONTEXT: ctx,
+            envelope.DEADLINE: deadline,
+            envelope.TIMEOUT: options.timeout,
+            envelope.REPLY_TO: replies.address,
+        }
+        if self.target.namespace is not None:
+            header[envelope.NAMESPACE] = self.target.namespace
+        data = self._encode(Kind.CALL, message_id, header, kwargs)
+        address = self._address()
+        pending = replies.expect(message_id)
+        try:
+            self.transport.driver.send(
+                address, data, guarantee=Guarantee.AT_MOST_ONCE, expires_at=deadline
+            )
+            if not pending.wait(options.timeout):
+                raise ReplyTimeout(
+                    name, str(address), options.timeout, progress_seen=pending.progress_seen
+                )
+        finally:
+            replies.forget(message_id)
+        if pending.error is not None:
+            raise pending.error
+        env = pending.envelope
+        assert env is not None
+        return self._result(env, ctx)
+
+    def cast(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> None:
+        """Send a one-way request (to every server of the topic when fanout)."""
+        name, version, kwargs = self._negotiate(method, kwargs)
+        ctx = checked_ctx(ctx)
+        options = self._options
+        message_id = envelope.new_message_id()
+        header: dict[str, Any] = {
+            envelope.METHOD: name,
+            envelope.VERSION: version,
+            envelope.CONTEXT: ctx,
+        }
+        if self.target.namespace is not None:
+            header[envelope.NAMESPACE] = self.target.namespace
+        at_least_once = options.at_least_once and not self.target.fanout
+        if at_least_once:
+            header[envelope.AT_LEAST_ONCE] = True
+        if options.on_cast_error is not None:
+            header[envelope.REPLY_TO] = self.transport.replies.address
+            self.transport.replies.watch_cast(
+                message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
+            )
+        data = self._encode(Kind.CAST, message_id, header, kwargs)
+        guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
+        self.transport.driver.send(self._address(), data, guarantee=guarantee)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _address(self) -> Address:
+        t = self.target
+        assert t.topic is not None
+        return Address(
+            t.exchange or self.transport.default_exchange, t.topic, server=t.server, fanout=t.fanout
+        )
+
+    def _cap(self, major: int) -> Cap:
+        cap = self._options.version_cap
+        if cap is None:
+            return Cap(None, False, "no version cap")
+        if cap != AUTO:
+            return Cap(parse_version(cap), True, "fixed version cap")
+        t = self.target
+        assert t.topic is not None
+        view = self.transport.directory.view(t.exchange or self.transport.default_exchange, t.topic)
+        return view.cap(t.namespace, major, None if t.fanout else t.server)
+
+    def _negotiate(
+        self, method: str | Method, kwargs: dict[str, Any]
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Choose the version to send and check it against the cap (before sending)."""
+        if isinstance(method, Method):
+            cap = self._cap(method.newest.major)
+            chosen = method.version_for(cap.version if cap.known else None)
+            if cap.known and (cap.version is None or chosen < parse_version(method.since)):
+                raise VersionCapError(method.name, method.since, _text(cap.version), cap.reason)
+            return method.name, str(chosen), method.arguments_for(chosen, kwargs)
+        if not isinstance(method, str) or not method:
+            raise TypeError(f"method must be a name or an rpclib.Method, got {method!r}")
+        version = self.target.version or "1.0"
+        requested = parse_version(version)
+        cap = self._cap(requested.major)
+        if cap.known and (cap.version is None or not cap.version.can_honour(requested)):
+            raise VersionCapError(method, version, _text(cap.version), cap.reason)
+        return method, version, kwargs
+
+    def _encode(
+        self, kind: Kind, message_id: bytes, header: dict[str, Any], kwargs: dict[str, Any]
+    ) -> bytes:
+        manifest = None
+        if self._options.version_cap == AUTO:
+            t = self.target
+            assert t.topic is not None
+            view = self.transport.directory.view(
+                t.exchange or self.transport.default_exchange, t.topic
+            )
+            manifest = view.object_manifest(None if t.fanout else t.server)
+        return envelope.encode(
+            self.serializer,
+            kind,
+            message_id,
+            header,
+            kwargs,
+            manifest=manifest,
+            max_size=self.transport.max_message_size,
+        )
+
+    def _result(self, env: Envelope, ctx: Mapping[str, Any]) -> Any:
+        body = env.body(self.serializer, ctx)
+        if env.get(envelope.FAILED):
+            if not isinstance(body, dict):
+                raise MessagingError(f"server sent a failure of unexpected shape: {body!r:.200}")
+            raise from_failure(body, self._options.allowed_modules)
+        return body
+
+    def _cast_error_adapter(self, handler: CastErrorHandler) -> Callable[[Envelope], None]:
+        allowed = self._options.allowed_modules
+
+        def report(env: Envelope) -> None:
+            body = env.body(self.serializer)
+            error = (
+                from_failure(body, allowed)
+                if isinstance(body, dict)
+                else MessagingError(f"cast failed: {body!r:.200}")
+            )
+            handler(CastFailure(env.message_id.hex(), str(env.get(envelope.METHOD)), error))
+
+        return report
+
+    def __repr__(self) -> str:
+        return f"<RPCClient {self.target!r} cap={self._options.version_cap!r}>"
+
+
+def _text(version: Version | None) -> str | None:
+    return None if version is None else str(version)
+
+
+def _check_timeout(timeout: float) -> None:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def _check_cap(cap: str | None) -> None:
+    if cap is not None and cap != AUTO:
+        parse_version(cap)

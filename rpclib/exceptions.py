@@ -1,0 +1,227 @@
+"""Every error rpclib raises, in one hierarchy.
+
+Each failure mode has its own class so callers can tell *what happened*
+instead of reading one ambiguous timeout: nothing accepted the message,
+accepted but no reply in time, version rejected, no such method, the remote
+handler raised, the message itself was bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MessagingError(Exception):
+    """Base class of every rpclib error."""
+
+
+# --- configuration -------------------------------------------------------
+
+
+class InvalidTransportURL(MessagingError, ValueError):
+    """A transport URL could not be parsed or carries a bad option."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"invalid transport URL {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class UnknownTransport(MessagingError, ValueError):
+    """No driver is registered for a URL scheme."""
+
+    def __init__(self, scheme: str, known: Sequence[str]) -> None:
+        super().__init__(
+            f"no transport driver for scheme {scheme!r} "
+            f"(known: {', '.join(sorted(known)) or 'none'}; drivers register "
+            f"under the 'rpclib.transports' entry-point group)"
+        )
+        self.scheme = scheme
+        self.known = tuple(known)
+
+
+# --- delivery ------------------------------------------------------------
+
+
+class TransportError(MessagingError):
+    """The transport failed to move a message (connection, broker, I/O)."""
+
+
+class ConnectionLost(TransportError):
+    """The connection dropped while a call was waiting for its reply."""
+
+
+class Undeliverable(MessagingError):
+    """Nothing accepted the message: no server or queue exists for the target."""
+
+    def __init__(self, address: str, reason: str = "no consumer for this address") -> None:
+        super().__init__(f"message to {address} not accepted: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class MessagingTimeout(MessagingError, TimeoutError):
+    """Base class of deadline failures."""
+
+
+class ReplyTimeout(MessagingTimeout):
+    """The request was accepted by the transport but no reply came before the deadline."""
+
+    def __init__(self, method: str, address: str, timeout: float, *, progress_seen: bool) -> None:
+        detail = (
+            "the server sent progress heartbeats, then went silent"
+            if progress_seen
+            else "no server reported progress (none picked it up, or it died or is stuck)"
+        )
+        super().__init__(f"no reply to {method!r} from {address} within {timeout:g}s: {detail}")
+        self.method = method
+        self.address = address
+        self.timeout = timeout
+        self.progress_seen = progress_seen
+
+
+# --- versions and dispatch -------------------------------------------------
+
+
+class UnsupportedVersion(MessagingError):
+    """The server does not implement the requested interface version."""
+
+    def __init__(
+        self,
+        method: str,
+        requested: str,
+        implemented: Sequence[str],
+        namespace: str | None = None,
+    ) -> None:
+        ns = f" in namespace {namespace!r}" if namespace else ""
+        have = ", ".join(implemented) or "none"
+        super().__init__(
+            f"cannot honour {method!r}{ns} at version {requested}: the server implements {have}"
+        )
+        self.method = method
+        self.requested = requested
+        self.implemented = tuple(implemented)
+        self.namespace = namespace
+
+
+class VersionCapError(MessagingError):
+    """The client refused locally to send above its version cap."""
+
+    def __init__(self, method: str, requested: str, cap: str | None, why: str = "") -> None:
+        cap_text = cap if cap is not None else "none usable"
+        suffix = f" ({why})" if why else ""
+        super().__init__(
+            f"refusing to send {method!r} at version {requested}: "
+            f"above the version cap {cap_text}{suffix}"
+        )
+        self.method = method
+        self.requested = requested
+        self.cap = cap
+
+
+class NoSuchMethod(MessagingError, AttributeError):
+    """The server has no public method by that name in that namespace."""
+
+    def __init__(self, method: str, namespace: str | None = None) -> None:
+        ns = f" in namespace {namespace!r}" if namespace else ""
+        super().__init__(f"no such method {method!r}{ns}")
+        self.method = method
+        self.namespace = namespace
+
+
+class InvalidArguments(MessagingError, TypeError):
+    """The arguments do not fit the method's signature or annotated types."""
+
+    def __init__(self, method: str, problem: str) -> None:
+        super().__init__(f"bad arguments for {method!r}: {problem}")
+        self.method = method
+        self.problem = problem
+
+
+class RemoteError(MessagingError):
+    """The remote handler raised an exception the client may not re-create."""
+
+    def __init__(self, exc_type: str, value: str, traceback: str = "") -> None:
+        super().__init__(f"remote {exc_type}: {value}")
+        self.exc_type = exc_type
+        self.value = value
+        self.traceback = traceback
+
+
+# --- the message itself ----------------------------------------------------
+
+
+class MalformedMessage(MessagingError, ValueError):
+    """Bytes that are not a valid rpclib envelope (truncated, random, missing fields)."""
+
+
+class UnsupportedEnvelope(MalformedMessage):
+    """An envelope version this reader does not know."""
+
+    def __init__(self, version: object, supported: int) -> None:
+        super().__init__(
+            f"envelope version {version!r} is not supported (this reader knows {supported})"
+        )
+        self.version = version
+
+
+class MessageTooLarge(MessagingError, ValueError):
+    """An encoded message exceeds the configured size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class SerializationError(MessagingError, TypeError):
+    """A value cannot be encoded for the wire."""
+
+
+# --- versioned objects -----------------------------------------------------
+
+
+class ObjectError(MessagingError):
+    """Base class of versioned-object errors."""
+
+
+class FieldTypeError(ObjectError, TypeError):
+    """A value of the wrong type was assigned to (or decoded into) a field."""
+
+    def __init__(self, obj_name: str, field: str, expected: str, got: object) -> None:
+        super().__init__(
+            f"{obj_name}.{field} expects {expected}, got {type(got).__name__} {got!r:.80}"
+        )
+        self.obj_name = obj_name
+        self.field = field
+        self.expected = expected
+
+
+class FieldNotSet(ObjectError, AttributeError):
+    """A field without a default was read before it was set."""
+
+    def __init__(self, obj_name: str, field: str) -> None:
+        super().__init__(f"{obj_name}.{field} is not set")
+        self.obj_name = obj_name
+        self.field = field
+
+
+class UnknownObject(ObjectError, ValueError):
+    """The wire names an object class this process has not registered."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown versioned object class {name!r}")
+        self.name = name
+
+
+class IncompatibleObjectVersion(ObjectError, ValueError):
+    """An object version this process cannot represent (and no backport was possible)."""
+
+    def __init__(self, name: str, version: str, supported: str, why: str = "") -> None:
+        suffix = f": {why}" if why else ""
+        super().__init__(
+            f"{name} version {version} is not compatible with the local {name} {supported}{suffix}"
+        )
+        self.name = name
+        self.version = version
+        self.supported = supported

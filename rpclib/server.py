@@ -1,0 +1,564 @@
+"""RPCServer: listens on a target and dispatches requests to endpoints.
+
+On the driver's thread a request's header is checked at once: a malformed
+envelope, a passed deadline, an unknown method or a version the server cannot
+honour is answered (calls) or dead-lettered with the reason (casts) without
+touching the handler pool. Accepted requests run on a bounded thread pool.
+
+Settlement follows the request's guarantee. At-most-once requests are
+acknowledged just before their handler starts, so a crash can never run them
+twice. At-least-once casts are acknowledged after their handler returns; a
+failing handler's message is requeued, and dead-lettered with the error after
+``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from rpclib import envelope
+from rpclib.directory import encode_advert
+from rpclib.dispatcher import Dispatcher, MethodEntry
+from rpclib.envelope import Envelope, Kind
+from rpclib.exceptions import (
+    MalformedMessage,
+    MessageTooLarge,
+    MessagingError,
+    NoSuchMethod,
+    TransportError,
+    Undeliverable,
+    UnsupportedVersion,
+)
+from rpclib.failures import to_failure
+from rpclib.serializer import Serializer
+from rpclib.target import Target
+from rpclib.transport import Transport
+from rpclib.transports.base import Address, Incoming, Subscription
+
+LOG = logging.getLogger("rpclib.server")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a handler may want to know about the request it is serving."""
+
+    message_id: str
+    method: str
+    namespace: str | None
+    version: str
+    attempts: int
+    at_least_once: bool
+    deadline: float | None
+
+
+_current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
+    "rpclib_request", default=None
+)
+
+
+def current_request() -> RequestInfo | None:
+    """The request the calling handler is serving (None outside a handler).
+
+    ``message_id`` is stable across redeliveries: at-least-once receivers use
+    it to drop duplicates.
+    """
+    return _current.get()
+
+
+@dataclass
+class ServerStats:
+    """Counters an operator can read (``server.stats``)."""
+
+    handled: int = 0
+    failed: int = 0
+    rejected: int = 0
+    malformed: int = 0
+    expired: int = 0
+    requeued: int = 0
+    dead_lettered: int = 0
+
+
+class _Heartbeats:
+    """Sends progress envelopes for long-running calls from one thread."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._heap: list[tuple[float, int, bytes, str, float]] = []
+        self._active: set[bytes] = set()
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, message_id: bytes, reply_to: str, period: float, first: float) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rpclib-heartbeats", daemon=True
+                )
+                self._thread.start()
+            self._active.add(message_id)
+            due = time.monotonic() + first
+            heapq.heappush(self._heap, (due, next(self._seq), message_id, reply_to, period))
+            self._cond.notify()
+
+    def remove(self, message_id: bytes) -> None:
+        with self._cond:
+            self._active.discard(message_id)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    if self._heap:
+                        wait = self._heap[0][0] - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                if self._stopped:
+                    return
+                _, _, message_id, reply_to, period = heapq.heappop(self._heap)
+                if message_id not in self._active:
+                    continue
+                heapq.heappush(
+                    self._heap,
+                    (time.monotonic() + period, next(self._seq), message_id, reply_to, period),
+                )
+            self._send(message_id, reply_to)
+
+
+class RPCServer:
+    """Serves ``endpoints`` on ``target`` (topic and server name required).
+
+    Listens on the topic (competing with other servers), on its own server
+    address and on the topic's fanout, and advertises its interfaces so that
+    clients with ``version_cap="auto"`` can follow it.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        target: Target,
+        endpoints: Iterable[object],
+        *,
+        executor_threads: int = 8,
+        max_attempts: int = 5,
+        serializer: Serializer | None = None,
+        advert_interval: float = 10.0,
+        prefetch: int | None = None,
+    ) -> None:
+        if not target.topic or not target.server:
+            raise ValueError(f"an RPC server needs a topic and a server name, got {target!r}")
+        if executor_threads < 1 or max_attempts < 1 or advert_interval <= 0:
+            raise ValueError("executor_threads, max_attempts and advert_interval must be positive")
+        self.transport = transport
+        self.target = target
+        self.dispatcher = Dispatcher(endpoints)
+        self.serializer = serializer or Serializer()
+        self.max_attempts = max_attempts
+        self.advert_interval = advert_interval
+        self.stats = ServerStats()
+        self._exchange = target.exchange or transport.default_exchange
+        self._prefetch = prefetch or executor_threads * 2
+        self._threads = executor_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._subscriptions: list[Subscription] = []
+        self._heartbeats = _Heartbeats(self._send_progress)
+        self._advert_stop = threading.Event()
+        self._advert_thread: threading.Thread | None = None
+        self._inflight = 0
+        self._idle = threading.Condition()
+        self._state = "new"
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> Address:
+        """This server's own address."""
+        assert self.target.topic is not None
+        return Address(self._exchange, self.target.topic, server=self.target.server)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start consuming and advertising. Idempotent."""
+        with self._lock:
+            if self._state == "running":
+                return
+            if self._state != "new":
+                raise RuntimeError("a stopped RPCServer cannot be restarted; create a new one")
+            self._state = "running"
+        assert self.target.topic is not None
+        driver = self.transport.driver
+        self._executor = ThreadPoolExecutor(
+            self._threads, thread_name_prefix=f"rpclib-{self.target.topic}"
+        )
+        topic = Address(self._exchange, self.target.topic)
+        fanout = Address(self._exchange, self.target.topic, fanout=True)
+        for address in (self.address, topic, fanout):
+            self._subscriptions.append(
+                driver.listen(address, self._on_message, prefetch=self._prefetch)
+            )
+        self._advertise()
+        self._advert_thread = threading.Thread(
+            target=self._advert_loop, name="rpclib-advert", daemon=True
+        )
+        self._advert_thread.start()
+        LOG.info(
+            "server %s listening on %s/%s, interfaces %s",
+            self.target.server,
+            self._exchange,
+            self.target.topic,
+            self.dispatcher.interfaces(),
+        )
+
+    def stop(self) -> None:
+        """Stop taking new requests and withdraw the advert; in-flight work goes on."""
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "stopping"
+        for sub in self._subscriptions:
+            sub.cancel()
+        self._advert_stop.set()
+        try:
+            self.transport.driver.withdraw(self.address)
+        except TransportError as exc:
+            LOG.warning("could not withdraw advert of %s: %s", self.target.server, exc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for in-flight requests to finish, then release resources.
+
+        Returns False if ``timeout`` passed first (resources are then released
+        anyway and unsettled at-least-once messages are redelivered elsewhere).
+        """
+        with self._lock:
+            if self._state == "stopped":
+                return True
+            if self._state == "running":
+                raise RuntimeError("call stop() before wait()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished = True
+        with self._idle:
+            while self._inflight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    finished = False
+                    break
+                self._idle.wait(remaining)
+        for sub in self._subscriptions:
+            sub.close()
+        self._subscriptions.clear()
+        self._heartbeats.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=finished)
+        with self._lock:
+            self._state = "stopped"
+        return finished
+
+    def __enter__(self) -> RPCServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self.wait()
+
+    # --- adverts ---------------------------------------------------------------
+
+    def _advertise(self) -> None:
+        assert self.target.server is not None
+        body = encode_advert(
+            self.target.server,
+            self.dispatcher.interfaces(),
+            self.serializer.registry.manifest(),
+            ttl=self.advert_interval * 3,
+        )
+        try:
+            self.transport.driver.advertise(self.address, body, self.advert_interval * 3)
+        except TransportError as exc:
+            LOG.warning("advert of %s not published: %s", self.target.server, exc)
+
+    def _advert_loop(self) -> None:
+        while not self._advert_stop.wait(self.advert_interval):
+            if self.transport.closed:
+                LOG.warning("server %s: transport closed, no more adverts", self.target.server)
+                return
+            self._advertise()
+
+    # --- receiving -------------------------------------------------------------
+
+    def _on_message(self, incoming: Incoming) -> None:
+        """Driver thread: check the header, reject at once or hand to the pool."""
+        try:
+            env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
+        except (MalformedMessage, MessageTooLarge) as exc:
+            self.stats.malformed += 1
+            LOG.error("dead-lettering a malformed message on %s: %s", self.target.topic, exc)
+            incoming.dead_letter(f"malformed message: {exc}")
+            return
+        if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
+            self.stats.malformed += 1
+            LOG.error("dead-lettering a %s envelope sent to an RPC server", env.kind.name)
+            incoming.dead_letter(f"unexpected {env.kind.name} envelope at an RPC server")
+            return
+        method = env.header[envelope.METHOD]
+        deadline = env.get(envelope.DEADLINE)
+        if deadline is not None and (type(deadline) not in (int, float) or deadline != deadline):
+            self.stats.malformed += 1
+            self._reject(env, incoming, MalformedMessage(f"bad deadline {deadline!r:.40}"))
+            return
+        if deadline is not None and time.time() > deadline:
+            self._expired(env, incoming, deadline)
+            return
+        try:
+            entry = self.dispatcher.lookup(
+                env.get(envelope.NAMESPACE), env.header[envelope.VERSION], method
+            )
+        except (UnsupportedVersion, NoSuchMethod) as exc:
+            self.stats.rejected += 1
+            self._reject(env, incoming, exc)
+            return
+        except (TypeError, AttributeError) as exc:
+            self.stats.malformed += 1
+            bad = MalformedMessage(f"bad method/version/namespace fields: {exc}")
+            self._reject(env, incoming, bad)
+            return
+        with self._idle:
+            self._inflight += 1
+        assert self._executor is not None
+        try:
+            self._executor.submit(self._handle, env, entry, incoming)
+        except RuntimeError:  # executor shut down while stopping
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+            incoming.requeue()
+
+    def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
+        self.stats.expired += 1
+        late = time.time() - deadline
+        method = env.header[envelope.METHOD]
+        if env.kind is Kind.CAST and env.get(envelope.AT_LEAST_ONCE):
+            reason = f"deadline passed {late:.3f}s before {method!r} could start"
+            LOG.warning("dead-lettering expired cast %s: %s", env.message_id.hex(), reason)
+            incoming.dead_letter(reason)
+            self.stats.dead_lettered += 1
+        else:
+            LOG.warning(
+                "dropping %s %s for %r: its deadline passed %.3fs ago (the caller gave up)",
+                env.kind.name.lower(),
+                env.message_id.hex(),
+                method,
+                late,
+            )
+            incoming.ack()
+
+    def _reject(self, env: Envelope, incoming: Incoming, exc: MessagingError) -> None:
+        """Answer a call, or dead-letter (and report) a cast, with ``exc``."""
+        if env.kind is Kind.CALL:
+            LOG.warning("rejected call %s: %s", env.message_id.hex(), exc)
+            incoming.ack()
+            self._reply(env, to_failure(exc, with_traceback=False), failed=True)
+            return
+        LOG.error("rejected cast %s, dead-lettering it: %s", env.message_id.hex(), exc)
+        incoming.dead_letter(f"{type(exc).__name__}: {exc}")
+        self.stats.dead_lettered += 1
+        self._report_cast_failure(env, exc)
+
+    # --- handling ----------------------------------------------------------------
+
+    def _handle(self, env: Envelope, entry: MethodEntry, incoming: Incoming) -> None:
+        """Pool thread: decode the body, run the handler, reply and settle."""
+        try:
+            self._handle_inner(env, entry, incoming)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.notify_all()
+
+    def _handle_inner(self, env: Envelope, entry: MethodEntry, incoming: Incoming) -> None:
+        ctx = env.header[envelope.CONTEXT]
+        at_least_once = env.kind is Kind.CAST and bool(env.get(envelope.AT_LEAST_ONCE))
+        try:
+            if type(ctx) is not dict:
+                raise MalformedMessage(f"ctx must be a map, got {type(ctx).__name__}")
+            kwargs = env.body(self.serializer, ctx)
+            if kwargs is None:
+                kwargs = {}
+            if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+                raise MalformedMessage("request arguments must be a map of names to values")
+            entry.check(kwargs)
+        except MessagingError as exc:
+            self.stats.malformed += 1
+            self._reject(env, incoming, exc)
+            return
+        deadline = env.get(envelope.DEADLINE)
+        if deadline is not None and time.time() > deadline:
+            self._expired(env, incoming, deadline)  # it waited in the pool past its deadline
+            return
+        if not at_least_once:
+            incoming.ack()
+        info = RequestInfo(
+            message_id=env.message_id.hex(),
+            method=entry.name,
+            namespace=entry.namespace,
+            version=str(env.header[envelope.VERSION]),
+            attempts=incoming.attempts,
+            at_least_once=at_least_once,
+            deadline=env.get(envelope.DEADLINE),
+        )
+        token = _current.set(info)
+        beating = self._start_heartbeats(env)
+        try:
+            result = entry.func(ctx, **kwargs)
+        except Exception as exc:
+            self.stats.failed += 1
+            self._failed(env, incoming, entry, exc, at_least_once)
+            return
+        finally:
+            _current.reset(token)
+            if beating:
+                self._heartbeats.remove(env.message_id)
+        self.stats.handled += 1
+        if env.kind is Kind.CALL:
+            self._reply(env, result, failed=False)
+        elif at_least_once:
+            incoming.ack()
+
+    def _failed(
+        self,
+        env: Envelope,
+        incoming: Incoming,
+        entry: MethodEntry,
+        exc: Exception,
+        at_least_once: bool,
+    ) -> None:
+        if env.kind is Kind.CALL:
+            LOG.info(
+                "call %s of %r raised %s: %s",
+                env.message_id.hex(),
+                entry.name,
+                type(exc).__name__,
+                exc,
+            )
+            self._reply(env, to_failure(exc), failed=True)
+            return
+        if at_least_once and incoming.attempts < self.max_attempts:
+            LOG.warning(
+                "cast %r raised %s (attempt %d of %d), requeueing: %s",
+                entry.name,
+                type(exc).__name__,
+                incoming.attempts,
+                self.max_attempts,
+                exc,
+            )
+            self.stats.requeued += 1
+            incoming.requeue()
+            return
+        if at_least_once:
+            reason = f"{type(exc).__name__}: {exc} (after {incoming.attempts} attempts)"
+            LOG.error("dead-lettering cast %r: %s", entry.name, reason, exc_info=exc)
+            self.stats.dead_lettered += 1
+            incoming.dead_letter(reason)
+        else:
+            LOG.error("cast %r raised %s: %s", entry.name, type(exc).__name__, exc, exc_info=exc)
+        self._report_cast_failure(env, exc)
+
+    def _start_heartbeats(self, env: Envelope) -> bool:
+        timeout = env.get(envelope.TIMEOUT)
+        if (
+            env.kind is not Kind.CALL
+            or type(timeout) not in (int, float)
+            or not 0 < timeout < math.inf
+        ):
+            return False
+        period = max(timeout / 3.0, 0.01)
+        deadline = env.get(envelope.DEADLINE, 0.0)
+        remaining = deadline - time.time() if isinstance(deadline, int | float) else timeout
+        first = max(min(period, remaining / 2.0), 0.005)
+        self._heartbeats.add(env.message_id, env.header[envelope.REPLY_TO], period, first)
+        return True
+
+    # --- sending back ----------------------------------------------------------------
+
+    def _reply(self, env: Envelope, result: Any, *, failed: bool) -> None:
+        reply_to = env.get(envelope.REPLY_TO)
+        if not isinstance(reply_to, str):
+            LOG.error("call %s has no usable reply address", env.message_id.hex())
+            return
+        header = {envelope.FAILED: True} if failed else {}
+        try:
+            data = envelope.encode(
+                self.serializer,
+                Kind.REPLY,
+                env.message_id,
+                header,
+                result,
+                max_size=self.transport.max_message_size,
+            )
+        except MessagingError as exc:
+            LOG.error("reply to %s cannot be encoded: %s", env.message_id.hex(), exc)
+            data = envelope.encode(
+                self.serializer,
+                Kind.REPLY,
+                env.message_id,
+                {envelope.FAILED: True},
+                to_failure(exc, with_traceback=False),
+            )
+        self._send_inbox(reply_to, data, env)
+
+    def _send_progress(self, message_id: bytes, reply_to: str) -> None:
+        data = envelope.encode(self.serializer, Kind.PROGRESS, message_id, {})
+        try:
+            self.transport.driver.send_to_inbox(reply_to, data)
+        except (Undeliverable, TransportError) as exc:
+            LOG.debug("progress heartbeat for %s not delivered: %s", message_id.hex(), exc)
+
+    def _report_cast_failure(self, env: Envelope, exc: BaseException) -> None:
+        reply_to = env.get(envelope.REPLY_TO)
+        if not isinstance(reply_to, str):
+            return
+        data = envelope.encode(
+            self.serializer,
+            Kind.CAST_FAILURE,
+            env.message_id,
+            {envelope.METHOD: env.header.get(envelope.METHOD, "?")},
+            to_failure(exc, with_traceback=not isinstance(exc, MessagingError)),
+        )
+        self._send_inbox(reply_to, data, env)
+
+    def _send_inbox(self, reply_to: str, data: bytes, env: Envelope) -> None:
+        try:
+            self.transport.driver.send_to_inbox(reply_to, data)
+        except (Undeliverable, TransportError) as exc:
+            LOG.warning(
+                "could not send back to %s for %s %r: %s",
+                reply_to,
+                env.kind.name.lower(),
+                env.header.get(envelope.METHOD),
+                exc,
+            )

@@ -1,0 +1,112 @@
+"""The Transport: one driver plus what clients and servers share over it."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from rpclib.directory import Directory
+from rpclib.envelope import DEFAULT_MAX_SIZE
+from rpclib.replies import ReplyRouter
+from rpclib.transports import load_driver
+from rpclib.transports.base import Driver
+from rpclib.transports.url import TransportURL
+
+
+class Transport:
+    """A connected driver with the shared reply inbox and server directory.
+
+    Clients and servers on one transport share its connections; it is
+    thread-safe. Close it when done (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        default_exchange: str = "rpclib",
+        max_message_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        if not default_exchange:
+            raise ValueError("default_exchange must be a non-empty string")
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        self.driver = driver
+        self.default_exchange = default_exchange
+        self.max_message_size = max_message_size
+        self._replies: ReplyRouter | None = None
+        self._directory: Directory | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def url(self) -> TransportURL:
+        return self.driver.url
+
+    @property
+    def replies(self) -> ReplyRouter:
+        """The reply inbox shared by every client of this transport."""
+        if self._replies is None:
+            with self._lock:
+                if self._replies is None:
+                    self._replies = ReplyRouter(self.driver, max_size=self.max_message_size)
+        return self._replies
+
+    @property
+    def directory(self) -> Directory:
+        """Live servers' adverts, for ``version_cap="auto"``."""
+        if self._directory is None:
+            with self._lock:
+                if self._directory is None:
+                    self._directory = Directory(self.driver)
+        return self._directory
+
+    def close(self) -> None:
+        """Close the reply inbox, advert watches and the driver."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            replies, directory = self._replies, self._directory
+        if replies is not None:
+            replies.close()
+        if directory is not None:
+            directory.close()
+        self.driver.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.url}>"
+
+
+def get_transport(
+    url: str,
+    *,
+    default_exchange: str = "rpclib",
+    max_message_size: int = DEFAULT_MAX_SIZE,
+) -> Transport:
+    """Connect to the transport named by ``url``; its scheme picks the driver.
+
+    ``memory://`` (in-process), ``rabbit://``, ``amqp1://``, ``etcd://`` or any
+    scheme a third-party driver registers. A bad URL or unknown scheme raises
+    an error naming it.
+    """
+    return Transport(
+        load_driver(url),
+        default_exchange=default_exchange,
+        max_message_size=max_message_size,
+    )

@@ -1,0 +1,236 @@
+"""The driver contract: what a transport must do, and nothing more.
+
+A driver moves opaque bytes between :class:`Address` es and reports whether
+anything accepted them. It never sees methods, versions or objects: all of
+that lives above it, once, in rpclib's client and server.
+
+Writing a driver
+================
+
+Subclass :class:`Driver`, implement the abstract methods, and register the
+class under the ``rpclib.transports`` entry-point group with the URL scheme as
+the name::
+
+    [options.entry_points]
+    rpclib.transports =
+        mybus = mypackage.mybus:MyBusDriver
+
+``rpclib.get_transport("mybus://host/...")`` then constructs
+``MyBusDriver(url)`` with the parsed :class:`~rpclib.transports.url.TransportURL`.
+
+Semantics every driver provides
+-------------------------------
+
+*Addresses.* ``Address(exchange, topic)`` is a *topic*: each consumer **group**
+listening on it gets every message once, and consumers inside one group
+compete (one of them gets it). RPC servers listen with ``group=None``;
+notification pools are groups. ``Address(exchange, topic, server=s)`` reaches
+the one server listening under that name. ``Address(exchange, topic,
+fanout=True)`` reaches every listener of the topic's fanout, once each.
+
+*Guarantees* (per message, chosen by the sender):
+
+- ``AT_MOST_ONCE``: delivered to a consumer that is listening now, or
+  :class:`~rpclib.exceptions.Undeliverable` is raised from :meth:`Driver.send`
+  at once. May be lost if the consumer crashes.
+- ``AT_LEAST_ONCE``: stored until a consumer acknowledges it. It survives the
+  consumer crashing (it is redelivered with ``attempts`` incremented) and the
+  consumer being away (queued until it returns). If no queue was ever
+  declared for the address (no listener has ever subscribed and nobody called
+  :meth:`Driver.declare`), :meth:`Driver.send` raises ``Undeliverable``.
+
+*Acknowledgement.* Every :class:`Incoming` must be settled exactly once with
+``ack()``, ``requeue()`` or ``dead_letter(reason)``. At most ``prefetch``
+unsettled messages are outstanding per subscription. ``Subscription.cancel()``
+stops new deliveries while delivered messages stay settleable (a server
+finishing its in-flight work on shutdown); ``Subscription.close()`` cancels and
+requeues whatever is still unsettled, as does a dead connection.
+
+*Deadlines.* ``send(..., expires_at=t)`` lets the driver discard a message not
+yet delivered by wall-clock time ``t`` (a broker TTL); rpclib also checks the
+deadline itself, so this is an optimisation, not a requirement.
+
+*Inboxes* are private reply addresses: :meth:`Driver.open_inbox` returns an
+address string that any process can pass to :meth:`Driver.send_to_inbox`.
+Delivery to an inbox is at-most-once and never acknowledged.
+
+*Advertisements* are small presence records (rpclib puts each server's
+interface versions in them). :meth:`Driver.advertise` publishes or refreshes
+one; :meth:`Driver.watch_adverts` reports the current records *before it
+returns* (so a client's first call already knows the live servers) and then
+every change. Expiry by TTL is enforced above the driver too, so a driver
+that cannot expire records itself only needs to deliver refreshes.
+
+*Threads.* Handlers are called from driver threads. A handler must not block
+for long: rpclib hands work to its own executor and settles the message later,
+from another thread, so ``Incoming`` methods must be thread-safe.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rpclib.transports.url import TransportURL
+
+
+class Guarantee(enum.Enum):
+    """Delivery guarantee of one message."""
+
+    AT_MOST_ONCE = "at-most-once"
+    AT_LEAST_ONCE = "at-least-once"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a message goes: a topic, one server of it, or its fanout."""
+
+    exchange: str
+    topic: str
+    server: str | None = None
+    fanout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fanout and self.server is not None:
+            raise ValueError("an address is either fanout or server-directed, not both")
+
+    def __str__(self) -> str:
+        if self.fanout:
+            return f"{self.exchange}/{self.topic} (fanout)"
+        if self.server is not None:
+            return f"{self.exchange}/{self.topic}.{self.server}"
+        return f"{self.exchange}/{self.topic}"
+
+
+class Incoming(Protocol):
+    """A received message; settle it exactly once."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def attempts(self) -> int:
+        """1 on first delivery, incremented on every redelivery."""
+        ...
+
+    def ack(self) -> None:
+        """Done with it: remove it from the queue."""
+
+    def requeue(self) -> None:
+        """Give it back for redelivery (to this or another consumer)."""
+
+    def dead_letter(self, reason: str) -> None:
+        """Move it to the dead-letter place with ``reason``; it will not be redelivered."""
+
+
+MessageHandler = Callable[[Incoming], None]
+InboxHandler = Callable[[bytes], None]
+AdvertHandler = Callable[[str, "bytes | None"], None]
+"""Called with (server, body) for a new or refreshed advert, (server, None) when withdrawn."""
+
+
+class Subscription(Protocol):
+    """A running consumer."""
+
+    def cancel(self) -> None:
+        """Stop new deliveries; already delivered messages can still be settled."""
+
+    def close(self) -> None:
+        """Cancel, and requeue every message still unsettled."""
+
+
+class Inbox(Protocol):
+    """A private reply address."""
+
+    @property
+    def address(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message moved aside, with why."""
+
+    address: str
+    body: bytes
+    reason: str
+    attempts: int
+
+
+class Driver(abc.ABC):
+    """Base class of transport drivers; see the module docstring for the contract."""
+
+    def __init__(self, url: TransportURL) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    def send(
+        self,
+        address: Address,
+        body: bytes,
+        *,
+        guarantee: Guarantee,
+        expires_at: float | None = None,
+    ) -> None:
+        """Hand ``body`` to the transport for ``address``.
+
+        Returns once the transport has accepted it (for AT_LEAST_ONCE: stored).
+        Raises Undeliverable when nothing can take it, TransportError when the
+        transport failed.
+        """
+
+    @abc.abstractmethod
+    def listen(
+        self,
+        address: Address,
+        handler: MessageHandler,
+        *,
+        group: str | None = None,
+        prefetch: int = 64,
+    ) -> Subscription:
+        """Consume messages for ``address`` (in consumer ``group`` for topics)."""
+
+    @abc.abstractmethod
+    def declare(self, address: Address, group: str | None = None) -> None:
+        """Create the durable queue for ``address``/``group`` without consuming.
+
+        Lets a sender make sure AT_LEAST_ONCE messages are kept for a consumer
+        group that has not started yet (e.g. a billing pool).
+        """
+
+    @abc.abstractmethod
+    def open_inbox(self, handler: InboxHandler) -> Inbox:
+        """Open a private reply address; ``handler`` gets every body sent to it."""
+
+    @abc.abstractmethod
+    def send_to_inbox(self, inbox_address: str, body: bytes) -> None:
+        """Send to an inbox; Undeliverable if it no longer exists (when detectable)."""
+
+    @abc.abstractmethod
+    def advertise(self, address: Address, body: bytes, ttl: float) -> None:
+        """Publish or refresh the advert of ``address.server`` on ``address.topic``."""
+
+    @abc.abstractmethod
+    def withdraw(self, address: Address) -> None:
+        """Remove the advert of ``address.server``; watchers see (server, None)."""
+
+    @abc.abstractmethod
+    def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
+        """Report the current adverts of ``topic`` before returning, then every change."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Read (without removing) up to ``limit`` dead letters, oldest first.
+
+        Optional: for operators and tests. Drivers whose broker offers its own
+        tooling may leave it unimplemented.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose dead letters")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and threads; settle nothing further."""

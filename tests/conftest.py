@@ -1,0 +1,38 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import rpclib
+
+
+@pytest.fixture
+def bus_url() -> str:
+    """A memory:// URL naming a bus no other test uses."""
+    return f"memory://t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def transport(bus_url: str) -> Iterator[rpclib.Transport]:
+    t = rpclib.get_transport(bus_url)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def make_transport(bus_url: str) -> Iterator[object]:
+    """Open more transports on the same bus (models separate processes)."""
+    opened: list[rpclib.Transport] = []
+
+    def make() -> rpclib.Transport:
+        t = rpclib.get_transport(bus_url)
+        opened.append(t)
+        return t
+
+    yield make
+    for t in opened:
+        t.close()
