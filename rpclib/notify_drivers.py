@@ -25,6 +25,7 @@ Notifier as an instance.
 from __future__ import annotations
 
 import abc
+import atexit
 import collections
 import datetime
 import fnmatch
@@ -33,6 +34,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,18 @@ from rpclib.transport import Transport
 from rpclib.transports.base import Address, Guarantee
 
 LOG = logging.getLogger("rpclib.notifier")
+
+EXIT_FLUSH_TIMEOUT = 5.0
+"""Seconds an exiting process spends sending what its notifiers still buffer."""
+
+_LIVE_SENDERS: weakref.WeakSet[MessagingDriver] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Send buffered notifications before the interpreter exits (the sender is a daemon)."""
+    for driver in list(_LIVE_SENDERS):
+        driver.close(EXIT_FLUSH_TIMEOUT)
 
 PRIORITIES: tuple[str, ...] = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 """Every notification priority, as it travels on the wire and names topics."""
@@ -272,6 +286,7 @@ class MessagingDriver(NotificationDriver):
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        _LIVE_SENDERS.add(self)
         self._abort = False
         self._declared: set[Address] = set()
 

@@ -48,5 +48,7 @@ make_venv() {
         fi
         "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel
     fi
-    "$venv/bin/pip" install -q --disable-pip-version-check -e ".[$extras]"
+    local spec="."
+    [ -z "$extras" ] || spec=".[$extras]"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec"
 }

@@ -8,12 +8,15 @@ from collections.abc import Iterator
 import pytest
 
 import rpclib
+from rpclib.transports.memory import reset_bus
 
 
 @pytest.fixture
-def bus_url() -> str:
-    """A memory:// URL naming a bus no other test uses."""
-    return f"memory://t{uuid.uuid4().hex[:12]}"
+def bus_url() -> Iterator[str]:
+    """A memory:// URL naming a bus no other test uses (dropped afterwards)."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    yield f"memory://{name}"
+    reset_bus(name)
 
 
 @pytest.fixture
