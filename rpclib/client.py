@@ -24,6 +24,7 @@ from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
     MessagingError,
     ReplyTimeout,
+    TransportError,
     VersionCapError,
 )
 from rpclib.failures import DEFAULT_ALLOWED_MODULES, from_failure
@@ -36,6 +37,15 @@ from rpclib.versioning import Version, parse_version
 LOG = logging.getLogger("rpclib.client")
 
 AUTO = "auto"
+RETRY_BACKOFF = 0.1
+RETRY_BACKOFF_MAX = 5.0
+
+
+class _Unset:
+    """Marks a prepare() argument that was not given (None is a valid retry value)."""
+
+
+_UNSET = _Unset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +67,16 @@ class _Options:
     at_least_once: bool
     allowed_modules: frozenset[str]
     on_cast_error: CastErrorHandler | None = field(default=None)
+    retry: int | None = 0
 
 
 class RPCClient:
-    """Sends requests to ``target``; thread-safe, cheap to :meth:`prepare` copies of."""
+    """Sends requests to ``target``; thread-safe, cheap to :meth:`prepare` copies of.
+
+    ``retry`` is how often a send that failed with a TransportError is retried
+    (with backoff from 0.1 s to 5 s): 0 never (the default; drivers reconnect by
+    themselves), None until the call's deadline (for casts: until it succeeds).
+    """
 
     def __init__(
         self,
@@ -73,11 +89,13 @@ class RPCClient:
         allowed_remote_exmods: Collection[str] = (),
         at_least_once: bool = False,
         on_cast_error: CastErrorHandler | None = None,
+        retry: int | None = 0,
     ) -> None:
         if not target.topic:
             raise ValueError(f"an RPC client needs a target with a topic, got {target!r}")
         _check_timeout(timeout)
         _check_cap(version_cap)
+        _check_retry(retry)
         self.transport = transport
         self.target = target
         self.serializer = serializer or Serializer()
@@ -87,6 +105,7 @@ class RPCClient:
             at_least_once=at_least_once,
             allowed_modules=frozenset(DEFAULT_ALLOWED_MODULES) | frozenset(allowed_remote_exmods),
             on_cast_error=on_cast_error,
+            retry=retry,
         )
 
     # --- configuration ------------------------------------------------------------
@@ -103,6 +122,7 @@ class RPCClient:
         timeout: float | None = None,
         version_cap: str | None = None,
         at_least_once: bool | None = None,
+        retry: int | _Unset | None = _UNSET,
     ) -> RPCClient:
         """A copy of this client with the given overrides."""
         overrides: dict[str, str | bool | None] = {
@@ -132,6 +152,9 @@ class RPCClient:
             options = replace(options, version_cap=version_cap)
         if at_least_once is not None:
             options = replace(options, at_least_once=at_least_once)
+        if not isinstance(retry, _Unset):
+            _check_retry(retry)
+            options = replace(options, retry=retry)
         clone._options = options
         return clone
 
@@ -181,9 +204,7 @@ class RPCClient:
         address = self._address()
         pending = replies.expect(message_id)
         try:
-            self.transport.driver.send(
-                address, data, guarantee=Guarantee.AT_MOST_ONCE, expires_at=deadline
-            )
+            self._send(address, data, Guarantee.AT_MOST_ONCE, deadline)
             if not pending.wait(options.timeout):
                 raise ReplyTimeout(
                     name, str(address), options.timeout, progress_seen=pending.progress_seen
@@ -219,9 +240,30 @@ class RPCClient:
             )
         data = self._encode(Kind.CAST, message_id, header, kwargs)
         guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
-        self.transport.driver.send(self._address(), data, guarantee=guarantee)
+        self._send(self._address(), data, guarantee, None)
 
     # --- internals ----------------------------------------------------------------------
+
+    def _send(
+        self, address: Address, data: bytes, guarantee: Guarantee, deadline: float | None
+    ) -> None:
+        """Hand to the driver, retrying transport errors per ``retry`` (never past the deadline)."""
+        retry = self._options.retry
+        attempt = 0
+        while True:
+            try:
+                self.transport.driver.send(address, data, guarantee=guarantee, expires_at=deadline)
+                return
+            except TransportError as exc:
+                attempt += 1
+                pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), RETRY_BACKOFF_MAX)
+                out_of_time = deadline is not None and time.time() + pause >= deadline
+                if (retry is not None and attempt > retry) or out_of_time or self.transport.closed:
+                    raise
+                LOG.warning(
+                    "send to %s failed (%s); retry %d in %.2fs", address, exc, attempt, pause
+                )
+                time.sleep(pause)
 
     def _address(self) -> Address:
         t = self.target
@@ -314,6 +356,11 @@ def _text(version: Version | None) -> str | None:
 def _check_timeout(timeout: float) -> None:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def _check_retry(retry: int | None) -> None:
+    if retry is not None and (type(retry) is not int or retry < 0):
+        raise ValueError(f"retry must be None (until the deadline) or an int >= 0, got {retry!r}")
 
 
 def _check_cap(cap: str | None) -> None:

@@ -25,12 +25,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from rpclib import envelope
+from rpclib.consumer import Consumer
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import MalformedMessage, MessageTooLarge
 from rpclib.notify_drivers import PRIORITIES
@@ -197,8 +196,8 @@ def _callbacks(endpoints: Iterable[object]) -> dict[str, list[_Callback]]:
     return found
 
 
-class _ListenerBase:
-    """Lifecycle, subscriptions, header checks and settlement shared by both listeners."""
+class _ListenerBase(Consumer):
+    """Subscriptions, header checks and settlement shared by both listeners."""
 
     def __init__(
         self,
@@ -224,8 +223,9 @@ class _ListenerBase:
                 )
         if pool is not None and (not isinstance(pool, str) or not pool):
             raise ValueError(f"pool must be a non-empty string or None, got {pool!r}")
-        if executor_threads < 1 or max_attempts < 1 or prefetch < 1:
-            raise ValueError("executor_threads, max_attempts and prefetch must be positive")
+        if max_attempts < 1 or prefetch < 1:
+            raise ValueError("max_attempts and prefetch must be positive")
+        super().__init__(executor_threads=executor_threads, thread_name="rpclib-notify")
         self.transport = transport
         self.pool = pool
         self.allow_requeue = allow_requeue
@@ -234,14 +234,7 @@ class _ListenerBase:
         self.stats = ListenerStats()
         self._callbacks = _callbacks(endpoints)
         self._prefetch = prefetch
-        self._threads = executor_threads
-        self._executor: ThreadPoolExecutor | None = None
-        self._subscriptions: list[Subscription] = []
         self._stats_lock = threading.Lock()
-        self._inflight = 0
-        self._idle = threading.Condition()
-        self._state = "new"
-        self._lock = threading.Lock()
 
     @property
     def addresses(self) -> list[Address]:
@@ -254,107 +247,23 @@ class _ListenerBase:
                     out.append(Address(exchange, f"{target.topic}.{priority}"))
         return out
 
-    # --- lifecycle -----------------------------------------------------------------
+    # --- lifecycle (see rpclib.consumer) ----------------------------------------------
 
-    def start(self) -> None:
-        """Subscribe and start dispatching. Idempotent."""
-        with self._lock:
-            if self._state == "running":
-                return
-            if self._state != "new":
-                raise RuntimeError(f"a stopped {type(self).__name__} cannot be restarted")
-            self._state = "running"
-        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="rpclib-notify")
-        self._started()
+    def _subscribe(self) -> list[Subscription]:
         driver = self.transport.driver
-        try:
-            for address in self.addresses:
-                self._subscriptions.append(
-                    driver.listen(
-                        address,
-                        self._handler(address),
-                        group=self.pool,
-                        prefetch=self._prefetch,
-                    )
-                )
-        except BaseException:
-            with self._lock:
-                self._state = "stopping"
-            self.wait()
-            raise
+        return [
+            driver.listen(address, self._handler(address), group=self.pool, prefetch=self._prefetch)
+            for address in self.addresses
+        ]
+
+    def _on_started(self) -> None:
         LOG.info(
             "notification listener (pool %s) listening on %s",
             self.pool or "default",
             ", ".join(str(a) for a in self.addresses),
         )
 
-    def stop(self) -> None:
-        """Stop new deliveries; in-flight notifications are still handled and settled."""
-        with self._lock:
-            if self._state != "running":
-                return
-            self._state = "stopping"
-        for sub in self._subscriptions:
-            sub.cancel()
-        self._stopping()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for in-flight notifications, then close the subscriptions.
-
-        Returns False if ``timeout`` passed first; unsettled messages are then
-        requeued for other listeners of the pool.
-        """
-        with self._lock:
-            if self._state == "stopped":
-                return True
-            if self._state == "running":
-                raise RuntimeError("call stop() before wait()")
-            if self._state == "new":
-                self._state = "stopped"
-                return True
-        self._stopping()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        finished = True
-        with self._idle:
-            while self._inflight:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    finished = False
-                    break
-                self._idle.wait(remaining)
-        for sub in self._subscriptions:
-            sub.close()
-        self._subscriptions.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=finished)
-        with self._lock:
-            self._state = "stopped"
-        return finished
-
-    def __enter__(self) -> _ListenerBase:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        self.wait()
-
-    @property
-    def running(self) -> bool:
-        return self._state == "running"
-
-    # hooks for the batch listener
-    def _started(self) -> None:
-        pass
-
-    def _stopping(self) -> None:
-        pass
-
+    # hook for the two listeners
     def _accept(self, received: _Received) -> None:
         raise NotImplementedError
 
@@ -419,30 +328,6 @@ class _ListenerBase:
             "attempts": incoming.attempts,
         }
         return _Received(incoming, env, priority, event_type, publisher_id, ctx, metadata)
-
-    def _submit(self, task: Callable[[], None], on_rejected: Callable[[], None], n: int) -> None:
-        """Run ``task`` on the pool, counting ``n`` messages in flight until it ends."""
-        with self._idle:
-            self._inflight += n
-
-        def run() -> None:
-            try:
-                task()
-            finally:
-                self._done(n)
-
-        assert self._executor is not None
-        try:
-            self._executor.submit(run)
-        except RuntimeError:  # executor shut down while stopping
-            self._done(n)
-            on_rejected()
-
-    def _done(self, n: int) -> None:
-        with self._idle:
-            self._inflight -= n
-            if not self._inflight:
-                self._idle.notify_all()
 
     # --- handling (pool threads) -----------------------------------------------------------
 
@@ -571,12 +456,9 @@ class NotificationListener(_ListenerBase):
             prefetch=prefetch or executor_threads * 2,
         )
 
-    def __enter__(self) -> NotificationListener:
-        self.start()
-        return self
-
     def _accept(self, received: _Received) -> None:
-        self._submit(lambda: self._handle(received), received.incoming.requeue, 1)
+        if not self._pool.submit(lambda: self._handle(received)):
+            received.incoming.requeue()  # shutting down: another listener of the pool takes it
 
     def _handle(self, received: _Received) -> None:
         ok, payload = self._payload(received)
@@ -665,24 +547,23 @@ class BatchNotificationListener(_ListenerBase):
         self._timer: threading.Thread | None = None
         self._closing_batches = False
 
-    def __enter__(self) -> BatchNotificationListener:
-        self.start()
-        return self
-
     @property
     def pending(self) -> int:
         """Notifications received and waiting for their batch to fill or time out."""
         with self._batch_cond:
             return sum(len(b.items) for b in self._batches.values())
 
-    def _started(self) -> None:
+    def _on_start(self) -> None:
         if self.batch_timeout is not None:
             self._timer = threading.Thread(
                 target=self._run_timer, name="rpclib-notify-batches", daemon=True
             )
             self._timer.start()
 
-    def _stopping(self) -> None:
+    def _before_drain(self) -> None:
+        self._on_stop()
+
+    def _on_stop(self) -> None:
         """Hand every partial batch to the pool now; later arrivals go at once."""
         with self._batch_cond:
             self._closing_batches = True
@@ -693,8 +574,7 @@ class BatchNotificationListener(_ListenerBase):
             self._dispatch(items)
 
     def _accept(self, received: _Received) -> None:
-        with self._idle:
-            self._inflight += 1  # buffered messages count as in flight for wait()
+        self._pool.hold()  # buffered messages count as in flight for wait()
         ready: list[_Received] | None = None
         with self._batch_cond:
             batch = self._batches.get(received.priority)
@@ -731,24 +611,16 @@ class BatchNotificationListener(_ListenerBase):
 
     def _dispatch(self, items: list[_Received]) -> None:
         """Hand a batch to the pool (its messages are already counted in flight)."""
-        n = len(items)
-
-        def rejected() -> None:
-            for received in items:
+        if not self._pool.submit(lambda: self._run_batch(items)):
+            self._pool.release(len(items))
+            for received in items:  # shutting down: other listeners of the pool take them
                 received.incoming.requeue()
-
-        assert self._executor is not None
-        try:
-            self._executor.submit(self._run_batch, items)
-        except RuntimeError:  # executor shut down
-            self._done(n)
-            rejected()
 
     def _run_batch(self, items: list[_Received]) -> None:
         try:
             self._handle_batch(items)
         finally:
-            self._done(len(items))
+            self._pool.release(len(items))
 
     def _handle_batch(self, items: list[_Received]) -> None:
         priority = items[0].priority

@@ -22,12 +22,11 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from rpclib import envelope
+from rpclib.consumer import Consumer
 from rpclib.directory import encode_advert
 from rpclib.dispatcher import Dispatcher, MethodEntry
 from rpclib.envelope import Envelope, Kind
@@ -90,7 +89,12 @@ class ServerStats:
 
 
 class _Heartbeats:
-    """Sends progress envelopes for long-running calls from one thread."""
+    """Sends progress envelopes for long-running calls from one thread.
+
+    Finished calls are removed lazily (their heap entries are skipped when due),
+    so registering a call rarely has to wake the thread: the hot path of a
+    short call is a set insert and a heap push.
+    """
 
     def __init__(self, send: Any) -> None:
         self._send = send
@@ -110,8 +114,13 @@ class _Heartbeats:
                 self._thread.start()
             self._active.add(message_id)
             due = time.monotonic() + first
+            wake = not self._heap or due < self._heap[0][0]
+            if len(self._heap) > 64 and len(self._heap) > 4 * len(self._active):
+                self._heap = [entry for entry in self._heap if entry[2] in self._active]
+                heapq.heapify(self._heap)
             heapq.heappush(self._heap, (due, next(self._seq), message_id, reply_to, period))
-            self._cond.notify()
+            if wake:  # otherwise the thread wakes for an earlier beat anyway
+                self._cond.notify()
 
     def remove(self, message_id: bytes) -> None:
         with self._cond:
@@ -145,7 +154,7 @@ class _Heartbeats:
             self._send(message_id, reply_to)
 
 
-class RPCServer:
+class RPCServer(Consumer):
     """Serves ``endpoints`` on ``target`` (topic and server name required).
 
     Listens on the topic (competing with other servers), on its own server
@@ -167,8 +176,9 @@ class RPCServer:
     ) -> None:
         if not target.topic or not target.server:
             raise ValueError(f"an RPC server needs a topic and a server name, got {target!r}")
-        if executor_threads < 1 or max_attempts < 1 or advert_interval <= 0:
-            raise ValueError("executor_threads, max_attempts and advert_interval must be positive")
+        if max_attempts < 1 or not 0 < advert_interval < math.inf:
+            raise ValueError("max_attempts and advert_interval must be positive")
+        super().__init__(executor_threads=executor_threads, thread_name=f"rpclib-{target.topic}")
         self.transport = transport
         self.target = target
         self.dispatcher = Dispatcher(endpoints)
@@ -178,16 +188,8 @@ class RPCServer:
         self.stats = ServerStats()
         self._exchange = target.exchange or transport.default_exchange
         self._prefetch = prefetch or executor_threads * 2
-        self._threads = executor_threads
-        self._executor: ThreadPoolExecutor | None = None
-        self._subscriptions: list[Subscription] = []
         self._heartbeats = _Heartbeats(self._send_progress)
         self._advert_stop = threading.Event()
-        self._advert_thread: threading.Thread | None = None
-        self._inflight = 0
-        self._idle = threading.Condition()
-        self._state = "new"
-        self._lock = threading.Lock()
 
     @property
     def address(self) -> Address:
@@ -195,32 +197,21 @@ class RPCServer:
         assert self.target.topic is not None
         return Address(self._exchange, self.target.topic, server=self.target.server)
 
-    # --- lifecycle -----------------------------------------------------------
+    # --- lifecycle (see rpclib.consumer) ---------------------------------------
 
-    def start(self) -> None:
-        """Start consuming and advertising. Idempotent."""
-        with self._lock:
-            if self._state == "running":
-                return
-            if self._state != "new":
-                raise RuntimeError("a stopped RPCServer cannot be restarted; create a new one")
-            self._state = "running"
+    def _subscribe(self) -> list[Subscription]:
         assert self.target.topic is not None
-        driver = self.transport.driver
-        self._executor = ThreadPoolExecutor(
-            self._threads, thread_name_prefix=f"rpclib-{self.target.topic}"
-        )
         topic = Address(self._exchange, self.target.topic)
         fanout = Address(self._exchange, self.target.topic, fanout=True)
-        for address in (self.address, topic, fanout):
-            self._subscriptions.append(
-                driver.listen(address, self._on_message, prefetch=self._prefetch)
-            )
+        driver = self.transport.driver
+        return [
+            driver.listen(address, self._on_message, prefetch=self._prefetch)
+            for address in (self.address, topic, fanout)
+        ]
+
+    def _on_started(self) -> None:
         self._advertise()
-        self._advert_thread = threading.Thread(
-            target=self._advert_loop, name="rpclib-advert", daemon=True
-        )
-        self._advert_thread.start()
+        threading.Thread(target=self._advert_loop, name="rpclib-advert", daemon=True).start()
         LOG.info(
             "server %s listening on %s/%s, interfaces %s",
             self.target.server,
@@ -229,62 +220,16 @@ class RPCServer:
             self.dispatcher.interfaces(),
         )
 
-    def stop(self) -> None:
-        """Stop taking new requests and withdraw the advert; in-flight work goes on."""
-        with self._lock:
-            if self._state != "running":
-                return
-            self._state = "stopping"
-        for sub in self._subscriptions:
-            sub.cancel()
+    def _on_stop(self) -> None:
         self._advert_stop.set()
         try:
             self.transport.driver.withdraw(self.address)
         except TransportError as exc:
             LOG.warning("could not withdraw advert of %s: %s", self.target.server, exc)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for in-flight requests to finish, then release resources.
-
-        Returns False if ``timeout`` passed first (resources are then released
-        anyway and unsettled at-least-once messages are redelivered elsewhere).
-        """
-        with self._lock:
-            if self._state == "stopped":
-                return True
-            if self._state == "running":
-                raise RuntimeError("call stop() before wait()")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        finished = True
-        with self._idle:
-            while self._inflight:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    finished = False
-                    break
-                self._idle.wait(remaining)
-        for sub in self._subscriptions:
-            sub.close()
-        self._subscriptions.clear()
+    def _on_closed(self) -> None:
+        self._advert_stop.set()
         self._heartbeats.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=finished)
-        with self._lock:
-            self._state = "stopped"
-        return finished
-
-    def __enter__(self) -> RPCServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        self.wait()
 
     # --- adverts ---------------------------------------------------------------
 
@@ -346,16 +291,8 @@ class RPCServer:
             bad = MalformedMessage(f"bad method/version/namespace fields: {exc}")
             self._reject(env, incoming, bad)
             return
-        with self._idle:
-            self._inflight += 1
-        assert self._executor is not None
-        try:
-            self._executor.submit(self._handle, env, entry, incoming)
-        except RuntimeError:  # executor shut down while stopping
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-            incoming.requeue()
+        if not self._pool.submit(lambda: self._handle(env, entry, incoming)):
+            incoming.requeue()  # shutting down: another server takes it
 
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
         self.stats.expired += 1
@@ -391,16 +328,6 @@ class RPCServer:
     # --- handling ----------------------------------------------------------------
 
     def _handle(self, env: Envelope, entry: MethodEntry, incoming: Incoming) -> None:
-        """Pool thread: decode the body, run the handler, reply and settle."""
-        try:
-            self._handle_inner(env, entry, incoming)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                if not self._inflight:
-                    self._idle.notify_all()
-
-    def _handle_inner(self, env: Envelope, entry: MethodEntry, incoming: Incoming) -> None:
         ctx = env.header[envelope.CONTEXT]
         at_least_once = env.kind is Kind.CAST and bool(env.get(envelope.AT_LEAST_ONCE))
         try:
