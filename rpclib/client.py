@@ -22,9 +22,11 @@ from rpclib.context import checked_ctx
 from rpclib.directory import Cap
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
+    ConnectionLost,
     MessagingError,
     ReplyTimeout,
     TransportError,
+    Undeliverable,
     VersionCapError,
 )
 from rpclib.failures import DEFAULT_ALLOWED_MODULES, from_failure
@@ -204,8 +206,13 @@ class RPCClient:
         address = self._address()
         pending = replies.expect(message_id)
         try:
-            self._send(address, data, Guarantee.AT_MOST_ONCE, deadline)
+            self._send(address, data, Guarantee.AT_MOST_ONCE, deadline, pending.fail)
             if not pending.wait(options.timeout):
+                if pending.disconnected:
+                    raise ConnectionLost(
+                        f"no reply to {name!r} from {address}: the connection was down "
+                        f"at the deadline ({options.timeout:g}s)"
+                    )
                 raise ReplyTimeout(
                     name, str(address), options.timeout, progress_seen=pending.progress_seen
                 )
@@ -245,14 +252,25 @@ class RPCClient:
     # --- internals ----------------------------------------------------------------------
 
     def _send(
-        self, address: Address, data: bytes, guarantee: Guarantee, deadline: float | None
+        self,
+        address: Address,
+        data: bytes,
+        guarantee: Guarantee,
+        deadline: float | None,
+        on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         """Hand to the driver, retrying transport errors per ``retry`` (never past the deadline)."""
         retry = self._options.retry
         attempt = 0
         while True:
             try:
-                self.transport.driver.send(address, data, guarantee=guarantee, expires_at=deadline)
+                self.transport.driver.send(
+                    address,
+                    data,
+                    guarantee=guarantee,
+                    expires_at=deadline,
+                    on_undeliverable=on_undeliverable,
+                )
                 return
             except TransportError as exc:
                 attempt += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rpclib import envelope
 from rpclib.envelope import Envelope, Kind
-from rpclib.exceptions import MalformedMessage, MessagingError
+from rpclib.exceptions import ConnectionLost, MalformedMessage, MessagingError
 from rpclib.transports.base import Driver, Inbox
 
 LOG = logging.getLogger("rpclib.replies")
@@ -28,7 +28,7 @@ CastFailureHandler = Callable[[Envelope], None]
 class PendingReply:
     """A call waiting for its reply."""
 
-    __slots__ = ("_event", "envelope", "error", "last_progress", "progress_seen")
+    __slots__ = ("_event", "disconnected", "envelope", "error", "last_progress", "progress_seen")
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -36,6 +36,7 @@ class PendingReply:
         self.error: BaseException | None = None
         self.last_progress = 0.0
         self.progress_seen = False
+        self.disconnected = False
 
     def resolve(self, env: Envelope) -> None:
         self.envelope = env
@@ -88,7 +89,7 @@ class ReplyRouter:
         if inbox is None:
             with self._lock:
                 if self._inbox is None:
-                    self._inbox = self._driver.open_inbox(self._on_bytes)
+                    self._inbox = self._driver.open_inbox(self._on_bytes, self._on_event)
                 inbox = self._inbox
         return inbox.address
 
@@ -111,6 +112,17 @@ class ReplyRouter:
         """Fail every waiting call (the connection carrying their replies is gone)."""
         for pending in list(self._pending.values()):
             pending.fail(error)
+
+    def _on_event(self, event: str) -> None:
+        """The inbox's connection changed: mark or fail the waiting calls."""
+        if event == "lost":
+            LOG.warning("reply inbox lost; failing %d waiting call(s)", len(self._pending))
+            self.fail_all(ConnectionLost("the connection carrying the replies was lost"))
+            return
+        disconnected = event == "disconnected"
+        LOG.info("reply inbox %s", event)
+        for pending in list(self._pending.values()):
+            pending.disconnected = disconnected
 
     def close(self) -> None:
         with self._lock:

@@ -52,7 +52,13 @@ deadline itself, so this is an optimisation, not a requirement.
 
 *Inboxes* are private reply addresses: :meth:`Driver.open_inbox` returns an
 address string that any process can pass to :meth:`Driver.send_to_inbox`.
-Delivery to an inbox is at-most-once and never acknowledged.
+Delivery to an inbox is at-most-once and never acknowledged. A driver whose
+connection can drop reports it through the inbox's ``on_event`` callback:
+``"disconnected"`` (replies cannot arrive now), ``"reconnected"`` (they can
+again, and none sent meanwhile were lost), ``"lost"`` (replies sent to it may
+have been lost for good, e.g. the broker restarted and the reply queue is
+new). rpclib turns these into :class:`~rpclib.exceptions.ConnectionLost` for
+the calls waiting on that inbox.
 
 *Advertisements* are small presence records (rpclib puts each server's
 interface versions in them). :meth:`Driver.advertise` publishes or refreshes
@@ -75,6 +81,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from rpclib.exceptions import Undeliverable
     from rpclib.transports.url import TransportURL
 
 
@@ -129,6 +136,8 @@ class Incoming(Protocol):
 
 MessageHandler = Callable[[Incoming], None]
 InboxHandler = Callable[[bytes], None]
+InboxEventHandler = Callable[[str], None]
+"""Called with "disconnected", "reconnected" or "lost" (see the module docstring)."""
 AdvertHandler = Callable[[str, "bytes | None"], None]
 """Called with (server, body) for a new or refreshed advert, (server, None) when withdrawn."""
 
@@ -176,12 +185,17 @@ class Driver(abc.ABC):
         *,
         guarantee: Guarantee,
         expires_at: float | None = None,
+        on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         """Hand ``body`` to the transport for ``address``.
 
         Returns once the transport has accepted it (for AT_LEAST_ONCE: stored).
         Raises Undeliverable when nothing can take it, TransportError when the
-        transport failed.
+        transport failed. For AT_MOST_ONCE messages a caller that waits for an
+        answer anyway (a call) may pass ``on_undeliverable``: the driver may
+        then return before it knows whether the message was routable, and
+        report Undeliverable later through the callback (from any thread),
+        saving a broker round trip per message.
         """
 
     @abc.abstractmethod
@@ -204,8 +218,14 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def open_inbox(self, handler: InboxHandler) -> Inbox:
-        """Open a private reply address; ``handler`` gets every body sent to it."""
+    def open_inbox(
+        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
+    ) -> Inbox:
+        """Open a private reply address; ``handler`` gets every body sent to it.
+
+        ``on_event`` hears of connection trouble affecting the inbox; drivers
+        that cannot lose a connection never call it.
+        """
 
     @abc.abstractmethod
     def send_to_inbox(self, inbox_address: str, body: bytes) -> None:

@@ -117,6 +117,7 @@ from rpclib.transports.base import (
     Driver,
     Guarantee,
     Inbox,
+    InboxEventHandler,
     InboxHandler,
     MessageHandler,
     Subscription,
@@ -948,6 +949,7 @@ class MemoryDriver(Driver):
         *,
         guarantee: Guarantee,
         expires_at: float | None = None,
+        on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         """Route ``body`` to its queues now; Undeliverable if the contract says so."""
         body = bytes(body)
@@ -1010,8 +1012,13 @@ class MemoryDriver(Driver):
 
     # -- inboxes ------------------------------------------------------------------
 
-    def open_inbox(self, handler: InboxHandler) -> Inbox:
-        """Open a private reply address; ``handler`` runs on the inbox's own thread."""
+    def open_inbox(
+        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
+    ) -> Inbox:
+        """Open a private reply address; ``handler`` runs on the inbox's own thread.
+
+        A bus in the process never disconnects, so ``on_event`` is never called.
+        """
         bus = self._bus
         with bus.lock:
             self._check_open()
