@@ -10,6 +10,8 @@ import pytest
 import rpclib
 from rpclib.transports.memory import reset_bus
 
+pytest_plugins = ["tests.support.rabbit"]
+
 
 @pytest.fixture
 def bus_url() -> Iterator[str]:
