@@ -36,6 +36,19 @@ find_python() {
     return 1
 }
 
+quiet_pip() {
+    # pip with its chatter kept in a log that is shown only when it fails.
+    local venv=$1 log
+    shift
+    log=$(mktemp)
+    if ! "$venv/bin/pip" install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
+}
+
 make_venv() {
     # make_venv DIR EXTRAS: create DIR (once) and install the project with EXTRAS into it.
     local venv=$1 extras=$2 python
@@ -46,9 +59,10 @@ make_venv() {
             need_root_packages python3-venv
             "$python" -m venv "$venv"
         fi
-        "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel
+        quiet_pip "$venv" --upgrade pip setuptools wheel
     fi
     local spec="."
     [ -z "$extras" ] || spec=".[$extras]"
-    "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec"
+    echo "installing rpclib${extras:+ [$extras]} into $venv"
+    quiet_pip "$venv" -e "$spec"
 }
