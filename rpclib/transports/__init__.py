@@ -18,6 +18,8 @@ ENTRY_POINT_GROUP = "rpclib.transports"
 
 _BUILTIN: dict[str, str] = {
     "memory": "rpclib.transports.memory:MemoryDriver",
+    "rabbit": "rpclib.transports.rabbit:RabbitDriver",
+    "rabbits": "rpclib.transports.rabbit:RabbitDriver",
 }
 
 

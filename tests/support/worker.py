@@ -30,15 +30,15 @@ class Journal:
             self._file.write(json.dumps(event) + "\n")
 
 
-def rpc_endpoint(server: str, version: str, journal: Journal) -> object:
+def rpc_endpoint(server: str, interface_version: str, journal: Journal) -> object:
     class Endpoint:
-        target = rpclib.Target(version=version)
+        target = rpclib.Target(version=interface_version)
 
         def whoami(self, ctx: dict[str, Any]) -> str:
             return server
 
         def version(self, ctx: dict[str, Any]) -> str:
-            return version
+            return interface_version
 
         def record(self, ctx: dict[str, Any], n: int) -> None:
             info = rpclib.current_request()
