@@ -1,0 +1,1 @@
+"""Reference services (a small Nova) built only on rpclib's public API."""

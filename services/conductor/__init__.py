@@ -1,0 +1,1 @@
+"""The conductor: the one service that owns the database."""
