@@ -231,3 +231,19 @@ def test_usage_covers_instances_alive_in_the_window(
     }
     assert usage["ended"].period_end == start + hour / 2
     assert usage["whole"].vcpus == 2
+
+
+def test_unplaced_instance_can_be_failed_with_a_reason(
+    db: ConductorDB, make_instance: MakeInstance
+) -> None:
+    vm = make_instance()
+    assert db.fail_unplaced(vm.uuid, "no valid host: nothing has 1 vCPU free") is True
+    failed = db.get_instance(vm.uuid)
+    assert failed.vm_state == VmState.ERROR
+    assert failed.error_reason == "no valid host: nothing has 1 vCPU free"
+    assert db.fail_unplaced(vm.uuid, "again") is False
+
+
+def test_a_placed_instance_is_not_failed_as_unplaced(db: ConductorDB, placed: Instance) -> None:
+    assert db.fail_unplaced(placed.uuid, "no valid host") is False
+    assert db.get_instance(placed.uuid).vm_state != VmState.ERROR

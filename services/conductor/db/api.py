@@ -402,12 +402,42 @@ class ConductorDB:
         not touch (allowed: ``UPDATABLE_FIELDS``) or a bad value. An applied
         update is recorded as an instance event ``event`` with its sequence.
         """
+        applied, _ = self.apply_instance_transition(uuid, host, sequence, changes, event=event)
+        return applied
+
+    def apply_instance_transition(
+        self,
+        uuid: str | UUID,
+        host: str,
+        sequence: int,
+        changes: Mapping[str, object],
+        *,
+        event: str = "update",
+    ) -> tuple[bool, VmState | None]:
+        """Like :meth:`apply_instance_update`, also returning the vm_state it replaced.
+
+        The previous state is read under a row lock in the same transaction as
+        the compare-and-set, so of several concurrent updates exactly one sees
+        a given transition (e.g. BUILDING -> ACTIVE): the caller can emit a
+        notification for it once.
+        """
         instance_uuid = _uuid(uuid)
         values = _checked_changes(changes)
         if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 1:
             raise ValueError(f"sequence must be an int >= 1, got {sequence!r}")
         with self._writer.begin() as s:
             now = self._clock()
+            current = s.execute(
+                select(InstanceRow.host, InstanceRow.vm_state, InstanceRow.sequence)
+                .where(InstanceRow.uuid == instance_uuid)
+                .with_for_update()
+            ).one_or_none()
+            if current is None:
+                raise InstanceNotFound(instance_uuid)
+            if current.host != host:
+                raise WrongHost(instance_uuid, host, current.host)
+            if current.sequence >= sequence:
+                return False, None
             stmt = (
                 update(InstanceRow)
                 .where(
@@ -417,24 +447,55 @@ class ConductorDB:
                 )
                 .values(values | {"sequence": sequence, "updated_at": now})
             )
+            if not _rowcount(s.execute(stmt, execution_options={"synchronize_session": False})):
+                return False, None
+            s.add(
+                InstanceEventRow(
+                    instance_uuid=instance_uuid,
+                    name=event,
+                    detail=_jsonable(values),
+                    sequence=sequence,
+                    created_at=now,
+                )
+            )
+            return True, VmState(current.vm_state)
+
+    def fail_unplaced(self, uuid: str | UUID, reason: str) -> bool:
+        """Put an instance that was never placed in ERROR with ``reason`` (no valid host).
+
+        Returns False if it was placed meanwhile (then its compute host owns its
+        state) or is already in ERROR.
+        """
+        instance_uuid = _uuid(uuid)
+        if not isinstance(reason, str) or not reason:
+            raise ValueError("reason must be a non-empty string")
+        with self._writer.begin() as s:
+            now = self._clock()
+            stmt = (
+                update(InstanceRow)
+                .where(
+                    InstanceRow.uuid == instance_uuid,
+                    InstanceRow.host.is_(None),
+                    InstanceRow.vm_state != VmState.ERROR.value,
+                )
+                .values(vm_state=VmState.ERROR.value, error_reason=reason, updated_at=now)
+            )
             if _rowcount(s.execute(stmt, execution_options={"synchronize_session": False})):
                 s.add(
                     InstanceEventRow(
                         instance_uuid=instance_uuid,
-                        name=event,
-                        detail=_jsonable(values),
-                        sequence=sequence,
+                        name="no_valid_host",
+                        detail={"error_reason": reason},
+                        sequence=0,
                         created_at=now,
                     )
                 )
                 return True
-            placed_on = s.execute(
-                select(InstanceRow.host).where(InstanceRow.uuid == instance_uuid)
+            exists = s.execute(
+                select(InstanceRow.uuid).where(InstanceRow.uuid == instance_uuid)
             ).one_or_none()
-            if placed_on is None:
+            if exists is None:
                 raise InstanceNotFound(instance_uuid)
-            if placed_on.host != host:
-                raise WrongHost(instance_uuid, host, placed_on.host)
             return False
 
     def list_instance_events(self, uuid: str | UUID) -> list[InstanceEvent]:

@@ -1,0 +1,226 @@
+"""The conductor's RPC endpoint: the only way into the database.
+
+Compute nodes report state and register here; the scheduler creates, places
+and claims here; the user command lists here. Interface version history
+(namespace ``conductor``):
+
+- 1.0: register_compute, heartbeat, instance_update, release_allocation,
+  create_instance, allocation_candidates, claim, fail_unplaced, get_instance,
+  list_instances, list_services.
+
+The conductor also emits the instance notifications billing relies on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import rpclib
+from services import notifications
+from services.conductor.db import (
+    DISK_GB,
+    MEMORY_MB,
+    VCPU,
+    ConductorDB,
+    Inventory,
+    VmState,
+)
+from services.conductor.db import Instance as InstanceRecord
+from services.objects import Flavor, Instance
+
+LOG = logging.getLogger("services.conductor")
+NAMESPACE = "conductor"
+VERSION = "1.0"
+
+
+def to_object(record: InstanceRecord) -> Instance:
+    """The versioned object for a database row."""
+    return Instance(
+        uuid=record.uuid,
+        name=record.name,
+        project_id=record.project_id,
+        user_id=record.user_id,
+        host=record.host,
+        flavor=Flavor(vcpus=record.vcpus, memory_mb=record.memory_mb, disk_gb=record.disk_gb),
+        image=record.image,
+        vm_state=str(
+            record.vm_state.value if isinstance(record.vm_state, VmState) else record.vm_state
+        ),
+        task_state=record.task_state,
+        ip_address=record.ip_address,
+        error_reason=record.error_reason,
+        created_at=record.created_at,
+        launched_at=record.launched_at,
+        deleted_at=record.deleted_at,
+        sequence=record.sequence,
+    )
+
+
+def payload_of(record: InstanceRecord, **audit: Any) -> notifications.InstancePayload:
+    return notifications.instance_payload(
+        instance_uuid=record.uuid,
+        name=record.name,
+        project_id=record.project_id,
+        user_id=record.user_id,
+        host=record.host,
+        vcpus=record.vcpus,
+        memory_mb=record.memory_mb,
+        disk_gb=record.disk_gb,
+        vm_state=str(
+            record.vm_state.value if isinstance(record.vm_state, VmState) else record.vm_state
+        ),
+        launched_at=record.launched_at,
+        deleted_at=record.deleted_at,
+        **audit,
+    )
+
+
+class ConductorManager:
+    """RPC endpoint over :class:`ConductorDB`."""
+
+    target = rpclib.Target(namespace=NAMESPACE, version=VERSION)
+
+    def __init__(self, db: ConductorDB, notifier: rpclib.Notifier) -> None:
+        self.db = db
+        self.notifier = notifier
+
+    # --- compute nodes -------------------------------------------------------------
+
+    def register_compute(
+        self,
+        ctx: dict[str, Any],
+        host: str,
+        vcpus: int,
+        memory_mb: int,
+        disk_gb: int,
+        versions: dict[str, str],
+    ) -> None:
+        """A compute node reports itself and what it has (its resource provider)."""
+        self.db.register_service(host, "compute", versions)
+        self.db.ensure_provider(
+            host,
+            {
+                VCPU: Inventory(total=vcpus),
+                MEMORY_MB: Inventory(total=memory_mb),
+                DISK_GB: Inventory(total=disk_gb),
+            },
+        )
+        LOG.info("compute %s registered: %d vCPU, %d MB, %d GB", host, vcpus, memory_mb, disk_gb)
+
+    def heartbeat(self, ctx: dict[str, Any], host: str, binary: str) -> None:
+        self.db.service_heartbeat(host, binary)
+
+    def instance_update(
+        self,
+        ctx: dict[str, Any],
+        instance_uuid: str,
+        host: str,
+        sequence: int,
+        state: dict[str, Any],
+    ) -> bool:
+        """Apply a compute node's update if newer (compare-and-set on ``sequence``).
+
+        Refuses (WrongHost) an update for an instance not placed on ``host``.
+        Emits instance.create.end / instance.delete.end on those transitions.
+        """
+        applied, previous = self.db.apply_instance_transition(
+            instance_uuid, host, sequence, state
+        )
+        if not applied:
+            LOG.debug("stale or duplicate update %d for %s ignored", sequence, instance_uuid)
+            return False
+        after = self.db.get_instance(instance_uuid)
+        if after.vm_state != previous:
+            if after.vm_state == VmState.ACTIVE:
+                self.notifier.info(ctx, notifications.CREATE_END, payload_of(after))
+            elif after.vm_state == VmState.DELETED:
+                self.notifier.info(ctx, notifications.DELETE_END, payload_of(after))
+        return True
+
+    def release_allocation(self, ctx: dict[str, Any], instance_uuid: str) -> bool:
+        return self.db.release(instance_uuid)
+
+    # --- the scheduler ---------------------------------------------------------------------
+
+    def create_instance(
+        self,
+        ctx: dict[str, Any],
+        name: str,
+        project_id: str,
+        user_id: str,
+        flavor: Flavor,
+        image: str,
+    ) -> Instance:
+        record = self.db.create_instance(
+            name=name,
+            project_id=project_id,
+            user_id=user_id,
+            vcpus=flavor.vcpus,
+            memory_mb=flavor.memory_mb,
+            disk_gb=flavor.disk_gb,
+            image=image,
+        )
+        return to_object(record)
+
+    def allocation_candidates(
+        self, ctx: dict[str, Any], vcpus: int, memory_mb: int, disk_gb: int
+    ) -> list[dict[str, Any]]:
+        """Hosts that fit, with what each has free (the scheduler sorts them)."""
+        return [
+            {"host": c.name, "free": dict(c.free), "capacity": dict(c.capacity)}
+            for c in self.db.allocation_candidates(vcpus, memory_mb, disk_gb)
+        ]
+
+    def claim(
+        self, ctx: dict[str, Any], instance_uuid: str, host: str, resources: dict[str, int]
+    ) -> dict[str, int]:
+        """Atomically claim ``resources`` on ``host`` (NoCapacity / ClaimConflict if lost)."""
+        allocation = self.db.claim(instance_uuid, host, resources)
+        record = self.db.get_instance(instance_uuid)
+        self.notifier.info(ctx, notifications.CREATE_START, payload_of(record))
+        return dict(allocation.resources)
+
+    def fail_unplaced(self, ctx: dict[str, Any], instance_uuid: str, reason: str) -> Instance:
+        self.db.fail_unplaced(instance_uuid, reason)
+        return to_object(self.db.get_instance(instance_uuid))
+
+    # --- users ------------------------------------------------------------------------------
+
+    def get_instance(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:
+        return to_object(self.db.get_instance(instance_uuid))
+
+    def list_instances(
+        self, ctx: dict[str, Any], project_id: str | None = None, include_deleted: bool = False
+    ) -> list[Instance]:
+        return [
+            to_object(r)
+            for r in self.db.list_instances(project_id, include_deleted=include_deleted)
+        ]
+
+    def list_services(self, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "host": s.host,
+                "binary": s.binary,
+                "versions": dict(s.versions),
+                "last_heartbeat": s.last_heartbeat,
+            }
+            for s in self.db.list_services()
+        ]
+
+    # --- periodic ---------------------------------------------------------------------------
+
+    def emit_exists(self, start: dt.datetime, end: dt.datetime) -> int:
+        """One instance.exists per instance alive in [start, end): billing's audit trail."""
+        count = 0
+        for usage in self.db.usage_between(start, end):
+            record = self.db.get_instance(usage.instance_uuid)
+            self.notifier.info(
+                {},
+                notifications.EXISTS,
+                payload_of(record, audit_period_start=start, audit_period_end=end),
+            )
+            count += 1
+        return count

@@ -1,0 +1,130 @@
+"""The client side of the conductor's interface, for compute, scheduler and users.
+
+State updates and allocation releases are at-least-once casts: they must
+survive a conductor restart, and the conductor's compare-and-set on the
+sequence makes redelivery harmless. Everything else is a call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rpclib
+from services.conductor.manager import NAMESPACE, VERSION
+from services.objects import Flavor, Instance
+
+TOPIC = "conductor"
+ERROR_MODULES = ("services.conductor.db.errors",)
+
+
+class ConductorAPI:
+    """Typed wrappers over an RPCClient to the conductor topic."""
+
+    def __init__(self, transport: rpclib.Transport, *, timeout: float = 30.0) -> None:
+        self.client = rpclib.RPCClient(
+            transport,
+            rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
+            version_cap="auto",
+            timeout=timeout,
+            allowed_remote_exmods=ERROR_MODULES,
+        )
+        self._reliable = self.client.prepare(at_least_once=True)
+
+    # compute nodes
+    def register_compute(
+        self,
+        ctx: dict[str, Any],
+        host: str,
+        vcpus: int,
+        memory_mb: int,
+        disk_gb: int,
+        versions: dict[str, str],
+    ) -> None:
+        self.client.call(
+            ctx,
+            "register_compute",
+            host=host,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            disk_gb=disk_gb,
+            versions=versions,
+        )
+
+    def heartbeat(self, ctx: dict[str, Any], host: str, binary: str) -> None:
+        self.client.cast(ctx, "heartbeat", host=host, binary=binary)
+
+    def instance_update(
+        self,
+        ctx: dict[str, Any],
+        instance_uuid: str,
+        host: str,
+        sequence: int,
+        state: dict[str, Any],
+    ) -> None:
+        self._reliable.cast(
+            ctx,
+            "instance_update",
+            instance_uuid=instance_uuid,
+            host=host,
+            sequence=sequence,
+            state=state,
+        )
+
+    def release_allocation(self, ctx: dict[str, Any], instance_uuid: str) -> None:
+        self._reliable.cast(ctx, "release_allocation", instance_uuid=instance_uuid)
+
+    # the scheduler
+    def create_instance(
+        self,
+        ctx: dict[str, Any],
+        name: str,
+        project_id: str,
+        user_id: str,
+        flavor: Flavor,
+        image: str,
+    ) -> Instance:
+        result: Instance = self.client.call(
+            ctx,
+            "create_instance",
+            name=name,
+            project_id=project_id,
+            user_id=user_id,
+            flavor=flavor,
+            image=image,
+        )
+        return result
+
+    def allocation_candidates(
+        self, ctx: dict[str, Any], vcpus: int, memory_mb: int, disk_gb: int
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.client.call(
+            ctx, "allocation_candidates", vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb
+        )
+        return result
+
+    def claim(
+        self, ctx: dict[str, Any], instance_uuid: str, host: str, resources: dict[str, int]
+    ) -> dict[str, int]:
+        result: dict[str, int] = self.client.call(
+            ctx, "claim", instance_uuid=instance_uuid, host=host, resources=resources
+        )
+        return result
+
+    def fail_unplaced(self, ctx: dict[str, Any], instance_uuid: str, reason: str) -> Instance:
+        result: Instance = self.client.call(
+            ctx, "fail_unplaced", instance_uuid=instance_uuid, reason=reason
+        )
+        return result
+
+    # users
+    def get_instance(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:
+        result: Instance = self.client.call(ctx, "get_instance", instance_uuid=instance_uuid)
+        return result
+
+    def list_instances(
+        self, ctx: dict[str, Any], project_id: str | None = None, include_deleted: bool = False
+    ) -> list[Instance]:
+        result: list[Instance] = self.client.call(
+            ctx, "list_instances", project_id=project_id, include_deleted=include_deleted
+        )
+        return result
