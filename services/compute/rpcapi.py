@@ -1,0 +1,58 @@
+"""The client side of the compute interface (namespace ``compute``).
+
+Version history (the server side is ``services.compute.manager``):
+
+- 1.0: build_instance(instance, allocation, image), delete_instance(instance)
+- 1.1: build_instance takes ``network``
+
+Calls go to one node (``compute.<host>``) under ``version_cap="auto"``: a node
+still on 1.0 gets build_instance without ``network``, and the Instance
+backported to the versions it advertises. Builds and deletes are at-least-once
+casts: a node that is restarting gets them when it is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rpclib
+from services.objects import Instance
+
+TOPIC = "compute"
+NAMESPACE = "compute"
+VERSION = "1.1"
+BUILD_INSTANCE = rpclib.Method("build_instance", since="1.0", args={"network": "1.1"})
+DELETE_INSTANCE = rpclib.Method("delete_instance", since="1.0")
+
+
+class ComputeAPI:
+    """Typed wrappers over an RPCClient to compute nodes."""
+
+    def __init__(self, transport: rpclib.Transport) -> None:
+        self.client = rpclib.RPCClient(
+            transport,
+            rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
+            version_cap="auto",
+            at_least_once=True,
+        )
+
+    def build_instance(
+        self,
+        ctx: dict[str, Any],
+        host: str,
+        instance: Instance,
+        allocation: dict[str, int],
+        image: str,
+        network: str | None = None,
+    ) -> None:
+        self.client.prepare(server=host).cast(
+            ctx,
+            BUILD_INSTANCE,
+            instance=instance,
+            allocation=allocation,
+            image=image,
+            network=network,
+        )
+
+    def delete_instance(self, ctx: dict[str, Any], host: str, instance: Instance) -> None:
+        self.client.prepare(server=host).cast(ctx, DELETE_INSTANCE, instance=instance)

@@ -1,0 +1,1 @@
+"""The scheduler: places instances on compute nodes and casts their builds."""
