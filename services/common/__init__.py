@@ -1,0 +1,1 @@
+"""What every reference service shares: configuration and process set-up."""

@@ -1,0 +1,134 @@
+"""Service configuration: command line > environment > config file > defaults.
+
+Every service takes ``--transport-url``, ``--host``, ``--log-level`` and
+``--config FILE``; the conductor also ``--db-url``, compute ``--libvirt-uri``.
+Environment variables are ``RPCLIB_<NAME>`` (``RPCLIB_TRANSPORT_URL``...). A
+config file is TOML: top-level keys for every service, a table per service
+(``[conductor]``, ``[compute]``...) overriding them::
+
+    transport_url = "rabbit://guest:guest@127.0.0.1:5672/"
+    [conductor]
+    db_url = "postgresql+psycopg://postgres@127.0.0.1/nova"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRANSPORT_URL = "memory://"
+DEFAULT_LIBVIRT_URI = "test:///default"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def default_state_dir() -> Path:
+    """Where services keep files: $RPCLIB_STATE_DIR, else $XDG_STATE_HOME/rpclib."""
+    explicit = os.environ.get("RPCLIB_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "rpclib"
+
+
+@dataclass
+class ServiceConfig:
+    """The settings of one service process."""
+
+    service: str
+    transport_url: str = DEFAULT_TRANSPORT_URL
+    host: str = field(default_factory=socket.gethostname)
+    log_level: str = "INFO"
+    state_dir: Path = field(default_factory=default_state_dir)
+    db_url: str | None = None
+    libvirt_uri: str = DEFAULT_LIBVIRT_URI
+    strategy: str = "spread"
+    audit_interval: float = 3600.0
+    heartbeat_interval: float = 10.0
+
+    def setup_logging(self) -> None:
+        logging.basicConfig(
+            level=self.log_level,
+            format=f"%(asctime)s {self.service}[{self.host}] %(levelname)s %(name)s: %(message)s",
+        )
+
+
+_OPTIONS: dict[str, tuple[str, type]] = {
+    "transport_url": ("transport URL (memory://, rabbit://...)", str),
+    "host": ("this node's name", str),
+    "log_level": (f"one of {', '.join(LOG_LEVELS)}", str),
+    "state_dir": ("directory for databases, images and disks", Path),
+    "db_url": ("conductor database URL (SQLite file in the state dir by default)", str),
+    "libvirt_uri": ("libvirt connection URI (test:///default, qemu:///system)", str),
+    "strategy": ("scheduler placement: spread or pack", str),
+    "audit_interval": ("seconds between instance.exists audits", float),
+    "heartbeat_interval": ("seconds between service heartbeats", float),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The standard options ``names`` plus ``--config``."""
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    for name in names:
+        help_text, kind = _OPTIONS[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+
+
+def load(
+    service: str,
+    args: argparse.Namespace,
+    names: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+) -> ServiceConfig:
+    """Merge defaults, the config file, the environment and ``args`` (in that order)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or env.get("RPCLIB_CONFIG")
+    if config_path:
+        values.update(_from_file(Path(config_path), service, names))
+    for name in names:
+        text = env.get(f"RPCLIB_{name.upper()}")
+        if text is not None:
+            values[name] = _convert(name, text, f"environment variable RPCLIB_{name.upper()}")
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    config = ServiceConfig(service=service, **values)
+    config.log_level = str(config.log_level).upper()
+    if config.log_level not in LOG_LEVELS:
+        raise SystemExit(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    return config
+
+
+def _from_file(path: Path, service: str, names: Sequence[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SystemExit(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"config file {path} is not valid TOML: {exc}") from None
+    known = {f.name for f in fields(ServiceConfig)} - {"service"}
+    section = data.get(service, {})
+    merged = {k: v for k, v in data.items() if not isinstance(v, dict)} | section
+    out: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key not in known:
+            raise SystemExit(f"config file {path}: unknown setting {key!r}")
+        if key in names:
+            out[key] = _convert(key, value, f"config file {path}")
+    return out
+
+
+def _convert(name: str, value: Any, where: str) -> Any:
+    kind = _OPTIONS[name][1]
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SystemExit(f"{where}: {name} must be a {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,104 @@
+"""The conductor process: database, RPC endpoint, periodic usage audit."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import rpclib
+from services import notifications
+from services.common import config as cfg
+from services.common.process import serve_forever
+from services.conductor.db import ConductorDB, create_engine, migrations
+from services.conductor.manager import ConductorManager
+from services.conductor.rpcapi import TOPIC
+
+LOG = logging.getLogger("services.conductor")
+OPTIONS = ("transport_url", "host", "log_level", "state_dir", "db_url", "audit_interval")
+
+
+class ConductorService:
+    """Owns the database; serves the conductor interface on ``conductor.<host>``."""
+
+    def __init__(
+        self,
+        transport: rpclib.Transport,
+        *,
+        host: str,
+        db_url: str | None = None,
+        state_dir: Path | None = None,
+        audit_interval: float = 3600.0,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.engine = create_engine(db_url, state_dir=state_dir)
+        self.audit_interval = audit_interval
+        self.db: ConductorDB | None = None
+        self.server: rpclib.RPCServer | None = None
+        self.manager: ConductorManager | None = None
+        self.notifier = rpclib.Notifier(
+            transport,
+            publisher_id=f"conductor.{host}",
+            topics=[notifications.TOPIC],
+            ensure_pools=("billing",),
+        )
+        self._stop = threading.Event()
+        self._audit_from = dt.datetime.now(dt.UTC)
+
+    def start(self) -> None:
+        migrations.upgrade(self.engine)
+        self.db = ConductorDB(self.engine)
+        self.manager = ConductorManager(self.db, self.notifier)
+        self.server = rpclib.RPCServer(
+            self.transport,
+            rpclib.Target(topic=TOPIC, server=self.host),
+            [self.manager, rpclib.ObjectBackportEndpoint()],
+        )
+        self.server.start()
+        threading.Thread(target=self._audit_loop, name="conductor-audit", daemon=True).start()
+        LOG.info("conductor %s serving, database %s", self.host, self.engine.url)
+
+    def audit(self, until: dt.datetime | None = None) -> int:
+        """Emit instance.exists for the period since the last audit; returns how many."""
+        assert self.manager is not None
+        end = until or dt.datetime.now(dt.UTC)
+        start, self._audit_from = self._audit_from, end
+        return self.manager.emit_exists(start, end)
+
+    def _audit_loop(self) -> None:
+        while not self._stop.wait(self.audit_interval):
+            try:
+                LOG.info("usage audit: %d instance.exists sent", self.audit())
+            except Exception:
+                LOG.exception("usage audit failed; the next one covers the period")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+            self.server.wait(30)
+        self.notifier.close()
+        self.engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpclib-conductor", description=__doc__)
+    cfg.add_arguments(parser, OPTIONS)
+    config = cfg.load("conductor", parser.parse_args(argv), OPTIONS)
+    config.setup_logging()
+    transport = rpclib.get_transport(config.transport_url)
+    service = ConductorService(
+        transport,
+        host=config.host,
+        db_url=config.db_url,
+        state_dir=config.state_dir,
+        audit_interval=config.audit_interval,
+    )
+    try:
+        return serve_forever(service, "conductor")
+    finally:
+        transport.close()

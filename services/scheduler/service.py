@@ -1,0 +1,49 @@
+"""The scheduler process."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import rpclib
+from services.common import config as cfg
+from services.common.process import serve_forever
+from services.compute.rpcapi import ComputeAPI
+from services.conductor.rpcapi import ConductorAPI
+from services.scheduler.manager import SchedulerManager
+from services.scheduler.rpcapi import TOPIC
+
+OPTIONS = ("transport_url", "host", "log_level", "strategy")
+
+
+class SchedulerService:
+    """Serves the scheduler interface on ``scheduler.<host>``."""
+
+    def __init__(self, transport: rpclib.Transport, *, host: str, strategy: str = "spread"):
+        manager = SchedulerManager(
+            ConductorAPI(transport), ComputeAPI(transport), strategy=strategy
+        )
+        self.server = rpclib.RPCServer(
+            transport, rpclib.Target(topic=TOPIC, server=host), [manager]
+        )
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server.wait(30)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpclib-scheduler", description=__doc__)
+    cfg.add_arguments(parser, OPTIONS)
+    config = cfg.load("scheduler", parser.parse_args(argv), OPTIONS)
+    config.setup_logging()
+    transport = rpclib.get_transport(config.transport_url)
+    try:
+        return serve_forever(
+            SchedulerService(transport, host=config.host, strategy=config.strategy), "scheduler"
+        )
+    finally:
+        transport.close()
