@@ -15,6 +15,23 @@ class MessagingError(Exception):
     """Base class of every rpclib error."""
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """False for errors that will fail again however often they are retried.
+
+    A handler of at-least-once messages signals that by raising
+    :class:`PermanentError` or any exception whose class (or instance) has
+    ``retryable = False``: the message is then dead-lettered at once with the
+    error as reason instead of being requeued ``max_attempts`` times.
+    """
+    return bool(getattr(exc, "retryable", True))
+
+
+class PermanentError(MessagingError):
+    """Raised by a handler: this message can never succeed; dead-letter it now."""
+
+    retryable = False
+
+
 # --- configuration -------------------------------------------------------
 
 

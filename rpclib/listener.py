@@ -31,7 +31,7 @@ from typing import Any
 from rpclib import envelope
 from rpclib.consumer import Consumer
 from rpclib.envelope import Envelope, Kind
-from rpclib.exceptions import MalformedMessage, MessageTooLarge
+from rpclib.exceptions import MalformedMessage, MessageTooLarge, is_retryable
 from rpclib.notify_drivers import PRIORITIES
 from rpclib.serializer import Serializer
 from rpclib.target import Target
@@ -388,7 +388,8 @@ class _ListenerBase(Consumer):
         if error is not None:
             self._count("failed")
         cause = _cause(error, error_from, requeue_by)
-        if attempts < self.max_attempts:
+        permanent = error is not None and not is_retryable(error)
+        if attempts < self.max_attempts and not permanent:
             if log:
                 LOG.warning(
                     "notification %s: %s (attempt %d of %d), requeueing",
@@ -400,7 +401,8 @@ class _ListenerBase(Consumer):
             self._count("requeued")
             incoming.requeue()
             return "requeue"
-        reason = f"{cause} (after {attempts} attempts)"
+        tried = "permanent error, not retried" if permanent else f"after {attempts} attempts"
+        reason = f"{cause} ({tried})"
         if log:
             LOG.error("dead-lettering notification %s: %s", what, reason, exc_info=error)
         self._count("dead_lettered")

@@ -38,6 +38,7 @@ from rpclib.exceptions import (
     TransportError,
     Undeliverable,
     UnsupportedVersion,
+    is_retryable,
 )
 from rpclib.failures import to_failure
 from rpclib.serializer import Serializer
@@ -394,7 +395,7 @@ class RPCServer(Consumer):
             )
             self._reply(env, to_failure(exc), failed=True)
             return
-        if at_least_once and incoming.attempts < self.max_attempts:
+        if at_least_once and incoming.attempts < self.max_attempts and is_retryable(exc):
             LOG.warning(
                 "cast %r raised %s (attempt %d of %d), requeueing: %s",
                 entry.name,
@@ -407,7 +408,12 @@ class RPCServer(Consumer):
             incoming.requeue()
             return
         if at_least_once:
-            reason = f"{type(exc).__name__}: {exc} (after {incoming.attempts} attempts)"
+            tried = (
+                f"after {incoming.attempts} attempts"
+                if is_retryable(exc)
+                else "permanent error, not retried"
+            )
+            reason = f"{type(exc).__name__}: {exc} ({tried})"
             LOG.error("dead-lettering cast %r: %s", entry.name, reason, exc_info=exc)
             self.stats.dead_lettered += 1
             incoming.dead_letter(reason)

@@ -30,6 +30,8 @@ _TIME_FIELDS = {
 class MalformedPayload(ValueError):
     """A billing notification whose payload lacks a field or has one of the wrong type."""
 
+    retryable = False  # redelivering the same bytes cannot fix them: dead-letter at once
+
     def __init__(self, event_type: str, field: str, problem: str) -> None:
         super().__init__(f"{event_type} payload field {field!r}: {problem}")
         self.event_type = event_type

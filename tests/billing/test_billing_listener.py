@@ -180,7 +180,8 @@ def test_a_malformed_payload_is_dead_lettered_naming_the_field_and_later_events_
     [dead] = transport.driver.dead_letters()
     assert "MalformedPayload" in dead.reason
     assert "instance.create.end payload field 'vcpus'" in dead.reason
-    assert dead.attempts == 3
+    assert dead.attempts == 1  # malformed bytes never improve: not retried
+    assert "permanent error, not retried" in dead.reason
     assert ledger.usage(*DAY) == EXPECTED
 
 

@@ -160,3 +160,37 @@ def test_lost_replies_end_in_reply_timeout_not_a_hang(bus_url: str) -> None:
 class EchoEndpoint:
     def echo(self, ctx: dict[str, Any], value: Any) -> Any:
         return value
+
+
+def test_permanent_error_is_dead_lettered_at_once(transport: rpclib.Transport) -> None:
+    class Strict:
+        def update(self, ctx: dict[str, Any], seq: int) -> None:
+            raise rpclib.PermanentError(f"sequence {seq} belongs to another host")
+
+    server = serve(transport, [Strict()], max_attempts=5)
+    try:
+        reliable(transport).cast({}, "update", seq=3)
+        wait_until(lambda: bool(transport.driver.dead_letters()), what="a dead letter")
+        (letter,) = transport.driver.dead_letters()
+        assert letter.attempts == 1
+        assert "permanent error, not retried" in letter.reason
+        assert server.stats.requeued == 0
+    finally:
+        stop(server)
+
+
+def test_any_exception_marked_not_retryable_is_permanent(transport: rpclib.Transport) -> None:
+    class Forged(ValueError):
+        retryable = False
+
+    class Strict:
+        def update(self, ctx: dict[str, Any], seq: int) -> None:
+            raise Forged("not yours")
+
+    server = serve(transport, [Strict()], max_attempts=5)
+    try:
+        reliable(transport).cast({}, "update", seq=3)
+        wait_until(lambda: bool(transport.driver.dead_letters()), what="a dead letter")
+        assert transport.driver.dead_letters()[0].attempts == 1
+    finally:
+        stop(server)

@@ -107,6 +107,8 @@ class InventoryInUse(ConductorDBError):
 class WrongHost(ConductorDBError):
     """An instance update came from a host the instance is not placed on."""
 
+    retryable = False  # a forged or misdirected update never becomes valid: dead-letter it
+
     def __init__(self, instance_uuid: str, host: str, placed_on: str | None) -> None:
         super().__init__(instance_uuid, host, placed_on)
         self.instance_uuid = instance_uuid
