@@ -125,9 +125,7 @@ class ConductorManager:
         Refuses (WrongHost) an update for an instance not placed on ``host``.
         Emits instance.create.end / instance.delete.end on those transitions.
         """
-        applied, previous = self.db.apply_instance_transition(
-            instance_uuid, host, sequence, state
-        )
+        applied, previous = self.db.apply_instance_transition(instance_uuid, host, sequence, state)
         if not applied:
             LOG.debug("stale or duplicate update %d for %s ignored", sequence, instance_uuid)
             return False

@@ -1,0 +1,91 @@
+"""The billing process: a notification listener in its own pool, plus a usage query.
+
+Interface (namespace ``billing``) version history: 1.0: usage(start, end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import rpclib
+from services.billing import Ledger, make_listener
+from services.common import config as cfg
+from services.common.process import serve_forever
+
+TOPIC = "billing"
+NAMESPACE = "billing"
+VERSION = "1.0"
+OPTIONS = ("transport_url", "host", "log_level", "state_dir")
+
+
+class BillingAPIEndpoint:
+    """Answers usage queries from the ledger."""
+
+    target = rpclib.Target(namespace=NAMESPACE, version=VERSION)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def usage(
+        self, ctx: dict[str, Any], start: dt.datetime, end: dt.datetime
+    ) -> list[dict[str, Any]]:
+        return [asdict(row) for row in self.ledger.usage(start, end)]
+
+
+class BillingService:
+    """Keeps the usage ledger in ``<state_dir>/billing.sqlite``."""
+
+    def __init__(self, transport: rpclib.Transport, *, host: str, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(state_dir / "billing.sqlite")
+        self.listener = make_listener(transport, self.ledger)
+        self.server = rpclib.RPCServer(
+            transport, rpclib.Target(topic=TOPIC, server=host), [BillingAPIEndpoint(self.ledger)]
+        )
+
+    def start(self) -> None:
+        self.listener.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.listener.stop()
+        self.server.wait(30)
+        self.listener.wait(30)
+        self.ledger.close()
+
+
+class BillingAPI:
+    """Client for usage queries."""
+
+    def __init__(self, transport: rpclib.Transport, *, timeout: float = 30.0) -> None:
+        self.client = rpclib.RPCClient(
+            transport,
+            rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
+            version_cap="auto",
+            timeout=timeout,
+        )
+
+    def usage(
+        self, ctx: dict[str, Any], start: dt.datetime, end: dt.datetime
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.client.call(ctx, "usage", start=start, end=end)
+        return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpclib-billing", description=__doc__)
+    cfg.add_arguments(parser, OPTIONS)
+    config = cfg.load("billing", parser.parse_args(argv), OPTIONS)
+    config.setup_logging()
+    transport = rpclib.get_transport(config.transport_url)
+    try:
+        service = BillingService(transport, host=config.host, state_dir=config.state_dir)
+        return serve_forever(service, "billing")
+    finally:
+        transport.close()
