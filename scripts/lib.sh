@@ -19,6 +19,10 @@ need_root_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Debian packages the services need: qemu-img for disks, libvirt's headers to build
+# libvirt-python (which brings libvirt's test hypervisor along).
+SERVICE_PACKAGES=(qemu-utils libvirt-dev pkg-config gcc python3-dev)
+
 find_python() {
     local candidate
     for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do

@@ -89,3 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_forever(service, "billing")
     finally:
         transport.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -32,5 +32,5 @@ def _text(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.2f}"
+        return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.4f}"
     return str(value)

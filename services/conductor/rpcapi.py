@@ -7,6 +7,7 @@ sequence makes redelivery harmless. Everything else is a call.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import rpclib
@@ -33,7 +34,7 @@ class ConductorAPI:
     # compute nodes
     def register_compute(
         self,
-        ctx: dict[str, Any],
+        ctx: Mapping[str, Any],
         host: str,
         vcpus: int,
         memory_mb: int,
@@ -50,12 +51,12 @@ class ConductorAPI:
             versions=versions,
         )
 
-    def heartbeat(self, ctx: dict[str, Any], host: str, binary: str) -> None:
+    def heartbeat(self, ctx: Mapping[str, Any], host: str, binary: str) -> None:
         self.client.cast(ctx, "heartbeat", host=host, binary=binary)
 
     def instance_update(
         self,
-        ctx: dict[str, Any],
+        ctx: Mapping[str, Any],
         instance_uuid: str,
         host: str,
         sequence: int,
@@ -70,13 +71,13 @@ class ConductorAPI:
             state=state,
         )
 
-    def release_allocation(self, ctx: dict[str, Any], instance_uuid: str) -> None:
+    def release_allocation(self, ctx: Mapping[str, Any], instance_uuid: str) -> None:
         self._reliable.cast(ctx, "release_allocation", instance_uuid=instance_uuid)
 
     # the scheduler
     def create_instance(
         self,
-        ctx: dict[str, Any],
+        ctx: Mapping[str, Any],
         name: str,
         project_id: str,
         user_id: str,
@@ -95,7 +96,7 @@ class ConductorAPI:
         return result
 
     def allocation_candidates(
-        self, ctx: dict[str, Any], vcpus: int, memory_mb: int, disk_gb: int
+        self, ctx: Mapping[str, Any], vcpus: int, memory_mb: int, disk_gb: int
     ) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.client.call(
             ctx, "allocation_candidates", vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb
@@ -103,26 +104,26 @@ class ConductorAPI:
         return result
 
     def claim(
-        self, ctx: dict[str, Any], instance_uuid: str, host: str, resources: dict[str, int]
+        self, ctx: Mapping[str, Any], instance_uuid: str, host: str, resources: dict[str, int]
     ) -> dict[str, int]:
         result: dict[str, int] = self.client.call(
             ctx, "claim", instance_uuid=instance_uuid, host=host, resources=resources
         )
         return result
 
-    def fail_unplaced(self, ctx: dict[str, Any], instance_uuid: str, reason: str) -> Instance:
+    def fail_unplaced(self, ctx: Mapping[str, Any], instance_uuid: str, reason: str) -> Instance:
         result: Instance = self.client.call(
             ctx, "fail_unplaced", instance_uuid=instance_uuid, reason=reason
         )
         return result
 
     # users
-    def get_instance(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:
+    def get_instance(self, ctx: Mapping[str, Any], instance_uuid: str) -> Instance:
         result: Instance = self.client.call(ctx, "get_instance", instance_uuid=instance_uuid)
         return result
 
     def list_instances(
-        self, ctx: dict[str, Any], project_id: str | None = None, include_deleted: bool = False
+        self, ctx: Mapping[str, Any], project_id: str | None = None, include_deleted: bool = False
     ) -> list[Instance]:
         result: list[Instance] = self.client.call(
             ctx, "list_instances", project_id=project_id, include_deleted=include_deleted

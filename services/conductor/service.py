@@ -102,3 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_forever(service, "conductor")
     finally:
         transport.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

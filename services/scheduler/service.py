@@ -47,3 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         transport.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The compute process: learns its host from libvirt, registers, heartbeats, serves builds.
+
+It holds no database credentials and imports no database driver: everything
+it knows about instances comes in RPC messages, and everything it changes
+goes to the conductor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import rpclib
+from services.common import config as cfg
+from services.common.process import serve_forever
+from services.compute.images import ImageCache
+from services.compute.manager import ComputeManager
+from services.compute.rpcapi import TOPIC, VERSION
+from services.compute.virt import HostResources, LibvirtDriver
+from services.conductor.rpcapi import ConductorAPI
+
+LOG = logging.getLogger("services.compute")
+OPTIONS = ("transport_url", "host", "log_level", "state_dir", "libvirt_uri", "heartbeat_interval")
+
+
+class ComputeService:
+    """One compute node on ``compute.<host>``."""
+
+    def __init__(
+        self,
+        transport: rpclib.Transport,
+        *,
+        host: str,
+        libvirt_uri: str,
+        state_dir: Path,
+        heartbeat_interval: float = 10.0,
+        resources: HostResources | None = None,
+    ) -> None:
+        self.host = host
+        self.conductor = ConductorAPI(transport)
+        self.driver = LibvirtDriver(libvirt_uri, instances_dir=state_dir / "instances" / host)
+        self.images = ImageCache(state_dir / "images")
+        self.manager = ComputeManager(host, self.driver, self.images, self.conductor)
+        self.server = rpclib.RPCServer(
+            transport, rpclib.Target(topic=TOPIC, server=host), [self.manager]
+        )
+        self.heartbeat_interval = heartbeat_interval
+        self._resources = resources
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        r = self._resources or self.driver.host_resources()
+        self.server.start()
+        self.conductor.register_compute(
+            {}, self.host, r.vcpus, r.memory_mb, r.disk_gb, {"compute": VERSION}
+        )
+        threading.Thread(target=self._heartbeats, name="compute-heartbeat", daemon=True).start()
+        LOG.info("compute %s up: %d vCPU, %d MB, %d GB", self.host, r.vcpus, r.memory_mb, r.disk_gb)
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            try:
+                self.conductor.heartbeat({}, self.host, "compute")
+            except rpclib.MessagingError as exc:
+                LOG.warning("heartbeat not sent: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.stop()
+        self.server.wait(60)
+        self.driver.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpclib-compute", description=__doc__)
+    cfg.add_arguments(parser, OPTIONS)
+    config = cfg.load("compute", parser.parse_args(argv), OPTIONS)
+    config.setup_logging()
+    transport = rpclib.get_transport(config.transport_url)
+    try:
+        service = ComputeService(
+            transport,
+            host=config.host,
+            libvirt_uri=config.libvirt_uri,
+            state_dir=config.state_dir,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        return serve_forever(service, "compute")
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
