@@ -28,11 +28,10 @@ from services.conductor.db import (
     VmState,
 )
 from services.conductor.db import Instance as InstanceRecord
+from services.conductor.rpcapi import NAMESPACE, VERSION
 from services.objects import Flavor, Instance
 
 LOG = logging.getLogger("services.conductor")
-NAMESPACE = "conductor"
-VERSION = "1.0"
 
 
 def to_object(record: InstanceRecord) -> Instance:

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import rpclib
-from services.conductor.manager import NAMESPACE, VERSION
 from services.objects import Flavor, Instance
 
 TOPIC = "conductor"
-ERROR_MODULES = ("services.conductor.db.errors",)
+NAMESPACE = "conductor"
+VERSION = "1.0"  # the history is in services.conductor.manager
+ERROR_MODULES = ("services.conductor.errors",)
 
 
 class ConductorAPI:

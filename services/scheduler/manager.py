@@ -17,7 +17,7 @@ from typing import Any
 
 import rpclib
 from services.compute.rpcapi import ComputeAPI
-from services.conductor.db.errors import ClaimError
+from services.conductor.errors import ClaimError
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Flavor, Instance
 

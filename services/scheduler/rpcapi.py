@@ -9,7 +9,7 @@ from services.objects import Instance
 from services.scheduler.manager import NAMESPACE, VERSION
 
 TOPIC = "scheduler"
-ERROR_MODULES = ("services.scheduler.manager", "services.conductor.db.errors")
+ERROR_MODULES = ("services.scheduler.manager", "services.conductor.errors")
 
 
 class SchedulerAPI:

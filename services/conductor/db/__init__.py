@@ -9,20 +9,6 @@ db = ConductorDB(engine)
 
 from services.conductor.db.api import UPDATABLE_FIELDS, ConductorDB
 from services.conductor.db.engine import create_engine, default_state_dir, default_url
-from services.conductor.db.errors import (
-    ClaimConflict,
-    ClaimError,
-    ConductorDBError,
-    InstanceExists,
-    InstanceNotFound,
-    InventoryInUse,
-    NoCapacity,
-    NotFound,
-    ProviderConflict,
-    ProviderNotFound,
-    ServiceNotFound,
-    WrongHost,
-)
 from services.conductor.db.records import (
     DISK_GB,
     MEMORY_MB,
@@ -37,6 +23,20 @@ from services.conductor.db.records import (
     Usage,
     VmState,
     resources,
+)
+from services.conductor.errors import (
+    ClaimConflict,
+    ClaimError,
+    ConductorDBError,
+    InstanceExists,
+    InstanceNotFound,
+    InventoryInUse,
+    NoCapacity,
+    NotFound,
+    ProviderConflict,
+    ProviderNotFound,
+    ServiceNotFound,
+    WrongHost,
 )
 
 __all__ = [

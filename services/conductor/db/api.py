@@ -30,17 +30,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.conductor.db.engine import check_engine, for_writes
-from services.conductor.db.errors import (
-    ClaimConflict,
-    InstanceExists,
-    InstanceNotFound,
-    InventoryInUse,
-    NoCapacity,
-    ProviderConflict,
-    ProviderNotFound,
-    ServiceNotFound,
-    WrongHost,
-)
 from services.conductor.db.models import (
     AllocationRow,
     InstanceEventRow,
@@ -60,6 +49,17 @@ from services.conductor.db.records import (
     Usage,
     VmState,
     resources,
+)
+from services.conductor.errors import (
+    ClaimConflict,
+    InstanceExists,
+    InstanceNotFound,
+    InventoryInUse,
+    NoCapacity,
+    ProviderConflict,
+    ProviderNotFound,
+    ServiceNotFound,
+    WrongHost,
 )
 
 T = TypeVar("T")
