@@ -87,13 +87,14 @@ class Processes:
     """Every service as its own process on a broker."""
 
     def __init__(self, url: str, state: Path, libvirt_uri: str) -> None:
-        common = ["--transport-url", url, "--state-dir", str(state), "--log-level", "WARNING"]
+        common = ["--transport-url", url, "--log-level", "WARNING"]
+        files = ["--state-dir", str(state)]
         self.commands = [
-            ["services.conductor.service", "--host", "conductor1", "--audit-interval", "2"],
+            ["services.conductor.service", "--host", "conductor1", "--audit-interval", "2", *files],
             ["services.scheduler.service", "--host", "scheduler1"],
-            ["services.billing.service", "--host", "billing1"],
+            ["services.billing.service", "--host", "billing1", *files],
             *(
-                ["services.compute.service", "--host", h, "--libvirt-uri", libvirt_uri]
+                ["services.compute.service", "--host", h, "--libvirt-uri", libvirt_uri, *files]
                 for h in COMPUTE_HOSTS
             ),
         ]

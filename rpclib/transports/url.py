@@ -117,10 +117,8 @@ def parse_url(url: str) -> TransportURL:
         )
     if not scheme.replace("+", "").replace("-", "").isalnum():
         raise InvalidTransportURL(safe, f"bad scheme {scheme!r}")
-    netloc, _, tail = rest.partition("/")
-    path, _, query = tail.partition("?")
-    if "?" in netloc:
-        netloc, _, query = netloc.partition("?")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
     hosts: list[Host] = []
     if netloc:
         for part in netloc.split(","):

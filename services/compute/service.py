@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class ComputeService:
         state_dir: Path,
         heartbeat_interval: float = 10.0,
         resources: HostResources | None = None,
+        register_timeout: float = 600.0,
     ) -> None:
         self.host = host
         self.conductor = ConductorAPI(transport)
@@ -48,17 +50,34 @@ class ComputeService:
             transport, rpclib.Target(topic=TOPIC, server=host), [self.manager]
         )
         self.heartbeat_interval = heartbeat_interval
+        self.register_timeout = register_timeout
         self._resources = resources
         self._stop = threading.Event()
 
     def start(self) -> None:
         r = self._resources or self.driver.host_resources()
         self.server.start()
-        self.conductor.register_compute(
-            {}, self.host, r.vcpus, r.memory_mb, r.disk_gb, {"compute": VERSION}
-        )
+        self._register(r)
         threading.Thread(target=self._heartbeats, name="compute-heartbeat", daemon=True).start()
         LOG.info("compute %s up: %d vCPU, %d MB, %d GB", self.host, r.vcpus, r.memory_mb, r.disk_gb)
+
+    def _register(self, r: HostResources) -> None:
+        """Register with the conductor, waiting for it if it is not up yet (any start order)."""
+        delay = 0.5
+        deadline = time.monotonic() + self.register_timeout
+        while True:
+            try:
+                self.conductor.register_compute(
+                    {}, self.host, r.vcpus, r.memory_mb, r.disk_gb, {"compute": VERSION}
+                )
+                return
+            except (rpclib.Undeliverable, rpclib.MessagingTimeout, rpclib.ConnectionLost) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                LOG.warning("conductor not reachable yet (%s); retrying in %.1fs", exc, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 10.0)
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):

@@ -62,3 +62,10 @@ def test_unknown_options_are_rejected_by_name() -> None:
     url = parse_url("memory://x?seed=1&sede=2")
     with pytest.raises(rpclib.InvalidTransportURL, match="sede"):
         url.reject_unknown_options({"seed"})
+
+
+def test_options_after_a_host_without_a_path_keep_slashes_in_values() -> None:
+    url = parse_url("rabbits://h1:5671?ssl_ca=/etc/ca.pem&ssl_cert=/etc/c.pem")
+    assert url.options == {"ssl_ca": "/etc/ca.pem", "ssl_cert": "/etc/c.pem"}
+    assert url.virtual_host == ""
+    assert [(h.hostname, h.port) for h in url.hosts] == [("h1", 5671)]

@@ -55,3 +55,14 @@ def list_queues(vhost: str) -> dict[str, int]:
         if len(parts) == 2:
             queues[parts[0]] = int(parts[1])
     return queues
+
+
+@pytest.fixture
+def fresh_rabbit_url() -> Iterator[str]:
+    """A rabbit:// URL on a vhost of this test's own (for tests whose durable queues
+    must not meet another test's)."""
+    vhost = f"rpclib-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*")
+    yield f"rabbit://{USER}:{PASSWORD}@{BROKER}/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)

@@ -1,0 +1,668 @@
+"""Subscriptions, the messages they deliver, and reply inboxes.
+
+A subscription owns one channel on the consumer connection with a bounded
+prefetch and consumes both queues of its address (the durable one and the
+auto-delete ``.live`` one; a fanout subscription has one private queue).
+Handlers run on the I/O thread; :class:`RabbitIncoming` can be settled from
+any thread. Settling checks the delivery's *epoch* (which channel delivered
+it): a message from a channel or connection that is gone was already
+requeued by the broker, so settling it is ignored.
+
+``requeue()`` republishes the message to its own queue with
+``x-rpclib-attempts`` (confirmed) and then acks the original: classic
+queues have no delivery count, and the redelivered flag only says "at least
+once before". ``dead_letter()`` publishes to the vhost's dead-letter queue
+(confirmed) and acks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from amqp.exceptions import NotFound
+
+from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
+from rpclib.transports.rabbit import naming
+from rpclib.transports.rabbit.connection import (
+    CONNECTION_ERRORS,
+    ConnectionDown,
+    body_of,
+    expiration_ms,
+    headers_of,
+)
+
+if TYPE_CHECKING:
+    from rpclib.transports.rabbit.io_thread import Session
+    from rpclib.transports.rabbit.publisher import PublisherPool
+
+LOG = logging.getLogger("rpclib.transports.rabbit")
+
+ATTEMPTS: Final = "x-rpclib-attempts"
+EXPIRES_AT: Final = "x-rpclib-expires-at"
+REASON: Final = "x-rpclib-reason"
+SOURCE: Final = "x-rpclib-source"
+DELIVERY_COUNT: Final = "x-delivery-count"
+REPLY_QUEUE_EXPIRES_MS: Final = 3_600_000
+PERSISTENT: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """One queue a subscription consumes, and how it is declared and bound."""
+
+    name: str
+    exchange: str
+    routing_key: str
+    kind: str  # "durable", "live" or "private"
+
+
+def durable_queue_arguments(queue_type: str) -> dict[str, Any] | None:
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+
+
+def declare_queue(session: Session, spec: QueueSpec) -> None:
+    """Declare ``spec`` and bind it to its exchange (I/O thread, control channel)."""
+    control = session.control()
+    if spec.kind == "durable":
+        control.queue_declare(
+            spec.name,
+            durable=True,
+            auto_delete=False,
+            arguments=durable_queue_arguments(session.options.queue_type),
+        )
+    elif spec.kind == "live":
+        control.queue_declare(spec.name, durable=False, auto_delete=True)
+    else:
+        control.queue_declare(spec.name, durable=False, exclusive=True, auto_delete=True)
+    control.queue_bind(spec.name, spec.exchange, spec.routing_key)
+
+
+def queues_for(address: Address, group: str | None) -> list[QueueSpec]:
+    """The queues a subscription to ``address`` consumes (names per docs/transports/rabbit.md)."""
+    if address.fanout:
+        exchange = naming.fanout_exchange(address)
+        return [QueueSpec(naming.fanout_queue(address), exchange, "", "private")]
+    return [
+        QueueSpec(
+            naming.queue_name(address, group),
+            address.exchange,
+            naming.routing_key(address),
+            "durable",
+        ),
+        QueueSpec(
+            naming.queue_name(address, group, live=True),
+            address.exchange,
+            naming.routing_key(address, live=True),
+            "live",
+        ),
+    ]
+
+
+class Settler:
+    """What settling needs besides the consumer connection: confirmed publishes."""
+
+    def __init__(self, pool: PublisherPool, options_send_timeout: float, queue_type: str) -> None:
+        self._pool = pool
+        self._send_timeout = options_send_timeout
+        self._queue_type = queue_type
+        self._dlq_declared = False
+        self._lock = threading.Lock()
+
+    def deadline(self) -> float:
+        return time.monotonic() + self._send_timeout
+
+    def republish(self, queue: str, body: bytes, properties: dict[str, Any]) -> None:
+        """Put a copy back into ``queue`` (confirmed); Undeliverable if the queue is gone."""
+        self._pool.publish(
+            "",
+            queue,
+            body,
+            properties,
+            target=queue,
+            exchange_type=None,
+            deadline=self.deadline(),
+            retry_after_write=True,
+        )
+
+    def ensure_dead_letter_queue(self, deadline: float) -> None:
+        """Declare the vhost's dead-letter queue once per driver."""
+        with self._lock:
+            if not self._dlq_declared:
+                self._pool.ensure_queue(
+                    naming.DEAD_LETTER_QUEUE, durable_queue_arguments(self._queue_type), deadline
+                )
+                self._dlq_declared = True
+
+    def dead_letter(self, body: bytes, properties: dict[str, Any]) -> None:
+        deadline = self.deadline()
+        self.ensure_dead_letter_queue(deadline)
+        self._pool.publish(
+            "",
+            naming.DEAD_LETTER_QUEUE,
+            body,
+            properties,
+            target=naming.DEAD_LETTER_QUEUE,
+            exchange_type=None,
+            deadline=deadline,
+            retry_after_write=True,
+        )
+
+
+# --- incoming messages ---------------------------------------------------------------
+
+
+def attempts_of(headers: dict[str, Any], redelivered: bool) -> int:
+    """1 on first delivery; requeues (header), crashes (redelivered / quorum count) add one each."""
+    previous = _as_int(headers.get(ATTEMPTS))
+    count = headers.get(DELIVERY_COUNT)
+    crashes = _as_int(count) if count is not None else int(bool(redelivered))
+    return previous + crashes + 1
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
+
+
+class RabbitIncoming:
+    """A delivered message (the driver's :class:`~rpclib.transports.base.Incoming`)."""
+
+    __slots__ = (
+        "_body",
+        "_epoch",
+        "_generation",
+        "_message",
+        "_queue",
+        "_settled",
+        "_sub",
+        "_tag",
+        "attempts",
+    )
+
+    def __init__(
+        self, sub: RabbitSubscription, epoch: int, generation: int, queue: str, message: Any
+    ) -> None:
+        self._sub = sub
+        self._epoch = epoch
+        self._generation = generation
+        self._queue = queue
+        self._message = message
+        self._tag: int = message.delivery_info["delivery_tag"]
+        self._body = body_of(message)
+        self.attempts = attempts_of(headers_of(message), message.delivery_info["redelivered"])
+        self._settled: str | None = None
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    def ack(self) -> None:
+        """Done with it: remove it from the queue."""
+        self._settle("ack")
+
+    def requeue(self) -> None:
+        """Give it back for redelivery (to the tail of its queue, attempts + 1)."""
+        self._settle("requeue")
+
+    def dead_letter(self, reason: str) -> None:
+        """Move it to the dead-letter queue with ``reason``; it is not redelivered."""
+        self._settle("dead_letter", str(reason))
+
+    def __repr__(self) -> str:
+        return (
+            f"<rabbit Incoming from {self._queue} attempts={self.attempts} "
+            f"{len(self._body)} bytes {self._settled or 'unsettled'}>"
+        )
+
+    def expired(self) -> bool:
+        expires_at = headers_of(self._message).get(EXPIRES_AT)
+        return isinstance(expires_at, int | float) and time.time() >= expires_at
+
+    def _settle(self, how: str, reason: str = "") -> None:
+        sub = self._sub
+        with sub.lock:
+            if self._settled is not None:
+                raise RuntimeError(
+                    f"cannot {how.replace('_', ' ')} a message already settled with "
+                    f"{self._settled.replace('_', ' ')}(); settle each Incoming exactly once"
+                )
+            self._settled = how
+            self._apply(how, reason)
+
+    def settle_if_unsettled(self, how: str) -> None:
+        """Settle unless the handler already did (after a handler crash)."""
+        with self._sub.lock:
+            if self._settled is None:
+                self._settled = how
+                self._apply(how, "")
+
+    def _apply(self, how: str, reason: str) -> None:
+        """Carry out a settlement (subscription lock held, so close() cannot interleave)."""
+        sub = self._sub
+        if sub.epoch != self._epoch or sub.closed:
+            LOG.debug(
+                "%s of a message from %s ignored: its channel is gone and the broker requeued it",
+                how,
+                self._queue,
+            )
+            return
+        if not sub.session.is_current(self._generation):
+            LOG.debug("%s of a message from %s ignored: its connection is gone", how, self._queue)
+            return
+        if how == "requeue" and not self._republish():
+            return
+        if how == "dead_letter" and not self._to_dead_letters(reason):
+            return
+        if not sub.write_ack(self._generation, self._tag):
+            LOG.debug("ack of a message from %s ignored: its connection is gone", self._queue)
+
+    def _copy_properties(self, headers: dict[str, Any]) -> dict[str, Any]:
+        props = {
+            key: value
+            for key, value in self._message.properties.items()
+            if key not in ("application_headers", "message_id", "expiration")
+        }
+        props["application_headers"] = headers
+        expires_at = headers.get(EXPIRES_AT)
+        if isinstance(expires_at, int | float):
+            props["expiration"] = expiration_ms(expires_at - time.time())
+        return props
+
+    def _republish(self) -> bool:
+        """Put a copy with attempts recorded at the tail of the queue; False if it fell back."""
+        headers = headers_of(self._message)
+        headers.pop(DELIVERY_COUNT, None)
+        headers[ATTEMPTS] = self.attempts
+        try:
+            self._sub.settler.republish(self._queue, self._body, self._copy_properties(headers))
+        except (Undeliverable, TransportError) as exc:
+            # Fall back to AMQP's requeue: the count only grows by the redelivered flag.
+            LOG.warning(
+                "requeue of a message from %s by republishing failed (%s); "
+                "rejecting it for redelivery instead",
+                self._queue,
+                exc,
+            )
+            if not self._sub.write_reject(self._generation, self._tag):
+                LOG.debug("reject ignored: the connection is gone (the broker requeued it)")
+            return False
+        return True
+
+    def _to_dead_letters(self, reason: str) -> bool:
+        """Publish to the dead-letter queue (confirmed); False if it fell back to a reject."""
+        headers = headers_of(self._message)
+        headers.pop(DELIVERY_COUNT, None)
+        headers.pop(EXPIRES_AT, None)
+        headers.update({REASON: reason, SOURCE: self._queue, ATTEMPTS: self.attempts})
+        props = self._copy_properties(headers)
+        props.pop("expiration", None)
+        props["delivery_mode"] = PERSISTENT
+        try:
+            self._sub.settler.dead_letter(self._body, props)
+        except (Undeliverable, TransportError) as exc:
+            LOG.error(
+                "could not dead-letter a message from %s (%s); rejecting it for redelivery instead",
+                self._queue,
+                exc,
+            )
+            self._sub.write_reject(self._generation, self._tag)
+            return False
+        LOG.debug("dead-lettered a message from %s: %s", self._queue, reason)
+        return True
+
+
+# --- subscriptions -------------------------------------------------------------------
+
+
+class RabbitSubscription:
+    """A consumer of one address on its own channel; see the module docstring.
+
+    States: active, *cancelled* (consumers cancelled, delivered messages
+    still settleable on the open channel), *closed* (channel closed: the
+    broker requeues everything unsettled).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        settler: Settler,
+        address: Address,
+        group: str | None,
+        handler: MessageHandler,
+        prefetch: int,
+    ) -> None:
+        self.session = session
+        self.settler = settler
+        self.address = address
+        self.group = group
+        self.handler = handler
+        self.prefetch = prefetch
+        self.queues = queues_for(address, group)
+        self.lock = threading.RLock()
+        self.channel: Any = None
+        self.epoch = 0
+        self.cancelled = False
+        self.closed = False
+        self._tags: dict[str, QueueSpec] = {}
+
+    def __repr__(self) -> str:
+        group = f" group={self.group}" if self.group else ""
+        return f"<rabbit Subscription {self.address}{group}>"
+
+    # -- setup (I/O thread) ----------------------------------------------------------
+
+    def start(self) -> None:
+        """First setup, then track it for recovery (I/O thread)."""
+        self.setup(self.session, recovering=False)
+        self.session.register(self)
+
+    def setup(self, session: Session, *, recovering: bool) -> None:
+        if self.cancelled or self.closed:
+            return
+        for spec in self.queues:
+            session.declare_exchange(spec.exchange, "fanout" if spec.kind == "private" else "topic")
+            declare_queue(session, spec)
+        channel = session.open_channel()
+        quorum = session.options.queue_type == "quorum" and not self.address.fanout
+        # RabbitMQ: global=True shares the limit across the channel's consumers, but
+        # quorum queues only support the per-consumer limit.
+        channel.basic_qos(0, min(self.prefetch, 65535), not quorum)
+        with self.lock:
+            self.channel = channel
+            self.epoch += 1
+            epoch = self.epoch
+            self._tags = {}
+        for spec in self.queues:
+            self._consume(channel, epoch, spec)
+
+    def _consume(self, channel: Any, epoch: int, spec: QueueSpec) -> None:
+        tag = channel.basic_consume(
+            spec.name,
+            no_ack=False,
+            callback=functools.partial(self._on_message, epoch, spec.name),
+            on_cancel=functools.partial(self._on_broker_cancel, epoch),
+        )
+        self._tags[tag] = spec
+
+    def connection_lost(self) -> None:
+        # No lock: a settling thread may hold it for a confirmed republish, and the
+        # I/O thread must not wait for that. Any change of epoch makes older
+        # deliveries stale, even if a concurrent close() bumps it too.
+        self.channel = None
+        self.epoch += 1  # everything delivered so far was requeued by the broker
+
+    def broken(self) -> bool:
+        channel = self.channel
+        return channel is not None and not channel.is_open and not self.closed
+
+    # -- deliveries (I/O thread) -------------------------------------------------------
+
+    def _on_message(self, epoch: int, queue: str, message: Any) -> None:
+        generation = self.session.generation
+        self.session.add_event(lambda: self._deliver(epoch, generation, queue, message))
+
+    def _deliver(self, epoch: int, generation: int, queue: str, message: Any) -> None:
+        if epoch != self.epoch or self.closed:
+            return  # its channel is gone: the broker requeued it
+        tag = message.delivery_info["delivery_tag"]
+        if self.cancelled:
+            # Arrived between basic.cancel and cancel-ok: give it back.
+            self.write_reject(generation, tag)
+            return
+        incoming = RabbitIncoming(self, epoch, generation, queue, message)
+        if incoming.expired():
+            LOG.debug("discarded a message from %s: its deadline passed before delivery", queue)
+            incoming.settle_if_unsettled("ack")
+            return
+        try:
+            self.handler(incoming)
+        except Exception:
+            LOG.exception(
+                "handler for %s raised on attempt %d; requeueing the message",
+                queue,
+                incoming.attempts,
+            )
+            incoming.settle_if_unsettled("requeue")
+
+    def _on_broker_cancel(self, epoch: int, consumer_tag: str) -> None:
+        self.session.add_event(lambda: self._consume_again(epoch, consumer_tag))
+
+    def _consume_again(self, epoch: int, consumer_tag: str) -> None:
+        """The broker cancelled a consumer (its queue was deleted): declare and consume again."""
+        if epoch != self.epoch or self.cancelled or self.closed:
+            return
+        spec = self._tags.pop(consumer_tag, None)
+        if spec is None or not self.session.channel_alive(self.channel):
+            return
+        LOG.warning(
+            "RabbitMQ cancelled the consumer of %s (queue deleted?); declaring it again", spec.name
+        )
+        declare_queue(self.session, spec)
+        self._consume(self.channel, epoch, spec)
+
+    # -- writes from any thread ----------------------------------------------------------
+
+    def write_ack(self, generation: int, tag: int) -> bool:
+        channel = self.channel
+        return channel is not None and self.session.write(
+            generation, lambda: channel.basic_ack(tag)
+        )
+
+    def write_reject(self, generation: int, tag: int) -> bool:
+        channel = self.channel
+        return channel is not None and self.session.write(
+            generation, lambda: channel.basic_reject(tag, True)
+        )
+
+    # -- cancel and close ------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop new deliveries; delivered messages stay settleable."""
+        with self.lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+        if self.session.closed:
+            return
+        self.session.call(
+            self._cancel_consumers, timeout=self.settler_timeout(), needs_connection=False
+        )
+
+    def settler_timeout(self) -> float:
+        return self.session.options.send_timeout
+
+    def _cancel_consumers(self) -> None:
+        channel = self.channel
+        if not self.session.channel_alive(channel):
+            return
+        for tag in list(self._tags):
+            try:
+                channel.basic_cancel(tag)
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                LOG.debug("cancelling consumer %s: %s", tag, exc)
+                return
+        self._tags.clear()
+
+    def close(self) -> None:
+        """Cancel, and close the channel: the broker requeues every unsettled message."""
+        with self.lock:
+            if self.closed:
+                return
+            self.cancelled = self.closed = True
+            self.epoch += 1
+            channel, self.channel = self.channel, None
+        if self.session.closed:
+            return
+        self.session.call(
+            lambda: self._close_channel(channel),
+            timeout=self.settler_timeout(),
+            needs_connection=False,
+        )
+
+    def _close_channel(self, channel: Any) -> None:
+        self.session.unregister(self)
+        if not self.session.channel_alive(channel):
+            return
+        try:
+            channel.close()
+        except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+            LOG.debug("closing the channel of %r: %s", self, exc)
+
+    def shutdown(self) -> None:
+        """Driver close (I/O thread): forget everything; the connection close requeues."""
+        with self.lock:
+            self.cancelled = self.closed = True
+            self.epoch += 1
+            self.channel = None
+
+
+# --- inboxes ------------------------------------------------------------------------------
+
+
+class RabbitInbox:
+    """A reply queue of this driver: non-exclusive, ``x-expires`` 1 h, consumed without acks.
+
+    The queue outlives a dropped connection, so replies sent while the driver
+    reconnects wait in it; a passive declare after reconnecting tells whether
+    it survived ("reconnected") or is new ("lost").
+    """
+
+    def __init__(
+        self, session: Session, handler: InboxHandler, on_event: InboxEventHandler | None
+    ) -> None:
+        self.session = session
+        self.handler = handler
+        self.on_event = on_event
+        self.queue = naming.reply_queue()
+        self.channel: Any = None
+        self.epoch = 0
+        self.closed = False
+
+    @property
+    def address(self) -> str:
+        return self.queue
+
+    def __repr__(self) -> str:
+        return f"<rabbit Inbox {self.queue}>"
+
+    def start(self) -> None:
+        self.setup(self.session, recovering=False)
+        self.session.register(self)
+
+    def _declare(self, session: Session) -> None:
+        session.control().queue_declare(
+            self.queue,
+            durable=False,
+            auto_delete=False,
+            exclusive=False,
+            arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+        )
+
+    def setup(self, session: Session, *, recovering: bool) -> None:
+        if self.closed:
+            return
+        survived = True
+        if recovering:
+            try:
+                session.control().queue_declare(self.queue, passive=True)
+            except NotFound:
+                survived = False
+        self._declare(session)
+        self._consume(session)
+        if recovering:
+            self._report("reconnected" if survived else "lost")
+
+    def _consume(self, session: Session) -> None:
+        channel = session.open_channel()
+        self.epoch += 1
+        epoch = self.epoch
+        channel.basic_consume(
+            self.queue,
+            no_ack=True,
+            callback=functools.partial(self._on_message, epoch),
+            on_cancel=functools.partial(self._on_broker_cancel, epoch),
+        )
+        self.channel = channel
+
+    def _report(self, event: str) -> None:
+        callback = self.on_event
+        if callback is None:
+            return
+
+        def report() -> None:
+            if not self.closed:
+                callback(event)
+
+        self.session.add_event(report)
+
+    def connection_lost(self) -> None:
+        self.channel = None
+        self.epoch += 1
+        self._report("disconnected")
+
+    def broken(self) -> bool:
+        channel = self.channel
+        return channel is not None and not channel.is_open and not self.closed
+
+    def _on_message(self, epoch: int, message: Any) -> None:
+        self.session.add_event(lambda: self._deliver(epoch, message))
+
+    def _deliver(self, epoch: int, message: Any) -> None:
+        if epoch != self.epoch or self.closed:
+            return
+        try:
+            self.handler(body_of(message))
+        except Exception:
+            LOG.exception("inbox handler for %s raised; the reply is lost", self.queue)
+
+    def _on_broker_cancel(self, epoch: int, consumer_tag: str) -> None:
+        self.session.add_event(lambda: self._recreate(epoch))
+
+    def _recreate(self, epoch: int) -> None:
+        """The broker cancelled our consumer: the queue is gone, so replies may be lost."""
+        if epoch != self.epoch or self.closed or not self.session.up:
+            return
+        LOG.warning("reply queue %s was deleted; declaring it again", self.queue)
+        old = self.channel
+        self._declare(self.session)
+        self._consume(self.session)
+        if self.session.channel_alive(old):
+            old.close()
+        self._report("lost")
+
+    def close(self) -> None:
+        """Delete the reply queue: later sends to this address are Undeliverable."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.session.closed:
+            return
+        self.session.call(
+            self.delete, timeout=self.session.options.send_timeout, needs_connection=False
+        )
+
+    def delete(self) -> None:
+        """Cancel the consumer and delete the queue (I/O thread)."""
+        self.session.unregister(self)
+        self.closed = True
+        self.epoch += 1
+        channel, self.channel = self.channel, None
+        if not self.session.up:
+            LOG.info("reply queue %s left to expire: the connection is down", self.queue)
+            return
+        try:
+            if self.session.channel_alive(channel):
+                channel.close()
+            self.session.control().queue_delete(self.queue)
+        except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+            LOG.info("reply queue %s left to expire (%s)", self.queue, exc)

@@ -1,0 +1,408 @@
+"""RabbitDriver: the driver contract over RabbitMQ (see docs/transports/rabbit.md)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from amqp import spec
+
+from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.base import (
+    Address,
+    AdvertHandler,
+    DeadLetter,
+    Driver,
+    Guarantee,
+    Inbox,
+    InboxEventHandler,
+    InboxHandler,
+    MessageHandler,
+    Subscription,
+)
+from rpclib.transports.rabbit import naming
+from rpclib.transports.rabbit.adverts import (
+    AdvertOwner,
+    AdvertWatch,
+    advert_message,
+    withdrawal_message,
+)
+from rpclib.transports.rabbit.connection import LOG, HostRing, body_of, expiration_ms, headers_of
+from rpclib.transports.rabbit.consumer import (
+    ATTEMPTS,
+    EXPIRES_AT,
+    PERSISTENT,
+    REASON,
+    SOURCE,
+    QueueSpec,
+    RabbitInbox,
+    RabbitSubscription,
+    Settler,
+    declare_queue,
+)
+from rpclib.transports.rabbit.io_thread import Session
+from rpclib.transports.rabbit.options import RabbitOptions, parse_options
+from rpclib.transports.rabbit.publisher import PublisherPool
+from rpclib.transports.url import TransportURL
+
+_MAX_PREFETCH: Final = 65535  # basic.qos prefetch-count is an AMQP short
+
+
+class RabbitDriver(Driver):
+    """Driver for ``rabbit://`` and ``rabbits://`` URLs; see docs/transports/rabbit.md.
+
+    Construction connects (each URL host once) and raises TransportError if
+    no broker answers; later connection losses are recovered in the
+    background.
+    """
+
+    def __init__(self, url: TransportURL) -> None:
+        super().__init__(url)
+        self.options: RabbitOptions = parse_options(url)
+        label = f"{socket.gethostname().split('.')[0]}:{os.getpid()}"
+        ring = HostRing(self.options.hosts)
+        self._pool = PublisherPool(self.options, ring, label)
+        self._settler = Settler(self._pool, self.options.send_timeout, self.options.queue_type)
+        self._session = Session(self.options, ring, label)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._owners: dict[str, AdvertOwner] = {}
+        self._resources: list[RabbitSubscription | RabbitInbox | AdvertWatch] = []
+        self._session.start()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<RabbitDriver {self.url}{state}>"
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"rabbit driver for {self.url} is closed")
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.options.send_timeout
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return self._session.call(fn, timeout=self.options.send_timeout)
+
+    def _adopt(self, resource: RabbitSubscription | RabbitInbox | AdvertWatch) -> None:
+        with self._lock:
+            self._resources.append(resource)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def send(
+        self,
+        address: Address,
+        body: bytes,
+        *,
+        guarantee: Guarantee,
+        expires_at: float | None = None,
+        on_undeliverable: Callable[[Undeliverable], None] | None = None,
+    ) -> None:
+        """Publish ``body`` by the path the guarantee picks (see the doc's three paths)."""
+        self._check_open()
+        naming.check_address(address)
+        body = bytes(body)
+        at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
+        if address.fanout:
+            exchange, key, kind = naming.fanout_exchange(address), "", "fanout"
+        else:
+            exchange, kind = address.exchange, "topic"
+            key = naming.routing_key(address, live=not at_least_once)
+        properties: dict[str, Any] = {}
+        if at_least_once and not address.fanout:
+            properties["delivery_mode"] = PERSISTENT
+        if expires_at is not None:
+            properties["expiration"] = expiration_ms(expires_at - time.time())
+            properties["application_headers"] = {EXPIRES_AT: float(expires_at)}
+        deadline = self._deadline()
+        if on_undeliverable is not None and not at_least_once:
+            # Path 1: a call; its caller waits for a reply anyway, so no round trip here.
+            self._ensure_exchange(exchange, kind)
+            self._session.publish_fast(
+                exchange,
+                key,
+                body,
+                properties,
+                target=str(address),
+                mandatory=True,
+                deadline=deadline,
+                on_return=on_undeliverable,
+            )
+            return
+        self._pool.publish(
+            exchange,
+            key,
+            body,
+            properties,
+            target=str(address),
+            exchange_type=kind,
+            deadline=deadline,
+            retry_after_write=at_least_once,
+        )
+
+    def _ensure_exchange(self, name: str, kind: str) -> None:
+        if name not in self._session.exchanges:
+            self._call(lambda: self._session.declare_exchange(name, kind))
+
+    def listen(
+        self,
+        address: Address,
+        handler: MessageHandler,
+        *,
+        group: str | None = None,
+        prefetch: int = 64,
+    ) -> Subscription:
+        """Consume both queues of ``address`` (a private one for fanout); handlers run on
+        the I/O thread. The URL's ``prefetch`` option, if given, overrides ``prefetch``."""
+        self._check_open()
+        naming.check_address(address, group)
+        prefetch = self.options.prefetch or prefetch
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        sub = RabbitSubscription(
+            self._session, self._settler, address, group, handler, min(prefetch, _MAX_PREFETCH)
+        )
+        self._call(sub.start)
+        self._adopt(sub)
+        return sub
+
+    def declare(self, address: Address, group: str | None = None) -> None:
+        """Declare and bind the durable queue of a topic group or server."""
+        if address.fanout:
+            raise ValueError(f"cannot declare {address}: fanout queues exist only while subscribed")
+        self._check_open()
+        naming.check_address(address, group)
+        spec = QueueSpec(
+            naming.queue_name(address, group),
+            address.exchange,
+            naming.routing_key(address),
+            "durable",
+        )
+
+        def declare() -> None:
+            self._session.declare_exchange(address.exchange, "topic")
+            declare_queue(self._session, spec)
+
+        self._call(declare)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` dead letters of the vhost, oldest first, leaving them queued.
+
+        Reads with basic.get and then recovers them (requeue), so two readers
+        at once may each see only part of the queue.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._check_open()
+        deadline = self._deadline()
+        self._settler.ensure_dead_letter_queue(deadline)
+        found: list[DeadLetter] = []
+        with self._pool.with_channel(deadline) as publisher:
+            channel = publisher.channel
+            with publisher.conn.transport.having_timeout(max(0.1, deadline - time.monotonic())):
+                try:
+                    while len(found) < limit:
+                        message = channel.basic_get(naming.DEAD_LETTER_QUEUE, no_ack=False)
+                        if message is None:
+                            break
+                        headers = headers_of(message)
+                        found.append(
+                            DeadLetter(
+                                address=str(headers.get(SOURCE, "?")),
+                                body=body_of(message),
+                                reason=str(headers.get(REASON, "")),
+                                attempts=int(headers.get(ATTEMPTS, 1)),
+                            )
+                        )
+                finally:
+                    # Give them all back (in place) and wait until the broker has.
+                    channel.send_method(spec.Basic.Recover, "b", (True,), wait=spec.Basic.RecoverOk)
+        return found
+
+    # -- inboxes --------------------------------------------------------------------------------
+
+    def open_inbox(self, handler: InboxHandler, on_event: InboxEventHandler | None = None) -> Inbox:
+        """A reply queue of its own; ``handler`` and ``on_event`` run on the I/O thread."""
+        self._check_open()
+        inbox = RabbitInbox(self._session, handler, on_event)
+        self._call(inbox.start)
+        self._adopt(inbox)
+        return inbox
+
+    def send_to_inbox(self, inbox_address: str, body: bytes) -> None:
+        """Publish to the reply queue and wait for the broker: Undeliverable if it is gone."""
+        self._check_open()
+        if not naming.is_reply_queue(inbox_address):
+            raise Undeliverable(inbox_address, "not a rabbit:// inbox address")
+        body = bytes(body)
+        deadline = self._deadline()
+        try:
+            if self._session.in_io_thread():
+                # A handler replying inline: the I/O thread cannot wait for its own confirm.
+                self._pool.publish(
+                    "",
+                    inbox_address,
+                    body,
+                    {},
+                    target=inbox_address,
+                    exchange_type=None,
+                    deadline=deadline,
+                    retry_after_write=False,
+                )
+            else:
+                self._session.publish_fast(
+                    "",
+                    inbox_address,
+                    body,
+                    {},
+                    target=inbox_address,
+                    mandatory=True,
+                    deadline=deadline,
+                    wait=True,
+                )
+        except Undeliverable:
+            raise Undeliverable(
+                inbox_address, "the inbox is closed (no such reply queue)"
+            ) from None
+
+    # -- adverts -------------------------------------------------------------------------------
+
+    def _owner(self, exchange: str) -> AdvertOwner:
+        with self._lock:
+            owner = self._owners.get(exchange)
+        if owner is None:
+            created = AdvertOwner(self._session, exchange)
+            self._call(created.start)
+            with self._lock:
+                owner = self._owners.setdefault(exchange, created)
+            if owner is not created:  # another thread won the race
+                self._call(created.stop)
+        return owner
+
+    def advertise(self, address: Address, body: bytes, ttl: float) -> None:
+        """Publish or refresh the advert of ``address.server``; answered to sync requests
+        until ``ttl`` passes or it is withdrawn, and re-published after a reconnect."""
+        server = _advert_server(address)
+        if not (ttl > 0 and math.isfinite(ttl)):
+            raise ValueError(f"advert ttl must be a positive number of seconds, got {ttl!r}")
+        self._check_open()
+        naming.check_address(address)
+        body = bytes(body)
+        owner = self._owner(address.exchange)
+        owner.record(address.topic, server, body, ttl)
+        if address.topic not in owner.topics:
+            self._call(lambda: owner.bind_topic(address.topic))
+        payload, props = advert_message(server, body, ttl)
+        self._session.publish_fast(
+            owner.exchange,
+            address.topic,
+            payload,
+            props,
+            target=f"adverts of {address}",
+            mandatory=False,
+            deadline=self._deadline(),
+            wait_for_connection=False,
+        )
+
+    def withdraw(self, address: Address) -> None:
+        """Remove the advert of ``address.server``; watchers get ``(server, None)``."""
+        server = _advert_server(address)
+        self._check_open()
+        naming.check_address(address)
+        with self._lock:
+            owner = self._owners.get(address.exchange)
+        if owner is not None:
+            owner.forget(address.topic, server)
+        exchange = naming.adverts_exchange(address.exchange)
+        self._ensure_exchange(exchange, "topic")
+        payload, props = withdrawal_message(server)
+        self._session.publish_fast(
+            exchange,
+            address.topic,
+            payload,
+            props,
+            target=f"adverts of {address}",
+            mandatory=False,
+            deadline=self._deadline(),
+        )
+
+    def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
+        """Report current adverts before returning (after ``advert_sync_wait``), then changes.
+
+        Handlers run on the I/O thread. Called from a handler (on the I/O
+        thread) it cannot wait for the answers, which then arrive later.
+        """
+        self._check_open()
+        naming.check_address(Address(exchange, topic))
+        watch = AdvertWatch(self._session, exchange, topic, handler)
+        self._call(watch.start)
+        self._adopt(watch)
+        if not self._session.in_io_thread():
+            time.sleep(self.options.advert_sync_wait)  # answers are in flight; no count to wait for
+            self._call(lambda: None)  # barrier: everything read so far has been reported
+        else:
+            LOG.warning("watch_adverts called on the I/O thread: the snapshot arrives later")
+        return watch
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Withdraw this driver's adverts, delete its reply queues, close its connections.
+
+        Exclusive and auto-delete queues go with the connection; unsettled
+        messages are requeued by the broker.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            owners = list(self._owners.values())
+            resources = list(self._resources)
+            self._resources.clear()
+        deadline = self._deadline()
+        for owner in owners:
+            for topic, server, _, _ in owner.live():
+                owner.forget(topic, server)
+                payload, props = withdrawal_message(server)
+                try:
+                    self._session.publish_fast(
+                        owner.exchange,
+                        topic,
+                        payload,
+                        props,
+                        target=f"adverts of {topic}",
+                        mandatory=False,
+                        deadline=deadline,
+                        wait_for_connection=False,
+                    )
+                except TransportError as exc:
+                    LOG.info("could not withdraw the advert of %s: %s", server, exc)
+
+        def cleanup() -> None:
+            for resource in resources:
+                if isinstance(resource, RabbitInbox):
+                    resource.delete()
+                elif isinstance(resource, RabbitSubscription):
+                    resource.shutdown()
+                else:
+                    resource.closed = True
+
+        self._session.close(cleanup, self.options.send_timeout)
+        self._pool.close()
+
+
+def _advert_server(address: Address) -> str:
+    if address.server is None or address.fanout:
+        raise ValueError(f"an advert needs a server-directed address, got {address}")
+    return address.server
+
+
+__all__ = ["RabbitDriver"]

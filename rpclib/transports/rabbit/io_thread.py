@@ -1,0 +1,749 @@
+"""The consumer connection and the one I/O thread that reads it.
+
+Only the I/O thread reads the connection: it waits in a selector on the
+socket and a wake-up pipe, reads one frame at a time, calls handlers, runs
+commands other threads hand it (declarations, consumes, cancels) and sends
+heartbeats. Other threads only *write* on the connection (acks, path-1
+publishes), through a per-connection write lock around py-amqp's frame
+writer (:class:`~rpclib.transports.rabbit.connection.LockedWriter`).
+
+py-amqp calls our callbacks from inside whatever read is in progress,
+including the nested reads of a synchronous method (``queue_declare`` waits
+for declare-ok by reading). So callbacks only *queue* work; the loop runs it
+at top level, where a handler may call back into the driver (ack, send,
+close its own subscription) without re-entering py-amqp.
+
+Path 1 publishes (calls with ``on_undeliverable``, replies, adverts) go out on
+a channel in confirm mode. Nobody waits for those confirms except
+``send_to_inbox``: they tell the I/O thread when a message's ``basic.return``
+can no longer come, so the per-message callback table stays exact without
+timers.
+
+On a connection error the loop tells every resource (subscriptions,
+inboxes, advert watches), reconnects with doubling backoff and full jitter
+across the URL's hosts, and sets every resource up again in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar
+
+from amqp.exceptions import ChannelError
+
+from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.rabbit.connection import (
+    CONNECTION_ERRORS,
+    LOG,
+    Backoff,
+    BrokerConnection,
+    ConnectionDown,
+    HostRing,
+    LockedWriter,
+    buffered,
+    close_quietly,
+    connect,
+    publish,
+    shutdown_socket,
+)
+from rpclib.transports.rabbit.options import RabbitOptions
+
+T = TypeVar("T")
+
+_FRAMES_PER_PASS: Final = 256
+"""Frames read before the loop runs queued work again (keeps commands and heartbeats timely)."""
+_MAX_WAIT: Final = 1.0
+
+
+class Resource(Protocol):
+    """Something living on the consumer connection, set up again after every reconnect."""
+
+    def setup(self, session: Session, *, recovering: bool) -> None:
+        """(Re)declare and consume on the session's current connection (I/O thread)."""
+
+    def connection_lost(self) -> None:
+        """The connection dropped (I/O thread); its channels are gone."""
+
+    def broken(self) -> bool:
+        """Whether the broker closed this resource's channel (it is then set up again)."""
+
+
+class Timed(Protocol):
+    def tick(self, now: float) -> float | None:
+        """Do what is due at monotonic time ``now``; return when next to be called, if ever."""
+
+
+@dataclass(eq=False)
+class _Command:
+    fn: Callable[[], Any]
+    needs_connection: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    abandoned: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _PendingPublish:
+    """A path-1 publish whose confirm has not arrived yet."""
+
+    message_id: str
+    target: str
+    on_return: Callable[[Undeliverable], None] | None
+    waiter: threading.Event | None
+    returned: str | None = None
+    error: BaseException | None = None
+
+
+class Session:
+    """The consumer connection, its I/O thread, and everything set up on it."""
+
+    def __init__(self, options: RabbitOptions, ring: HostRing, label: str) -> None:
+        self.options = options
+        self._ring = ring
+        self._label = label
+        self.write_lock = threading.RLock()
+        self._conn: BrokerConnection | None = None
+        self._writer: LockedWriter | None = None
+        self.generation = 0
+        self._up = False
+        self._up_cond = threading.Condition()
+        self._control: Any = None
+        self._pub_channel: Any = None
+        self._pub_lock = threading.Lock()
+        self._pub_seq = 0
+        self._pub_epoch = 0
+        """Counts publish channels opened (a repair replaces the channel, not the connection)."""
+        self._pub_pending: dict[int, _PendingPublish] = {}
+        self._pub_by_id: dict[str, _PendingPublish] = {}
+        self._commands: deque[_Command] = deque()
+        self._commands_lock = threading.Lock()
+        self._events: deque[Callable[[], None]] = deque()
+        self._resources: list[Resource] = []
+        self._timed: list[Timed] = []
+        self.exchanges: set[str] = set()
+        """Exchanges declared on this connection's broker (cleared on reconnect)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_selector = selectors.DefaultSelector()
+        self._wake_selector.register(self._wake_r, selectors.EVENT_READ)
+        self._selector: selectors.BaseSelector | None = None
+        """Watches the connection's socket and the wake-up pipe (per connection)."""
+        self._stopping = False
+        self._stopped = False
+        self._next_tick = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"rpclib-rabbit-io:{label}", daemon=True
+        )
+        self._read_timeout = float(options.heartbeat) if options.heartbeat else 60.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (each host once, from the caller's thread) and start the I/O thread."""
+        try:
+            self._connect_and_setup()
+        except CONNECTION_ERRORS as exc:
+            self._close_wake()
+            hosts = ", ".join(host.address for host in self.options.hosts)
+            raise TransportError(f"cannot connect to RabbitMQ at {hosts}: {exc}") from exc
+        self._thread.start()
+
+    def in_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() began (resources then only mark themselves closed)."""
+        return self._stopping or self._stopped
+
+    def close(self, cleanup: Callable[[], None], timeout: float) -> None:
+        """Run ``cleanup`` on the I/O thread, then close the connection and stop the thread."""
+        try:
+            self.call(cleanup, timeout=timeout, needs_connection=False)
+        except TransportError as exc:
+            LOG.warning("closing the rabbit driver: cleanup did not finish: %s", exc)
+        self._stopping = True
+        self.wake()
+        if not self.in_io_thread():
+            self._thread.join(timeout + self._read_timeout)
+
+    # -- running work on the I/O thread ------------------------------------------------------
+
+    def call(self, fn: Callable[[], T], *, timeout: float, needs_connection: bool = True) -> T:
+        """Run ``fn`` on the I/O thread (inline if already on it) and return its result.
+
+        A command that needs the connection waits for it (across a reconnect)
+        until ``timeout``, then raises TransportError.
+        """
+        if self.in_io_thread():
+            if needs_connection and not self._up:
+                raise TransportError("the RabbitMQ connection is down (reconnecting)")
+            return fn()
+        command = _Command(fn, needs_connection)
+        with self._commands_lock:
+            if self._stopped or self._stopping:
+                raise TransportError("the rabbit driver is closed")
+            self._commands.append(command)
+        self.wake()
+        if not command.done.wait(timeout):
+            with self._commands_lock:
+                if not command.started:
+                    command.abandoned = True
+            if command.abandoned or not command.done.wait(timeout):
+                raise TransportError(
+                    f"the RabbitMQ connection did not complete the operation within {timeout:g}s"
+                )
+        if command.error is not None:
+            raise command.error
+        return command.result  # type: ignore[no-any-return]
+
+    def wake(self) -> None:
+        # A full pipe means the loop will wake anyway; a closed one that it stopped.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def add_event(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` to run at the top of the I/O loop (from py-amqp callbacks)."""
+        self._events.append(fn)
+
+    # -- resources ---------------------------------------------------------------------------
+
+    def register(self, resource: Resource) -> None:
+        """Track ``resource`` so it is set up again after a reconnect (I/O thread)."""
+        self._resources.append(resource)
+
+    def unregister(self, resource: Resource) -> None:
+        if resource in self._resources:
+            self._resources.remove(resource)
+
+    def add_timed(self, timed: Timed) -> None:
+        self._timed.append(timed)
+
+    def remove_timed(self, timed: Timed) -> None:
+        if timed in self._timed:
+            self._timed.remove(timed)
+
+    def open_channel(self) -> Any:
+        """A new channel on the current connection (I/O thread)."""
+        if self._conn is None:
+            raise ConnectionDown("not connected")
+        return self._conn.channel()
+
+    def control(self) -> Any:
+        """The channel for declarations, which may fail (and then is replaced next time)."""
+        if self._control is None or not self._control.is_open:
+            self._control = self.open_channel()
+        return self._control
+
+    def declare_exchange(self, name: str, kind: str) -> None:
+        """Declare a durable exchange once per connection (I/O thread)."""
+        if name not in self.exchanges:
+            self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
+            self.exchanges.add(name)
+
+    def is_current(self, generation: int) -> bool:
+        """Whether connection ``generation`` is the live one."""
+        return self._up and generation == self.generation
+
+    def channel_alive(self, channel: Any) -> bool:
+        return channel is not None and channel.is_open and self._up
+
+    # -- writing from any thread ---------------------------------------------------------------
+
+    def write(self, generation: int, fn: Callable[[], object]) -> bool:
+        """Run the write ``fn`` under the write lock if connection ``generation`` is still up.
+
+        Returns False (and writes nothing) if that connection is gone: the
+        broker has requeued whatever the write was about.
+        """
+        with self.write_lock:
+            if not self._up or generation != self.generation:
+                return False
+            try:
+                fn()
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                LOG.debug("write on the consumer connection failed: %s", exc)
+                self.wake()
+                return False
+            return True
+
+    def wait_up(self, deadline: float) -> bool:
+        """Wait until the connection is up; False if ``deadline`` (monotonic) passed first."""
+        with self._up_cond:
+            while not self._up:
+                if self._stopping or self._stopped:
+                    raise TransportError("the rabbit driver is closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._up_cond.wait(left)
+        return True
+
+    def publish_fast(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        *,
+        target: str,
+        mandatory: bool,
+        deadline: float,
+        on_return: Callable[[Undeliverable], None] | None = None,
+        wait: bool = False,
+        wait_for_connection: bool = True,
+    ) -> None:
+        """Publish path 1: on the consumer connection, without a round trip unless ``wait``.
+
+        With ``wait`` the caller blocks until the broker confirms (Undeliverable
+        if it returned the message first); never pass it on the I/O thread.
+        Without a connection, waits for one until ``deadline``, or returns
+        at once unless ``wait_for_connection``.
+        """
+        message_id = uuid.uuid4().hex
+        pending = _PendingPublish(
+            message_id, target, on_return, threading.Event() if wait else None
+        )
+        props = {**properties, "message_id": message_id}
+        if wait and self.in_io_thread():
+            raise RuntimeError("publish_fast(wait=True) would deadlock on the I/O thread")
+        while True:
+            if not self._up:
+                if not wait_for_connection:
+                    return
+                if self.in_io_thread() or not self.wait_up(deadline):
+                    raise TransportError(
+                        f"cannot publish to {target}: the RabbitMQ connection is down and did "
+                        f"not come back within send_timeout ({self.options.send_timeout:g}s)"
+                    )
+            with self.write_lock:
+                if not self._up:
+                    continue
+                channel_epoch = self._pub_epoch
+                self._pub_seq += 1
+                tag = self._pub_seq
+                with self._pub_lock:
+                    self._pub_pending[tag] = pending
+                    self._pub_by_id[message_id] = pending
+                try:
+                    publish(
+                        self._pub_channel, exchange, routing_key, body, props, mandatory=mandatory
+                    )
+                except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                    self._forget_pending(tag, pending)
+                    failure: BaseException | None = exc
+                else:
+                    failure = None
+            if failure is None:
+                break
+            LOG.debug("path-1 publish to %s failed (%s); retrying", target, failure)
+            self.wake()
+            if self.in_io_thread() or not self._await_new_channel(channel_epoch, deadline):
+                raise TransportError(f"cannot publish to {target}: {failure}") from failure
+        if pending.waiter is None:
+            return
+        if not pending.waiter.wait(max(0.0, deadline - time.monotonic())):
+            self._forget_pending(tag, pending)
+            raise TransportError(
+                f"the broker did not confirm a message to {target} within send_timeout"
+            )
+        if pending.error is not None:
+            raise pending.error
+
+    def _forget_pending(self, tag: int, pending: _PendingPublish) -> None:
+        with self._pub_lock:
+            self._pub_pending.pop(tag, None)
+            self._pub_by_id.pop(pending.message_id, None)
+
+    def _await_new_channel(self, epoch: int, deadline: float) -> bool:
+        """Wait until a publish channel newer than ``epoch`` is up; False at ``deadline``."""
+        with self._up_cond:
+            while self._pub_epoch == epoch or not self._up:
+                if self._stopping or self._stopped:
+                    raise TransportError("the rabbit driver is closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._up_cond.wait(left)
+        return True
+
+    # -- confirms and returns of path 1 (I/O thread) ---------------------------------------
+
+    def _on_pub_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+        message_id = message.properties.get("message_id")
+        reason = str(getattr(exc, "reply_text", "") or exc)
+        with self._pub_lock:
+            pending = self._pub_by_id.get(message_id) if message_id else None
+        if pending is not None:
+            pending.returned = reason
+        else:
+            LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
+
+    def _on_pub_confirm(self, tag: int, multiple: bool, *, nack: bool = False) -> None:
+        with self._pub_lock:
+            if multiple:
+                done = [t for t in self._pub_pending if t <= tag]
+            else:
+                done = [tag] if tag in self._pub_pending else []
+            finished = [self._pub_pending.pop(t) for t in done]
+            for pending in finished:
+                self._pub_by_id.pop(pending.message_id, None)
+        for pending in finished:
+            self._finish(pending, nack=nack)
+
+    def _finish(self, pending: _PendingPublish, *, nack: bool) -> None:
+        error: BaseException | None = None
+        if pending.returned is not None:
+            error = Undeliverable(pending.target, f"no queue is bound to it ({pending.returned})")
+        elif nack:
+            error = (
+                TransportError(f"the broker refused a message to {pending.target} (basic.nack)")
+                if pending.waiter is not None
+                else Undeliverable(pending.target, "the broker refused it (basic.nack)")
+            )
+        if pending.waiter is not None:
+            pending.error = error
+            pending.waiter.set()
+        elif error is not None:
+            if pending.on_return is not None:
+                callback, undeliverable = pending.on_return, error
+                assert isinstance(undeliverable, Undeliverable)
+                self.add_event(lambda: callback(undeliverable))
+            else:
+                LOG.info("message to %s was not delivered: %s", pending.target, error)
+
+    def _fail_pending(self, reason: str) -> None:
+        with self._pub_lock:
+            pending = list(self._pub_pending.values())
+            self._pub_pending.clear()
+            self._pub_by_id.clear()
+        for item in pending:
+            if item.waiter is not None:
+                item.error = TransportError(
+                    f"connection lost before the broker confirmed a message to {item.target}: "
+                    f"{reason}"
+                )
+                item.waiter.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                if not self._up:
+                    self._reconnect()
+                    continue
+                try:
+                    self._serve()
+                except ChannelError as exc:
+                    if self._connection_alive():
+                        LOG.warning("the broker closed a channel: %s", exc)
+                        self._repair()
+                    elif not self._stopping:
+                        self._lost(exc)
+                except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                    if not self._stopping:
+                        self._lost(exc)
+        except BaseException:
+            LOG.exception("the rabbit I/O thread crashed")
+            raise
+        finally:
+            self._shutdown()
+
+    def _serve(self) -> None:
+        conn = self._conn
+        writer = self._writer
+        if conn is None or writer is None or not self._connection_alive():
+            broken = writer.broken if writer is not None else None
+            raise ConnectionDown(f"a write failed: {broken}" if broken else "connection closed")
+        selector = self._selector
+        assert selector is not None
+        ready = buffered(conn)
+        if not ready:
+            ready = self._wait(selector, self._next_timeout())
+        frames = 0
+        while ready and frames < _FRAMES_PER_PASS:
+            try:
+                conn.blocking_read()
+            except TimeoutError:
+                break
+            frames += 1
+            ready = buffered(conn) or self._wait(selector, 0)
+        self._dispatch_events()
+        self._run_commands()
+        self._tick()
+
+    def _wait(self, selector: selectors.BaseSelector, timeout: float) -> bool:
+        """Wait for the socket or a wake-up; whether the socket is readable."""
+        sock_ready = False
+        for key, _ in selector.select(timeout):
+            if key.data == "wake":
+                self._drain_wake()
+            else:
+                sock_ready = True
+        return sock_ready
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        due = min(self._next_tick, now + _MAX_WAIT)
+        return max(0.0, due - now) if not self._events and not self._commands else 0.0
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_tick and self._conn is not None:
+            self._conn.heartbeat_tick()
+            hb = self.options.heartbeat
+            self._next_tick = now + (min(_MAX_WAIT, hb / 4) if hb else _MAX_WAIT)
+        for timed in list(self._timed):
+            due = timed.tick(now)
+            if due is not None:
+                self._next_tick = min(self._next_tick, due)
+
+    def _dispatch_events(self) -> None:
+        while self._events:
+            fn = self._events.popleft()
+            try:
+                fn()
+            except (ConnectionDown, *CONNECTION_ERRORS):
+                raise
+            except Exception:
+                LOG.exception("rabbit driver callback failed")
+
+    def _run_commands(self) -> None:
+        while True:
+            with self._commands_lock:
+                command = next(
+                    (
+                        c
+                        for c in self._commands
+                        if c.abandoned or not c.needs_connection or self._up
+                    ),
+                    None,
+                )
+                if command is None:
+                    return
+                self._commands.remove(command)
+                if command.abandoned:
+                    continue
+                command.started = True
+            try:
+                command.result = command.fn()
+            except ChannelError as exc:
+                command.error = TransportError(f"the broker refused: {exc}")
+                command.error.__cause__ = exc
+                command.done.set()
+                if self._connection_alive():
+                    self._repair()
+                    continue
+                raise
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                if command.needs_connection and not self._stopping:
+                    # Run it again once reconnected (its caller is still waiting).
+                    command.started = False
+                    with self._commands_lock:
+                        self._commands.appendleft(command)
+                else:
+                    command.error = TransportError(f"connection failed: {exc}")
+                    command.done.set()
+                raise
+            except BaseException as exc:
+                command.error = exc
+                command.done.set()
+            else:
+                command.done.set()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass  # drained (BlockingIOError) or closed
+
+    def _idle_wait(self, seconds: float) -> None:
+        """Sleep between reconnect attempts while still running commands that need no connection."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            self._dispatch_events()
+            self._run_commands()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._wake_selector.select(left):
+                self._drain_wake()
+
+    # -- connecting, losing, recovering ---------------------------------------------------------
+
+    def _connection_alive(self) -> bool:
+        conn = self._conn
+        writer = self._writer
+        return bool(
+            conn is not None
+            and conn.connected
+            and conn.channels is not None
+            and writer is not None
+            and writer.broken is None
+        )
+
+    def _connect_and_setup(self) -> None:
+        conn = connect(
+            self.options,
+            self._ring,
+            name=f"rpclib consumer {self._label}",
+            read_timeout=self._read_timeout,
+        )
+        try:
+            writer = LockedWriter(conn.frame_writer, self.write_lock)
+            conn.frame_writer = writer
+            conn.on_blocked = lambda reason: LOG.warning(
+                "RabbitMQ blocked the connection: %s", reason
+            )
+            conn.on_unblocked = lambda: LOG.info("RabbitMQ unblocked the connection")
+            self._replace_selector(conn)
+            with self.write_lock:
+                self._conn, self._writer = conn, writer
+                self.generation += 1
+                self._control = None
+                self.exchanges.clear()
+            self._open_pub_channel()
+            with self.write_lock:
+                self._up = True  # resources' setup below may publish (advert sync)
+            for resource in list(self._resources):
+                self._setup_resource(resource)
+            self._next_tick = 0.0
+        except BaseException:
+            with self.write_lock:
+                self._up = False
+            self._replace_selector(None)
+            close_quietly(conn)
+            self._conn = None
+            self._events.clear()  # nothing from a failed attempt may reach handlers
+            raise
+        with self._up_cond:
+            self._up_cond.notify_all()
+
+    def _replace_selector(self, conn: BrokerConnection | None) -> None:
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        if conn is not None:
+            selector = selectors.DefaultSelector()
+            selector.register(conn.sock, selectors.EVENT_READ, "sock")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._selector = selector
+
+    def _open_pub_channel(self) -> None:
+        """The confirm-mode channel of path-1 publishes (I/O thread)."""
+        channel = self.open_channel()
+        channel.confirm_select()
+        channel.events["basic_return"].add(self._on_pub_return)
+        channel.events["basic_ack"].add(lambda tag, multiple: self._on_pub_confirm(tag, multiple))
+        channel.events["basic_nack"].add(
+            lambda tag, multiple: self._on_pub_confirm(tag, multiple, nack=True)
+        )
+        with self.write_lock:
+            self._pub_channel = channel
+            self._pub_seq = 0
+            self._pub_epoch += 1
+
+    def _setup_resource(self, resource: Resource) -> None:
+        try:
+            resource.setup(self, recovering=True)
+        except ChannelError as exc:
+            if not self._connection_alive():
+                raise
+            LOG.error("could not restore %r after reconnecting: %s", resource, exc)
+
+    def _repair(self) -> None:
+        """Some channel was closed by the broker: replace it, keep the connection."""
+        pub = self._pub_channel
+        if pub is not None and not pub.is_open:
+            LOG.warning("the broker closed the publish channel: %s", pub.closed_by_broker)
+            self._fail_pending(f"publish channel closed: {pub.closed_by_broker}")
+            self.exchanges.clear()
+            self._open_pub_channel()
+            with self._up_cond:
+                self._up_cond.notify_all()
+        for resource in list(self._resources):
+            if resource.broken():
+                self._setup_resource(resource)
+
+    def _lost(self, exc: BaseException) -> None:
+        LOG.warning("RabbitMQ connection lost (%s); reconnecting", exc or type(exc).__name__)
+        conn = self._conn
+        with self.write_lock:
+            self._up = False
+            if self._writer is not None and self._writer.broken is None:
+                self._writer.broken = exc
+        self._replace_selector(None)
+        if conn is not None:
+            shutdown_socket(conn)
+            close_quietly(conn)
+        self._conn = None
+        self._control = None
+        self._pub_channel = None
+        self._fail_pending(str(exc))
+        self._dispatch_events()
+        for resource in list(self._resources):
+            try:
+                resource.connection_lost()
+            except Exception:
+                LOG.exception("%r failed to handle the connection loss", resource)
+
+    def _reconnect(self) -> None:
+        backoff = Backoff(self.options.retry_backoff, self.options.retry_backoff_max)
+        while not self._stopping:
+            self._idle_wait(backoff.next_delay())
+            if self.closed:  # close() may have begun while we slept
+                return
+            try:
+                self._connect_and_setup()
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                LOG.warning("reconnecting to RabbitMQ failed: %s", exc)
+                continue
+            LOG.info("reconnected to RabbitMQ (connection generation %d)", self.generation)
+            return
+
+    def _shutdown(self) -> None:
+        with self._commands_lock:
+            self._stopped = True
+            leftover = list(self._commands)
+            self._commands.clear()
+        for command in leftover:
+            command.error = TransportError("the rabbit driver is closed")
+            command.done.set()
+        conn = self._conn
+        with self.write_lock:
+            self._up = False
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:
+                LOG.debug("closing the consumer connection: %s", exc)
+                close_quietly(conn)
+        self._conn = None
+        self._fail_pending("driver closed")
+        with self._up_cond:
+            self._up_cond.notify_all()
+        self._close_wake()
+
+    def _close_wake(self) -> None:
+        self._replace_selector(None)
+        self._wake_selector.close()
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -1,0 +1,139 @@
+"""Every name the RabbitMQ driver creates on the broker, in one place.
+
+Operators read these in the management UI, so they follow the table in
+``docs/transports/rabbit.md`` exactly. Addresses are checked here too: a few
+characters and suffixes carry meaning in the scheme (``@`` separates server
+from topic, ``#`` group from topic, ``.live``/``.sync`` mark at-most-once and
+advert-sync routing keys), so names that would make two addresses collide
+are refused with a ValueError instead of silently crossing traffic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from typing import Final
+
+from rpclib.transports.base import Address
+
+REPLY_PREFIX: Final = "rpclib.reply."
+"""Reply queues are vhost-wide: open_inbox() knows no exchange."""
+DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+"""One dead-letter queue per vhost, so dead_letters() can read it with no exchange given."""
+LIVE_SUFFIX: Final = ".live"
+SYNC_SUFFIX: Final = ".sync"
+MAX_NAME_BYTES: Final = 255
+"""AMQP short strings (queue, exchange and routing-key names) are at most 255 bytes."""
+
+_PRIVATE_SUFFIX_ROOM: Final = 80
+"""Bytes kept free for ``<host>.<pid>.<n>`` when checking fanout name lengths."""
+_counter = itertools.count(1)
+_RESERVED_TOPIC_CHARS: Final = ("@", "#", "*")
+_RESERVED_CHARS: Final = ("#", "*")
+_RESERVED_ENDINGS: Final = (LIVE_SUFFIX, SYNC_SUFFIX)
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0] or "host"
+
+
+def private_suffix() -> str:
+    """``<host>.<pid>.<n>``: unique among every process sharing the broker."""
+    return f"{_host()}.{os.getpid()}.{next(_counter)}"
+
+
+# --- checks ---------------------------------------------------------------------
+
+
+def _check(kind: str, name: str, reserved: tuple[str, ...]) -> None:
+    if not name:
+        raise ValueError(f"{kind} name must not be empty")
+    for char in reserved:
+        if char in name:
+            raise ValueError(f"{kind} name {name!r} contains {char!r}, reserved by rabbit://")
+    if name.endswith(_RESERVED_ENDINGS):
+        raise ValueError(
+            f"{kind} name {name!r} ends with a suffix rabbit:// reserves "
+            f"({' or '.join(_RESERVED_ENDINGS)})"
+        )
+
+
+def check_exchange(exchange: str) -> None:
+    """Refuse control exchanges RabbitMQ or this scheme reserves."""
+    _check("exchange", exchange, _RESERVED_CHARS)
+    if exchange.startswith("amq."):
+        raise ValueError(f"exchange name {exchange!r}: the 'amq.' prefix is reserved by RabbitMQ")
+
+
+def check_address(address: Address, group: str | None = None) -> None:
+    """Refuse addresses whose names would collide with another address's names."""
+    if group is not None and (address.fanout or address.server is not None):
+        raise ValueError(f"consumer groups apply to topics only, not to {address}")
+    check_exchange(address.exchange)
+    _check("topic", address.topic, _RESERVED_TOPIC_CHARS)
+    if address.server is not None:
+        _check("server", address.server, _RESERVED_CHARS)
+    if group is not None:
+        _check("group", group, _RESERVED_CHARS)
+    if address.exchange == "rpclib" and (
+        address.topic == "dead-letters" or address.topic.startswith("reply.")
+    ):
+        raise ValueError(
+            f"topic {address.topic!r} on exchange 'rpclib' would collide with the "
+            f"driver's own {DEAD_LETTER_QUEUE} / {REPLY_PREFIX}* queues"
+        )
+    if address.fanout:
+        longest = f"{fanout_exchange(address)}.{'x' * _PRIVATE_SUFFIX_ROOM}"
+    else:
+        longest = queue_name(address, group, live=True)
+    if len(longest.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"the queue names of {address} would exceed AMQP's 255 bytes")
+
+
+# --- names ------------------------------------------------------------------------
+
+
+def queue_name(address: Address, group: str | None = None, *, live: bool = False) -> str:
+    """``X.T``, ``X.T#G`` or ``X.T@S`` (plus ``.live`` for the at-most-once queue)."""
+    base = f"{address.exchange}.{address.topic}"
+    if address.server is not None:
+        base = f"{base}@{address.server}"
+    elif group is not None:
+        base = f"{base}#{group}"
+    return base + LIVE_SUFFIX if live else base
+
+
+def routing_key(address: Address, *, live: bool = False) -> str:
+    """``T`` or ``T@S`` (plus ``.live``) on the control exchange ``X``."""
+    key = address.topic if address.server is None else f"{address.topic}@{address.server}"
+    return key + LIVE_SUFFIX if live else key
+
+
+def fanout_exchange(address: Address) -> str:
+    return f"{address.exchange}.{address.topic}.fanout"
+
+
+def fanout_queue(address: Address) -> str:
+    return f"{fanout_exchange(address)}.{private_suffix()}"
+
+
+def reply_queue() -> str:
+    return REPLY_PREFIX + private_suffix()
+
+
+def is_reply_queue(name: str) -> bool:
+    """Whether ``name`` looks like an inbox address (send_to_inbox refuses anything else)."""
+    return name.startswith(REPLY_PREFIX) and len(name.encode()) <= MAX_NAME_BYTES
+
+
+def adverts_exchange(exchange: str) -> str:
+    return f"{exchange}.adverts"
+
+
+def adverts_queue(exchange: str) -> str:
+    return f"{adverts_exchange(exchange)}.{private_suffix()}"
+
+
+def sync_key(topic: str) -> str:
+    return topic + SYNC_SUFFIX

@@ -1,0 +1,175 @@
+"""The ``rabbit://`` / ``rabbits://`` URL: hosts, credentials, vhost and options.
+
+Parsed once when the driver is built, so every mistake (an unknown option, a
+bad number, a missing PEM file) raises InvalidTransportURL naming it before
+anything connects. Nothing here imports py-amqp.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from dataclasses import dataclass
+from typing import Final
+
+from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.url import TransportURL
+
+DEFAULT_PORT: Final = 5672
+DEFAULT_TLS_PORT: Final = 5671
+DEFAULT_USER: Final = "guest"
+QUEUE_TYPES: Final = ("classic", "quorum")
+KNOWN_OPTIONS: Final = frozenset(
+    {
+        "heartbeat",
+        "ssl",
+        "ssl_ca",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_verify",
+        "queue_type",
+        "prefetch",
+        "connect_timeout",
+        "retry_backoff",
+        "retry_backoff_max",
+        "send_timeout",
+        "advert_sync_wait",
+    }
+)
+_TLS_FILE_OPTIONS: Final = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHost:
+    """One broker to try, with the credentials the URL gave for it."""
+
+    hostname: str
+    port: int
+    userid: str
+    password: str
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as py-amqp wants it (IPv6 literals bracketed)."""
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitOptions:
+    """Everything the driver reads from its URL."""
+
+    hosts: tuple[BrokerHost, ...]
+    virtual_host: str
+    heartbeat: int
+    tls: ssl.SSLContext | None
+    queue_type: str
+    prefetch: int | None
+    connect_timeout: float
+    retry_backoff: float
+    retry_backoff_max: float
+    send_timeout: float
+    advert_sync_wait: float
+
+
+def parse_options(url: TransportURL) -> RabbitOptions:
+    """Read a ``rabbit://`` or ``rabbits://`` URL; InvalidTransportURL names what is wrong."""
+    if url.scheme not in ("rabbit", "rabbits"):
+        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not rabbit or rabbits")
+    url.reject_unknown_options(set(KNOWN_OPTIONS))
+    use_tls = _tls_wanted(url)
+    port = DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT
+    hosts = tuple(
+        BrokerHost(
+            hostname=host.hostname,
+            port=host.port if host.port is not None else port,
+            userid=host.username if host.username is not None else DEFAULT_USER,
+            password=host.password if host.password is not None else DEFAULT_USER,
+        )
+        for host in url.hosts
+    ) or (BrokerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
+    queue_type = url.option("queue_type", "classic")
+    if queue_type not in QUEUE_TYPES:
+        raise InvalidTransportURL(
+            str(url), f"option queue_type={queue_type!r} must be one of {', '.join(QUEUE_TYPES)}"
+        )
+    prefetch_text = url.option("prefetch")
+    backoff = _seconds(url, "retry_backoff", 0.2, positive=True)
+    backoff_max = _seconds(url, "retry_backoff_max", 5.0, positive=True)
+    if backoff_max < backoff:
+        raise InvalidTransportURL(
+            str(url), f"option retry_backoff_max={backoff_max:g} is below retry_backoff={backoff:g}"
+        )
+    return RabbitOptions(
+        hosts=hosts,
+        virtual_host=url.virtual_host or "/",
+        heartbeat=url.int_option("heartbeat", 15, minimum=0),
+        tls=build_tls_context(url) if use_tls else None,
+        queue_type=queue_type or "classic",
+        prefetch=url.int_option("prefetch", 0, minimum=1) if prefetch_text is not None else None,
+        connect_timeout=_seconds(url, "connect_timeout", 5.0, positive=True),
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
+        send_timeout=_seconds(url, "send_timeout", 15.0, positive=True),
+        advert_sync_wait=_seconds(url, "advert_sync_wait", 0.3, positive=False),
+    )
+
+
+def _tls_wanted(url: TransportURL) -> bool:
+    scheme_tls = url.scheme == "rabbits"
+    use_tls = url.bool_option("ssl", scheme_tls)
+    if scheme_tls and not use_tls:
+        raise InvalidTransportURL(str(url), "option ssl=false contradicts the rabbits:// scheme")
+    if not use_tls:
+        given = [name for name in _TLS_FILE_OPTIONS if name in url.options]
+        if given:
+            raise InvalidTransportURL(
+                str(url),
+                f"option(s) {', '.join(given)} need TLS (use rabbits:// or ssl=true)",
+            )
+    return use_tls
+
+
+def _seconds(url: TransportURL, name: str, default: float, *, positive: bool) -> float:
+    value = url.float_option(name, default)
+    if not math.isfinite(value) or (positive and value <= 0):
+        bound = "a positive" if positive else "a non-negative"
+        raise InvalidTransportURL(
+            str(url), f"option {name}={value:g} must be {bound} finite number of seconds"
+        )
+    return value
+
+
+def build_tls_context(url: TransportURL) -> ssl.SSLContext:
+    """The client TLS context: ``ssl_ca`` to trust, ``ssl_cert``/``ssl_key`` to present.
+
+    With ``ssl_ca`` only that CA bundle is trusted, without it the system's
+    CAs are. ``ssl_verify=false``
+    skips the hostname check only: the broker's certificate chain is still
+    verified against the trusted CAs.
+    """
+    ca = url.option("ssl_ca")
+    cert = url.option("ssl_cert")
+    key = url.option("ssl_key")
+    verify = url.bool_option("ssl_verify", True)
+    if key is not None and cert is None:
+        raise InvalidTransportURL(
+            str(url), "option ssl_key needs ssl_cert (the client certificate)"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS >= 1.2, CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = verify
+    if ca is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidTransportURL(str(url), f"option ssl_ca={ca!r}: {exc}") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(certfile=cert, keyfile=key)
+        except (OSError, ssl.SSLError) as exc:
+            names = "ssl_cert/ssl_key" if key is not None else "ssl_cert"
+            raise InvalidTransportURL(str(url), f"option {names} ({cert!r}): {exc}") from None
+    return context

@@ -1,0 +1,889 @@
+"""The RabbitMQ driver on the real broker: the shared contract, then what only RabbitMQ has.
+
+Every test runs in the session's own vhost (``rabbit_url``) and gets fresh
+exchange names from the contract's address factory, so tests never see each
+other's queues. Broker-side checks use ``rabbitmqctl`` scoped to that vhost;
+recovery is provoked with ``rabbitmqctl close_all_connections`` on the vhost
+only, never by touching the broker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+
+import rpclib
+from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
+from rpclib.transports import load_driver
+from rpclib.transports.base import Address, Guarantee, Incoming
+from rpclib.transports.rabbit import RabbitDriver, naming
+from rpclib.transports.rabbit.options import parse_options
+from rpclib.transports.url import parse_url
+from tests.support.rabbit import list_queues, rabbitmqctl
+from tests.transports.driver_contract import (
+    AddressFactory,
+    AdvertCollector,
+    Collector,
+    DriverContract,
+    EventCollector,
+    InboxCollector,
+    MakeDriver,
+    fanout,
+)
+
+WAIT = 15.0
+QUIET = 0.3
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def make_rabbit(rabbit_url: str) -> Iterator[Callable[..., RabbitDriver]]:
+    """``make_rabbit(query="")`` connects a new driver to the session vhost; all closed after."""
+    opened: list[RabbitDriver] = []
+
+    def make(query: str = "") -> RabbitDriver:
+        driver = load_driver(rabbit_url + (f"?{query}" if query else ""))
+        assert isinstance(driver, RabbitDriver)
+        opened.append(driver)
+        return driver
+
+    yield make
+    for driver in opened:
+        driver.close()
+
+
+@pytest.fixture
+def names() -> AddressFactory:
+    return AddressFactory(exchange=f"rabbit-{time.time_ns() % 10**10}")
+
+
+def queue_properties(vhost: str) -> dict[str, dict[str, str]]:
+    """Queue name -> its broker-side properties (type, durable, auto_delete, exclusive)."""
+    out = rabbitmqctl(
+        "list_queues", "-p", vhost, "-q", "--no-table-headers",
+        "name", "type", "durable", "auto_delete", "exclusive", "consumers", "messages",
+    )  # fmt: skip
+    props: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("\t")  # quorum queues leave "exclusive" empty
+        if len(parts) == 7:
+            name, kind, durable, auto_delete, exclusive, consumers, messages = parts
+            props[name] = {
+                "type": kind,
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "exclusive": exclusive,
+                "consumers": consumers,
+                "messages": messages,
+            }
+    return props
+
+
+def connection_count(vhost: str) -> int:
+    out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "vhost")
+    return sum(1 for line in out.splitlines() if line.strip() == vhost)
+
+
+def drop_connections(vhost: str) -> None:
+    """Close every client connection of ``vhost`` broker-side (the broker keeps running)."""
+    rabbitmqctl("close_all_connections", "-p", vhost, "test: simulated connection loss")
+
+
+# --- the contract -------------------------------------------------------------------------
+
+
+class TestRabbitContract(DriverContract):
+    """Every contract test on the real broker; no switches needed."""
+
+    wait = WAIT
+    quiet_period = QUIET
+
+    @pytest.fixture
+    def make_driver(self, make_rabbit: Callable[..., RabbitDriver]) -> MakeDriver:
+        return make_rabbit
+
+
+class TestRabbitContractOnQuorumQueues(DriverContract):
+    """The contract again with quorum durable queues (exact delivery counts, per-consumer QoS)."""
+
+    wait = WAIT
+    quiet_period = QUIET
+
+    @pytest.fixture
+    def make_driver(self, make_rabbit: Callable[..., RabbitDriver]) -> MakeDriver:
+        return lambda: make_rabbit("queue_type=quorum")
+
+
+# --- names and queue types -----------------------------------------------------------------
+
+
+class TestNames:
+    def test_queues_and_exchanges_are_named_as_documented(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        driver = make_rabbit()
+        topic = names()
+        x, t = topic.exchange, topic.topic
+        server = names.server(topic, "s1")
+        driver.listen(topic, Collector(WAIT))
+        driver.listen(topic, Collector(WAIT), group="billing")
+        driver.listen(server, Collector(WAIT))
+        driver.listen(fanout(topic), Collector(WAIT))
+        inbox = driver.open_inbox(InboxCollector(WAIT))
+        driver.watch_adverts(x, t, AdvertCollector(WAIT))
+        queues = queue_properties(rabbit_vhost)
+        expected = {
+            f"{x}.{t}": ("true", "false", "false"),
+            f"{x}.{t}.live": ("false", "true", "false"),
+            f"{x}.{t}#billing": ("true", "false", "false"),
+            f"{x}.{t}#billing.live": ("false", "true", "false"),
+            f"{x}.{t}@s1": ("true", "false", "false"),
+            f"{x}.{t}@s1.live": ("false", "true", "false"),
+            inbox.address: ("false", "false", "false"),
+        }
+        for name, (durable, auto_delete, exclusive) in expected.items():
+            props = queues[name]
+            assert (props["durable"], props["auto_delete"], props["exclusive"]) == (
+                durable,
+                auto_delete,
+                exclusive,
+            ), name
+        assert inbox.address.startswith("rpclib.reply.")
+        private = [n for n in queues if n.startswith(f"{x}.{t}.fanout.")]
+        watchers = [n for n in queues if n.startswith(f"{x}.adverts.")]
+        assert len(private) == 1 and len(watchers) == 1
+        for name in private + watchers:
+            assert (queues[name]["exclusive"], queues[name]["auto_delete"]) == ("true", "true")
+        exchanges = rabbitmqctl(
+            "list_exchanges", "-p", rabbit_vhost, "-q", "--no-table-headers", "name", "type"
+        )
+        kinds = dict(line.split() for line in exchanges.splitlines() if len(line.split()) == 2)
+        assert kinds[x] == "topic"
+        assert kinds[f"{x}.{t}.fanout"] == "fanout"
+        assert kinds[f"{x}.adverts"] == "topic"
+
+    def test_quorum_option_makes_durable_queues_quorum(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        topic = names()
+        make_rabbit("queue_type=quorum").listen(topic, Collector(WAIT))
+        queues = queue_properties(rabbit_vhost)
+        base = f"{topic.exchange}.{topic.topic}"
+        assert queues[base]["type"] == "quorum"
+        assert queues[f"{base}.live"]["type"] == "classic"
+
+    @pytest.mark.parametrize(
+        ("address", "group", "problem"),
+        [
+            (Address("ex", "a@b"), None, "'@'"),
+            (Address("ex", "a#b"), None, "'#'"),
+            (Address("ex", "a.*"), None, "'\\*'"),
+            (Address("ex", "t.live"), None, "suffix"),
+            (Address("ex", "t.sync"), None, "suffix"),
+            (Address("ex", "t", server="s.live"), None, "suffix"),
+            (Address("ex", "t"), "g#1", "'#'"),
+            (Address("amq.topic", "t"), None, "amq."),
+            (Address("rpclib", "reply.x"), None, "collide"),
+            (Address("ex", "t" * 300), None, "255 bytes"),
+        ],
+    )
+    def test_addresses_whose_names_would_collide_are_refused(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        address: Address,
+        group: str | None,
+        problem: str,
+    ) -> None:
+        with pytest.raises(ValueError, match=problem):
+            make_rabbit().listen(address, Collector(WAIT), group=group)
+
+
+# --- publish paths -----------------------------------------------------------------------------
+
+
+class TestPublishPaths:
+    def test_call_to_absent_server_is_reported_through_the_callback(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        reports: EventCollector[Undeliverable] = EventCollector(WAIT)
+        make_rabbit().send(
+            names.server(topic, "gone"),
+            b"call",
+            guarantee=Guarantee.AT_MOST_ONCE,
+            on_undeliverable=reports.put,
+        )  # returns at once: the return comes later, on the I/O thread
+        report = reports.get()
+        assert isinstance(report, Undeliverable) and "gone" in str(report)
+
+    def test_returns_reach_the_callback_of_their_own_message(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        live = Collector(WAIT)
+        make_rabbit().listen(topic, live)
+        sender = make_rabbit()
+        reported: queue.Queue[int] = queue.Queue()
+
+        def report_as(i: int) -> Callable[[Undeliverable], None]:
+            return lambda exc: reported.put(i)
+
+        for i in range(40):
+            target = topic if i % 2 == 0 else names.server(topic, f"absent{i}")
+            sender.send(
+                target, b"%d" % i, guarantee=Guarantee.AT_MOST_ONCE, on_undeliverable=report_as(i)
+            )
+        delivered = sorted(int(m.body) for m in live.get_many(20))
+        returned = sorted(reported.get(timeout=WAIT) for _ in range(20))
+        assert delivered == list(range(0, 40, 2))
+        assert returned == list(range(1, 40, 2))
+        live.assert_nothing(QUIET)
+
+    def test_concurrent_writers_on_the_consumer_connection_keep_frames_intact(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        # Path-1 publishes of multi-frame bodies from several threads, on the same
+        # connection that acks deliveries from other threads: interleaved frames
+        # would corrupt bodies or kill the connection.
+        driver = make_rabbit()
+        topic = names()
+        received: queue.Queue[bytes] = queue.Queue()
+        pending: queue.Queue[Incoming] = queue.Queue()
+
+        def ack_later() -> None:
+            while (incoming := pending.get()) is not None:
+                received.put(incoming.body)
+                incoming.ack()
+
+        ackers = [threading.Thread(target=ack_later) for _ in range(3)]
+        for acker in ackers:
+            acker.start()
+        driver.listen(topic, pending.put, prefetch=16)
+        bodies = [bytes([n]) * (200_000 + n) for n in range(4)]
+        errors: list[BaseException] = []
+
+        def produce(body: bytes) -> None:
+            try:
+                for _ in range(25):
+                    driver.send(
+                        topic,
+                        body,
+                        guarantee=Guarantee.AT_MOST_ONCE,
+                        on_undeliverable=errors.append,
+                    )
+            except BaseException as exc:
+                errors.append(exc)
+
+        producers = [threading.Thread(target=produce, args=(b,)) for b in bodies]
+        for producer in producers:
+            producer.start()
+        for producer in producers:
+            producer.join(WAIT)
+        try:
+            got = [received.get(timeout=WAIT) for _ in range(100)]
+        finally:
+            for _ in ackers:
+                pending.put(None)  # type: ignore[arg-type]
+        assert not errors
+        assert sorted(got) == sorted(bodies * 25)
+
+    def test_send_to_inbox_from_a_handler_works_and_detects_closed_inboxes(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        # A handler runs on the I/O thread, which cannot wait for its own confirm:
+        # replies sent there take a pooled connection instead.
+        topic = names()
+        server = make_rabbit()
+        outcomes: queue.Queue[str] = queue.Queue()
+
+        def reply(incoming: Incoming) -> None:
+            incoming.ack()
+            try:
+                server.send_to_inbox(incoming.body.decode(), b"pong")
+                outcomes.put("sent")
+            except Undeliverable:
+                outcomes.put("undeliverable")
+
+        server.listen(topic, reply)
+        client = make_rabbit()
+        replies = InboxCollector(WAIT)
+        inbox = client.open_inbox(replies)
+        client.send(topic, inbox.address.encode(), guarantee=Guarantee.AT_MOST_ONCE)
+        assert (replies.get(), outcomes.get(timeout=WAIT)) == (b"pong", "sent")
+        inbox.close()
+        client.send(topic, inbox.address.encode(), guarantee=Guarantee.AT_MOST_ONCE)
+        assert outcomes.get(timeout=WAIT) == "undeliverable"
+
+    def test_send_to_a_foreign_address_is_refused(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        driver = make_rabbit()
+        driver.declare(topic)
+        with pytest.raises(Undeliverable, match="not a rabbit"):
+            driver.send_to_inbox(naming.queue_name(topic), b"x")
+
+
+# --- settlement --------------------------------------------------------------------------------
+
+
+def deliver_one(
+    make_rabbit: Callable[..., RabbitDriver], topic: Address, query: str = ""
+) -> tuple[Collector, Incoming]:
+    got = Collector(WAIT, ack=False)
+    make_rabbit(query).listen(topic, got)
+    make_rabbit(query).send(topic, b"m", guarantee=Guarantee.AT_LEAST_ONCE)
+    return got, got.get()
+
+
+class TestSettlement:
+    @pytest.mark.parametrize("first", ["ack", "requeue", "dead_letter"])
+    def test_settling_twice_raises(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, first: str
+    ) -> None:
+        _, incoming = deliver_one(make_rabbit, names())
+        settle(incoming, first)
+        for second in ("ack", "requeue", "dead_letter"):
+            with pytest.raises(RuntimeError, match="already settled"):
+                settle(incoming, second)
+
+    def test_concurrent_settlement_succeeds_exactly_once(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        got, incoming = deliver_one(make_rabbit, names())
+        start = threading.Barrier(8)
+        outcomes: queue.Queue[str] = queue.Queue()
+
+        def race() -> None:
+            start.wait()
+            try:
+                incoming.ack()
+                outcomes.put("ok")
+            except RuntimeError:
+                outcomes.put("refused")
+
+        threads = [threading.Thread(target=race) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        results = sorted(outcomes.get(timeout=WAIT) for _ in threads)
+        assert results == ["ok"] + ["refused"] * 7
+        got.assert_nothing(QUIET)  # acked once: no redelivery, and the channel survived
+
+    def test_every_requeue_counts_an_attempt(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        got, incoming = deliver_one(make_rabbit, names())
+        seen = [incoming.attempts]
+        for _ in range(3):
+            incoming.requeue()
+            incoming = got.get()
+            seen.append(incoming.attempts)
+        incoming.ack()
+        assert seen == [1, 2, 3, 4]
+
+    def test_handler_exception_requeues_with_an_attempt_more(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT)
+
+        def crash_first(incoming: Incoming) -> None:
+            if incoming.attempts == 1:
+                raise ValueError("consumer bug")
+            got(incoming)
+
+        make_rabbit().listen(topic, crash_first)
+        make_rabbit().send(topic, b"m", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert got.get().attempts == 2
+
+    def test_quorum_queues_count_every_redelivery(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        # Classic queues only say "redelivered" (attempts 2 at most); quorum queues count.
+        topic = names()
+        sender = make_rabbit("queue_type=quorum")
+        sender.declare(topic)
+        sender.send(topic, b"m", guarantee=Guarantee.AT_LEAST_ONCE)
+        seen = []
+        for _ in range(3):
+            got = Collector(WAIT, ack=False)
+            sub = make_rabbit("queue_type=quorum").listen(topic, got)
+            seen.append(got.get().attempts)
+            sub.close()  # unsettled: redelivered
+        assert seen == [1, 2, 3]
+
+    def test_prefetch_bounds_unsettled_messages_across_both_queues(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT, ack=False)
+        make_rabbit().listen(topic, got, prefetch=2)
+        sender = make_rabbit()
+        for guarantee in (Guarantee.AT_LEAST_ONCE, Guarantee.AT_MOST_ONCE) * 2:
+            sender.send(topic, guarantee.value.encode(), guarantee=guarantee)
+        held = got.get_many(2)
+        got.assert_nothing(QUIET)
+        for incoming in held:
+            incoming.ack()
+        for incoming in got.get_many(2):
+            incoming.ack()
+
+    def test_url_prefetch_overrides_the_listen_argument(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT, ack=False)
+        make_rabbit("prefetch=1").listen(topic, got, prefetch=50)
+        sender = make_rabbit()
+        for i in range(3):
+            sender.send(topic, b"%d" % i, guarantee=Guarantee.AT_LEAST_ONCE)
+        first = got.get()
+        got.assert_nothing(QUIET)
+        first.ack()
+        got.get().ack()
+
+    def test_dead_letters_carry_reason_source_and_attempts_and_stay_queued(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        body = f"{names.prefix}-poison".encode()
+        got, incoming = deliver_one(make_rabbit, topic)
+        incoming.requeue()
+        got.get().dead_letter("cannot parse")
+        reader = make_rabbit()
+        for _ in range(2):  # reading leaves them in the queue
+            ours = [d for d in reader.dead_letters(10_000) if d.body in (b"m", body)]
+            ours = [d for d in ours if d.address == naming.queue_name(topic)]
+            assert [(d.reason, d.attempts) for d in ours] == [("cannot parse", 2)]
+        assert queue_properties(rabbit_vhost)[naming.DEAD_LETTER_QUEUE]["durable"] == "true"
+
+
+# --- recovery ------------------------------------------------------------------------------
+
+
+class TestRecovery:
+    def test_subscription_resumes_and_unsettled_messages_are_redelivered(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT, ack=False)
+        make_rabbit().listen(topic, got)
+        sender = make_rabbit()
+        sender.send(topic, b"in flight", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert got.get().attempts == 1  # left unsettled
+        drop_connections(rabbit_vhost)
+        again = got.get()
+        assert (again.body, again.attempts) == (b"in flight", 2)
+        again.ack()
+        sender.send(topic, b"after", guarantee=Guarantee.AT_LEAST_ONCE)
+        sender.send(topic, b"after, at most once", guarantee=Guarantee.AT_MOST_ONCE)
+        later = got.get_many(2)
+        assert sorted(m.body for m in later) == [b"after", b"after, at most once"]
+
+    def test_inbox_whose_queue_survived_reports_disconnected_then_reconnected(
+        self, make_rabbit: Callable[..., RabbitDriver], rabbit_vhost: str
+    ) -> None:
+        events: EventCollector[str] = EventCollector(WAIT)
+        replies = InboxCollector(WAIT)
+        inbox = make_rabbit().open_inbox(replies, events.put)
+        drop_connections(rabbit_vhost)
+        assert [events.get(), events.get()] == ["disconnected", "reconnected"]
+        make_rabbit().send_to_inbox(inbox.address, b"still here")
+        assert replies.get() == b"still here"
+
+    def test_settling_a_message_of_a_dead_connection_is_ignored(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.DEBUG, logger="rpclib.transports.rabbit")
+        topic = names()
+        got, stale = deliver_one(make_rabbit, topic)
+        drop_connections(rabbit_vhost)
+        redelivered = got.get()
+        stale.ack()  # from the old connection: ignored, no error
+        assert "ignored" in caplog.text
+        assert (redelivered.body, redelivered.attempts) == (b"m", 2)
+        redelivered.ack()
+        got.assert_nothing(QUIET)
+
+    def test_adverts_are_published_again_after_reconnect(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        publisher = make_rabbit()
+        publisher.advertise(names.server(topic, "s1"), b"v1", ttl=60)
+        seen = AdvertCollector(WAIT)
+        make_rabbit().watch_adverts(topic.exchange, topic.topic, seen)
+        assert seen.next_for("s1") == b"v1"
+        drop_connections(rabbit_vhost)
+        assert seen.next_for("s1") == b"v1"  # re-advertised, or answered to the re-sync
+        late = AdvertCollector(WAIT)
+        make_rabbit().watch_adverts(topic.exchange, topic.topic, late)
+        assert late.get_nowait() == ("s1", b"v1")
+
+    def test_rpc_call_after_connection_loss_succeeds(
+        self, rabbit_url: str, names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        class Echo:
+            def echo(self, ctx: dict[str, Any], word: str) -> str:
+                return word
+
+        target = rpclib.Target(topic=names().topic, exchange=names.exchange, server="s1")
+        with (
+            rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as server_side,
+            rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as client_side,
+        ):
+            server = rpclib.RPCServer(server_side, target, [Echo()])
+            server.start()
+            try:
+                client = rpclib.RPCClient(client_side, target, timeout=WAIT)
+                assert client.call({}, "echo", word="before") == "before"
+                drop_connections(rabbit_vhost)
+                # Until the server's driver is back, a call is rightly Undeliverable:
+                # nobody listens (its auto-delete .live queue went with its connection).
+                live = naming.queue_name(
+                    Address(names.exchange, target.topic or "", "s1"), live=True
+                )
+                wait_until(
+                    lambda: queue_properties(rabbit_vhost).get(live, {}).get("consumers") == "1",
+                    "the server to consume again",
+                )
+                assert client.call({}, "echo", word="after") == "after"
+            finally:
+                server.stop()
+                server.wait()
+
+    def test_deleted_reply_queue_is_declared_again_and_calls_still_work(
+        self, rabbit_url: str, names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        class Echo:
+            def echo(self, ctx: dict[str, Any], word: str) -> str:
+                return word
+
+        target = rpclib.Target(topic=names().topic, exchange=names.exchange)
+        with (
+            rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as server_side,
+            rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as client_side,
+        ):
+            server = rpclib.RPCServer(server_side, target(server="s1"), [Echo()])
+            server.start()
+            try:
+                client = rpclib.RPCClient(client_side, target, timeout=WAIT)
+                assert client.call({}, "echo", word="before") == "before"
+                reply_queue = client_side.replies.address
+                rabbitmqctl("delete_queue", "-p", rabbit_vhost, reply_queue)
+                wait_until(
+                    lambda: reply_queue in list_queues(rabbit_vhost),
+                    "the reply queue to be declared again",
+                )
+                assert client.call({}, "echo", word="after") == "after"
+            finally:
+                server.stop()
+                server.wait()
+
+    def test_deleted_inbox_queue_reports_lost(
+        self, make_rabbit: Callable[..., RabbitDriver], rabbit_vhost: str
+    ) -> None:
+        events: EventCollector[str] = EventCollector(WAIT)
+        inbox = make_rabbit().open_inbox(InboxCollector(WAIT), events.put)
+        rabbitmqctl("delete_queue", "-p", rabbit_vhost, inbox.address)
+        assert events.get() == "lost"
+
+    def test_deleted_durable_queue_is_declared_again(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT)
+        make_rabbit().listen(topic, got)
+        rabbitmqctl("delete_queue", "-p", rabbit_vhost, naming.queue_name(topic))
+        wait_until(
+            lambda: (
+                queue_properties(rabbit_vhost).get(naming.queue_name(topic), {}).get("consumers")
+                == "1"
+            ),
+            "the durable queue to be declared and consumed again",
+        )
+        make_rabbit().send(topic, b"kept", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert got.get().body == b"kept"
+
+    def test_broker_closing_the_publish_channel_is_repaired_without_reconnecting(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_url: str,
+    ) -> None:
+        topic = names()
+        driver = make_rabbit()
+        reports: EventCollector[Undeliverable] = EventCollector(WAIT)
+        driver.send(topic, b"x", guarantee=Guarantee.AT_MOST_ONCE, on_undeliverable=reports.put)
+        reports.get()  # nobody listens: returned
+        generation = driver._session.generation
+        delete_exchange(driver, topic.exchange)
+        # Publishing to the deleted exchange makes the broker close the publish channel.
+        driver.send(topic, b"x", guarantee=Guarantee.AT_MOST_ONCE, on_undeliverable=reports.put)
+        got = Collector(WAIT)
+        wait_until(
+            lambda: (
+                driver._session._pub_channel is not None
+                and driver._session._pub_channel.is_open
+                and topic.exchange not in driver._session.exchanges
+            ),
+            "the publish channel to be replaced",
+        )
+        driver.listen(topic, got)  # declares the exchange again
+        driver.send(topic, b"after", guarantee=Guarantee.AT_MOST_ONCE, on_undeliverable=reports.put)
+        assert got.get().body == b"after"
+        assert driver._session.generation == generation
+
+    def test_idle_connections_are_kept_alive_by_heartbeats(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        driver = make_rabbit("heartbeat=1")
+        driver.declare(topic)
+        driver.send(topic, b"opens a pooled connection", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert connection_count(rabbit_vhost) == 2  # consumer + one publisher
+        generation = driver._session.generation
+        time.sleep(3.5)  # pacing: > 2 heartbeat intervals of idleness; the broker would drop us
+        assert connection_count(rabbit_vhost) == 2
+        assert driver._session.generation == generation  # never reconnected
+        driver.send(topic, b"still fine", guarantee=Guarantee.AT_LEAST_ONCE)
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+class TestLifecycle:
+    def test_closing_drivers_leaves_only_durable_queues(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        rabbit_vhost: str,
+    ) -> None:
+        topic = names()
+        drivers = [make_rabbit(), make_rabbit()]
+        for driver in drivers:
+            driver.listen(topic, Collector(WAIT))
+            driver.listen(names.server(topic), Collector(WAIT))
+            driver.listen(fanout(topic), Collector(WAIT))
+            driver.open_inbox(InboxCollector(WAIT))
+            driver.advertise(names.server(topic, "s1"), b"ad", ttl=60)
+            driver.watch_adverts(topic.exchange, topic.topic, AdvertCollector(WAIT))
+        assert any(p["durable"] == "false" for p in queue_properties(rabbit_vhost).values())
+        for driver in drivers:
+            driver.close()
+        wait_until(
+            lambda: all(p["durable"] == "true" for p in queue_properties(rabbit_vhost).values()),
+            "only durable queues to remain",
+        )
+        wait_until(lambda: connection_count(rabbit_vhost) == 0, "all connections to close")
+
+    def test_close_from_a_handler_stops_the_driver(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        driver = make_rabbit()
+        done = threading.Event()
+
+        def close_driver(incoming: Incoming) -> None:
+            driver.close()
+            done.set()
+
+        driver.listen(topic, close_driver)
+        make_rabbit().send(topic, b"stop", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert done.wait(WAIT)
+        with pytest.raises(TransportError):
+            driver.send(topic, b"x", guarantee=Guarantee.AT_LEAST_ONCE)
+        again = Collector(WAIT)
+        make_rabbit().listen(topic, again)
+        assert again.get().attempts == 2  # never settled: redelivered
+
+    def test_close_stops_the_driver_threads(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        driver = make_rabbit()
+        driver.listen(topic, Collector(WAIT))
+        driver.send(topic, b"opens a publisher", guarantee=Guarantee.AT_LEAST_ONCE)
+        label = driver._session._label
+
+        def ours() -> list[threading.Thread]:
+            return [t for t in threading.enumerate() if t.name.endswith(label) and t.is_alive()]
+
+        assert len(ours()) == 2  # the I/O thread and the publishers' heartbeat thread
+        driver.close()
+        wait_until(lambda: not ours(), "the driver's threads to exit")
+
+    def test_unreachable_broker_fails_at_construction(self) -> None:
+        with pytest.raises(TransportError, match="cannot connect"):
+            RabbitDriver(parse_url("rabbit://127.0.0.1:1/?connect_timeout=1"))
+
+    def test_failover_skips_a_dead_host(self, rabbit_url: str, rabbit_vhost: str) -> None:
+        real = rabbit_url.removeprefix("rabbit://").partition("/")[0]
+        driver = RabbitDriver(parse_url(f"rabbit://guest:guest@127.0.0.1:1,{real}/{rabbit_vhost}"))
+        try:
+            driver.declare(Address("failover", "t"))
+        finally:
+            driver.close()
+
+    def test_import_rpclib_does_not_import_amqp_or_kombu(self) -> None:
+        code = "import rpclib, sys; print(sorted({'amqp', 'kombu'} & set(sys.modules)))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == "[]"
+
+    def test_rabbit_schemes_load_the_rabbit_driver(self) -> None:
+        from rpclib.transports import driver_class
+
+        assert driver_class("rabbit") is RabbitDriver
+        assert driver_class("rabbits") is RabbitDriver
+
+
+# --- URL options ---------------------------------------------------------------------------
+
+
+class TestUrlOptions:
+    def test_defaults(self) -> None:
+        options = parse_options(parse_url("rabbit://h"))
+        assert [(h.address, h.userid, h.password) for h in options.hosts] == [
+            ("h:5672", "guest", "guest")
+        ]
+        assert (options.virtual_host, options.heartbeat, options.tls) == ("/", 15, None)
+        assert (options.queue_type, options.prefetch) == ("classic", None)
+        assert (options.connect_timeout, options.send_timeout) == (5.0, 15.0)
+        assert (options.retry_backoff, options.retry_backoff_max) == (0.2, 5.0)
+        assert options.advert_sync_wait == 0.3
+
+    def test_hosts_credentials_and_vhost(self) -> None:
+        options = parse_options(
+            parse_url("rabbit://u:p%40ss@h1:5673,h2,[::1]:5674/my%2Fvhost?heartbeat=0")
+        )
+        assert [(h.address, h.userid, h.password) for h in options.hosts] == [
+            ("h1:5673", "u", "p@ss"),
+            ("h2:5672", "guest", "guest"),
+            ("[::1]:5674", "guest", "guest"),
+        ]
+        assert (options.virtual_host, options.heartbeat) == ("my/vhost", 0)
+
+    def test_rabbits_means_tls_on_port_5671(self) -> None:
+        options = parse_options(parse_url("rabbits://broker"))
+        assert options.hosts[0].port == 5671
+        assert isinstance(options.tls, ssl.SSLContext)
+        assert options.tls.verify_mode is ssl.CERT_REQUIRED and options.tls.check_hostname
+
+    def test_ssl_option_turns_tls_on_and_ssl_verify_false_skips_hostname_checks(self) -> None:
+        options = parse_options(parse_url("rabbit://broker?ssl=true&ssl_verify=false"))
+        assert options.tls is not None and options.hosts[0].port == 5671
+        assert not options.tls.check_hostname
+        assert options.tls.verify_mode is ssl.CERT_REQUIRED
+
+    def test_tls_files_are_loaded(self, tmp_path: Path) -> None:
+        cert, key = make_self_signed(tmp_path)
+        options = parse_options(
+            parse_url(f"rabbits://broker/?ssl_ca={cert}&ssl_cert={cert}&ssl_key={key}")
+        )
+        assert options.tls is not None
+        assert options.tls.cert_store_stats()["x509_ca"] == 1
+
+    @pytest.mark.parametrize(
+        ("query", "named"),
+        [
+            ("bogus=1", "bogus"),
+            ("heartbeat=-1", "heartbeat"),
+            ("heartbeat=abc", "heartbeat"),
+            ("queue_type=stream", "queue_type"),
+            ("prefetch=0", "prefetch"),
+            ("connect_timeout=0", "connect_timeout"),
+            ("send_timeout=inf", "send_timeout"),
+            ("retry_backoff=nan", "retry_backoff"),
+            ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max"),
+            ("advert_sync_wait=-1", "advert_sync_wait"),
+            ("ssl=maybe", "ssl"),
+            ("ssl_ca=/x.pem", "ssl_ca"),
+            ("ssl=1&ssl_ca=/nonexistent.pem", "ssl_ca"),
+            ("ssl=1&ssl_key=/k.pem", "ssl_key"),
+            ("ssl=1&ssl_cert=/nonexistent.pem", "ssl_cert"),
+            ("ssl=1&ssl_verify=perhaps", "ssl_verify"),
+        ],
+    )
+    def test_bad_option_is_rejected_naming_it(self, query: str, named: str) -> None:
+        with pytest.raises(InvalidTransportURL, match=named) as excinfo:
+            RabbitDriver(parse_url(f"rabbit://user:secret@h/?{query}"))
+        assert "secret" not in str(excinfo.value)
+
+    def test_rabbits_with_ssl_false_is_a_contradiction(self) -> None:
+        with pytest.raises(InvalidTransportURL, match="contradicts"):
+            parse_options(parse_url("rabbits://h?ssl=false"))
+
+
+def delete_exchange(driver: RabbitDriver, exchange: str) -> None:
+    """Delete ``exchange`` behind the driver's back (as an operator would)."""
+    options = driver.options
+    host = options.hosts[0]
+    conn = amqp.Connection(
+        host.address, userid=host.userid, password=host.password,
+        virtual_host=options.virtual_host,
+    )  # fmt: skip
+    conn.connect()
+    try:
+        conn.channel().exchange_delete(exchange)
+    finally:
+        conn.close()
+
+
+def make_self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate and key (openssl CLI)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=broker", "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def settle(incoming: Incoming, how: str) -> None:
+    if how == "dead_letter":
+        incoming.dead_letter("test")
+    else:
+        getattr(incoming, how)()
