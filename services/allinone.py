@@ -26,6 +26,7 @@ import rpclib
 from services.billing.service import BillingService
 from services.cli import Cloud
 from services.compute.service import ComputeService
+from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
 from services.scheduler.service import SchedulerService
 
@@ -120,6 +121,14 @@ class Processes:
                 proc.kill()
 
 
+def registered_computes(conductor: ConductorAPI) -> int:
+    """Compute nodes the conductor knows (0 while the conductor is not serving yet)."""
+    try:
+        return len(conductor.allocation_candidates({}, 1, 1, 1))
+    except rpclib.MessagingError:
+        return 0
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -154,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cloud = Cloud(transport)
     try:
         wait_until(
-            lambda: len(cloud.conductor.allocation_candidates(cloud.ctx, 1, 1, 1)) == 2,
+            lambda: registered_computes(cloud.conductor) == len(COMPUTE_HOSTS),
             60,
             "both compute nodes to register",
         )

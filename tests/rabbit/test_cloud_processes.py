@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 import rpclib
-from services.allinone import COMPUTE_HOSTS, Processes, make_image, wait_until
+from services.allinone import (
+    COMPUTE_HOSTS,
+    Processes,
+    make_image,
+    registered_computes,
+    wait_until,
+)
 from services.cli import Cloud
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Flavor
@@ -32,9 +38,7 @@ def cloud(tmp_path: Path, fresh_rabbit_url: str) -> Iterator[tuple[Cloud, Path]]
     cloud = Cloud(transport, out=io.StringIO())
     try:
         wait_until(
-            lambda: (
-                len(cloud.conductor.allocation_candidates(cloud.ctx, 1, 1, 1)) == len(COMPUTE_HOSTS)
-            ),
+            lambda: registered_computes(cloud.conductor) == len(COMPUTE_HOSTS),
             60,
             "both compute processes to register",
         )
@@ -117,13 +121,6 @@ def test_two_conductor_processes_apply_updates_in_order(
         for proc in procs:
             proc.wait(60)
         transport.close()
-
-
-def _registered(api: ConductorAPI) -> int:
-    try:
-        return len(api.allocation_candidates({}, 1, 1, 1))
-    except rpclib.MessagingError:  # the conductor process is not serving yet
-        return 0
 
 
 def _answers(api: ConductorAPI) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import rpclib
-from services.allinone import Embedded, make_image, wait_until
+from services.allinone import Embedded, make_image, registered_computes, wait_until
 from services.cli import Cloud
 from services.scheduler.manager import NoValidHost
 
@@ -22,7 +22,7 @@ def cloud(tmp_path: Path, bus_url: str) -> Iterator[tuple[Cloud, Embedded, Path]
     services.start()
     cloud = Cloud(transport, out=io.StringIO())
     wait_until(
-        lambda: len(cloud.conductor.allocation_candidates(cloud.ctx, 1, 1, 1)) == 2,
+        lambda: registered_computes(cloud.conductor) == 2,
         30,
         "compute nodes",
     )
