@@ -22,6 +22,8 @@ need_root_packages() {
 # Debian packages the services need: qemu-img for disks, libvirt's headers to build
 # libvirt-python (which brings libvirt's test hypervisor along).
 SERVICE_PACKAGES=(qemu-utils libvirt-dev pkg-config gcc python3-dev)
+# What the RabbitMQ tests use beside the broker: openssl for the TLS test certificates.
+TEST_PACKAGES=(openssl)
 
 find_python() {
     local candidate

@@ -1,0 +1,225 @@
+"""rpclib over a RabbitMQ node that restarts or drops every connection mid-stream.
+
+Client and server are separate processes (``peer_client.py``,
+``peer_server.py``) on the session's private node (``rabbit_node``). Every
+at-least-once cast must be handled; a cast handled twice must carry the same
+message id both times (that is how a receiver drops duplicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+import rpclib
+from tests.support.rabbit_node import RabbitNode
+
+HERE = Path(__file__).parent
+CASTS = 5000
+DISRUPT_AFTER = 2000  # casts sent before the broker goes away
+CALL_TIMEOUT = 10.0
+
+
+class Process:
+    """A peer script; its stdout lines are read on a thread, its stderr kept in a file."""
+
+    def __init__(self, script: str, *args: str, log: Path) -> None:
+        self.log = log
+        self._stderr = open(log, "w")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.last = ""
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line.strip())
+        self.lines.put("")  # EOF
+
+    def expect(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+        """Wait for a stdout line ``predicate`` accepts; fail with the stderr tail if none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"{what}: nothing after {timeout:.0f}s (last {self.last!r})\n{self}")
+            if line == "":
+                pytest.fail(f"{what}: the process exited ({self.proc.poll()})\n{self}")
+            self.last = line
+            if predicate(line):
+                return line
+
+    def stop(self, timeout: float = 30) -> int:
+        """Close stdin (the server's stop signal), wait, kill if it will not go."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._stderr.close()
+        return code
+
+    def __str__(self) -> str:
+        text = self.log.read_text(errors="replace").splitlines()[-30:]
+        return f"--- stderr of {self.log.name}:\n" + "\n".join(text)
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start peer scripts; every one is stopped after the test."""
+    started: list[Process] = []
+
+    def start(script: str, *args: str) -> Process:
+        started.append(p := Process(script, *args, log=tmp_path / f"{script}.{len(started)}.err"))
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def read_records(path: Path) -> list[tuple[int, str, int]]:
+    records = []
+    for line in path.read_text().splitlines():
+        seq, message_id, attempts = line.split()
+        records.append((int(seq), message_id, int(attempts)))
+    return records
+
+
+def cast_stream_survives(
+    node: RabbitNode, tmp_path: Path, peers: Callable[..., Process], disrupt: Callable[[], None]
+) -> None:
+    topic = f"stream-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "handled.txt"
+    record.touch()
+    server = peers("peer_server.py", node.url, topic, str(record))
+    server.expect(lambda line: line == "ready", 60, "server start")
+    client = peers("peer_client.py", node.url, topic, str(CASTS))
+    client.expect(lambda line: line == f"sent {DISRUPT_AFTER}", 120, "casts before the disruption")
+
+    disrupt()
+
+    handled_by_then = len(read_records(record))
+    assert handled_by_then < CASTS, "the disruption came after the stream had ended"
+    client.expect(lambda line: line == "done", 240, "the rest of the casts")
+    assert client.stop() == 0, str(client)
+    deadline = time.monotonic() + 120
+    while {r[0] for r in read_records(record)} != set(range(CASTS)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    records = read_records(record)
+    by_seq: dict[int, set[str]] = {}
+    for seq, message_id, _ in records:
+        by_seq.setdefault(seq, set()).add(message_id)
+    missing = sorted(set(range(CASTS)) - set(by_seq))
+    assert not missing, f"{len(missing)} casts never handled, first {missing[:10]}\n{server}"
+    ambiguous = {seq: ids for seq, ids in by_seq.items() if len(ids) > 1}
+    assert not ambiguous, f"duplicates a receiver cannot tell by message id: {ambiguous}"
+    all_ids = [next(iter(ids)) for ids in by_seq.values()]
+    assert len(set(all_ids)) == CASTS, "two different casts carried the same message id"
+    duplicates = len(records) - CASTS
+    print(f"{CASTS} casts handled, {duplicates} redelivered duplicates (same message id)")
+
+
+def test_casts_survive_a_broker_restart(
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+) -> None:
+    cast_stream_survives(rabbit_node, tmp_path, peers, rabbit_node.restart)
+
+
+def test_casts_survive_the_broker_closing_every_connection(
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+) -> None:
+    cast_stream_survives(rabbit_node, tmp_path, peers, rabbit_node.close_all_connections)
+
+
+def test_call_in_flight_fails_within_its_deadline_and_later_calls_work(
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+) -> None:
+    topic = f"inflight-{uuid.uuid4().hex[:8]}"
+    server = peers("peer_server.py", rabbit_node.url, topic, str(tmp_path / "unused.txt"))
+    server.expect(lambda line: line == "ready", 60, "server start")
+    with rpclib.get_transport(rabbit_node.url) as transport:
+        client = rpclib.RPCClient(transport, rpclib.Target(topic=topic), timeout=CALL_TIMEOUT)
+        assert client.call({}, "echo", value=1) == 1
+        outcome: dict[str, Any] = {}
+
+        def in_flight() -> None:
+            t0 = time.monotonic()
+            try:
+                outcome["result"] = client.call({}, "slow", seconds=3.0)
+            except Exception as exc:
+                outcome["error"] = exc
+            outcome["elapsed"] = time.monotonic() - t0
+
+        caller = threading.Thread(target=in_flight)
+        caller.start()
+        time.sleep(1.0)  # the server is inside slow() now
+        rabbit_node.stop()
+        caller.join(CALL_TIMEOUT + 10)
+        assert not caller.is_alive(), "the call outlived its deadline"
+        assert isinstance(outcome.get("error"), rpclib.ConnectionLost | rpclib.ReplyTimeout), (
+            outcome
+        )
+        assert outcome["elapsed"] <= CALL_TIMEOUT + 2.0, outcome
+        print(f"in-flight call: {outcome['error']!r} after {outcome['elapsed']:.1f}s")
+
+        rabbit_node.start()
+        deadline = time.monotonic() + 60
+        failures: list[Exception] = []
+        while True:  # the first calls may race the server's resubscription
+            try:
+                assert client.prepare(timeout=5).call({}, "echo", value="back") == "back"
+                break
+            except (rpclib.MessagingError, rpclib.TransportError) as exc:
+                failures.append(exc)
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no call succeeded after the restart: {failures[-3:]}\n{server}")
+                time.sleep(0.5)
+        for i in range(20):
+            assert client.call({}, "echo", value=i) == i
+
+
+def test_tls_end_to_end(rabbit_node: RabbitNode) -> None:
+    topic = f"tls-{uuid.uuid4().hex[:8]}"
+
+    class Echo:
+        def echo(self, ctx: dict[str, Any], value: Any) -> Any:
+            return value
+
+    with rpclib.get_transport(rabbit_node.tls_url) as transport:
+        server = rpclib.RPCServer(transport, rpclib.Target(topic=topic, server="tls"), [Echo()])
+        server.start()
+        try:
+            client = rpclib.RPCClient(transport, rpclib.Target(topic=topic), timeout=CALL_TIMEOUT)
+            assert client.call({}, "echo", value={"over": "tls"}) == {"over": "tls"}
+            out = rabbit_node.rabbitmqctl(
+                "list_connections", "-q", "--no-table-headers", "ssl", "peer_cert_subject"
+            )
+        finally:
+            server.stop()
+            server.wait()
+    tls = [line for line in out.splitlines() if line.startswith("true")]
+    assert tls and all("rpclib-test-client" in line for line in tls), out

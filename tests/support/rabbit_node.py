@@ -1,0 +1,575 @@
+"""A private RabbitMQ node for tests that stop, restart or cut off their broker.
+
+The shared broker (127.0.0.1:5672) must never be restarted, so tests that do
+so get a node of their own: free ports on 127.0.0.1 (AMQP, TLS, Erlang
+distribution), a temp dir with its data, logs, config, pid file and Erlang
+cookie, and a generated CA with server and client certificates for a TLS
+listener that requires client certificates.
+
+The node is started once per session; the ``rabbit_node`` fixture hands it to
+a test running (starting it again if an earlier test left it stopped), and
+tests stop, restart or disconnect it through its API. The node runs as the
+``rabbitmq`` user when the tests run as root. It is stopped by the pid this
+module started (SIGTERM to the ``rabbitmq-server`` script, which stops the VM
+gracefully), then every process of its tree that is left is killed. Teardown
+runs at session end whatever the tests did; an ``atexit`` hook and a
+parent-death signal catch a dying pytest. Call ``start``/``restart`` from the
+main thread: the parent-death signal follows the thread that started the node.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+
+USER, PASSWORD = "guest", "guest"
+HOST = "127.0.0.1"
+START_TIMEOUT = float(os.environ.get("RPCLIB_TEST_NODE_START_TIMEOUT", "90"))
+STOP_TIMEOUT = 30.0
+# Debian's /usr/sbin scripts su to rabbitmq and redirect the output: use the real ones.
+SBIN_DIRS = (os.environ.get("RPCLIB_RABBITMQ_SBIN", ""), "/usr/lib/rabbitmq/bin")
+SYSTEM_EPMD_PORT = 4369
+DIR_PREFIX = "rpclib-rabbit-"
+
+
+class NodeError(RuntimeError):
+    """The private node could not be started, stopped or controlled."""
+
+
+def _sbin(name: str) -> str:
+    for folder in SBIN_DIRS:
+        if folder and os.access(os.path.join(folder, name), os.X_OK):
+            return os.path.join(folder, name)
+    found = shutil.which(name)
+    if found is None:
+        raise NodeError(f"{name} is not installed: the private-node tests need RabbitMQ")
+    return found
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_open(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- processes, by pid ----------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time) of ``pid``, or None if it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def process_tree(root: int) -> dict[int, int]:
+    """``root`` and its live descendants: pid -> start time (tells a reused pid apart)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _stat(int(entry))
+            if info is not None:
+                children.setdefault(info[0], []).append(int(entry))
+                starts[int(entry)] = info[1]
+    tree: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in starts and pid not in tree:
+            tree[pid] = starts[pid]
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def alive(tree: dict[int, int]) -> list[int]:
+    """The pids of ``tree`` that still run the same process."""
+    return [pid for pid, start in tree.items() if (info := _stat(pid)) and info[1] == start]
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+# --- certificates -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certs:
+    """PEM files of the test CA, the server and the client."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NodeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+
+def make_certs(folder: Path) -> Certs:
+    """A fresh CA and a server (localhost, 127.0.0.1) and client certificate it signed."""
+    if shutil.which("openssl") is None:
+        raise NodeError("the openssl command is needed to make the test certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        "-subj", "/CN=rpclib test CA", "-keyout", "ca.key", "-out", "ca.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )  # fmt: skip
+    leaves = {
+        "server": ("/CN=localhost", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        "client": ("/CN=rpclib-test-client", "clientAuth", ""),
+    }
+    for name, (subject, usage, extra) in leaves.items():
+        (folder / f"{name}.ext").write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage={usage}\n{extra}"
+        )
+        _openssl(
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+            "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            cwd=folder,
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-set_serial", f"0x{secrets.token_hex(8)}", "-days", "30",
+            "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+            cwd=folder,
+        )  # fmt: skip
+    return Certs(
+        ca=folder / "ca.pem",
+        server_cert=folder / "server.pem",
+        server_key=folder / "server.key",
+        client_cert=folder / "client.pem",
+        client_key=folder / "client.key",
+    )
+
+
+# --- the node -----------------------------------------------------------------------
+
+
+class RabbitNode:
+    """A RabbitMQ node of this process's own, on free 127.0.0.1 ports.
+
+    ``restart()`` keeps the ports, data dir and node name, so durable queues
+    and persistent messages survive it.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        if root is None:
+            _remove_stale_dirs()
+        self.dir = Path(root or tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
+        self.nodename = f"rpclib-test-{os.getpid()}-{secrets.token_hex(3)}@localhost"
+        self.port, self.tls_port, self.dist_port = free_ports(3)
+        self._run_as = _node_user()
+        # Popen's user/group/extra_groups: None leaves them as they are.
+        self._uid: int | None = self._run_as[0] if self._run_as else None
+        self._gid: int | None = self._run_as[1] if self._run_as else None
+        self._groups: list[int] | None = [] if self._run_as else None
+        self._server = _sbin("rabbitmq-server")
+        self._ctl = _sbin("rabbitmqctl")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._epmd: subprocess.Popen[bytes] | None = None
+        self._epmd_port = SYSTEM_EPMD_PORT
+        self._closed = False
+        self.certs = make_certs(self.dir / "certs")
+        self._write_config()
+        atexit.register(self.close)
+
+    # --- addresses ---
+
+    @property
+    def url(self) -> str:
+        """rpclib URL of the default vhost over plain TCP."""
+        return f"rabbit://{USER}:{PASSWORD}@{HOST}:{self.port}/"
+
+    @property
+    def amqp_url(self) -> str:
+        """The same for plain kombu (``//`` is the default vhost)."""
+        return f"amqp://{USER}:{PASSWORD}@{HOST}:{self.port}//"
+
+    @property
+    def tls_url(self) -> str:
+        """rpclib URL of the TLS listener, with the client certificate."""
+        query = urlencode(
+            {
+                "ssl_ca": str(self.certs.ca),
+                "ssl_cert": str(self.certs.client_cert),
+                "ssl_key": str(self.certs.client_key),
+            },
+            quote_via=quote,
+            safe="/",
+        )
+        return f"rabbits://{USER}:{PASSWORD}@{HOST}:{self.tls_port}/?{query}"
+
+    def kombu_ssl(self) -> dict[str, object]:
+        """py-amqp ``ssl`` options for the TLS listener with the client certificate."""
+        return {
+            "ca_certs": str(self.certs.ca),
+            "certfile": str(self.certs.client_cert),
+            "keyfile": str(self.certs.client_key),
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": HOST,
+        }
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "log" / f"{self.nodename}.log"
+
+    # --- lifecycle ---
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid this module started (the rabbitmq-server script), while it runs."""
+        return self._proc.pid if self.running and self._proc else None
+
+    def pids(self) -> dict[int, int]:
+        """Every process of the running node (script, beam.smp, its helpers): pid -> start."""
+        return process_tree(self._proc.pid) if self._proc is not None else {}
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the node and wait until it takes AMQP and TLS connections."""
+        if self._closed:
+            raise NodeError("this node was closed")
+        if self.running:
+            return
+        self._ensure_epmd()
+        cmd = [self._server]
+        if self._uid is not None and shutil.which("setpriv"):
+            # If pytest dies without tearing down, the script gets SIGTERM and stops the VM.
+            cmd = ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
+        with open(self.dir / "server.out", "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.dir,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                user=self._uid,
+                group=self._gid,
+                extra_groups=self._groups,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the node by the pid started (graceful), then kill whatever of it is left."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        tree = process_tree(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        tree.update(process_tree(proc.pid))  # anything started while stopping
+        deadline = time.monotonic() + 5  # helpers exit once beam.smp is gone
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in alive(tree):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = alive(tree)
+        if left:
+            raise NodeError(f"processes of the node survived SIGKILL: {left}")
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop and start again on the same ports and data: durable queues survive."""
+        self.stop()
+        self.start(timeout)
+
+    def close(self) -> None:
+        """Stop the node and any epmd it started; remove its files."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop()
+        finally:
+            if self._epmd is not None:
+                self._epmd.terminate()
+                try:
+                    self._epmd.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._epmd.kill()
+                    self._epmd.wait()
+                self._epmd = None
+            if os.environ.get("RPCLIB_KEEP_TEST_NODE"):
+                print(f"private RabbitMQ node files kept in {self.dir}")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            atexit.unregister(self.close)
+
+    # --- control ---
+
+    def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
+        """Run ``rabbitmqctl -n <this node> *args``; NodeError with its output on failure."""
+        result = subprocess.run(
+            [self._ctl, "-n", self.nodename, *args],
+            cwd=self.dir,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._groups,
+        )
+        if result.returncode != 0:
+            raise NodeError(
+                f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return str(result.stdout)
+
+    def close_all_connections(self, reason: str = "closed by the test") -> None:
+        """Have the broker close every client connection (the node keeps running)."""
+        self.rabbitmqctl("close_all_connections", "--global", reason)
+
+    def connection_count(self) -> int:
+        out = self.rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid")
+        return sum(1 for line in out.splitlines() if line.strip())
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The first errors and the last lines of the node's log and console, for messages."""
+        parts = []
+        for path in (self.log_file, self.dir / "server.out"):
+            try:
+                text = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if not text:
+                continue
+            first_errors = [line for line in text[:-lines] if "[error]" in line][:lines]
+            gap = ["..."] if first_errors else []
+            parts.append(f"--- {path}\n" + "\n".join(first_errors + gap + text[-lines:]))
+        return "\n".join(parts) or "(no log written)"
+
+    # --- internals ---
+
+    def _env(self) -> dict[str, str]:
+        d = self.dir
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(d / "home"),  # its own .erlang.cookie: cannot talk to the shared node
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(d / "node.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": HOST,
+            "ERL_EPMD_PORT": str(self._epmd_port),
+        }
+        return env
+
+    def _write_config(self) -> None:
+        d, c = self.dir, self.certs
+        for sub in ("home", "log", "mnesia"):
+            (d / sub).mkdir(exist_ok=True)
+        cookie = d / "home" / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.chmod(0o400)
+        (d / "enabled_plugins").write_text("[].\n")
+        (d / "rabbitmq-env.conf").write_text("# private test node: nothing from /etc\n")
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {HOST}:{self.port}\n"
+            f"listeners.ssl.default = {HOST}:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {c.ca}\n"
+            f"ssl_options.certfile = {c.server_cert}\n"
+            f"ssl_options.keyfile = {c.server_key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+            "loopback_users.guest = true\n"
+            "disk_free_limit.absolute = 50MB\n"
+            "log.console = false\n"
+            "log.file.level = info\n"
+        )
+        if self._run_as is not None:
+            uid, gid = self._run_as
+            for path in (d, *d.rglob("*")):
+                os.chown(path, uid, gid)
+        d.chmod(0o700)
+
+    def _ensure_epmd(self) -> None:
+        """Reuse the machine's epmd; start one of ours on a free port if there is none."""
+        if self._epmd is not None and self._epmd.poll() is None:
+            return
+        if self._epmd is None and _port_open(SYSTEM_EPMD_PORT):
+            self._epmd_port = SYSTEM_EPMD_PORT
+            return
+        epmd = shutil.which("epmd") or _sbin("epmd")
+        self._epmd_port = free_ports(1)[0]
+        self._epmd = subprocess.Popen(
+            [epmd, "-port", str(self._epmd_port), "-address", HOST],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._groups,
+        )
+        deadline = time.monotonic() + 10
+        while not _port_open(self._epmd_port):
+            if time.monotonic() > deadline or self._epmd.poll() is not None:
+                raise NodeError(f"epmd did not come up on port {self._epmd_port}")
+            time.sleep(0.05)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import kombu
+
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise NodeError(
+                    f"RabbitMQ node {self.nodename} exited with code {code} while starting\n"
+                    + self.log_tail()
+                )
+            try:
+                with kombu.Connection(self.amqp_url, connect_timeout=2) as conn:
+                    conn.connect()
+                if _port_open(self.tls_port):
+                    return
+            except Exception as exc:  # not up yet: refused, reset, still booting
+                last = exc
+            time.sleep(0.25)
+        raise NodeError(
+            f"RabbitMQ node {self.nodename} took no connections on {HOST}:{self.port} "
+            f"within {timeout:.0f}s (last error: {last!r})\n" + self.log_tail()
+        )
+
+    def __repr__(self) -> str:
+        return f"<RabbitNode {self.nodename} amqp={self.port} tls={self.tls_port}>"
+
+
+def _remove_stale_dirs() -> None:
+    """Remove node dirs left by killed sessions: owner pid gone, no process using them."""
+    tmp = Path(tempfile.gettempdir())
+    stale = []
+    for path in tmp.glob(f"{DIR_PREFIX}*-*"):
+        owner = path.name[len(DIR_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            stale.append(path)
+    if not stale:
+        return
+    in_use = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        in_use.update(p for p in stale if str(p).encode() in cmdline)
+    for path in stale:
+        if path not in in_use:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _node_user() -> tuple[int, int] | None:
+    """(uid, gid) of the ``rabbitmq`` user when running as root; None to run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(os.environ.get("RPCLIB_RABBITMQ_USER", "rabbitmq"))
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.fixture(scope="session")
+def rabbit_node_session() -> Iterator[RabbitNode]:
+    """The session's private RabbitMQ node, started once, stopped and removed at the end."""
+    try:
+        node = RabbitNode()
+    except NodeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        node.start()
+    except NodeError as exc:
+        node.close()
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def rabbit_node(rabbit_node_session: RabbitNode) -> RabbitNode:
+    """The session's private node, running (restarted if an earlier test left it stopped)."""
+    if not rabbit_node_session.running:
+        try:
+            rabbit_node_session.start()
+        except NodeError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    return rabbit_node_session
