@@ -32,11 +32,11 @@ SETTLED = ("ACTIVE", "ERROR", "DELETED")
 class Cloud:
     """The user's view of the services, over any transport."""
 
-    def __init__(self, transport: rpclib.Transport, *, out: TextIO = sys.stdout) -> None:
+    def __init__(self, transport: rpclib.Transport, *, out: TextIO | None = None) -> None:
         self.scheduler = SchedulerAPI(transport)
         self.conductor = ConductorAPI(transport)
         self.billing = BillingAPI(transport)
-        self.out = out
+        self.out = out if out is not None else sys.stdout
         self.ctx: dict[str, Any] = {"user": os.environ.get("USER", "demo")}
 
     def boot(self, name: str, *, wait: float | None = 300.0, **request: Any) -> Instance:
