@@ -67,7 +67,9 @@ class Embedded:
             SchedulerService(transport, host="scheduler1"),
             BillingService(transport, host="billing1", state_dir=state),
             *(
-                ComputeService(transport, host=h, libvirt_uri=libvirt_uri, state_dir=state)
+                ComputeService(
+                    transport, host=h, libvirt_uri=libvirt_uri, state_dir=state, image_dirs=[state]
+                )
                 for h in COMPUTE_HOSTS
             ),
         ]
@@ -95,7 +97,11 @@ class Processes:
             ["services.scheduler.service", "--host", "scheduler1"],
             ["services.billing.service", "--host", "billing1", *files],
             *(
-                ["services.compute.service", "--host", h, "--libvirt-uri", libvirt_uri, *files]
+                [
+                    "services.compute.service",
+                    *("--host", h, "--libvirt-uri", libvirt_uri, "--image-dirs", str(state)),
+                    *files,
+                ]
                 for h in COMPUTE_HOSTS
             ),
         ]

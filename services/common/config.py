@@ -51,6 +51,13 @@ class ServiceConfig:
     strategy: str = "spread"
     audit_interval: float = 3600.0
     heartbeat_interval: float = 10.0
+    image_dirs: str | None = None
+
+    def image_dir_list(self) -> list[Path] | None:
+        """``image_dirs`` split on the path separator (None: local paths unrestricted)."""
+        if self.image_dirs is None:
+            return None
+        return [Path(p) for p in self.image_dirs.split(os.pathsep) if p]
 
     def setup_logging(self) -> None:
         logging.basicConfig(
@@ -69,6 +76,11 @@ _OPTIONS: dict[str, tuple[str, type]] = {
     "strategy": ("scheduler placement: spread or pack", str),
     "audit_interval": ("seconds between instance.exists audits", float),
     "heartbeat_interval": ("seconds between service heartbeats", float),
+    "image_dirs": (
+        f"directories local image paths must be under, '{os.pathsep}'-separated "
+        "(default: unrestricted; http(s) URLs are always allowed)",
+        str,
+    ),
 }
 
 

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -55,11 +55,15 @@ class ImageCache:
         *,
         timeout: float = 60.0,
         qemu_img: str = "qemu-img",
+        allowed_dirs: Sequence[Path | str] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir).absolute()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
         self._qemu_img_cmd = qemu_img
+        self.allowed_dirs = (
+            None if allowed_dirs is None else tuple(Path(d).resolve() for d in allowed_dirs)
+        )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -69,6 +73,7 @@ class ImageCache:
 
     def fetch(self, location: str) -> Path:
         """The cached copy of the image at ``location``, fetching it first if needed."""
+        self._check_allowed(location)
         target = self.path_for(location)
         with self._lock_for(target.name):
             if target.exists():
@@ -83,6 +88,18 @@ class ImageCache:
                 raise ImageError(location, f"unsupported scheme {url.scheme!r}")
             LOG.info("cached image %s as %s", location, target.name)
             return target
+
+    def _check_allowed(self, location: str) -> None:
+        """Refuse local paths outside ``allowed_dirs`` (users must not read compute's files)."""
+        if self.allowed_dirs is None:
+            return
+        url = urlsplit(location)
+        if url.scheme not in ("", "file"):
+            return
+        path = Path(unquote(url.path) if url.scheme else location).resolve()
+        if not any(path.is_relative_to(d) for d in self.allowed_dirs):
+            allowed = ", ".join(str(d) for d in self.allowed_dirs) or "none"
+            raise ImageError(location, f"local images must be under {allowed}")
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:

@@ -24,7 +24,15 @@ from services.compute.virt import HostResources, LibvirtDriver
 from services.conductor.rpcapi import ConductorAPI
 
 LOG = logging.getLogger("services.compute")
-OPTIONS = ("transport_url", "host", "log_level", "state_dir", "libvirt_uri", "heartbeat_interval")
+OPTIONS = (
+    "transport_url",
+    "host",
+    "log_level",
+    "state_dir",
+    "libvirt_uri",
+    "heartbeat_interval",
+    "image_dirs",
+)
 
 
 class ComputeService:
@@ -40,11 +48,18 @@ class ComputeService:
         heartbeat_interval: float = 10.0,
         resources: HostResources | None = None,
         register_timeout: float = 600.0,
+        image_dirs: Sequence[Path] | None = None,
     ) -> None:
         self.host = host
         self.conductor = ConductorAPI(transport)
         self.driver = LibvirtDriver(libvirt_uri, instances_dir=state_dir / "instances" / host)
-        self.images = ImageCache(state_dir / "images")
+        self.images = ImageCache(state_dir / "images", allowed_dirs=image_dirs)
+        if image_dirs is None:
+            LOG.warning(
+                "compute %s accepts local image paths anywhere on this host; "
+                "restrict them with --image-dirs",
+                host,
+            )
         self.manager = ComputeManager(host, self.driver, self.images, self.conductor)
         self.server = rpclib.RPCServer(
             transport, rpclib.Target(topic=TOPIC, server=host), [self.manager]
@@ -106,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             libvirt_uri=config.libvirt_uri,
             state_dir=config.state_dir,
             heartbeat_interval=config.heartbeat_interval,
+            image_dirs=config.image_dir_list(),
         )
         return serve_forever(service, "compute")
     finally:

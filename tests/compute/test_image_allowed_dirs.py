@@ -1,0 +1,43 @@
+"""Local image paths can be confined to allowed directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.compute.images import ImageCache, ImageError
+
+
+def image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 512)
+    return path
+
+
+def test_a_local_image_under_an_allowed_dir_is_fetched(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "library"])
+    assert cache.fetch(str(image(tmp_path / "library" / "base.img"))).exists()
+
+
+def test_a_local_path_outside_is_refused_naming_the_allowed_dirs(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "library"])
+    secret = image(tmp_path / "etc" / "shadow")
+    with pytest.raises(ImageError, match="local images must be under"):
+        cache.fetch(str(secret))
+    with pytest.raises(ImageError, match="local images must be under"):
+        cache.fetch(f"file://{secret}")
+
+
+def test_dot_dot_cannot_escape_an_allowed_dir(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "library"])
+    image(tmp_path / "etc" / "shadow")
+    with pytest.raises(ImageError):
+        cache.fetch(str(tmp_path / "library" / ".." / "etc" / "shadow"))
+
+
+def test_a_cached_copy_is_not_served_once_the_path_is_disallowed(tmp_path: Path) -> None:
+    source = str(image(tmp_path / "etc" / "base.img"))
+    ImageCache(tmp_path / "cache").fetch(source)  # cached while unrestricted
+    with pytest.raises(ImageError):
+        ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "library"]).fetch(source)
