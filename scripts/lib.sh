@@ -22,8 +22,10 @@ need_root_packages() {
 # Debian packages the services need: qemu-img for disks, libvirt's headers to build
 # libvirt-python (which brings libvirt's test hypervisor along).
 SERVICE_PACKAGES=(qemu-utils libvirt-dev pkg-config gcc python3-dev)
-# What the RabbitMQ tests use beside the broker: openssl for the TLS test certificates.
-TEST_PACKAGES=(openssl)
+# What the tests use beyond that: openssl for the RabbitMQ TLS test certificates; a
+# libvirtd with QEMU, its default network and busybox for the real VM boot test.
+TEST_PACKAGES=(openssl libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-network
+    qemu-system-x86 dnsmasq-base iptables busybox-static)
 
 find_python() {
     local candidate

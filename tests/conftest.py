@@ -10,7 +10,7 @@ import pytest
 import rpclib
 from rpclib.transports.memory import reset_bus
 
-pytest_plugins = ["tests.support.rabbit", "tests.support.rabbit_node"]
+pytest_plugins = ["tests.support.rabbit", "tests.support.rabbit_node", "tests.support.libvirtd"]
 
 
 @pytest.fixture

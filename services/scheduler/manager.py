@@ -1,6 +1,10 @@
 """The scheduler's RPC endpoint (namespace ``scheduler``).
 
-Version history: 1.0: boot, delete.
+Version history:
+
+- 1.0: boot, delete.
+- 1.1: boot takes an optional ``metadata`` (key/value pairs put on the Instance
+  cast to compute, e.g. for direct kernel boot; not stored by the conductor).
 
 boot creates the instance record, asks the conductor for candidates, orders
 them (``spread``: most free first, the default; ``pack``: least free first),
@@ -23,7 +27,7 @@ from services.objects import Flavor, Instance
 
 LOG = logging.getLogger("services.scheduler")
 NAMESPACE = "scheduler"
-VERSION = "1.0"
+VERSION = "1.1"
 STRATEGIES = ("spread", "pack")
 
 
@@ -57,6 +61,7 @@ class SchedulerManager:
         user_id: str = "demo",
         network: str | None = None,
         strategy: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Instance:
         """Create, place and build an instance; returns it as placed (BUILDING)."""
         order = strategy or self.strategy
@@ -76,6 +81,8 @@ class SchedulerManager:
                 LOG.info("claim for %s on %s lost (%s); trying the next host", uuid, host, exc)
                 continue
             placed = self.conductor.get_instance(ctx, uuid)
+            if metadata:
+                placed.metadata = dict(metadata)
             self.compute.build_instance(ctx, host, placed, allocation, image, network)
             LOG.info("instance %s (%s) placed on %s", uuid, name, host)
             return placed

@@ -16,6 +16,7 @@ from pathlib import Path
 from rpclib.fingerprint import assert_fingerprints, interface_fingerprints, object_fingerprints
 from services import objects
 from services.conductor.manager import ConductorManager
+from services.scheduler.manager import VERSION as SCHEDULER_VERSION
 from services.scheduler.manager import SchedulerManager
 
 TABLE = Path(__file__).with_name("fingerprints.json")
@@ -35,13 +36,13 @@ def test_objects_and_interfaces_match_the_recorded_versions() -> None:
 def test_a_changed_interface_without_a_version_bump_is_caught(tmp_path: Path) -> None:
     class ChangedScheduler(SchedulerManager):
         def rebuild(self, ctx: dict[str, object], instance_uuid: str) -> None:
-            """A new method, but the interface still says 1.0."""
+            """A new method, but the interface version is unchanged."""
 
     table = {k: v for k, v in current().items() if not k.startswith("scheduler@")}
     table.update(interface_fingerprints([ChangedScheduler]))
     try:
         assert_fingerprints(table, TABLE)
     except AssertionError as exc:
-        assert "interface scheduler 1.0: methods changed" in str(exc)
+        assert f"interface scheduler {SCHEDULER_VERSION}: methods changed" in str(exc)
     else:
         raise AssertionError("a new method at the same version went unnoticed")
