@@ -5,7 +5,6 @@ Interface (namespace ``billing``) version history: 1.0: usage(start, end).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -14,8 +13,7 @@ from typing import Any
 
 import rpclib
 from services.billing import Ledger, make_listener
-from services.common import config as cfg
-from services.common.process import serve_forever
+from services.common.process import run_service
 
 TOPIC = "billing"
 NAMESPACE = "billing"
@@ -79,16 +77,13 @@ class BillingAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpclib-billing", description=__doc__)
-    cfg.add_arguments(parser, OPTIONS)
-    config = cfg.load("billing", parser.parse_args(argv), OPTIONS)
-    config.setup_logging()
-    transport = rpclib.get_transport(config.transport_url)
-    try:
-        service = BillingService(transport, host=config.host, state_dir=config.state_dir)
-        return serve_forever(service, "billing")
-    finally:
-        transport.close()
+    return run_service(
+        "billing",
+        argv,
+        OPTIONS,
+        __doc__,
+        lambda c, t: BillingService(t, host=c.host, state_dir=c.state_dir),
+    )
 
 
 if __name__ == "__main__":

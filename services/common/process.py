@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import rpclib
+from services.common import config as cfg
 
 LOG = logging.getLogger("services")
 
@@ -27,3 +32,22 @@ def serve_forever(service: Service, name: str) -> int:
     LOG.info("%s stopping", name)
     service.stop()
     return 0
+
+
+def run_service(
+    name: str,
+    argv: Sequence[str] | None,
+    options: Sequence[str],
+    description: str | None,
+    build: Callable[[cfg.ServiceConfig, rpclib.Transport], Service],
+) -> int:
+    """A service's ``main``: options, logging, transport, serve until signalled, clean up."""
+    parser = argparse.ArgumentParser(prog=f"rpclib-{name}", description=description)
+    cfg.add_arguments(parser, options)
+    config = cfg.load(name, parser.parse_args(argv), options)
+    config.setup_logging()
+    transport = rpclib.get_transport(config.transport_url)
+    try:
+        return serve_forever(build(config, transport), name)
+    finally:
+        transport.close()

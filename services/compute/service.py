@@ -7,7 +7,6 @@ goes to the conductor.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -15,8 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import rpclib
-from services.common import config as cfg
-from services.common.process import serve_forever
+from services.common.process import run_service
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
 from services.compute.rpcapi import TOPIC, VERSION
@@ -109,23 +107,20 @@ class ComputeService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpclib-compute", description=__doc__)
-    cfg.add_arguments(parser, OPTIONS)
-    config = cfg.load("compute", parser.parse_args(argv), OPTIONS)
-    config.setup_logging()
-    transport = rpclib.get_transport(config.transport_url)
-    try:
-        service = ComputeService(
-            transport,
-            host=config.host,
-            libvirt_uri=config.libvirt_uri,
-            state_dir=config.state_dir,
-            heartbeat_interval=config.heartbeat_interval,
-            image_dirs=config.image_dir_list(),
-        )
-        return serve_forever(service, "compute")
-    finally:
-        transport.close()
+    return run_service(
+        "compute",
+        argv,
+        OPTIONS,
+        __doc__,
+        lambda c, t: ComputeService(
+            t,
+            host=c.host,
+            libvirt_uri=c.libvirt_uri,
+            state_dir=c.state_dir,
+            heartbeat_interval=c.heartbeat_interval,
+            image_dirs=c.image_dir_list(),
+        ),
+    )
 
 
 if __name__ == "__main__":

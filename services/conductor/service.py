@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import threading
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import rpclib
 from services import notifications
-from services.common import config as cfg
-from services.common.process import serve_forever
+from services.common.process import run_service
 from services.conductor.db import ConductorDB, create_engine, migrations
 from services.conductor.manager import ConductorManager
 from services.conductor.rpcapi import TOPIC
@@ -86,22 +84,15 @@ class ConductorService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpclib-conductor", description=__doc__)
-    cfg.add_arguments(parser, OPTIONS)
-    config = cfg.load("conductor", parser.parse_args(argv), OPTIONS)
-    config.setup_logging()
-    transport = rpclib.get_transport(config.transport_url)
-    service = ConductorService(
-        transport,
-        host=config.host,
-        db_url=config.db_url,
-        state_dir=config.state_dir,
-        audit_interval=config.audit_interval,
+    return run_service(
+        "conductor",
+        argv,
+        OPTIONS,
+        __doc__,
+        lambda c, t: ConductorService(
+            t, host=c.host, db_url=c.db_url, state_dir=c.state_dir, audit_interval=c.audit_interval
+        ),
     )
-    try:
-        return serve_forever(service, "conductor")
-    finally:
-        transport.close()
 
 
 if __name__ == "__main__":

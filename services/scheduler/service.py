@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import rpclib
-from services.common import config as cfg
-from services.common.process import serve_forever
+from services.common.process import run_service
 from services.compute.rpcapi import ComputeAPI
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.manager import SchedulerManager
@@ -36,17 +34,13 @@ class SchedulerService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpclib-scheduler", description=__doc__)
-    cfg.add_arguments(parser, OPTIONS)
-    config = cfg.load("scheduler", parser.parse_args(argv), OPTIONS)
-    config.setup_logging()
-    transport = rpclib.get_transport(config.transport_url)
-    try:
-        return serve_forever(
-            SchedulerService(transport, host=config.host, strategy=config.strategy), "scheduler"
-        )
-    finally:
-        transport.close()
+    return run_service(
+        "scheduler",
+        argv,
+        OPTIONS,
+        __doc__,
+        lambda c, t: SchedulerService(t, host=c.host, strategy=c.strategy),
+    )
 
 
 if __name__ == "__main__":
