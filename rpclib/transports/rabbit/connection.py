@@ -14,11 +14,15 @@ What this module relies on in py-amqp 5.x (read from its source):
   the socket and sets a timeout from the publishing thread. Publishes here go
   through ``send_method`` directly (:func:`publish`), which only writes.
 - ``Connection.drain_events`` loops until a *method* frame completes, so an
-  idle reader would block past a heartbeat frame; the I/O thread calls
-  ``blocking_read`` (one frame) instead.
+  idle reader would block past a heartbeat frame; the I/O thread reads one
+  frame at a time (``read_frame`` + ``on_inbound_frame``, as ``blocking_read``).
+  :class:`_TCPTransport` reads in chunks into ``_read_buffer`` and parses
+  frames already buffered without a system call.
 - Every write, heartbeats included, goes through ``connection.frame_writer``
   (one call per method plus its content frames); :class:`LockedWriter`
-  replaces it so writes from several threads never interleave.
+  replaces it so writes from several threads never interleave, and also
+  writes frames the driver encoded itself (:class:`PublishEncoder`,
+  :func:`encode_settle`: the same bytes py-amqp would write) under the same lock.
 - A broker ``channel.close`` makes py-amqp reply close-ok, *reopen* the
   channel and raise. :class:`BrokerChannel` records the reason and drops the
   channel instead, so a failed channel is never silently reused.
@@ -31,17 +35,20 @@ What this module relies on in py-amqp 5.x (read from its source):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import random
 import selectors
 import socket
 import ssl
+import struct
 import threading
-from collections.abc import Callable
 from typing import Any, Final
 
 import amqp
 from amqp import spec
+from amqp.exceptions import UnexpectedFrame
+from amqp.serialization import dumps
 from amqp.transport import SSLTransport, TCPTransport
 
 from rpclib.transports.rabbit.options import BrokerHost, RabbitOptions
@@ -103,6 +110,76 @@ class _TLSTransport(SSLTransport):  # type: ignore[misc]
         self.sock.settimeout(None)
 
 
+_RECV_CHUNK: Final = 16384
+"""Bytes asked of each recv: a whole delivery (method, header and body frames) usually
+arrives in one, instead of py-amqp's three exact-size reads per frame."""
+_FRAME_HEADER = struct.Struct(">BHI")
+_RETRY_ERRNOS: Final = (errno.EAGAIN, errno.EINTR)
+
+
+class _TCPTransport(TCPTransport):  # type: ignore[misc]
+    """py-amqp's TCP transport, reading in chunks and parsing buffered frames without I/O.
+
+    A recv on a socket with data returns what is there without waiting for more,
+    so asking for more than the frame needs only saves system calls; the surplus
+    stays in ``_read_buffer`` (which py-amqp and :func:`buffered` already use).
+    """
+
+    _read_buffer: bytes
+
+    def _read(self, n: int, initial: bool = False) -> bytes:
+        rbuf = self._read_buffer
+        if len(rbuf) >= n:
+            result: bytes = rbuf[:n]
+            self._read_buffer = rbuf[n:]
+            return result
+        recv = self._quick_recv
+        try:
+            while len(rbuf) < n:
+                try:
+                    s = recv(max(n - len(rbuf), _RECV_CHUNK))
+                except OSError as exc:  # as py-amqp's TCPTransport._read
+                    if exc.errno in _RETRY_ERRNOS:
+                        if initial and self.raise_on_initial_eintr:
+                            raise TimeoutError() from None
+                        continue
+                    raise
+                if not s:
+                    raise OSError("Server unexpectedly closed connection")
+                rbuf += s
+        except BaseException:
+            self._read_buffer = rbuf
+            raise
+        result, self._read_buffer = rbuf[:n], rbuf[n:]
+        return result
+
+    def read_frame(self, unpack: Any = struct.unpack) -> tuple[int, int, bytes]:
+        frame = self._buffered_frame()
+        if frame is None:
+            # One recv (a chunk), as the first read of py-amqp's read_frame would do;
+            # a timeout leaves everything in _read_buffer.
+            head = self._read(len(self._read_buffer) + 1, True)
+            self._read_buffer = head + self._read_buffer
+            frame = self._buffered_frame()
+            if frame is None:  # a frame larger than what arrived: py-amqp reads the rest
+                return super().read_frame(unpack)  # type: ignore[no-any-return]
+        return frame
+
+    def _buffered_frame(self) -> tuple[int, int, bytes] | None:
+        """The next frame if it is whole in ``_read_buffer`` (taken out of it), else None."""
+        rbuf = self._read_buffer
+        if len(rbuf) < 8:
+            return None
+        frame_type, channel, size = _FRAME_HEADER.unpack_from(rbuf)
+        end = 7 + size
+        if len(rbuf) <= end:
+            return None
+        if rbuf[end] != 206:
+            raise UnexpectedFrame(f"Received frame_end {rbuf[end]:#04x} while expecting 0xce")
+        self._read_buffer = rbuf[end + 1 :]
+        return frame_type, channel, rbuf[7:end]
+
+
 class BrokerConnection(amqp.Connection):  # type: ignore[misc]
     """A py-amqp connection with our channel class and TLS context."""
 
@@ -143,7 +220,7 @@ class BrokerConnection(amqp.Connection):  # type: ignore[misc]
             "socket_settings": socket_settings,
         }
         if self.rpclib_tls is None:
-            return TCPTransport(host, **common)
+            return _TCPTransport(host, **common)
         return _TLSTransport(host, self.rpclib_tls, self.rpclib_hostname, **common)
 
 
@@ -154,10 +231,24 @@ class LockedWriter:
     failure marks the connection broken for every later writer.
     """
 
-    def __init__(self, inner: Callable[..., Any], lock: threading.RLock) -> None:
-        self._inner = inner
+    def __init__(self, conn: Any, lock: threading.RLock) -> None:
+        self._inner = conn.frame_writer
+        self._conn = conn
+        self._write = conn.transport.write
         self.lock = lock
         self.broken: BaseException | None = None
+
+    def write_raw(self, data: bytes) -> None:
+        """Write already encoded frames (whole frames only) in one piece."""
+        with self.lock:
+            if self.broken is not None:
+                raise ConnectionDown(f"connection already failed: {self.broken}")
+            try:
+                self._write(data)
+            except BaseException as exc:
+                self.broken = exc
+                raise
+            self._conn.bytes_sent += 1
 
     def __call__(self, *args: Any) -> Any:
         with self.lock:
@@ -259,6 +350,141 @@ def publish(
         (0, exchange, routing_key, mandatory, False),
         amqp.Message(body, **properties),
     )
+
+
+_BASIC_PROPERTIES: Final = tuple(
+    (key, 1 << (15 - bit), kind) for bit, (key, kind) in enumerate(amqp.Message.PROPERTIES)
+)
+"""basic content properties in wire order: (name, flag bit, py-amqp type code)."""
+_PACK_FRAME_HEAD = struct.Struct(">BHI").pack
+_PACK_PUBLISH_HEAD = struct.Struct(">BHIHHH").pack
+_PACK_CONTENT_HEADER = struct.Struct(">BHIHHQH").pack
+_PACK_ACK = struct.Struct(">BHIHHQBB").pack
+_FRAME_END: Final = b"\xce"
+_BASIC_CLASS: Final = 60
+_ACK_METHOD: Final = 80
+_REJECT_METHOD: Final = 90
+
+
+def _shortstr(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise ValueError(f"AMQP short string longer than 255 bytes: {value[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+_PROPERTY_BITS: Final = {key: (bit, kind) for key, bit, kind in _BASIC_PROPERTIES}
+_MESSAGE_ID_FLAG: Final = _PROPERTY_BITS["message_id"][0]
+_PACK_DOUBLE_ENTRY = struct.Struct(">Bd").pack
+
+
+def _encode_table(table: Any) -> bytes:
+    """An AMQP field table; a lone float entry (a deadline header) without py-amqp's dumps."""
+    if type(table) is dict and len(table) == 1:
+        ((key, value),) = table.items()
+        if type(key) is str and type(value) is float:
+            entry = _shortstr(key) + _PACK_DOUBLE_ENTRY(ord("d"), value)
+            return struct.pack(">I", len(entry)) + entry
+    return dumps("F", [table])  # type: ignore[no-any-return]
+
+
+def _encode_properties(properties: dict[str, Any], message_id: str | None) -> tuple[int, bytes]:
+    """Property flags and property list of a content header (py-amqp's encoding, less work)."""
+    present = []
+    for key, value in properties.items():
+        if value is not None and key in _PROPERTY_BITS:
+            present.append((_PROPERTY_BITS[key][0], key, value))
+    if message_id is not None:
+        present = [entry for entry in present if entry[1] != "message_id"]
+        present.append((_MESSAGE_ID_FLAG, "message_id", message_id))
+    present.sort(reverse=True)  # higher flag bits come first on the wire
+    flags = 0
+    parts: list[bytes] = []
+    for bit, key, value in present:
+        flags |= bit
+        kind = _PROPERTY_BITS[key][1]
+        if kind == "s":
+            parts.append(_shortstr(value))
+        elif kind == "o":
+            parts.append(bytes((int(value),)))
+        elif kind == "F":
+            parts.append(_encode_table(value))
+        else:
+            parts.append(dumps(kind, [value]))
+    return flags, b"".join(parts)
+
+
+class PublishEncoder:
+    """Encodes basic.publish (method, header and body frames) into one buffer for one write.
+
+    The method frame of an (exchange, routing key) pair is encoded once per
+    channel; properties are encoded directly instead of through py-amqp's
+    generic ``Message``. Bodies that need several body frames are not
+    encoded (``None``): py-amqp's writer splits them.
+    """
+
+    _CACHE_LIMIT: Final = 512
+
+    def __init__(self, channel_id: int, frame_max: int) -> None:
+        self.channel_id = channel_id
+        self._max_body = frame_max - 8
+        self._methods: dict[tuple[str, str, bool], bytes] = {}
+
+    def encode(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        *,
+        mandatory: bool,
+        message_id: str | None = None,
+    ) -> bytes | None:
+        if len(body) > self._max_body:
+            return None
+        method = self._methods.get((exchange, routing_key, mandatory))
+        if method is None:
+            method = self._method(exchange, routing_key, mandatory)
+        flags, props = (
+            _encode_properties(properties, message_id)
+            if properties or message_id is None
+            else (_MESSAGE_ID_FLAG, _shortstr(message_id))
+        )
+        channel = self.channel_id
+        size = len(body)
+        header = _PACK_CONTENT_HEADER(2, channel, 14 + len(props), _BASIC_CLASS, 0, size, flags)
+        if not size:  # an empty body has no body frame (the header's size says it all)
+            return b"".join((method, header, props, _FRAME_END))
+        return b"".join(
+            (
+                method,
+                header,
+                props,
+                _FRAME_END,
+                _PACK_FRAME_HEAD(3, channel, size),
+                body,
+                _FRAME_END,
+            )
+        )
+
+    def _method(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+        args = _shortstr(exchange) + _shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")
+        frame = (
+            _PACK_PUBLISH_HEAD(1, self.channel_id, 6 + len(args), *spec.Basic.Publish, 0)
+            + args
+            + _FRAME_END
+        )
+        if len(self._methods) >= self._CACHE_LIMIT:
+            self._methods.clear()
+        self._methods[(exchange, routing_key, mandatory)] = frame
+        return frame
+
+
+def encode_settle(channel_id: int, tag: int, *, reject: bool) -> bytes:
+    """basic.ack (single) or basic.reject (requeue) of ``tag``, as one method frame."""
+    if reject:
+        return _PACK_ACK(1, channel_id, 13, _BASIC_CLASS, _REJECT_METHOD, tag, 1, 0xCE)
+    return _PACK_ACK(1, channel_id, 13, _BASIC_CLASS, _ACK_METHOD, tag, 0, 0xCE)
 
 
 def body_of(message: Any) -> bytes:

@@ -33,6 +33,7 @@ from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     ConnectionDown,
     body_of,
+    encode_settle,
     expiration_ms,
     headers_of,
 )
@@ -454,14 +455,14 @@ class RabbitSubscription:
 
     def write_ack(self, generation: int, tag: int) -> bool:
         channel = self.channel
-        return channel is not None and self.session.write(
-            generation, lambda: channel.basic_ack(tag)
+        return channel is not None and self.session.write_frames(
+            generation, channel, encode_settle(channel.channel_id, tag, reject=False)
         )
 
     def write_reject(self, generation: int, tag: int) -> bool:
         channel = self.channel
-        return channel is not None and self.session.write(
-            generation, lambda: channel.basic_reject(tag, True)
+        return channel is not None and self.session.write_frames(
+            generation, channel, encode_settle(channel.channel_id, tag, reject=True)
         )
 
     # -- cancel and close ------------------------------------------------------------------

@@ -51,6 +51,7 @@ from rpclib.transports.rabbit.publisher import PublisherPool
 from rpclib.transports.url import TransportURL
 
 _MAX_PREFETCH: Final = 65535  # basic.qos prefetch-count is an AMQP short
+_MAX_ROUTES: Final = 1024
 
 
 class RabbitDriver(Driver):
@@ -73,6 +74,8 @@ class RabbitDriver(Driver):
         self._closed = False
         self._owners: dict[str, AdvertOwner] = {}
         self._resources: list[RabbitSubscription | RabbitInbox | AdvertWatch] = []
+        self._routes: dict[tuple[Address, bool], tuple[str, str, str, str]] = {}
+        """Checked addresses of send(): exchange, routing key, exchange type, name."""
         self._session.start()
 
     def __repr__(self) -> str:
@@ -108,14 +111,12 @@ class RabbitDriver(Driver):
     ) -> None:
         """Publish ``body`` by the path the guarantee picks (see the doc's three paths)."""
         self._check_open()
-        naming.check_address(address)
         body = bytes(body)
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
-        if address.fanout:
-            exchange, key, kind = naming.fanout_exchange(address), "", "fanout"
-        else:
-            exchange, kind = address.exchange, "topic"
-            key = naming.routing_key(address, live=not at_least_once)
+        route = self._routes.get((address, at_least_once))
+        if route is None:
+            route = self._route(address, at_least_once)
+        exchange, key, kind, target = route
         properties: dict[str, Any] = {}
         if at_least_once and not address.fanout:
             properties["delivery_mode"] = PERSISTENT
@@ -131,7 +132,7 @@ class RabbitDriver(Driver):
                 key,
                 body,
                 properties,
-                target=str(address),
+                target=target,
                 mandatory=True,
                 deadline=deadline,
                 on_return=on_undeliverable,
@@ -142,11 +143,25 @@ class RabbitDriver(Driver):
             key,
             body,
             properties,
-            target=str(address),
+            target=target,
             exchange_type=kind,
             deadline=deadline,
             retry_after_write=at_least_once,
         )
+
+    def _route(self, address: Address, at_least_once: bool) -> tuple[str, str, str, str]:
+        """Check ``address`` once; its exchange, routing key, exchange type and name."""
+        naming.check_address(address)
+        if address.fanout:
+            exchange, key, kind = naming.fanout_exchange(address), "", "fanout"
+        else:
+            exchange, kind = address.exchange, "topic"
+            key = naming.routing_key(address, live=not at_least_once)
+        route = (exchange, key, kind, str(address))
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes.clear()
+        self._routes[(address, at_least_once)] = route
+        return route
 
     def _ensure_exchange(self, name: str, kind: str) -> None:
         if name not in self._session.exchanges:

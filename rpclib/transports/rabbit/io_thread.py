@@ -1,7 +1,8 @@
 """The consumer connection and the one I/O thread that reads it.
 
 Only the I/O thread reads the connection: it waits in a selector on the
-socket and a wake-up pipe, reads one frame at a time, calls handlers, runs
+socket and a wake-up pipe, reads every whole frame that arrived (one frame
+at a time, no select between buffered frames), calls handlers, runs
 commands other threads hand it (declarations, consumes, cancels) and sends
 heartbeats. Other threads only *write* on the connection (acks, path-1
 publishes), through a per-connection write lock around py-amqp's frame
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
+from amqp import spec
 from amqp.exceptions import ChannelError
 
 from rpclib.exceptions import TransportError, Undeliverable
@@ -48,6 +51,7 @@ from rpclib.transports.rabbit.connection import (
     ConnectionDown,
     HostRing,
     LockedWriter,
+    PublishEncoder,
     buffered,
     close_quietly,
     connect,
@@ -61,6 +65,10 @@ T = TypeVar("T")
 _FRAMES_PER_PASS: Final = 256
 """Frames read before the loop runs queued work again (keeps commands and heartbeats timely)."""
 _MAX_WAIT: Final = 1.0
+_BASIC_ACK: Final = struct.pack(">HH", *spec.Basic.Ack)
+_CONFIRM_SIZE: Final = 13
+"""basic.ack's payload: class, method, delivery tag (long long), multiple (bit octet)."""
+_UNPACK_CONFIRM = struct.Struct(">QB").unpack_from
 
 
 class Resource(Protocol):
@@ -99,9 +107,21 @@ class _PendingPublish:
     message_id: str
     target: str
     on_return: Callable[[Undeliverable], None] | None
-    waiter: threading.Event | None
+    waiter: Any
+    """For ``wait``: a lock held until the outcome is known (cheaper than an Event)."""
     returned: str | None = None
     error: BaseException | None = None
+
+
+def _held_lock() -> Any:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+def _release(lock: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # released already: nothing more to tell
+        lock.release()
 
 
 class Session:
@@ -120,9 +140,12 @@ class Session:
         self._control: Any = None
         self._pub_channel: Any = None
         self._pub_lock = threading.Lock()
+        self._pub_encoder: PublishEncoder | None = None
         self._pub_seq = 0
         self._pub_epoch = 0
         """Counts publish channels opened (a repair replaces the channel, not the connection)."""
+        self._id_prefix = uuid.uuid4().hex[:8] + "."
+        """Starts path-1 message ids (then epoch and delivery tag: unique per channel)."""
         self._pub_pending: dict[int, _PendingPublish] = {}
         self._pub_by_id: dict[str, _PendingPublish] = {}
         self._commands: deque[_Command] = deque()
@@ -282,6 +305,23 @@ class Session:
                 return False
             return True
 
+    def write_frames(self, generation: int, channel: Any, frames: bytes) -> bool:
+        """Write encoded frames of ``channel`` if it and connection ``generation`` are still up.
+
+        Returns False (and writes nothing) otherwise: the broker has requeued
+        whatever the frames were about.
+        """
+        with self.write_lock:
+            if not self._up or generation != self.generation or not channel.is_open:
+                return False
+            try:
+                self._writer.write_raw(frames)  # type: ignore[union-attr]
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                LOG.debug("write on the consumer connection failed: %s", exc)
+                self.wake()
+                return False
+            return True
+
     def wait_up(self, deadline: float) -> bool:
         """Wait until the connection is up; False if ``deadline`` (monotonic) passed first."""
         with self._up_cond:
@@ -315,11 +355,6 @@ class Session:
         Without a connection, waits for one until ``deadline``, or returns
         at once unless ``wait_for_connection``.
         """
-        message_id = uuid.uuid4().hex
-        pending = _PendingPublish(
-            message_id, target, on_return, threading.Event() if wait else None
-        )
-        props = {**properties, "message_id": message_id}
         if wait and self.in_io_thread():
             raise RuntimeError("publish_fast(wait=True) would deadlock on the I/O thread")
         while True:
@@ -337,13 +372,40 @@ class Session:
                 channel_epoch = self._pub_epoch
                 self._pub_seq += 1
                 tag = self._pub_seq
+                # Unique among this channel's unconfirmed publishes (returns are matched by it).
+                message_id = f"{self._id_prefix}{channel_epoch}.{tag}"
+                pending = _PendingPublish(
+                    message_id, target, on_return, _held_lock() if wait else None
+                )
                 with self._pub_lock:
                     self._pub_pending[tag] = pending
                     self._pub_by_id[message_id] = pending
                 try:
-                    publish(
-                        self._pub_channel, exchange, routing_key, body, props, mandatory=mandatory
+                    encoder = self._pub_encoder
+                    assert encoder is not None  # set with the channel, before _up
+                    frames = encoder.encode(
+                        exchange,
+                        routing_key,
+                        body,
+                        properties,
+                        mandatory=mandatory,
+                        message_id=message_id,
                     )
+                    if frames is not None:
+                        if not self._pub_channel.is_open:
+                            # Raw frames on a channel the broker closed would close the
+                            # connection: wait for _repair's new channel instead.
+                            raise ConnectionDown("the publish channel was closed")
+                        self._writer.write_raw(frames)  # type: ignore[union-attr]
+                    else:
+                        publish(
+                            self._pub_channel,
+                            exchange,
+                            routing_key,
+                            body,
+                            {**properties, "message_id": message_id},
+                            mandatory=mandatory,
+                        )
                 except (ConnectionDown, *CONNECTION_ERRORS) as exc:
                     self._forget_pending(tag, pending)
                     failure: BaseException | None = exc
@@ -357,7 +419,7 @@ class Session:
                 raise TransportError(f"cannot publish to {target}: {failure}") from failure
         if pending.waiter is None:
             return
-        if not pending.waiter.wait(max(0.0, deadline - time.monotonic())):
+        if not pending.waiter.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._forget_pending(tag, pending)
             raise TransportError(
                 f"the broker did not confirm a message to {target} within send_timeout"
@@ -418,7 +480,7 @@ class Session:
             )
         if pending.waiter is not None:
             pending.error = error
-            pending.waiter.set()
+            _release(pending.waiter)
         elif error is not None:
             if pending.on_return is not None:
                 callback, undeliverable = pending.on_return, error
@@ -438,7 +500,7 @@ class Session:
                     f"connection lost before the broker confirmed a message to {item.target}: "
                     f"{reason}"
                 )
-                item.waiter.set()
+                _release(item.waiter)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -476,14 +538,37 @@ class Session:
         ready = buffered(conn)
         if not ready:
             ready = self._wait(selector, self._next_timeout())
-        frames = 0
-        while ready and frames < _FRAMES_PER_PASS:
+        if ready:
+            # Every complete frame one recv brought in (the transport reads in chunks),
+            # then handlers: no select between frames. The socket stays blocking, so a
+            # partial frame waits for its rest (bounded by SO_RCVTIMEO); a read that
+            # times out keeps it buffered.
+            transport = conn.transport
+            on_frame = conn.on_inbound_frame
+            pub = self._pub_channel
+            # Confirms of path-1 publishes skip py-amqp's generic method dispatch.
+            pub_id = pub.channel_id if pub is not None and pub.is_open else -1
+            frames = 0
             try:
-                conn.blocking_read()
+                while True:
+                    frame = transport.read_frame()
+                    payload = frame[2]
+                    if (
+                        frame[1] == pub_id
+                        and frame[0] == 1
+                        and len(payload) == _CONFIRM_SIZE
+                        and payload.startswith(_BASIC_ACK)
+                    ):
+                        conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
+                        tag, bits = _UNPACK_CONFIRM(payload, 4)
+                        self._on_pub_confirm(tag, bool(bits & 1))
+                    else:
+                        on_frame(frame)
+                    frames += 1
+                    if frames >= _FRAMES_PER_PASS or not buffered(conn):
+                        break
             except TimeoutError:
-                break
-            frames += 1
-            ready = buffered(conn) or self._wait(selector, 0)
+                pass
         self._dispatch_events()
         self._run_commands()
         self._tick()
@@ -509,6 +594,8 @@ class Session:
             self._conn.heartbeat_tick()
             hb = self.options.heartbeat
             self._next_tick = now + (min(_MAX_WAIT, hb / 4) if hb else _MAX_WAIT)
+        if not self._timed:
+            return
         for timed in list(self._timed):
             due = timed.tick(now)
             if due is not None:
@@ -525,7 +612,7 @@ class Session:
                 LOG.exception("rabbit driver callback failed")
 
     def _run_commands(self) -> None:
-        while True:
+        while self._commands:  # unlocked peek: only the loop takes commands out
             with self._commands_lock:
                 command = next(
                     (
@@ -607,7 +694,7 @@ class Session:
             read_timeout=self._read_timeout,
         )
         try:
-            writer = LockedWriter(conn.frame_writer, self.write_lock)
+            writer = LockedWriter(conn, self.write_lock)
             conn.frame_writer = writer
             conn.on_blocked = lambda reason: LOG.warning(
                 "RabbitMQ blocked the connection: %s", reason
@@ -655,8 +742,10 @@ class Session:
         channel.events["basic_nack"].add(
             lambda tag, multiple: self._on_pub_confirm(tag, multiple, nack=True)
         )
+        encoder = PublishEncoder(channel.channel_id, self._conn.frame_max)  # type: ignore[union-attr]
         with self.write_lock:
             self._pub_channel = channel
+            self._pub_encoder = encoder
             self._pub_seq = 0
             self._pub_epoch += 1
 
