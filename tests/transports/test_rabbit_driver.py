@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -111,10 +112,15 @@ def drop_connections(vhost: str) -> None:
 
 
 class TestRabbitContract(DriverContract):
-    """Every contract test on the real broker; no switches needed."""
+    """Every contract test on the real broker.
+
+    Replies are not confirmed (no round trip per reply): a reply to a closed
+    inbox is logged and counted, not raised (see TestPublishPaths).
+    """
 
     wait = WAIT
     quiet_period = QUIET
+    supports_closed_inbox_detection = False
 
     @pytest.fixture
     def make_driver(self, make_rabbit: Callable[..., RabbitDriver]) -> MakeDriver:
@@ -126,6 +132,7 @@ class TestRabbitContractOnQuorumQueues(DriverContract):
 
     wait = WAIT
     quiet_period = QUIET
+    supports_closed_inbox_detection = False
 
     @pytest.fixture
     def make_driver(self, make_rabbit: Callable[..., RabbitDriver]) -> MakeDriver:
@@ -305,22 +312,22 @@ class TestPublishPaths:
         assert not errors
         assert sorted(got) == sorted(bodies * 25)
 
-    def test_send_to_inbox_from_a_handler_works_and_detects_closed_inboxes(
-        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    def test_send_to_inbox_from_a_handler_works_and_logs_closed_inboxes(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
-        # A handler runs on the I/O thread, which cannot wait for its own confirm:
-        # replies sent there take a pooled connection instead.
+        # A handler runs on the I/O thread; replies do not wait for a confirm, so it
+        # publishes them itself, and a return is reported later by the same thread.
         topic = names()
         server = make_rabbit()
         outcomes: queue.Queue[str] = queue.Queue()
 
         def reply(incoming: Incoming) -> None:
             incoming.ack()
-            try:
-                server.send_to_inbox(incoming.body.decode(), b"pong")
-                outcomes.put("sent")
-            except Undeliverable:
-                outcomes.put("undeliverable")
+            server.send_to_inbox(incoming.body.decode(), b"pong")
+            outcomes.put("sent")
 
         server.listen(topic, reply)
         client = make_rabbit()
@@ -329,8 +336,106 @@ class TestPublishPaths:
         client.send(topic, inbox.address.encode(), guarantee=Guarantee.AT_MOST_ONCE)
         assert (replies.get(), outcomes.get(timeout=WAIT)) == (b"pong", "sent")
         inbox.close()
-        client.send(topic, inbox.address.encode(), guarantee=Guarantee.AT_MOST_ONCE)
-        assert outcomes.get(timeout=WAIT) == "undeliverable"
+        with caplog.at_level(logging.WARNING, logger="rpclib.transports.rabbit"):
+            client.send(topic, inbox.address.encode(), guarantee=Guarantee.AT_MOST_ONCE)
+            assert outcomes.get(timeout=WAIT) == "sent"
+            wait_until(lambda: server.returned_replies == 1, "the returned reply")
+        assert f"reply to {inbox.address} returned: NO_ROUTE" in caplog.text
+
+    def test_reply_to_a_deleted_inbox_is_logged_and_the_server_keeps_serving(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        topic = names()
+        server = make_rabbit()
+        pending: queue.Queue[Incoming] = queue.Queue()
+        server.listen(topic, pending.put)
+        client = make_rabbit()
+        gone = client.open_inbox(InboxCollector(WAIT))
+        gone.close()  # deletes its reply queue
+        with caplog.at_level(logging.WARNING, logger="rpclib.transports.rabbit"):
+            server.send_to_inbox(gone.address, b"too late")  # returns: nobody waits
+            wait_until(lambda: server.returned_replies == 1, "the returned reply")
+        assert any(
+            record.levelno == logging.WARNING
+            and f"reply to {gone.address} returned: NO_ROUTE" in record.getMessage()
+            and "the caller is gone" in record.getMessage()
+            for record in caplog.records
+        )
+        # The server goes on: requests still arrive and replies still reach live inboxes.
+        replies = InboxCollector(WAIT)
+        live = client.open_inbox(replies)
+        for word in (b"a", b"b"):
+            client.send(topic, word, guarantee=Guarantee.AT_MOST_ONCE)
+            incoming = pending.get(timeout=WAIT)
+            incoming.ack()
+            server.send_to_inbox(live.address, b"re: " + incoming.body)
+            assert replies.get() == b"re: " + word
+        assert server.returned_replies == 1
+
+    def test_unconfirmed_replies_leave_no_pending_entries(
+        self, make_rabbit: Callable[..., RabbitDriver]
+    ) -> None:
+        server, client = make_rabbit(), make_rabbit()
+        replies = InboxCollector(WAIT)
+        inbox = client.open_inbox(replies)
+        for i in range(200):
+            server.send_to_inbox(inbox.address, b"%d" % i)
+        assert sorted(int(replies.get()) for _ in range(200)) == list(range(200))
+        session = server._session
+        wait_until(lambda: not session._pub_pending and not session._pub_by_id, "empty tables")
+
+    def test_deliveries_decoded_by_the_driver_survive_nested_py_amqp_reads(
+        self,
+        make_rabbit: Callable[..., RabbitDriver],
+        names: AddressFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The I/O loop decodes basic.deliver itself; declarations (py-amqp waiting for
+        # declare-ok by reading) run between its passes and must never meet half a
+        # delivery: multi-frame bodies streamed while another thread keeps declaring.
+        # Exact-size reads leave the buffer empty at every frame boundary, where a
+        # loop that stopped mid-delivery would hand the rest to py-amqp.
+        monkeypatch.setattr("rpclib.transports.rabbit.connection._RECV_CHUNK", 1)
+        driver = make_rabbit()
+        topic = names()
+        received: queue.Queue[bytes] = queue.Queue()
+
+        def take(incoming: Incoming) -> None:
+            received.put(incoming.body)
+            incoming.ack()
+
+        driver.listen(topic, take, prefetch=8)
+        generation = driver._session.generation
+        bodies = [bytes([n]) * (150_000 + 1000 * n) for n in range(5)] + [b"", b"small"]
+        stop = threading.Event()
+        declared: list[int] = []
+        errors: list[BaseException] = []
+
+        def declare_meanwhile() -> None:
+            try:
+                while not stop.is_set():
+                    driver.declare(names())
+                    declared.append(1)
+            except BaseException as exc:
+                errors.append(exc)
+
+        declarer = threading.Thread(target=declare_meanwhile)
+        declarer.start()
+        sender = make_rabbit()
+        try:
+            for _ in range(8):
+                for body in bodies:
+                    sender.send(topic, body, guarantee=Guarantee.AT_MOST_ONCE)
+            got = [received.get(timeout=WAIT) for _ in range(8 * len(bodies))]
+        finally:
+            stop.set()
+            declarer.join(WAIT)
+        assert not errors and declared
+        assert sorted(got) == sorted(bodies * 8)
+        assert driver._session.generation == generation  # the connection was never lost
 
     def test_send_to_a_foreign_address_is_refused(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
@@ -340,6 +445,48 @@ class TestPublishPaths:
         driver.declare(topic)
         with pytest.raises(Undeliverable, match="not a rabbit"):
             driver.send_to_inbox(naming.queue_name(topic), b"x")
+
+
+def test_driver_decodes_deliveries_as_py_amqp_does() -> None:
+    from amqp.serialization import dumps
+
+    from rpclib.transports.rabbit.connection import Delivery, is_deliver, parse_deliver
+
+    args = dumps("sLbss", ["amq.ctag-é1", 2**40 + 7, True, "rpclib", "t@s.live"])
+    method = struct.pack(">HH", 60, 60) + args
+    assert is_deliver(method)
+    assert parse_deliver(method) == {
+        "consumer_tag": "amq.ctag-é1",
+        "delivery_tag": 2**40 + 7,
+        "redelivered": True,
+        "exchange": "rpclib",
+        "routing_key": "t@s.live",
+    }
+    cases: list[dict[str, Any]] = [
+        {},
+        {"message_id": "abc.1.2"},
+        {
+            "message_id": "m",
+            "application_headers": {"x-rpclib-attempts": 3, "k": "v", "d": 1.5},
+            "reply_to": "rpclib.reply.h.1.2",
+            "delivery_mode": 2,
+            "expiration": "1000",
+        },
+    ]
+    for properties in cases:
+        expected = amqp.Message(b"", **properties)
+        header = struct.pack(">HHQ", 60, 0, 11) + expected._serialize_properties()
+        reference = amqp.Message()
+        reference.inbound_header(header)
+        delivery = Delivery(1, {})
+        assert delivery.on_header(header) is False
+        assert delivery.properties == reference.properties
+        assert delivery.on_body(b"hello ") is False
+        assert delivery.on_body(b"world") is True
+        assert delivery.body == b"hello world"
+    empty = Delivery(1, {})
+    assert empty.on_header(struct.pack(">HHQH", 60, 0, 0, 0)) is True
+    assert empty.body == b"" and empty.properties == {}
 
 
 # --- settlement --------------------------------------------------------------------------------

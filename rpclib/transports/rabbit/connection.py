@@ -23,6 +23,10 @@ What this module relies on in py-amqp 5.x (read from its source):
   replaces it so writes from several threads never interleave, and also
   writes frames the driver encoded itself (:class:`PublishEncoder`,
   :func:`encode_settle`: the same bytes py-amqp would write) under the same lock.
+- ``basic.deliver`` is decoded by the I/O loop (:func:`parse_deliver`,
+  :class:`Delivery`) into what py-amqp's ``Channel._on_basic_deliver`` gives
+  consumer callbacks (``body``, ``properties``, ``delivery_info``); the loop
+  must finish every delivery it began before py-amqp reads again.
 - A broker ``channel.close`` makes py-amqp reply close-ok, *reopen* the
   channel and raise. :class:`BrokerChannel` records the reason and drops the
   channel instead, so a failed channel is never silently reused.
@@ -48,7 +52,7 @@ from typing import Any, Final
 import amqp
 from amqp import spec
 from amqp.exceptions import UnexpectedFrame
-from amqp.serialization import dumps
+from amqp.serialization import decode_properties_basic, dumps
 from amqp.transport import SSLTransport, TCPTransport
 
 from rpclib.transports.rabbit.options import BrokerHost, RabbitOptions
@@ -485,6 +489,79 @@ def encode_settle(channel_id: int, tag: int, *, reject: bool) -> bytes:
     if reject:
         return _PACK_ACK(1, channel_id, 13, _BASIC_CLASS, _REJECT_METHOD, tag, 1, 0xCE)
     return _PACK_ACK(1, channel_id, 13, _BASIC_CLASS, _ACK_METHOD, tag, 0, 0xCE)
+
+
+_BASIC_DELIVER: Final = struct.pack(">HH", *spec.Basic.Deliver)
+_UNPACK_TAG_BIT = struct.Struct(">QB").unpack_from
+_UNPACK_BODY_SIZE = struct.Struct(">Q").unpack_from
+_MESSAGE_ID_ONLY: Final = struct.pack(">H", _MESSAGE_ID_FLAG)
+_NO_PROPERTIES: Final = b"\x00\x00"
+
+
+class Delivery:
+    """A ``basic.deliver`` decoded by the driver: what consumers read of py-amqp's ``Message``.
+
+    ``body``, ``properties`` (py-amqp's names, only those present) and
+    ``delivery_info`` (as py-amqp fills it), so handlers take either.
+    """
+
+    __slots__ = ("_chunks", "body", "body_size", "channel", "delivery_info", "properties")
+
+    def __init__(self, channel: Any, delivery_info: dict[str, Any]) -> None:
+        self.channel = channel
+        self.delivery_info = delivery_info
+        self.properties: dict[str, Any] = {}
+        self.body: bytes = b""
+        self.body_size = -1
+        """-1 until the content header arrived."""
+        self._chunks: list[bytes] = []
+
+    def on_header(self, payload: bytes) -> bool:
+        """Take the content header; whether the delivery is complete (empty body)."""
+        (self.body_size,) = _UNPACK_BODY_SIZE(payload, 4)
+        flags = payload[12:14]
+        if flags == _MESSAGE_ID_ONLY:
+            message_id = payload[15 : 15 + payload[14]]
+            self.properties = {"message_id": message_id.decode("utf-8", "surrogatepass")}
+        elif flags != _NO_PROPERTIES:
+            self.properties = decode_properties_basic(payload, 12)[0]
+        return self.body_size == 0
+
+    def on_body(self, payload: bytes) -> bool:
+        """Take a body frame; whether the delivery is complete."""
+        chunks = self._chunks
+        if not chunks and len(payload) >= self.body_size:
+            self.body = payload
+            return True
+        chunks.append(payload)
+        if sum(map(len, chunks)) < self.body_size:
+            return False
+        self.body = b"".join(chunks)
+        chunks.clear()
+        return True
+
+
+def parse_deliver(payload: bytes) -> dict[str, Any]:
+    """A basic.deliver method frame's arguments, as py-amqp's ``delivery_info``."""
+    end = 5 + payload[4]
+    consumer_tag = payload[5:end].decode("utf-8", "surrogatepass")
+    delivery_tag, bits = _UNPACK_TAG_BIT(payload, end)
+    start = end + 10
+    end = start + payload[start - 1]
+    exchange = payload[start:end].decode("utf-8", "surrogatepass")
+    start = end + 1
+    routing_key = payload[start : start + payload[end]].decode("utf-8", "surrogatepass")
+    return {
+        "consumer_tag": consumer_tag,
+        "delivery_tag": delivery_tag,
+        "redelivered": bool(bits & 1),
+        "exchange": exchange,
+        "routing_key": routing_key,
+    }
+
+
+def is_deliver(payload: bytes) -> bool:
+    return payload[:4] == _BASIC_DELIVER
 
 
 def body_of(message: Any) -> bytes:

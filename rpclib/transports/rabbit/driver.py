@@ -253,40 +253,29 @@ class RabbitDriver(Driver):
         return inbox
 
     def send_to_inbox(self, inbox_address: str, body: bytes) -> None:
-        """Publish to the reply queue and wait for the broker: Undeliverable if it is gone."""
+        """Publish to the reply queue (path 1, mandatory) without waiting for the broker.
+
+        A reply to an inbox that is gone is returned by the broker later; the
+        I/O thread logs it at WARNING and counts it (:attr:`returned_replies`).
+        """
         self._check_open()
         if not naming.is_reply_queue(inbox_address):
             raise Undeliverable(inbox_address, "not a rabbit:// inbox address")
-        body = bytes(body)
-        deadline = self._deadline()
-        try:
-            if self._session.in_io_thread():
-                # A handler replying inline: the I/O thread cannot wait for its own confirm.
-                self._pool.publish(
-                    "",
-                    inbox_address,
-                    body,
-                    {},
-                    target=inbox_address,
-                    exchange_type=None,
-                    deadline=deadline,
-                    retry_after_write=False,
-                )
-            else:
-                self._session.publish_fast(
-                    "",
-                    inbox_address,
-                    body,
-                    {},
-                    target=inbox_address,
-                    mandatory=True,
-                    deadline=deadline,
-                    wait=True,
-                )
-        except Undeliverable:
-            raise Undeliverable(
-                inbox_address, "the inbox is closed (no such reply queue)"
-            ) from None
+        self._session.publish_fast(
+            "",
+            inbox_address,
+            bytes(body),
+            {},
+            target=inbox_address,
+            mandatory=True,
+            deadline=self._deadline(),
+            reply=True,
+        )
+
+    @property
+    def returned_replies(self) -> int:
+        """How many replies the broker returned because their inbox was gone."""
+        return self._session.returned_replies
 
     # -- adverts -------------------------------------------------------------------------------
 

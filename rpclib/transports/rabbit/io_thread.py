@@ -15,10 +15,10 @@ at top level, where a handler may call back into the driver (ack, send,
 close its own subscription) without re-entering py-amqp.
 
 Path 1 publishes (calls with ``on_undeliverable``, replies, adverts) go out on
-a channel in confirm mode. Nobody waits for those confirms except
-``send_to_inbox``: they tell the I/O thread when a message's ``basic.return``
-can no longer come, so the per-message callback table stays exact without
-timers.
+a channel in confirm mode. Nobody waits for those confirms: they tell the I/O
+thread when a message's ``basic.return`` can no longer come, so the
+per-message callback table stays exact without timers. Replies are not in
+that table at all; a returned reply is recognised by its routing key.
 
 On a connection error the loop tells every resource (subscriptions,
 inboxes, advert watches), reconnects with doubling backoff and full jitter
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 from amqp import spec
-from amqp.exceptions import ChannelError
+from amqp.exceptions import ChannelError, UnexpectedFrame
 
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.rabbit.connection import (
@@ -49,15 +49,19 @@ from rpclib.transports.rabbit.connection import (
     Backoff,
     BrokerConnection,
     ConnectionDown,
+    Delivery,
     HostRing,
     LockedWriter,
     PublishEncoder,
     buffered,
     close_quietly,
     connect,
+    is_deliver,
+    parse_deliver,
     publish,
     shutdown_socket,
 )
+from rpclib.transports.rabbit.naming import is_reply_queue
 from rpclib.transports.rabbit.options import RabbitOptions
 
 T = TypeVar("T")
@@ -148,6 +152,8 @@ class Session:
         """Starts path-1 message ids (then epoch and delivery tag: unique per channel)."""
         self._pub_pending: dict[int, _PendingPublish] = {}
         self._pub_by_id: dict[str, _PendingPublish] = {}
+        self.returned_replies = 0
+        """Replies (``send_to_inbox``) the broker returned: their inbox was gone."""
         self._commands: deque[_Command] = deque()
         self._commands_lock = threading.Lock()
         self._events: deque[Callable[[], None]] = deque()
@@ -347,11 +353,15 @@ class Session:
         on_return: Callable[[Undeliverable], None] | None = None,
         wait: bool = False,
         wait_for_connection: bool = True,
+        reply: bool = False,
     ) -> None:
         """Publish path 1: on the consumer connection, without a round trip unless ``wait``.
 
         With ``wait`` the caller blocks until the broker confirms (Undeliverable
         if it returned the message first); never pass it on the I/O thread.
+        A ``reply`` (to an inbox) is not tracked at all: no message id, no table
+        entry; its return is recognised by its routing key and logged
+        (:meth:`_on_pub_return`), and its confirm finds nothing to retire.
         Without a connection, waits for one until ``deadline``, or returns
         at once unless ``wait_for_connection``.
         """
@@ -372,14 +382,17 @@ class Session:
                 channel_epoch = self._pub_epoch
                 self._pub_seq += 1
                 tag = self._pub_seq
-                # Unique among this channel's unconfirmed publishes (returns are matched by it).
-                message_id = f"{self._id_prefix}{channel_epoch}.{tag}"
-                pending = _PendingPublish(
-                    message_id, target, on_return, _held_lock() if wait else None
-                )
-                with self._pub_lock:
-                    self._pub_pending[tag] = pending
-                    self._pub_by_id[message_id] = pending
+                pending: _PendingPublish | None = None
+                message_id: str | None = None
+                if not reply:
+                    # Unique among this channel's unconfirmed publishes (returns are matched by it).
+                    message_id = f"{self._id_prefix}{channel_epoch}.{tag}"
+                    pending = _PendingPublish(
+                        message_id, target, on_return, _held_lock() if wait else None
+                    )
+                    with self._pub_lock:
+                        self._pub_pending[tag] = pending
+                        self._pub_by_id[message_id] = pending
                 try:
                     encoder = self._pub_encoder
                     assert encoder is not None  # set with the channel, before _up
@@ -403,11 +416,14 @@ class Session:
                             exchange,
                             routing_key,
                             body,
-                            {**properties, "message_id": message_id},
+                            {**properties, "message_id": message_id}
+                            if message_id is not None
+                            else properties,
                             mandatory=mandatory,
                         )
                 except (ConnectionDown, *CONNECTION_ERRORS) as exc:
-                    self._forget_pending(tag, pending)
+                    if pending is not None:
+                        self._forget_pending(tag, pending)
                     failure: BaseException | None = exc
                 else:
                     failure = None
@@ -417,7 +433,7 @@ class Session:
             self.wake()
             if self.in_io_thread() or not self._await_new_channel(channel_epoch, deadline):
                 raise TransportError(f"cannot publish to {target}: {failure}") from failure
-        if pending.waiter is None:
+        if pending is None or pending.waiter is None:
             return
         if not pending.waiter.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._forget_pending(tag, pending)
@@ -453,6 +469,10 @@ class Session:
             pending = self._pub_by_id.get(message_id) if message_id else None
         if pending is not None:
             pending.returned = reason
+        elif not exchange and is_reply_queue(routing_key):
+            # Replies are not tracked (nobody waits for them): the caller is gone.
+            self.returned_replies += 1
+            LOG.warning("reply to %s returned: %s — the caller is gone", routing_key, reason)
         else:
             LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
 
@@ -548,30 +568,99 @@ class Session:
             pub = self._pub_channel
             # Confirms of path-1 publishes skip py-amqp's generic method dispatch.
             pub_id = pub.channel_id if pub is not None and pub.is_open else -1
+            # basic.deliver is decoded here too (method, header, body frames): `partial`
+            # holds deliveries begun but not complete, per channel. The loop only ends
+            # with it empty, so py-amqp's own nested reads (a queue_declare waiting for
+            # its ok, run by the events and commands below) never meet half a delivery.
+            partial: dict[int, Delivery] = {}
+            # A channel the broker closed while a delivery was half read: raised after it.
+            deferred: ChannelError | None = None
             frames = 0
             try:
                 while True:
                     frame = transport.read_frame()
-                    payload = frame[2]
-                    if (
-                        frame[1] == pub_id
-                        and frame[0] == 1
-                        and len(payload) == _CONFIRM_SIZE
-                        and payload.startswith(_BASIC_ACK)
-                    ):
-                        conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
-                        tag, bits = _UNPACK_CONFIRM(payload, 4)
-                        self._on_pub_confirm(tag, bool(bits & 1))
+                    frame_type, channel_id, payload = frame
+                    if frame_type == 1:
+                        if (
+                            channel_id == pub_id
+                            and len(payload) == _CONFIRM_SIZE
+                            and payload.startswith(_BASIC_ACK)
+                        ):
+                            conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
+                            tag, bits = _UNPACK_CONFIRM(payload, 4)
+                            self._on_pub_confirm(tag, bool(bits & 1))
+                        elif is_deliver(payload) and channel_id not in partial:
+                            conn.bytes_recv += 1
+                            partial[channel_id] = Delivery(channel_id, parse_deliver(payload))
+                        else:
+                            deferred = self._handle_frame(on_frame, frame, partial) or deferred
+                    elif partial and channel_id in partial:
+                        conn.bytes_recv += 1
+                        delivery = partial[channel_id]
+                        if frame_type == 2 and delivery.body_size < 0:
+                            complete = delivery.on_header(payload)
+                        elif frame_type == 3 and delivery.body_size > 0:
+                            complete = delivery.on_body(payload)
+                        else:
+                            raise UnexpectedFrame(
+                                f"frame type {frame_type} in a delivery on channel {channel_id}"
+                            )
+                        if complete:
+                            del partial[channel_id]
+                            self._on_delivery(conn, delivery)
                     else:
-                        on_frame(frame)
+                        deferred = self._handle_frame(on_frame, frame, partial) or deferred
                     frames += 1
-                    if frames >= _FRAMES_PER_PASS or not buffered(conn):
-                        break
+                    if not partial:
+                        if deferred is not None:
+                            raise deferred
+                        if frames >= _FRAMES_PER_PASS or not buffered(conn):
+                            break
             except TimeoutError:
-                pass
+                if partial:
+                    raise ConnectionDown(
+                        "a delivery stopped arriving half way (no frame within the read timeout)"
+                    ) from None
         self._dispatch_events()
         self._run_commands()
         self._tick()
+
+    @staticmethod
+    def _handle_frame(
+        on_frame: Callable[[Any], Any], frame: Any, partial: dict[int, Delivery]
+    ) -> ChannelError | None:
+        """py-amqp's frame handler; a ChannelError is returned (not raised) mid-delivery.
+
+        Raising it would make the loop repair channels (nested py-amqp reads)
+        before the delivery's remaining frames were read.
+        """
+        try:
+            on_frame(frame)
+        except ChannelError as exc:
+            if not partial:
+                raise
+            return exc
+        return None
+
+    def _on_delivery(self, conn: BrokerConnection, delivery: Delivery) -> None:
+        """Hand a delivery decoded by the loop to its consumer, as py-amqp's basic.deliver."""
+        channel = conn.channels.get(delivery.channel) if conn.channels else None
+        info = delivery.delivery_info
+        if channel is None or channel.is_closing:
+            # py-amqp ignores methods on a closing channel; the broker requeues.
+            LOG.debug("delivery %s on closed channel %s dropped", info, delivery.channel)
+            return
+        delivery.channel = channel
+        callback = channel.callbacks.get(info["consumer_tag"])
+        if callback is None:
+            LOG.warning(
+                "rejecting delivery %s for unknown consumer %s",
+                info["delivery_tag"],
+                info["consumer_tag"],
+            )
+            channel.basic_reject(info["delivery_tag"], requeue=True)
+            return
+        callback(delivery)
 
     def _wait(self, selector: selectors.BaseSelector, timeout: float) -> bool:
         """Wait for the socket or a wake-up; whether the socket is readable."""
