@@ -111,21 +111,7 @@ class _PendingPublish:
     message_id: str
     target: str
     on_return: Callable[[Undeliverable], None] | None
-    waiter: Any
-    """For ``wait``: a lock held until the outcome is known (cheaper than an Event)."""
     returned: str | None = None
-    error: BaseException | None = None
-
-
-def _held_lock() -> Any:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
-
-
-def _release(lock: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # released already: nothing more to tell
-        lock.release()
 
 
 class Session:
@@ -351,22 +337,18 @@ class Session:
         mandatory: bool,
         deadline: float,
         on_return: Callable[[Undeliverable], None] | None = None,
-        wait: bool = False,
         wait_for_connection: bool = True,
         reply: bool = False,
     ) -> None:
-        """Publish path 1: on the consumer connection, without a round trip unless ``wait``.
+        """Publish path 1: on the consumer connection, without waiting for the broker.
 
-        With ``wait`` the caller blocks until the broker confirms (Undeliverable
-        if it returned the message first); never pass it on the I/O thread.
-        A ``reply`` (to an inbox) is not tracked at all: no message id, no table
+        A return is reported through ``on_return`` (from the I/O thread). A
+        ``reply`` (to an inbox) is not tracked at all: no message id, no table
         entry; its return is recognised by its routing key and logged
         (:meth:`_on_pub_return`), and its confirm finds nothing to retire.
-        Without a connection, waits for one until ``deadline``, or returns
-        at once unless ``wait_for_connection``.
+        Without a connection, waits for one until ``deadline``, or returns at
+        once unless ``wait_for_connection``.
         """
-        if wait and self.in_io_thread():
-            raise RuntimeError("publish_fast(wait=True) would deadlock on the I/O thread")
         while True:
             if not self._up:
                 if not wait_for_connection:
@@ -387,9 +369,7 @@ class Session:
                 if not reply:
                     # Unique among this channel's unconfirmed publishes (returns are matched by it).
                     message_id = f"{self._id_prefix}{channel_epoch}.{tag}"
-                    pending = _PendingPublish(
-                        message_id, target, on_return, _held_lock() if wait else None
-                    )
+                    pending = _PendingPublish(message_id, target, on_return)
                     with self._pub_lock:
                         self._pub_pending[tag] = pending
                         self._pub_by_id[message_id] = pending
@@ -433,15 +413,6 @@ class Session:
             self.wake()
             if self.in_io_thread() or not self._await_new_channel(channel_epoch, deadline):
                 raise TransportError(f"cannot publish to {target}: {failure}") from failure
-        if pending is None or pending.waiter is None:
-            return
-        if not pending.waiter.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            self._forget_pending(tag, pending)
-            raise TransportError(
-                f"the broker did not confirm a message to {target} within send_timeout"
-            )
-        if pending.error is not None:
-            raise pending.error
 
     def _forget_pending(self, tag: int, pending: _PendingPublish) -> None:
         with self._pub_lock:
@@ -493,15 +464,8 @@ class Session:
         if pending.returned is not None:
             error = Undeliverable(pending.target, f"no queue is bound to it ({pending.returned})")
         elif nack:
-            error = (
-                TransportError(f"the broker refused a message to {pending.target} (basic.nack)")
-                if pending.waiter is not None
-                else Undeliverable(pending.target, "the broker refused it (basic.nack)")
-            )
-        if pending.waiter is not None:
-            pending.error = error
-            _release(pending.waiter)
-        elif error is not None:
+            error = Undeliverable(pending.target, "the broker refused it (basic.nack)")
+        if error is not None:
             if pending.on_return is not None:
                 callback, undeliverable = pending.on_return, error
                 assert isinstance(undeliverable, Undeliverable)
@@ -510,17 +474,16 @@ class Session:
                 LOG.info("message to %s was not delivered: %s", pending.target, error)
 
     def _fail_pending(self, reason: str) -> None:
+        """The connection is gone: no confirm or return will come for path-1 publishes.
+
+        Nobody waits on them; calls learn of the loss through their inbox's events.
+        """
         with self._pub_lock:
-            pending = list(self._pub_pending.values())
+            dropped = len(self._pub_pending)
             self._pub_pending.clear()
             self._pub_by_id.clear()
-        for item in pending:
-            if item.waiter is not None:
-                item.error = TransportError(
-                    f"connection lost before the broker confirmed a message to {item.target}: "
-                    f"{reason}"
-                )
-                _release(item.waiter)
+        if dropped:
+            LOG.debug("%d unconfirmed path-1 publish(es) dropped: %s", dropped, reason)
 
     # -- the loop ------------------------------------------------------------------------------
 
