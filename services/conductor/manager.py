@@ -25,6 +25,7 @@ from services.conductor.db import (
     VCPU,
     ConductorDB,
     Inventory,
+    Usage,
     VmState,
 )
 from services.conductor.db import Instance as InstanceRecord
@@ -44,9 +45,7 @@ def to_object(record: InstanceRecord) -> Instance:
         host=record.host,
         flavor=Flavor(vcpus=record.vcpus, memory_mb=record.memory_mb, disk_gb=record.disk_gb),
         image=record.image,
-        vm_state=str(
-            record.vm_state.value if isinstance(record.vm_state, VmState) else record.vm_state
-        ),
+        vm_state=record.vm_state.value,
         task_state=record.task_state,
         ip_address=record.ip_address,
         error_reason=record.error_reason,
@@ -57,9 +56,11 @@ def to_object(record: InstanceRecord) -> Instance:
     )
 
 
-def payload_of(record: InstanceRecord, **audit: Any) -> notifications.InstancePayload:
+def payload_of(record: InstanceRecord | Usage, **audit: Any) -> notifications.InstancePayload:
+    """The notification payload of an instance row or of its usage in an audit window."""
+    uuid = record.instance_uuid if isinstance(record, Usage) else record.uuid
     return notifications.instance_payload(
-        instance_uuid=record.uuid,
+        instance_uuid=uuid,
         name=record.name,
         project_id=record.project_id,
         user_id=record.user_id,
@@ -67,9 +68,7 @@ def payload_of(record: InstanceRecord, **audit: Any) -> notifications.InstancePa
         vcpus=record.vcpus,
         memory_mb=record.memory_mb,
         disk_gb=record.disk_gb,
-        vm_state=str(
-            record.vm_state.value if isinstance(record.vm_state, VmState) else record.vm_state
-        ),
+        vm_state=record.vm_state.value,
         launched_at=record.launched_at,
         deleted_at=record.deleted_at,
         **audit,
@@ -213,11 +212,10 @@ class ConductorManager:
         """One instance.exists per instance alive in [start, end): billing's audit trail."""
         count = 0
         for usage in self.db.usage_between(start, end):
-            record = self.db.get_instance(usage.instance_uuid)
             self.notifier.info(
                 {},
                 notifications.EXISTS,
-                payload_of(record, audit_period_start=start, audit_period_end=end),
+                payload_of(usage, audit_period_start=start, audit_period_end=end),
             )
             count += 1
         return count
