@@ -69,7 +69,9 @@ that cannot expire records itself only needs to deliver refreshes.
 
 *Threads.* Handlers are called from driver threads. A handler must not block
 for long: rpclib hands work to its own executor and settles the message later,
-from another thread, so ``Incoming`` methods must be thread-safe.
+from another thread, so ``Incoming`` methods must be thread-safe. A handler
+that raises is a consumer crash: the driver logs it and the message comes
+back with ``attempts`` + 1.
 """
 
 from __future__ import annotations

@@ -383,6 +383,22 @@ class DriverContract:
         second.ack()
         got.assert_nothing(self.quiet_period)
 
+    def test_handler_exception_redelivers_with_an_attempt_more(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        topic = address_factory()
+        got = self.collector()
+
+        def crash_first(incoming: Incoming) -> None:
+            if incoming.attempts == 1:
+                raise ValueError("consumer bug")
+            got(incoming)
+
+        make_driver().listen(topic, crash_first)
+        make_driver().send(topic, b"m", guarantee=Guarantee.AT_LEAST_ONCE)
+        incoming = got.get()
+        assert (incoming.body, incoming.attempts) == (b"m", 2)
+
     def test_dead_letter_is_not_redelivered(
         self, make_driver: MakeDriver, address_factory: AddressFactory
     ) -> None:

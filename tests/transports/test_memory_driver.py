@@ -247,7 +247,7 @@ class TestSettlement:
         drivers().listen(topic, again)
         assert again.get().attempts == 2
 
-    def test_handler_exception_is_logged_and_requeues(
+    def test_handler_exception_is_logged_with_its_traceback(
         self,
         drivers: Callable[..., MemoryDriver],
         names: AddressFactory,

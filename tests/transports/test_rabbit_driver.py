@@ -546,21 +546,6 @@ class TestSettlement:
         incoming.ack()
         assert seen == [1, 2, 3, 4]
 
-    def test_handler_exception_requeues_with_an_attempt_more(
-        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
-    ) -> None:
-        topic = names()
-        got = Collector(WAIT)
-
-        def crash_first(incoming: Incoming) -> None:
-            if incoming.attempts == 1:
-                raise ValueError("consumer bug")
-            got(incoming)
-
-        make_rabbit().listen(topic, crash_first)
-        make_rabbit().send(topic, b"m", guarantee=Guarantee.AT_LEAST_ONCE)
-        assert got.get().attempts == 2
-
     def test_quorum_queues_count_every_redelivery(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
     ) -> None:
