@@ -10,11 +10,25 @@ Subclasses say what to subscribe to and what else to do at each step.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
 from rpclib.executor import WorkerPool
 from rpclib.transports.base import Subscription
+
+
+@dataclass
+class Counters:
+    """Counters an operator can read; :meth:`add` is safe from driver and worker threads."""
+
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
 
 
 class Consumer:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rpclib import envelope
-from rpclib.consumer import Consumer
+from rpclib.consumer import Consumer, Counters
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import MalformedMessage, MessageTooLarge, is_retryable
 from rpclib.notify_drivers import PRIORITIES
@@ -129,7 +129,7 @@ def _match_keys(patterns: Mapping[str, re.Pattern[str]], values: Mapping[str, An
 
 
 @dataclass
-class ListenerStats:
+class ListenerStats(Counters):
     """Counters an operator can read (``listener.stats``), in messages."""
 
     handled: int = 0
@@ -234,7 +234,6 @@ class _ListenerBase(Consumer):
         self.stats = ListenerStats()
         self._callbacks = _callbacks(endpoints)
         self._prefetch = prefetch
-        self._stats_lock = threading.Lock()
 
     @property
     def addresses(self) -> list[Address]:
@@ -282,8 +281,8 @@ class _ListenerBase(Consumer):
         try:
             received = self._check(priority, incoming)
         except (MalformedMessage, MessageTooLarge) as exc:
-            self._count("malformed")
-            self._count("dead_lettered")
+            self.stats.add("malformed")
+            self.stats.add("dead_lettered")
             LOG.error("dead-lettering a malformed notification on %s: %s", address, exc)
             incoming.dead_letter(f"malformed notification: {exc}")
             return
@@ -296,7 +295,7 @@ class _ListenerBase(Consumer):
             )
         ]
         if not received.callbacks:
-            self._count("filtered")
+            self.stats.add("filtered")
             incoming.ack()
             return
         self._accept(received)
@@ -336,8 +335,8 @@ class _ListenerBase(Consumer):
         try:
             return True, received.env.body(self.serializer, received.ctx)
         except Exception as exc:
-            self._count("malformed")
-            self._count("dead_lettered")
+            self.stats.add("malformed")
+            self.stats.add("dead_lettered")
             LOG.error(
                 "dead-lettering notification %s %s: undecodable payload: %s",
                 received.event_type,
@@ -382,11 +381,11 @@ class _ListenerBase(Consumer):
                 )
             requeue_by = []
         if error is None and not requeue_by:
-            self._count("handled")
+            self.stats.add("handled")
             incoming.ack()
             return "ack"
         if error is not None:
-            self._count("failed")
+            self.stats.add("failed")
         cause = _cause(error, error_from, requeue_by)
         permanent = error is not None and not is_retryable(error)
         if attempts < self.max_attempts and not permanent:
@@ -398,20 +397,16 @@ class _ListenerBase(Consumer):
                     attempts,
                     self.max_attempts,
                 )
-            self._count("requeued")
+            self.stats.add("requeued")
             incoming.requeue()
             return "requeue"
         tried = "permanent error, not retried" if permanent else f"after {attempts} attempts"
         reason = f"{cause} ({tried})"
         if log:
             LOG.error("dead-lettering notification %s: %s", what, reason, exc_info=error)
-        self._count("dead_lettered")
+        self.stats.add("dead_lettered")
         incoming.dead_letter(reason)
         return "dead_letter"
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._stats_lock:
-            setattr(self.stats, name, getattr(self.stats, name) + n)
 
 
 def _cause(error: BaseException | None, error_from: str, requeue_by: list[str]) -> str:

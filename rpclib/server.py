@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rpclib import envelope
-from rpclib.consumer import Consumer
+from rpclib.consumer import Consumer, Counters
 from rpclib.directory import encode_advert
 from rpclib.dispatcher import Dispatcher, MethodEntry
 from rpclib.envelope import Envelope, Kind
@@ -77,7 +77,7 @@ def current_request() -> RequestInfo | None:
 
 
 @dataclass
-class ServerStats:
+class ServerStats(Counters):
     """Counters an operator can read (``server.stats``)."""
 
     handled: int = 0
@@ -261,19 +261,19 @@ class RPCServer(Consumer):
         try:
             env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
         except (MalformedMessage, MessageTooLarge) as exc:
-            self.stats.malformed += 1
+            self.stats.add("malformed")
             LOG.error("dead-lettering a malformed message on %s: %s", self.target.topic, exc)
             incoming.dead_letter(f"malformed message: {exc}")
             return
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
-            self.stats.malformed += 1
+            self.stats.add("malformed")
             LOG.error("dead-lettering a %s envelope sent to an RPC server", env.kind.name)
             incoming.dead_letter(f"unexpected {env.kind.name} envelope at an RPC server")
             return
         method = env.header[envelope.METHOD]
         deadline = env.get(envelope.DEADLINE)
         if deadline is not None and (type(deadline) not in (int, float) or deadline != deadline):
-            self.stats.malformed += 1
+            self.stats.add("malformed")
             self._reject(env, incoming, MalformedMessage(f"bad deadline {deadline!r:.40}"))
             return
         if deadline is not None and time.time() > deadline:
@@ -284,11 +284,11 @@ class RPCServer(Consumer):
                 env.get(envelope.NAMESPACE), env.header[envelope.VERSION], method
             )
         except (UnsupportedVersion, NoSuchMethod) as exc:
-            self.stats.rejected += 1
+            self.stats.add("rejected")
             self._reject(env, incoming, exc)
             return
         except (TypeError, AttributeError) as exc:
-            self.stats.malformed += 1
+            self.stats.add("malformed")
             bad = MalformedMessage(f"bad method/version/namespace fields: {exc}")
             self._reject(env, incoming, bad)
             return
@@ -296,14 +296,14 @@ class RPCServer(Consumer):
             incoming.requeue()  # shutting down: another server takes it
 
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
-        self.stats.expired += 1
+        self.stats.add("expired")
         late = time.time() - deadline
         method = env.header[envelope.METHOD]
         if env.kind is Kind.CAST and env.get(envelope.AT_LEAST_ONCE):
             reason = f"deadline passed {late:.3f}s before {method!r} could start"
             LOG.warning("dead-lettering expired cast %s: %s", env.message_id.hex(), reason)
             incoming.dead_letter(reason)
-            self.stats.dead_lettered += 1
+            self.stats.add("dead_lettered")
         else:
             LOG.warning(
                 "dropping %s %s for %r: its deadline passed %.3fs ago (the caller gave up)",
@@ -323,7 +323,7 @@ class RPCServer(Consumer):
             return
         LOG.error("rejected cast %s, dead-lettering it: %s", env.message_id.hex(), exc)
         incoming.dead_letter(f"{type(exc).__name__}: {exc}")
-        self.stats.dead_lettered += 1
+        self.stats.add("dead_lettered")
         self._report_cast_failure(env, exc)
 
     # --- handling ----------------------------------------------------------------
@@ -341,7 +341,7 @@ class RPCServer(Consumer):
                 raise MalformedMessage("request arguments must be a map of names to values")
             entry.check(kwargs)
         except MessagingError as exc:
-            self.stats.malformed += 1
+            self.stats.add("malformed")
             self._reject(env, incoming, exc)
             return
         deadline = env.get(envelope.DEADLINE)
@@ -364,14 +364,14 @@ class RPCServer(Consumer):
         try:
             result = entry.func(ctx, **kwargs)
         except Exception as exc:
-            self.stats.failed += 1
+            self.stats.add("failed")
             self._failed(env, incoming, entry, exc, at_least_once)
             return
         finally:
             _current.reset(token)
             if beating:
                 self._heartbeats.remove(env.message_id)
-        self.stats.handled += 1
+        self.stats.add("handled")
         if env.kind is Kind.CALL:
             self._reply(env, result, failed=False)
         elif at_least_once:
@@ -404,7 +404,7 @@ class RPCServer(Consumer):
                 self.max_attempts,
                 exc,
             )
-            self.stats.requeued += 1
+            self.stats.add("requeued")
             incoming.requeue()
             return
         if at_least_once:
@@ -415,7 +415,7 @@ class RPCServer(Consumer):
             )
             reason = f"{type(exc).__name__}: {exc} ({tried})"
             LOG.error("dead-lettering cast %r: %s", entry.name, reason, exc_info=exc)
-            self.stats.dead_lettered += 1
+            self.stats.add("dead_lettered")
             incoming.dead_letter(reason)
         else:
             LOG.error("cast %r raised %s: %s", entry.name, type(exc).__name__, exc, exc_info=exc)

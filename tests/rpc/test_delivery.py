@@ -194,3 +194,21 @@ def test_any_exception_marked_not_retryable_is_permanent(transport: rpclib.Trans
         assert transport.driver.dead_letters()[0].attempts == 1
     finally:
         stop(server)
+
+
+def test_server_counters_are_exact_under_concurrent_updates() -> None:
+    """Driver and worker threads bump the same counters: none may be lost."""
+    from rpclib.server import ServerStats
+
+    stats = ServerStats()
+
+    def bump() -> None:
+        for _ in range(20_000):
+            stats.add("handled")
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stats.handled == 160_000
