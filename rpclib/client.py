@@ -19,7 +19,7 @@ from typing import Any
 from rpclib import envelope
 from rpclib.compat import Method
 from rpclib.context import checked_ctx
-from rpclib.directory import Cap
+from rpclib.directory import Cap, TopicView
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
     ConnectionLost,
@@ -296,10 +296,15 @@ class RPCClient:
             return Cap(None, False, "no version cap")
         if cap != AUTO:
             return Cap(parse_version(cap), True, "fixed version cap")
+        view, server = self._live_view()
+        return view.cap(self.target.namespace, major, server)
+
+    def _live_view(self) -> tuple[TopicView, str | None]:
+        """The directory view of the target's topic, and the server to ask it about."""
         t = self.target
         assert t.topic is not None
         view = self.transport.directory.view(t.exchange or self.transport.default_exchange, t.topic)
-        return view.cap(t.namespace, major, None if t.fanout else t.server)
+        return view, None if t.fanout else t.server
 
     def _negotiate(
         self, method: str | Method, kwargs: dict[str, Any]
@@ -325,12 +330,8 @@ class RPCClient:
     ) -> bytes:
         manifest = None
         if self._options.version_cap == AUTO:
-            t = self.target
-            assert t.topic is not None
-            view = self.transport.directory.view(
-                t.exchange or self.transport.default_exchange, t.topic
-            )
-            manifest = view.object_manifest(None if t.fanout else t.server)
+            view, server = self._live_view()
+            manifest = view.object_manifest(server)
         return envelope.encode(
             self.serializer,
             kind,
