@@ -10,7 +10,13 @@ import pytest
 import rpclib
 from rpclib.transports.memory import reset_bus
 
-pytest_plugins = ["tests.support.rabbit", "tests.support.rabbit_node", "tests.support.libvirtd"]
+pytest_plugins = [
+    "tests.support.rabbit",
+    "tests.support.rabbit_node",
+    "tests.support.libvirtd",
+    "tests.support.etcd",
+    "tests.support.amqp1",
+]
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Fixtures for the AMQP 1.0 transport's tests (filled in with the driver)."""
