@@ -1,0 +1,10 @@
+"""The etcd transport (``etcd://host:2379[,host:2379]/prefix``) over etcd3gw.
+
+Importing this package needs etcd3gw (installed with ``rpclib[etcd]``);
+``import rpclib`` alone never does. The key scheme, guarantees and options
+are in ``docs/transports/etcd.md``.
+"""
+
+from rpclib.transports.etcd.driver import EtcdDriver
+
+__all__ = ["EtcdDriver"]

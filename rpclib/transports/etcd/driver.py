@@ -1,0 +1,303 @@
+"""EtcdDriver: rpclib's transport contract on etcd (see docs/transports/etcd.md)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.base import (
+    Address,
+    AdvertHandler,
+    DeadLetter,
+    Driver,
+    Guarantee,
+    Inbox,
+    InboxEventHandler,
+    InboxHandler,
+    MessageHandler,
+    Subscription,
+)
+from rpclib.transports.etcd import client as ops
+from rpclib.transports.etcd.adverts import Advertiser, AdvertSink
+from rpclib.transports.etcd.box import Box, EtcdInbox
+from rpclib.transports.etcd.client import EtcdClient
+from rpclib.transports.etcd.consumers import Consumer, QueueState
+from rpclib.transports.etcd.lease import DriverLease
+from rpclib.transports.etcd.naming import Keys, QueueName
+from rpclib.transports.etcd.options import EtcdOptions, parse_options
+from rpclib.transports.etcd.routing import Router
+from rpclib.transports.etcd.settler import Settler
+from rpclib.transports.etcd.watch import PrefixWatch, WatchSink
+from rpclib.transports.etcd.wire import Message
+from rpclib.transports.url import TransportURL
+
+LOG = logging.getLogger("rpclib.transports.etcd")
+TICK = 0.25
+"""Seconds between the ticker's rounds (lease keepalive, watch liveness)."""
+
+
+class _AdvertWatch:
+    """The Subscription returned by watch_adverts."""
+
+    def __init__(self, driver: EtcdDriver, watch: PrefixWatch) -> None:
+        self._driver = driver
+        self.watch = watch
+
+    def cancel(self) -> None:
+        self.watch.stop()
+        self._driver._forget_watch(self.watch)
+
+    def close(self) -> None:
+        self.cancel()
+
+
+class EtcdDriver(Driver):
+    """The ``etcd://host:2379[,host2:2379]/prefix`` transport."""
+
+    def __init__(self, url: TransportURL) -> None:
+        super().__init__(url)
+        self.options: EtcdOptions = parse_options(url)
+        self.keys = Keys(self.options.prefix)
+        self.driver_id = uuid.uuid4().hex[:16]
+        self.client = EtcdClient(self.options, str(url))
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids = itertools.count(1)
+        try:
+            self._lease = DriverLease(self.client, self.options.lease_ttl, self._lease_renewed)
+        except TransportError as exc:
+            self.client.close()
+            raise TransportError(f"cannot reach etcd at {url}: {exc}") from exc
+        self.settler = Settler(self.client)
+        self.router = Router(self.client, self.keys)
+        self.box = Box(self.client, self.keys, self.settler, self.driver_id, lambda: self.lease_id)
+        self._box_watch: PrefixWatch | None = None
+        self._consumers: dict[str, Consumer] = {}
+        self._watches: list[PrefixWatch] = []
+        self._advertiser = Advertiser(self.client, self.keys)
+        self._dead_lease: tuple[int, float] | None = None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="etcd-ticker", daemon=True)
+        self._ticker.start()
+
+    # --- shared with consumers -----------------------------------------------------------
+
+    @property
+    def lease_id(self) -> int:
+        return self._lease.id
+
+    def make_watch(self, prefix: str, sink: WatchSink | QueueState, name: str) -> PrefixWatch:
+        watch = PrefixWatch(self.client, prefix, sink, name=name, echo=self._echo)
+        with self._lock:
+            self._watches.append(watch)
+        return watch
+
+    def _forget_watch(self, watch: PrefixWatch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def unregister(self, consumer: Consumer) -> None:
+        with self._lock:
+            self._consumers.pop(consumer.id, None)
+        self.box.remove_consumer(consumer.id)
+        if consumer._watch is not None:
+            self._forget_watch(consumer._watch)
+
+    def dead_letter(self, address: str, body: bytes, reason: str, attempts: int) -> None:
+        """Store a dead letter under its own long lease (``dead_letter_ttl``)."""
+        record = json.dumps(
+            {"address": address, "reason": reason, "attempts": attempts, "body": ops.b64(body)}
+        ).encode()
+        key = f"{self.keys.dead_prefix()}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        try:
+            lease = self._dead_letter_lease()
+            self.client.txn(ops.txn([], [ops.put(key, record, lease)]))
+        except TransportError as exc:
+            LOG.error("could not store dead letter from %s (%s): %s", address, reason, exc)
+
+    def _dead_letter_lease(self) -> int:
+        """One lease for a while of dead letters, replaced when half its TTL is gone."""
+        now = time.monotonic()
+        ttl = self.options.dead_letter_ttl
+        with self._lock:
+            if self._dead_lease is not None and now < self._dead_lease[1]:
+                return self._dead_lease[0]
+        lease = self.client.grant(ttl)
+        with self._lock:
+            self._dead_lease = (lease, now + ttl / 2)
+        return lease
+
+    def _echo(self, key: str) -> None:
+        self.client.call(
+            "kv/put",
+            ops.put(key, b"%d" % time.time_ns(), self.lease_id)["request_put"],
+            deadline=time.monotonic() + self.options.watch_timeout,
+        )
+
+    def _tick(self) -> None:
+        options = self.options
+        while not self._stop.wait(TICK):
+            now = time.monotonic()
+            self._lease.tick(now)
+            with self._lock:
+                watches = list(self._watches)
+            for watch in watches:
+                watch.check(now, options.watch_idle, options.watch_timeout)
+
+    def _lease_renewed(self, lease: int) -> None:
+        """etcd lost our lease: put back what hung on it; inboxes' replies may be lost."""
+        with self._lock:
+            consumers = list(self._consumers.values())
+        for consumer in consumers:
+            try:
+                consumer.register(lease)
+            except TransportError as exc:
+                LOG.warning("re-registering consumer of %s failed: %s", consumer.address, exc)
+        for inbox in self.box.inboxes():
+            try:
+                inbox.register(lease)
+            except TransportError as exc:
+                LOG.warning("re-opening inbox %s failed: %s", inbox.id, exc)
+            inbox.event("lost")
+
+    # --- the contract ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"the etcd driver for {self.url} is closed")
+
+    def send(
+        self,
+        address: Address,
+        body: bytes,
+        *,
+        guarantee: Guarantee,
+        expires_at: float | None = None,
+        on_undeliverable: Callable[[Undeliverable], None] | None = None,
+    ) -> None:
+        self._check_open()
+        self.router.send(address, Message(body, 0, expires_at).encode(), guarantee)
+
+    def listen(
+        self,
+        address: Address,
+        handler: MessageHandler,
+        *,
+        group: str | None = None,
+        prefetch: int = 64,
+    ) -> Subscription:
+        self._check_open()
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if group is not None and (address.fanout or address.server is not None):
+            raise ValueError(f"group={group!r} applies to topics, not to {address}")
+        self._ensure_box()
+        consumer = Consumer(self, f"c{next(self._ids)}", address, group, handler, prefetch)
+        with self._lock:
+            self._consumers[consumer.id] = consumer
+        self.box.add_consumer(consumer.id, consumer.push)
+        try:
+            consumer.start()
+        except BaseException:
+            self.unregister(consumer)
+            raise
+        return consumer
+
+    def declare(self, address: Address, group: str | None = None) -> None:
+        self._check_open()
+        decl = self.keys.decl(QueueName.of(address, group))
+        self.client.txn(ops.txn([], [ops.nested([ops.absent(decl)], [ops.put(decl, b"")])]))
+
+    def open_inbox(
+        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
+    ) -> Inbox:
+        self._check_open()
+        self._ensure_box()
+        inbox = EtcdInbox(self.box, f"i{next(self._ids)}", handler, on_event)
+        self.box.add_inbox(inbox)
+        inbox.register(self.lease_id)
+        return inbox
+
+    def send_to_inbox(self, inbox_address: str, body: bytes) -> None:
+        self._check_open()
+        self.box.send_to_inbox(inbox_address, body, uuid.uuid4().hex)
+
+    def advertise(self, address: Address, body: bytes, ttl: float) -> None:
+        self._check_open()
+        self._advertiser.advertise(address, body, ttl)
+
+    def withdraw(self, address: Address) -> None:
+        self._check_open()
+        self._advertiser.withdraw(address)
+
+    def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
+        self._check_open()
+        prefix = self.keys.advert_prefix(exchange, topic)
+        watch = self.make_watch(prefix, AdvertSink(prefix, handler), f"adverts {exchange}/{topic}")
+        try:
+            watch.start()
+        except BaseException:
+            self._forget_watch(watch)
+            raise
+        return _AdvertWatch(self, watch)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        self._check_open()
+        response = self.client.call(
+            "kv/range",
+            {**ops.range_prefix(self.keys.dead_prefix())["request_range"], "limit": str(limit)},
+        )
+        letters = []
+        for kv in ops.kvs_of(response):
+            record = json.loads(kv.value)
+            letters.append(
+                DeadLetter(
+                    record["address"], ops.unb64(record["body"]), record["reason"],
+                    record["attempts"],
+                )
+            )
+        return letters
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            consumers = list(self._consumers.values())
+        for consumer in consumers:
+            consumer.close()
+        for inbox in self.box.inboxes():
+            inbox.close()
+        self._advertiser.withdraw_all()
+        self._stop.set()
+        with self._lock:
+            watches, self._watches = list(self._watches), []
+        if self._box_watch is not None:
+            watches.append(self._box_watch)
+        for watch in watches:
+            watch.stop()
+        self.settler.stop()
+        self._lease.revoke()
+        self.client.close()
+
+    def _ensure_box(self) -> None:
+        with self._lock:
+            if self._box_watch is not None:
+                return
+            watch = PrefixWatch(
+                self.client, self.box.prefix, self.box, name=f"box {self.driver_id}",
+                echo=self._echo,
+            )
+            self._box_watch = watch
+            self._watches.append(watch)
+        watch.start()
+
+    def __repr__(self) -> str:
+        return f"<EtcdDriver {self.url} {self.driver_id}>"

@@ -1,0 +1,94 @@
+"""Settlements (acks, requeues, deletions of handled keys), batched into few transactions.
+
+Handlers settle messages from many threads; each settlement is a small
+conditional operation (e.g. "delete the message if my claim still holds").
+The settler thread applies whatever has accumulated as one etcd transaction
+(group commit): an idle driver settles each message at once, a busy one
+settles a whole batch per round trip. Operations are idempotent, so a batch
+that failed on a connection error is retried until it succeeds or the driver
+closes (a settlement must not be lost while etcd restarts: a lost ack would
+mean a duplicate delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from rpclib.exceptions import TransportError
+from rpclib.transports.etcd.client import Closed, EtcdClient, Json, Unreachable, txn
+
+LOG = logging.getLogger("rpclib.transports.etcd")
+MAX_BATCH = 100
+"""Operations per transaction (etcd's default --max-txn-ops is 128)."""
+
+
+class Settler:
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self._ops: deque[tuple[Json, Callable[[], None] | None]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="etcd-settler", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: Json, done: Callable[[], None] | None = None) -> None:
+        """Apply ``op`` (a request op, usually a nested txn) soon; call ``done`` after."""
+        with self._cond:
+            self._ops.append((op, done))
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything submitted so far has been applied (or given up on)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._ops and not self._busy, timeout)
+
+    def stop(self) -> None:
+        self.flush()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._ops or self._stopped)
+                if not self._ops and self._stopped:
+                    return
+                batch = [self._ops.popleft() for _ in range(min(MAX_BATCH, len(self._ops)))]
+                self._busy = True
+            try:
+                self._apply(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _apply(self, batch: list[tuple[Json, Callable[[], None] | None]]) -> None:
+        while True:
+            try:
+                self.client.txn(txn([], [op for op, _ in batch]))
+                break
+            except Closed:
+                LOG.debug("settler: driver closed with %d settlement(s) unapplied", len(batch))
+                return
+            except Unreachable as exc:
+                LOG.warning("settling %d message(s) failed (%s); retrying", len(batch), exc)
+            except TransportError as exc:
+                if len(batch) == 1:
+                    LOG.error("settlement rejected by etcd, dropped: %s", exc)
+                    return
+                for one in batch:  # find the one etcd rejects; apply the others
+                    self._apply([one])
+                return
+        for _, done in batch:
+            if done is not None:
+                try:
+                    done()
+                except Exception:
+                    LOG.exception("settlement callback failed")

@@ -1,0 +1,304 @@
+"""Watch streams that never go quiet: resume, resync after compaction, liveness echo.
+
+A :class:`PrefixWatch` keeps one etcd watch on a key prefix for as long as it
+runs, feeding a :class:`WatchSink`:
+
+- It starts with a read of the prefix (``sink.snapshot``) and watches from
+  the revision after it, so nothing between the read and the watch is missed.
+- When the stream ends or errors, it re-opens it from the revision after the
+  last one it handled: no event is missed, none is delivered twice.
+- When etcd has compacted that revision away (the watch is cancelled with
+  ``compact_revision``), it reads the prefix again and resumes after that
+  read; the sink reconciles the snapshot with what it already knew.
+- A stream that went silent is detected: after ``watch_idle`` seconds without
+  a byte, the watch puts an echo key under its own prefix (``h/<watch>``); if
+  neither the echo nor anything else arrives within ``watch_timeout``, the
+  stream is torn down and re-opened (from the last revision). etcd's own
+  progress notifications are requested too and count as signs of life.
+
+Sinks are called from the watch's thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+
+from rpclib.exceptions import TransportError
+from rpclib.transports.etcd.client import KV, EtcdClient, b64, unb64
+from rpclib.transports.etcd.naming import prefix_end
+
+LOG = logging.getLogger("rpclib.transports.etcd")
+ECHO = "h/"
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change under a watched prefix; ``kv.value`` is empty for deletes."""
+
+    deleted: bool
+    kv: KV
+
+
+class WatchSink(Protocol):
+    def snapshot(self, kvs: list[KV], revision: int) -> None:
+        """Everything under the prefix at ``revision`` (first, and after a compaction)."""
+
+    def events(self, events: list[Event]) -> None:
+        """Changes in revision order (echo keys already filtered out)."""
+
+    def connection(self, state: str) -> None:
+        """``"disconnected"`` when the stream broke, ``"reconnected"`` once it is back."""
+
+
+class _Compacted(Exception):
+    """The revision to resume from was compacted away."""
+
+
+class PrefixWatch:
+    """One self-healing watch on ``prefix``; see the module docstring."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        sink: WatchSink,
+        *,
+        name: str,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.sink = sink
+        self.name = name
+        self.echo_key = f"{prefix}{ECHO}w{os.getpid()}-{next(_ids)}"
+        self._echo = echo
+        self.revision = 0
+        self.resyncs = 0
+        """How many times the prefix was re-read after a compaction (for tests)."""
+        self.reconnects = 0
+        """How many times the stream was re-established (for tests)."""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+        self._last_data = time.monotonic()
+        self._echo_sent_at: float | None = None
+        self._connected = False
+        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {name}", daemon=True)
+
+    def start(self) -> None:
+        """Read the prefix (the sink gets the snapshot on this thread), then watch on."""
+        kvs, revision = self.client.range_prefix(self.prefix)
+        self.revision = revision
+        self.sink.snapshot([kv for kv in kvs if not self._is_echo(kv.key)], revision)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._abort()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        if self._echo_sent_at is not None or self._connected:
+            self._echo_sent_at = None
+
+    @property
+    def running(self) -> bool:
+        return not self._stop.is_set()
+
+    # --- liveness (called by the driver's ticker) -----------------------------------------
+
+    def check(self, now: float, idle: float, timeout: float) -> None:
+        """Echo into a quiet stream; tear down one whose echo never came back."""
+        if self._stop.is_set() or not self._connected:
+            return
+        sent = self._echo_sent_at
+        if sent is None:
+            if now - self._last_data >= idle:
+                self._echo_sent_at = now
+                try:
+                    self._echo(self.echo_key)
+                except TransportError as exc:
+                    LOG.debug("watch %s: echo failed: %s", self.name, exc)
+        elif self._last_data > sent:
+            self._echo_sent_at = None
+        elif now - sent >= timeout:
+            LOG.warning("watch %s went silent for %.1fs; re-establishing it", self.name, now - sent)
+            self._echo_sent_at = None
+            self._abort()
+
+    def break_stream(self) -> None:
+        """Tear the current stream down (it is re-opened from the last revision); for tests."""
+        self._abort()
+
+    # --- the stream ---------------------------------------------------------------------
+
+    def _is_echo(self, key: str) -> bool:
+        return key.startswith(self.prefix + ECHO)
+
+    def _run(self) -> None:
+        pause = self.client.options.retry_backoff
+        resync = False
+        while not self._stop.is_set():
+            try:
+                if resync:
+                    kvs, revision = self.client.range_prefix(self.prefix)
+                    self.revision = revision
+                    self.resyncs += 1
+                    LOG.info("watch %s: resynchronised at revision %d", self.name, revision)
+                    self.sink.snapshot([kv for kv in kvs if not self._is_echo(kv.key)], revision)
+                    resync = False
+                self._stream()
+                pause = self.client.options.retry_backoff
+            except _Compacted:
+                resync = True
+            except (TransportError, requests.RequestException, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    break
+                LOG.info("watch %s: stream broke (%s); resuming", self.name, exc)
+                self.client.next_endpoint()
+                self._stop.wait(pause)
+                pause = min(pause * 2, self.client.options.retry_backoff_max)
+            except Exception:
+                LOG.exception("watch %s: sink failed; resuming", self.name)
+                self._stop.wait(pause)
+            finally:
+                self._close_response()
+                if self._connected and not self._stop.is_set():
+                    self._connected = False
+                    self._report("disconnected")
+
+    def _stream(self) -> None:
+        endpoint = self.client.endpoint_client()
+        session = requests.Session()
+        create: dict[str, Any] = {
+            "key": b64(self.prefix),
+            "range_end": b64(prefix_end(self.prefix)),
+            "start_revision": str(self.revision + 1),
+            "progress_notify": True,
+        }
+        try:
+            response = session.post(
+                endpoint.get_url("/watch"),
+                json={"create_request": create},
+                stream=True,
+                timeout=(self.client.options.connect_timeout, None),
+            )
+        except requests.RequestException:
+            session.close()
+            raise
+        with self._lock:
+            self._response = response
+        if self._stop.is_set():
+            return
+        if response.status_code != 200:
+            raise TransportError(f"watch refused: {response.status_code} {response.text[:200]}")
+        self._last_data = time.monotonic()
+        for message in _messages(response):
+            self._last_data = time.monotonic()
+            if self._stop.is_set():
+                return
+            self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if "error" in message:
+            raise TransportError(f"watch error: {message['error']}")
+        result = message.get("result", {})
+        if result.get("created"):
+            self.reconnects += 1
+            if not self._connected:
+                self._connected = True
+                if self.reconnects > 1:
+                    self._report("reconnected")
+            return
+        if int(result.get("compact_revision", 0)):
+            LOG.info(
+                "watch %s: revision %d compacted (now %s); re-reading the prefix",
+                self.name,
+                self.revision + 1,
+                result["compact_revision"],
+            )
+            raise _Compacted()
+        if result.get("canceled"):
+            raise TransportError(f"watch cancelled by etcd: {result.get('cancel_reason', '')}")
+        raw_events = result.get("events")
+        if not raw_events:  # a progress notification: every event up to it has been sent
+            header_revision = int(result.get("header", {}).get("revision", 0))
+            self.revision = max(self.revision, header_revision)
+            return
+        events = []
+        top = self.revision
+        for raw in raw_events:
+            kv = raw["kv"]
+            revision = int(kv.get("mod_revision", 0))
+            top = max(top, revision)
+            if revision <= self.revision:
+                continue  # already handled (cannot happen when resuming correctly; be safe)
+            key = unb64(kv["key"]).decode()
+            if self._is_echo(key):
+                continue
+            events.append(Event(raw.get("type") == "DELETE", KV.parse(kv)))
+        if events:
+            self.sink.events(events)
+        self.revision = top
+
+    def _report(self, state: str) -> None:
+        try:
+            self.sink.connection(state)
+        except Exception:
+            LOG.exception("watch %s: connection handler failed", self.name)
+
+    def _abort(self) -> None:
+        with self._lock:
+            response = self._response
+        if response is not None:
+            _shutdown(response)
+
+    def _close_response(self) -> None:
+        with self._lock:
+            response, self._response = self._response, None
+        if response is not None:
+            _shutdown(response)
+            with contextlib.suppress(Exception):
+                response.close()
+
+
+def _messages(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """The JSON messages of a gateway watch stream (one per line, split across chunks)."""
+    pending: list[bytes] = []
+    for chunk in response.iter_content(chunk_size=None):
+        if b"\n" not in chunk:
+            pending.append(chunk)  # part of a large message: join once it is complete
+            continue
+        pending.append(chunk)
+        *lines, tail = b"".join(pending).split(b"\n")
+        pending = [tail] if tail else []
+        for line in lines:
+            if line.strip():
+                message: dict[str, Any] = json.loads(line)
+                yield message
+    raise TransportError("watch stream ended")
+
+
+def _shutdown(response: requests.Response) -> None:
+    """Shut the stream's socket down so a blocked reader wakes up."""
+    try:
+        fd = response.raw._fp.fileno()
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+    except Exception:  # already closed
+        pass

@@ -1,0 +1,28 @@
+"""The driver contract on a real etcd (the session's shared server, a prefix per test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rpclib.transports import load_driver
+from rpclib.transports.base import Driver
+from tests.transports.driver_contract import DriverContract, MakeDriver
+
+
+class TestEtcdContract(DriverContract):
+    """Everything on: etcd expires adverts (leases), detects closed inboxes (marker keys)
+    and keeps dead letters (under a long lease)."""
+
+    @pytest.fixture
+    def make_driver(self, etcd_url: str) -> Iterator[MakeDriver]:
+        drivers: list[Driver] = []
+
+        def make() -> Driver:
+            drivers.append(driver := load_driver(etcd_url))
+            return driver
+
+        yield make
+        for driver in drivers:
+            driver.close()
