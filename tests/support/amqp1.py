@@ -1,1 +1,60 @@
-"""Fixtures for the AMQP 1.0 transport's tests (filled in with the driver)."""
+"""Fixtures for the AMQP 1.0 transport's tests: the plugin on the shared broker, a vhost.
+
+``amqp1_plugin`` enables ``rabbitmq_amqp1_0`` on the shared broker once per
+session (idempotent; about 5 s the first time) and fails loudly if it cannot:
+a missing plugin is an environment error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.rabbit import BROKER, PASSWORD, USER, rabbitmqctl
+
+PLUGIN = "rabbitmq_amqp1_0"
+
+
+@pytest.fixture(scope="session")
+def amqp1_plugin() -> None:
+    """Enable the AMQP 1.0 plugin on the shared broker (online, idempotent)."""
+    exe = shutil.which("rabbitmq-plugins")
+    if exe is None:
+        pytest.fail("rabbitmq-plugins is not installed: the amqp1 tests need the broker's tools")
+    result = subprocess.run([exe, "enable", PLUGIN], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        pytest.fail(f"could not enable {PLUGIN}: {result.stderr or result.stdout}")
+
+
+def new_vhost() -> str:
+    vhost = f"rpclib-amqp1-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*")
+    return vhost
+
+
+@pytest.fixture(scope="session")
+def amqp1_vhost(amqp1_plugin: None) -> Iterator[str]:
+    """A vhost for this test session's amqp1 tests, deleted after it."""
+    vhost = new_vhost()
+    yield vhost
+    rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp1_url(amqp1_vhost: str) -> str:
+    """An amqp1:// URL for the session's vhost on the shared broker."""
+    return f"amqp1://{USER}:{PASSWORD}@{BROKER}/{amqp1_vhost}"
+
+
+@pytest.fixture
+def fresh_amqp1_url(amqp1_plugin: None) -> Iterator[str]:
+    """An amqp1:// URL on a vhost of this test's own (deleted after it)."""
+    vhost = new_vhost()
+    yield f"amqp1://{USER}:{PASSWORD}@{BROKER}/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)

@@ -1,0 +1,8 @@
+"""The AMQP 1.0 transport (``amqp1://``, alias ``qpid://``) on python-qpid-proton.
+
+See docs/transports/amqp1.md. Importing this package imports proton.
+"""
+
+from rpclib.transports.amqp1.driver import Amqp1Driver
+
+__all__ = ["Amqp1Driver"]

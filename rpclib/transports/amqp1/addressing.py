@@ -1,0 +1,403 @@
+"""Addressing strategies: how rpclib addresses become AMQP 1.0 node names (URL ``addressing=``).
+
+AMQP 1.0 leaves node names to the peer, so the mapping is a small strategy
+object chosen by URL option:
+
+- ``rabbitmq`` (default): RabbitMQ's ``rabbitmq_amqp1_0`` plugin. Messages are
+  sent to ``/exchange/<X>`` with the routing key in the message ``subject`` and
+  consumed from ``/amq/queue/<Q>``; the exchanges, queues and bindings behind
+  those names are declared (and deleted) over AMQP 0-9-1
+  (:mod:`rpclib.transports.amqp1.rabbit_control`), because the plugin cannot.
+- ``artemis``: ActiveMQ Artemis conventions: multicast address ``X.T`` with one
+  fully qualified queue ``X.T::X.T#G`` per consumer group, anycast ``X.T@S`` for
+  servers; the broker auto-creates them. No routability checks (Undeliverable
+  only from the broker's outcomes).
+
+Strategies check names the same way: a few characters and suffixes carry
+meaning, and names that would make two addresses share a node are refused
+with ValueError.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+from typing import Final
+
+from rpclib.transports.amqp1.options import Amqp1Options
+from rpclib.transports.amqp1.rabbit_control import RabbitControl
+from rpclib.transports.base import Address
+
+REPLY_PREFIX: Final = "rpclib.reply."
+DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+LIVE: Final = ".live"
+SYNC: Final = ".sync"
+FANOUT: Final = ".fanout"
+MAX_NAME_BYTES: Final = 255
+_RESERVED_ENDINGS: Final = (LIVE, SYNC, FANOUT)
+_counter = itertools.count(1)
+
+
+def private_suffix() -> str:
+    """``<host>.<pid>.<n>``: unique among every process sharing the broker."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}.{os.getpid()}.{next(_counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a sender link points (``node``) and the routing key in ``subject`` (or None)."""
+
+    node: str
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A node a subscription consumes; ``settled``: the peer sends it pre-settled."""
+
+    node: str
+    settled: bool
+
+
+def _check(kind: str, name: str, reserved: tuple[str, ...]) -> None:
+    if not name:
+        raise ValueError(f"{kind} name must not be empty")
+    for char in reserved:
+        if char in name:
+            raise ValueError(f"{kind} name {name!r} contains {char!r}, reserved by amqp1://")
+    if name.endswith(_RESERVED_ENDINGS):
+        raise ValueError(
+            f"{kind} name {name!r} ends with a suffix amqp1:// reserves "
+            f"({', '.join(_RESERVED_ENDINGS)})"
+        )
+
+
+def check_address(address: Address, group: str | None = None) -> None:
+    """Refuse names that would make two addresses collide (same rules for every strategy)."""
+    if group is not None and (address.fanout or address.server is not None):
+        raise ValueError(f"consumer groups apply to topics only, not to {address}")
+    _check("exchange", address.exchange, ("#", "*", "/", ":"))
+    if address.exchange.startswith("amq."):
+        raise ValueError(f"exchange name {address.exchange!r}: the 'amq.' prefix is reserved")
+    _check("topic", address.topic, ("@", "#", "*", "/", ":"))
+    if address.server is not None:
+        _check("server", address.server, ("#", "*", "/", ":"))
+    if group is not None:
+        _check("group", group, ("#", "*", "/", ":"))
+    if address.exchange == "rpclib" and (
+        address.topic == "dead-letters" or address.topic.startswith("reply.")
+    ):
+        raise ValueError(f"topic {address.topic!r} on exchange 'rpclib' is the driver's own")
+    longest = f"{address.exchange}.{address.topic}.fanout.{'x' * 80}"
+    if address.server is not None:
+        longest = f"{address.exchange}.{address.topic}@{address.server}{LIVE}"
+    elif group is not None:
+        longest = f"{address.exchange}.{address.topic}#{group}{LIVE}"
+    if len(longest.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"the node names of {address} would exceed 255 bytes")
+
+
+def queue_name(address: Address, group: str | None = None, *, live: bool = False) -> str:
+    """``X.T``, ``X.T#G`` or ``X.T@S`` (plus ``.live`` for at-most-once)."""
+    base = f"{address.exchange}.{address.topic}"
+    if address.server is not None:
+        base = f"{base}@{address.server}"
+    elif group is not None:
+        base = f"{base}#{group}"
+    return base + LIVE if live else base
+
+
+class Addressing(abc.ABC):
+    """Maps addresses to nodes and prepares the nodes (blocking calls; never on the I/O thread)."""
+
+    name: str = ""
+
+    def __init__(self, options: Amqp1Options) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def hostname(self) -> str:
+        """The AMQP open frame's hostname (how the peer picks the virtual host)."""
+
+    @abc.abstractmethod
+    def send_route(self, address: Address, at_least_once: bool) -> Route:
+        """Where ``send`` puts messages for ``address`` (pure: no I/O)."""
+
+    def prepare_send(self, address: Address) -> None:
+        """Make the sender's node exist (once per exchange)."""
+        return None
+
+    def routable(self, address: Address, at_least_once: bool) -> bool | None:
+        """Whether a message would reach someone now; None when this peer cannot tell."""
+        return None
+
+    @abc.abstractmethod
+    def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
+        """Declare what ``listen`` consumes; the sources to attach receivers to."""
+
+    def release_listen(self, sources: list[Source]) -> None:
+        """Remove what ``prepare_listen`` created that outlives its consumer."""
+        return None
+
+    @abc.abstractmethod
+    def declare(self, address: Address, group: str | None) -> None:
+        """Create the durable node of a topic group or server without consuming."""
+        return None
+
+    @abc.abstractmethod
+    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
+        """A private node (inbox, advert watch) named ``<kind>.<suffix>``, reachable by
+        :meth:`private_route` and through ``binds`` (exchange, key) pairs; its name."""
+
+    def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
+        """Declare private node ``name`` again (it was lost with the broker)."""
+        return None
+
+    def bind_private(self, name: str, binds: list[tuple[str, str]]) -> None:
+        """Route more (exchange, key) pairs to private node ``name``."""
+        return None
+
+    @abc.abstractmethod
+    def private_route(self, name: str) -> Route:
+        """Where to send to private node ``name`` (an inbox, a watch)."""
+
+    @abc.abstractmethod
+    def private_source(self, name: str) -> Source: ...
+
+    def private_exists(self, name: str) -> bool | None:
+        """Whether private node ``name`` survived (after a reconnect); None: cannot tell."""
+        return None
+
+    def delete_private(self, name: str) -> None:
+        """Delete private node ``name``."""
+        return None
+
+    @abc.abstractmethod
+    def adverts_route(self, exchange: str, key: str) -> Route: ...
+
+    def adverts_binding(self, exchange: str, key: str) -> tuple[str, str]:
+        """The (exchange, key) pair a private node binds to hear ``key`` adverts."""
+        return (f"{exchange}.adverts", key)
+
+    def prepare_adverts(self, exchange: str) -> None:
+        """Make the adverts node of ``exchange`` exist."""
+        return None
+
+    @abc.abstractmethod
+    def dead_letter_route(self) -> Route: ...
+
+    @abc.abstractmethod
+    def dead_letter_source(self) -> Source: ...
+
+    def prepare_dead_letters(self) -> None:
+        """Make the dead-letter node exist."""
+        return None
+
+    def dead_letter_count(self) -> int | None:
+        """How many dead letters are stored; None when this peer cannot tell."""
+        return None
+
+    def reset(self) -> None:
+        """Forget cached declarations (the broker may have restarted)."""
+        return None
+
+    def close(self) -> None:
+        """Release the strategy's own connections."""
+        return None
+
+
+class RabbitMQAddressing(Addressing):
+    """RabbitMQ 3.10+ with ``rabbitmq_amqp1_0``; names as in docs/transports/amqp1.md."""
+
+    name = "rabbitmq"
+
+    def __init__(self, options: Amqp1Options, label: str) -> None:
+        super().__init__(options)
+        self.control = RabbitControl(options, label)
+
+    def hostname(self) -> str:
+        return f"vhost:{self.options.virtual_host}"
+
+    # sending
+
+    def send_route(self, address: Address, at_least_once: bool) -> Route:
+        if address.fanout:
+            key = f"{address.topic}{FANOUT}"
+        elif address.server is not None:
+            key = f"{address.topic}@{address.server}"
+        else:
+            key = address.topic
+        if not at_least_once and not address.fanout:
+            key += LIVE
+        return Route(f"/exchange/{address.exchange}", key)
+
+    def prepare_send(self, address: Address) -> None:
+        self.control.exchange(address.exchange, "topic")
+
+    def routable(self, address: Address, at_least_once: bool) -> bool:
+        x, t = address.exchange, address.topic
+        if address.fanout:
+            return self.control.exchange_exists(f"{x}.{t}{FANOUT}")
+        if address.server is not None:
+            queue = queue_name(address, live=not at_least_once)
+            consumers = self.control.consumers(queue)
+            return consumers is not None and (at_least_once or consumers > 0)
+        return self.control.exchange_exists(f"{x}.{t}{LIVE}" if not at_least_once else f"{x}.{t}")
+
+    # listening
+
+    def _durable_queue(self, address: Address, group: str | None) -> str:
+        c, x, t = self.control, address.exchange, address.topic
+        c.exchange(x, "topic")
+        name = queue_name(address, group)
+        c.queue(name, durable=True)
+        if address.server is not None:
+            c.bind_queue(name, x, f"{t}@{address.server}")
+        else:
+            c.exchange(f"{x}.{t}", "fanout")
+            c.bind_exchange(f"{x}.{t}", x, t)
+            c.bind_queue(name, f"{x}.{t}", "")
+        return name
+
+    def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
+        c, x, t = self.control, address.exchange, address.topic
+        c.exchange(x, "topic")
+        if address.fanout:
+            fan = f"{x}.{t}{FANOUT}"
+            name = f"{fan}.{private_suffix()}"
+            c.exchange(fan, "fanout", auto_delete=True)
+            c.queue(name, durable=False, auto_delete=True)
+            c.bind_queue(name, fan, "")
+            c.bind_exchange(fan, x, f"{t}{FANOUT}")
+            return [Source(f"/amq/queue/{name}", settled=False)]
+        durable = self._durable_queue(address, group)
+        live = queue_name(address, group, live=True)
+        c.queue(live, durable=False, auto_delete=True)
+        if address.server is not None:
+            c.bind_queue(live, x, f"{t}@{address.server}{LIVE}")
+        else:
+            fan = f"{x}.{t}{LIVE}"
+            c.exchange(fan, "fanout", auto_delete=True)
+            c.bind_queue(live, fan, "")
+            c.bind_exchange(fan, x, f"{t}{LIVE}")
+        return [Source(f"/amq/queue/{durable}", False), Source(f"/amq/queue/{live}", True)]
+
+    def release_listen(self, sources: list[Source]) -> None:
+        pass  # .live and fanout queues are auto-delete: they go with their consumer
+
+    def declare(self, address: Address, group: str | None) -> None:
+        self._durable_queue(address, group)
+
+    # private nodes
+
+    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
+        name = f"{kind}.{private_suffix()}"
+        self.recreate_private(name, binds)
+        return name
+
+    def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
+        self.control.queue(name, durable=False, arguments={"x-expires": 3_600_000})
+        self.control.bind_queue(name, "amq.direct", name)
+        self.bind_private(name, binds)
+
+    def bind_private(self, name: str, binds: list[tuple[str, str]]) -> None:
+        for exchange, key in binds:
+            self.control.exchange(exchange, "topic")
+            self.control.bind_queue(name, exchange, key)
+
+    def private_route(self, name: str) -> Route:
+        return Route("/exchange/amq.direct", name)
+
+    def private_source(self, name: str) -> Source:
+        return Source(f"/amq/queue/{name}", settled=True)
+
+    def private_exists(self, name: str) -> bool:
+        return self.control.consumers(name) is not None
+
+    def delete_private(self, name: str) -> None:
+        self.control.delete_queue(name)
+
+    # adverts, dead letters
+
+    def adverts_route(self, exchange: str, key: str) -> Route:
+        return Route(f"/exchange/{exchange}.adverts", key)
+
+    def adverts_binding(self, exchange: str, key: str) -> tuple[str, str]:
+        return (f"{exchange}.adverts", key)
+
+    def prepare_adverts(self, exchange: str) -> None:
+        self.control.exchange(f"{exchange}.adverts", "topic")
+
+    def dead_letter_route(self) -> Route:
+        return Route(f"/amq/queue/{DEAD_LETTER_QUEUE}")
+
+    def dead_letter_source(self) -> Source:
+        return Source(f"/amq/queue/{DEAD_LETTER_QUEUE}", settled=False)
+
+    def prepare_dead_letters(self) -> None:
+        self.control.queue(DEAD_LETTER_QUEUE, durable=True)
+
+    def dead_letter_count(self) -> int | None:
+        return self.control.messages(DEAD_LETTER_QUEUE)
+
+    def reset(self) -> None:
+        self.control.exchanges.clear()
+
+    def close(self) -> None:
+        self.control.close()
+
+
+class ArtemisAddressing(Addressing):
+    """ActiveMQ Artemis: auto-created multicast addresses with fully qualified group queues."""
+
+    name = "artemis"
+
+    def hostname(self) -> str:
+        return self.options.hosts[0].hostname
+
+    def send_route(self, address: Address, at_least_once: bool) -> Route:
+        if address.fanout:
+            return Route(f"{address.exchange}.{address.topic}{FANOUT}")
+        if address.server is not None:
+            return Route(queue_name(address))
+        return Route(f"{address.exchange}.{address.topic}")
+
+    def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
+        node = self.send_route(address, True).node
+        if address.fanout:
+            return [Source(f"{node}::{node}.{private_suffix()}", False)]
+        if address.server is not None:
+            return [Source(node, False)]
+        return [Source(f"{node}::{queue_name(address, group)}", False)]
+
+    def declare(self, address: Address, group: str | None) -> None:
+        pass  # Artemis creates the queue when the first receiver attaches
+
+    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
+        return f"{kind}.{private_suffix()}"
+
+    def private_route(self, name: str) -> Route:
+        return Route(name)
+
+    def private_source(self, name: str) -> Source:
+        return Source(name, settled=True)
+
+    def adverts_route(self, exchange: str, key: str) -> Route:
+        return Route(f"{exchange}.adverts.{key}")
+
+    def dead_letter_route(self) -> Route:
+        return Route(DEAD_LETTER_QUEUE)
+
+    def dead_letter_source(self) -> Source:
+        return Source(DEAD_LETTER_QUEUE, settled=False)
+
+
+def make_addressing(options: Amqp1Options, label: str) -> Addressing:
+    """The strategy the URL's ``addressing`` option names."""
+    if options.addressing == "artemis":
+        return ArtemisAddressing(options)
+    return RabbitMQAddressing(options, label)

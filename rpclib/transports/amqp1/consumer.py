@@ -1,0 +1,382 @@
+"""Subscriptions, their incoming messages, and inboxes (all I/O on the Loop's thread).
+
+A subscription has a session of its own with one receiver per source node.
+Credit is the prefetch window: each link starts with ``prefetch`` credit and
+gets one back per settled message, so at most ``prefetch`` messages per link
+are unsettled. ``cancel`` stops replenishing credit and puts back whatever
+still arrives (see :meth:`Amqp1Subscription._bounce`), so delivered messages
+stay settleable. ``close`` ends the session: the peer requeues what was
+unsettled. (RabbitMQ's plugin never completes a single link's detach, so
+links are never closed one by one.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from proton import Delivery, Message
+
+from rpclib.exceptions import TransportError
+from rpclib.transports.amqp1 import messages
+from rpclib.transports.amqp1.addressing import Route, Source
+from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
+
+if TYPE_CHECKING:
+    from rpclib.transports.amqp1.io_thread import Loop
+
+LOG = logging.getLogger("rpclib.transports.amqp1")
+INBOX_CREDIT: Final = 1024
+
+
+def run_blocking(what: str, fn: Callable[[], None]) -> None:
+    """Run blocking set-up work (declarations) off the I/O thread."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            LOG.exception("amqp1: %s failed", what)
+
+    threading.Thread(target=run, name=f"amqp1-{what}", daemon=True).start()
+
+
+class Amqp1Incoming:
+    """One delivery; settled from any thread (the work is handed to the I/O thread)."""
+
+    __slots__ = ("_link", "_settled", "_sub", "attempts", "body", "delivery", "message", "node")
+
+    def __init__(
+        self,
+        sub: Amqp1Subscription,
+        link: Any,
+        node: str,
+        message: Message,
+        delivery: Any,
+        attempts: int,
+    ) -> None:
+        self._sub = sub
+        self._link = link
+        self.node = node
+        self.message = message
+        self.delivery = delivery
+        self.body = messages.body_of(message)
+        self.attempts = attempts
+        self._settled = False
+
+    def _settle(self, kind: str, reason: str = "") -> None:
+        if self._settled:
+            raise RuntimeError("message already settled")
+        self._settled = True
+        self._sub.loop.submit(lambda: self._sub.settle(self, kind, reason))
+
+    def ack(self) -> None:
+        self._settle("ack")
+
+    def requeue(self) -> None:
+        self._settle("requeue")
+
+    def dead_letter(self, reason: str) -> None:
+        self._settle("dead", reason)
+
+
+class Amqp1Subscription:
+    """A running consumer of one address (its durable and at-most-once nodes)."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        address: Address,
+        group: str | None,
+        handler: MessageHandler,
+        prefetch: int,
+        sources: list[Source],
+        timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.address = address
+        self.group = group
+        self.handler = handler
+        self.prefetch = prefetch
+        self.sources = sources
+        self.timeout = timeout
+        self.session: Any = None
+        self.links: list[tuple[Any, Source]] = []
+        self.cancelled = False
+        self.closed = False
+        self._drained: Any = None
+
+    def __repr__(self) -> str:
+        return f"<amqp1 Subscription {self.address} group={self.group}>"
+
+    # -- I/O thread ----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Open the session and a receiver per source (I/O thread)."""
+        if self.closed or self.cancelled or self.loop.conn is None:
+            return
+        self.links = []
+        session = self.loop.conn.session()
+        session.open()
+        self.session = session
+        for source in self.sources:
+            link = self.loop.receiver(
+                session, source.node, self, settled=source.settled, credit=self.prefetch
+            )
+            self.links.append((link, source))
+
+    def reconnected(self) -> None:
+        """After a reconnect: declare the nodes again (off the I/O thread), then attach."""
+
+        def declare() -> None:
+            sources = self.loop.addressing.prepare_listen(self.address, self.group)
+            self.loop.submit(lambda: self._attach_sources(sources))
+
+        run_blocking("re-subscribe", declare)
+
+    def _attach_sources(self, sources: list[Source]) -> None:
+        if self.loop.conn is None or self.closed:
+            return
+        self.sources = sources
+        self.links = []
+        self.attach()
+
+    def connection_lost(self) -> None:
+        self.session = None
+        self.links = []
+
+    def on_message(self, message: Message, delivery: Any) -> None:
+        link = delivery.link
+        node = next((s.node for lk, s in self.links if lk == link), "")
+        if delivery.settled:
+            delivery.settle()
+        if self.closed:
+            return
+        props = messages.props_of(message)
+        attempts = int(props.get(messages.ATTEMPTS, 1))
+        if self.cancelled:
+            self._bounce(link, node, message, delivery, attempts)
+            return
+        if message.first_acquirer is False or message.delivery_count:
+            attempts += 1
+        incoming = Amqp1Incoming(self, link, node, message, delivery, attempts)
+        if messages.expired(props):
+            incoming._settled = True
+            self.settle(incoming, "ack", "")
+            return
+        try:
+            self.handler(incoming)
+        except Exception:
+            LOG.exception("handler for %s raised; requeueing the message", self.address)
+            if not incoming._settled:
+                incoming._settled = True
+                self.settle(incoming, "requeue", "")
+
+    def settle(self, incoming: Amqp1Incoming, kind: str, reason: str) -> None:
+        """Ack, requeue (republish with attempts + 1) or dead-letter one delivery."""
+        link = incoming._link
+        if self.session is None or link.session != self.session:
+            LOG.debug("settling a delivery of a closed link of %s: ignored", self)
+            return
+        if kind == "ack":
+            self._finish(incoming, Delivery.ACCEPTED)
+            return
+        props = messages.props_of(incoming.message)
+        if kind == "requeue":
+            props[messages.ATTEMPTS] = incoming.attempts + 1
+            route = Route(incoming.node)
+        else:
+            props.update(
+                {
+                    messages.REASON: reason,
+                    messages.SOURCE: f"{self.address} ({incoming.node})",
+                    messages.ATTEMPTS: incoming.attempts,
+                }
+            )
+            props.pop(messages.EXPIRES_AT, None)
+            route = self.loop.addressing.dead_letter_route()
+        copy = messages.make(incoming.body, durable=True, properties=props)
+
+        def outcome(what: str | None) -> None:
+            if what is None:
+                self._finish(incoming, Delivery.ACCEPTED)
+            else:
+                LOG.warning("could not %s a message of %s (%s)", kind, self.address, what)
+                self._finish(incoming, Delivery.MODIFIED)
+
+        try:
+            self.loop.send(route, copy, on_outcome=outcome)
+        except TransportError as exc:
+            LOG.warning("could not %s a message of %s: %s", kind, self.address, exc)
+
+    def _finish(self, incoming: Amqp1Incoming, state: Any) -> None:
+        delivery, link = incoming.delivery, incoming._link
+        if self.session is None or link.session != self.session:
+            return
+        if not delivery.settled:
+            if state == Delivery.MODIFIED:
+                delivery.local.failed = True
+            delivery.update(state)
+            delivery.settle()
+        if not self.cancelled:
+            link.flow(1)
+
+    def _bounce(self, link: Any, node: str, message: Message, delivery: Any, attempts: int) -> None:
+        """A delivery after cancel(): put it back unchanged (same attempts) and take no more.
+
+        RabbitMQ's plugin crashes the session on a drain and never finishes a
+        link's detach, so a cancelled link keeps the credit it had; it is never
+        replenished, and what still arrives on it goes back to the tail of its
+        queue for the other consumers, not counted as an attempt.
+        """
+        incoming = Amqp1Incoming(self, link, node, message, delivery, attempts - 1)
+        self.settle(incoming, "requeue", "")
+
+    def _end(self) -> None:
+        self.cancelled = True
+        self.closed = True
+        session, self.session = self.session, None
+        for link, _ in self.links:
+            self.loop.receivers.pop(link.name, None)
+        self.links = []
+        if session is not None:
+            session.close()
+        if self in self.loop.owners:
+            self.loop.owners.remove(self)
+
+    # -- Subscription protocol (any thread) ------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop new deliveries: no more credit, late arrivals go back to their queue."""
+        if self.cancelled or self.loop.closed:
+            self.cancelled = True
+            return
+
+        def cancel() -> None:
+            self.cancelled = True
+
+        try:
+            self.loop.call(cancel, self.timeout, "cancel")
+        except TransportError as exc:
+            LOG.info("cancelling %s: %s", self, exc)
+
+    def close(self) -> None:
+        """End the session: the peer requeues every unsettled message."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.loop.closed:
+            return
+        try:
+            self.loop.call(self._end, self.timeout, "closing a subscription")
+        except TransportError as exc:
+            LOG.info("closing %s: %s", self, exc)
+
+
+class Amqp1Inbox:
+    """A private reply node read pre-settled; ``handler`` runs on the I/O thread."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        name: str,
+        handler: InboxHandler,
+        on_event: InboxEventHandler | None,
+        timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.name = name
+        self.handler = handler
+        self.on_event = on_event
+        self.timeout = timeout
+        self.session: Any = None
+        self.link: Any = None
+        self.closed = False
+        self._lost = False
+
+    @property
+    def address(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<amqp1 Inbox {self.name}>"
+
+    def attach(self) -> None:
+        if not self.closed:
+            self._open()
+
+    def reconnected(self) -> None:
+        if self.closed:
+            return
+
+        def check() -> None:
+            survived = self.loop.addressing.private_exists(self.name)
+            if survived is False:
+                self.loop.addressing.recreate_private(self.name, [])
+            self.loop.submit(lambda: self._reopened(survived is not False))
+
+        run_blocking("inbox-check", check)
+
+    def _reopened(self, survived: bool) -> None:
+        if self.closed or self.loop.conn is None:
+            return
+        self._open()
+        self._lost = False
+        self._event("reconnected" if survived else "lost")
+
+    def _open(self) -> None:
+        self.session = self.loop.conn.session()
+        self.session.open()
+        source = self.loop.addressing.private_source(self.name)
+        self.link = self.loop.receiver(
+            self.session, source.node, self, settled=source.settled, credit=INBOX_CREDIT
+        )
+
+    def connection_lost(self) -> None:
+        self.session = self.link = None
+        if not self.closed and not self._lost:
+            self._lost = True
+            self._event("disconnected")
+
+    def _event(self, what: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(what)
+            except Exception:
+                LOG.exception("inbox event handler raised")
+
+    def on_message(self, message: Message, delivery: Any) -> None:
+        if not delivery.settled:
+            delivery.update(Delivery.ACCEPTED)
+        delivery.settle()
+        link = delivery.link
+        if link.credit < INBOX_CREDIT // 2:
+            link.flow(INBOX_CREDIT - link.credit)
+        if self.closed:
+            return
+        try:
+            self.handler(messages.body_of(message))
+        except Exception:
+            LOG.exception("inbox handler raised")
+
+    def _end(self) -> None:
+        session, self.session, self.link = self.session, None, None
+        if session is not None:
+            session.close()
+        if self in self.loop.owners:
+            self.loop.owners.remove(self)
+
+    def close(self) -> None:
+        """Stop reading and delete the node (later replies are dropped by the broker)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.loop.closed:
+            return
+        try:
+            self.loop.call(self._end, self.timeout, "closing an inbox")
+        except TransportError as exc:
+            LOG.info("closing %s: %s", self, exc)
+        self.loop.addressing.delete_private(self.name)

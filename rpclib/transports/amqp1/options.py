@@ -1,0 +1,117 @@
+"""The ``amqp1://`` / ``qpid://`` URL: hosts, credentials, vhost and options.
+
+Parsed once when the driver is built, so a mistake (unknown option, bad
+number, unknown addressing strategy) raises InvalidTransportURL naming it
+before anything connects. Nothing here imports proton.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.url import TransportURL
+
+SCHEMES: Final = ("amqp1", "qpid")
+DEFAULT_PORT: Final = 5672
+DEFAULT_USER: Final = "guest"
+ADDRESSING: Final = ("rabbitmq", "qpid", "artemis")
+KNOWN_OPTIONS: Final = frozenset(
+    {
+        "addressing",
+        "heartbeat",
+        "prefetch",
+        "connect_timeout",
+        "retry_backoff",
+        "retry_backoff_max",
+        "send_timeout",
+        "advert_sync_wait",
+        "route_cache",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHost:
+    """One broker or router to try, with the credentials the URL gave for it."""
+
+    hostname: str
+    port: int
+    user: str
+    password: str
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 literals bracketed)."""
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Amqp1Options:
+    """Everything the driver reads from its URL."""
+
+    hosts: tuple[PeerHost, ...]
+    virtual_host: str
+    addressing: str
+    heartbeat: float
+    prefetch: int | None
+    connect_timeout: float
+    retry_backoff: float
+    retry_backoff_max: float
+    send_timeout: float
+    advert_sync_wait: float
+    route_cache: float
+
+
+def parse_options(url: TransportURL) -> Amqp1Options:
+    """Read an ``amqp1://`` or ``qpid://`` URL; InvalidTransportURL names what is wrong."""
+    if url.scheme not in SCHEMES:
+        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not amqp1 or qpid")
+    url.reject_unknown_options(set(KNOWN_OPTIONS))
+    hosts = tuple(
+        PeerHost(
+            hostname=host.hostname,
+            port=host.port if host.port is not None else DEFAULT_PORT,
+            user=host.username if host.username is not None else DEFAULT_USER,
+            password=host.password if host.password is not None else DEFAULT_USER,
+        )
+        for host in url.hosts
+    ) or (PeerHost("localhost", DEFAULT_PORT, DEFAULT_USER, DEFAULT_USER),)
+    addressing = url.option("addressing", "rabbitmq") or "rabbitmq"
+    if addressing not in ADDRESSING:
+        raise InvalidTransportURL(
+            str(url), f"option addressing={addressing!r} must be one of {', '.join(ADDRESSING)}"
+        )
+    backoff = _seconds(url, "retry_backoff", 0.2, positive=True)
+    backoff_max = _seconds(url, "retry_backoff_max", 5.0, positive=True)
+    if backoff_max < backoff:
+        raise InvalidTransportURL(
+            str(url), f"option retry_backoff_max={backoff_max:g} is below retry_backoff={backoff:g}"
+        )
+    prefetch = url.int_option("prefetch", 0, minimum=1) if "prefetch" in url.options else None
+    return Amqp1Options(
+        hosts=hosts,
+        virtual_host=url.virtual_host or "/",
+        addressing=addressing,
+        heartbeat=_seconds(url, "heartbeat", 15.0, positive=False),
+        prefetch=prefetch,
+        connect_timeout=_seconds(url, "connect_timeout", 5.0, positive=True),
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
+        send_timeout=_seconds(url, "send_timeout", 15.0, positive=True),
+        advert_sync_wait=_seconds(url, "advert_sync_wait", 0.3, positive=False),
+        route_cache=_seconds(url, "route_cache", 1.0, positive=False),
+    )
+
+
+def _seconds(url: TransportURL, name: str, default: float, *, positive: bool) -> float:
+    value = url.float_option(name, default)
+    if not math.isfinite(value) or (positive and value <= 0):
+        bound = "a positive" if positive else "a non-negative"
+        raise InvalidTransportURL(
+            str(url), f"option {name}={value:g} must be {bound} finite number of seconds"
+        )
+    return value

@@ -1,0 +1,5 @@
+"""AMQP 1.0 transport tests: the contract suite's asserts get pytest's rewriting too."""
+
+import pytest
+
+pytest.register_assert_rewrite("tests.transports.driver_contract")
