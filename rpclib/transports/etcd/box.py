@@ -130,15 +130,22 @@ class Box:
             raise Undeliverable(f"{address!r} is not an etcd inbox address") from None
         marker = self.keys.inbox_marker(driver_id, inbox_id)
         key = self.keys.reply(driver_id, inbox_id, message_id)
+        riders = self.settler.take()  # pending settlements ride along, in both branches
+        settlements = [op for op, _ in riders]
         request = ops.txn(
             [ops.exists(marker), ops.absent(key)],
-            [ops.put(key, body, lease)],
-            [ops.range_key(marker)],
+            [ops.put(key, body, lease), *settlements],
+            [ops.range_key(marker), *settlements],
         )
         try:
             response = self.client.txn(request)
         except LeaseNotFound:
+            self.settler.give_back(riders)
             raise Undeliverable(f"inbox {address} is closed (its owner is gone)") from None
+        except BaseException:
+            self.settler.give_back(riders)
+            raise
+        self.settler.applied(riders)
         if not response.get("succeeded"):
             ranges = response.get("responses", [{}])[0].get("response_range", {})
             if not ranges.get("kvs"):

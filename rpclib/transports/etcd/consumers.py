@@ -8,8 +8,9 @@ server address it watches its durable queue (``q/.../``):
   memory from the watch;
 - when it has prefetch credit and unclaimed messages, it claims a batch in one
   transaction: per message "no claim exists and the message does" -> put the
-  claim (the driver's lease) and bump the delivery counter ``a/ID`` (its
-  version is the attempt number). Exactly one consumer wins each message;
+  claim (the driver's lease) and bump the message's delivery counter (an
+  unwatched ``n/`` key whose version is the attempt number). Exactly one
+  consumer wins each message;
 - ``ack`` deletes message, claim and counter (if the claim is still ours),
   ``requeue`` deletes the claim, so the watchers see the message free again;
   a dead consumer's claims vanish with its lease and the message is claimed
@@ -358,15 +359,20 @@ class Consumer:
                 [ops.absent(f"{prefix}c/{mid}"), ops.exists(f"{prefix}m/{mid}")],
                 [
                     ops.put(f"{prefix}c/{mid}", self.token, lease),
-                    ops.put(f"{prefix}a/{mid}", b"", prev_kv=True),
+                    ops.put(self.host.keys.counter(self.queue, mid), b"", prev_kv=True),
                 ],
-                [ops.range_key(f"{prefix}c/{mid}"), ops.range_key(f"{prefix}a/{mid}")],
+                [
+                    ops.range_key(f"{prefix}c/{mid}"),
+                    ops.range_key(self.host.keys.counter(self.queue, mid)),
+                ],
             )
             for mid, _ in claims
         ]
+        riders = self.host.settler.take()  # pending settlements ride along
         try:
-            response = self.host.client.txn(ops.txn([], requests))
+            response = self.host.client.txn(ops.txn([], requests + [op for op, _ in riders]))
         except TransportError as exc:
+            self.host.settler.give_back(riders)
             LOG.warning("claiming from %s failed: %s", self.queue, exc)
             with self._cond:
                 for mid, _ in claims:
@@ -375,9 +381,10 @@ class Consumer:
                         self._available[mid] = None
             time.sleep(self.host.client.options.retry_backoff)
             return []
+        self.host.settler.applied(riders)
         won: list[Delivery] = []
         now = time.time()
-        results = [r["response_txn"] for r in response.get("responses", ())]
+        results = [r["response_txn"] for r in response.get("responses", ())[: len(claims)]]
         for (mid, value), result in zip(claims, results, strict=True):
             attempts = _claimed(result, self.token)
             if attempts is None:
@@ -431,7 +438,11 @@ class Consumer:
         prefix = self.host.keys.queue_prefix(self.queue)
         return ops.nested(
             [ops.value_is(f"{prefix}c/{message_id}", self.token)],
-            [ops.delete(f"{prefix}{kind}/{message_id}") for kind in ("m", "c", "a")],
+            [
+                ops.delete(f"{prefix}m/{message_id}"),
+                ops.delete(f"{prefix}c/{message_id}"),
+                ops.delete(self.host.keys.counter(self.queue, message_id)),
+            ],
         )
 
     def _release_op(self, message_id: str) -> Json:

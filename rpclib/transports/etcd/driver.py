@@ -75,7 +75,7 @@ class EtcdDriver(Driver):
             self.client.close()
             raise TransportError(f"cannot reach etcd at {url}: {exc}") from exc
         self.settler = Settler(self.client)
-        self.router = Router(self.client, self.keys)
+        self.router = Router(self.client, self.keys, self.settler)
         self.box = Box(self.client, self.keys, self.settler, self.driver_id, lambda: self.lease_id)
         self._box_watch: PrefixWatch | None = None
         self._consumers: dict[str, Consumer] = {}

@@ -12,7 +12,7 @@ docs/transports/etcd.md for the full picture)::
     P/live/EX/TOPIC/f/CONSUMER           a fanout listener                      (driver lease)
     P/q/EX/TOPIC/{g/GROUP|s/SERVER}/m/ID at-least-once message, until settled  (no lease)
                                  .../c/ID claim of the consumer handling it     (claimant's lease)
-                                 .../a/ID delivery counter (its version)        (deleted with m)
+    P/n/EX/TOPIC/{g/GROUP|s/SERVER}/ID   delivery counter (its version)         (deleted with m)
     P/box/DRIVER/d/CONSUMER/ID           message pushed to one consumer         (owner's lease)
     P/box/DRIVER/i/INBOX                 an open inbox                          (owner's lease)
     P/box/DRIVER/r/INBOX/ID              a reply                                (owner's lease)
@@ -104,6 +104,10 @@ class Keys:
     # stored messages of a queue
     def queue_prefix(self, queue: QueueName) -> str:
         return f"{self.prefix}q/{self._topic(queue.exchange, queue.topic)}{queue.tail()}/"
+
+    def counter(self, queue: QueueName, message: str) -> str:
+        """Delivery counter of a stored message (outside the watched queue prefix)."""
+        return f"{self.prefix}n/{self._topic(queue.exchange, queue.topic)}{queue.tail()}/{message}"
 
     # private boxes
     def box_prefix(self, driver: str) -> str:

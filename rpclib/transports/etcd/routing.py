@@ -38,6 +38,7 @@ from rpclib.transports.base import Address, Guarantee
 from rpclib.transports.etcd import client as ops
 from rpclib.transports.etcd.client import KV, EtcdClient, Json, kvs_of, revision_of
 from rpclib.transports.etcd.naming import RPC_GROUP, Keys, QueueName, unname
+from rpclib.transports.etcd.settler import Settler
 
 MAX_TXN_BYTES = 1_000_000
 """Split a send into several transactions above this much payload (etcd's request limit
@@ -86,9 +87,10 @@ def _route_of(rest: str) -> tuple[RouteKey, str]:
 
 
 class Router:
-    def __init__(self, client: EtcdClient, keys: Keys) -> None:
+    def __init__(self, client: EtcdClient, keys: Keys, settler: Settler) -> None:
         self.client = client
         self.keys = keys
+        self.settler = settler
         self._views: dict[tuple[str, str], TopicView] = {}
         self._lock = threading.Lock()
         self._turns: dict[RouteKey, itertools.count[int]] = {}
@@ -150,18 +152,25 @@ class Router:
         """Run ``success`` if the view is current; else refresh it and return None."""
         decl_prefix = self.keys.decl_prefix(address.exchange, address.topic)
         live_prefix = self.keys.live_prefix(address.exchange, address.topic)
+        riders = self.settler.take()  # pending settlements ride along, in both branches
+        settlements = [op for op, _ in riders]
         request = ops.txn(
             [
                 ops.nothing_created_after(decl_prefix, view.revision),
                 ops.nothing_created_after(live_prefix, view.revision),
             ],
-            success,
-            [ops.range_prefix(decl_prefix), ops.range_prefix(live_prefix)],
+            success + settlements,
+            [ops.range_prefix(decl_prefix), ops.range_prefix(live_prefix), *settlements],
         )
-        response = self.client.txn(request, deadline=deadline)
+        try:
+            response = self.client.txn(request, deadline=deadline)
+        except BaseException:
+            self.settler.give_back(riders)
+            raise
+        self.settler.applied(riders)
         if response.get("succeeded"):
             return response
-        ranges = [r["response_range"] for r in response.get("responses", ())]
+        ranges = [r["response_range"] for r in response.get("responses", ())[:2]]
         self._store(
             address.exchange, address.topic, kvs_of(ranges[0]), kvs_of(ranges[1]),
             revision_of(response),
@@ -223,7 +232,7 @@ class Router:
             response = self._guarded(address, view, batches[0] if batches else [], deadline)
             if response is None:
                 continue
-            results = [r["response_txn"] for r in response.get("responses", ())]
+            results = [r["response_txn"] for r in response.get("responses", ())[: len(targets)]]
             for extra in batches[1:]:
                 more = self.client.txn(ops.txn([], extra), deadline=deadline)
                 results += [r["response_txn"] for r in more.get("responses", ())]

@@ -1,5 +1,9 @@
 """Settlements (acks, requeues, deletions of handled keys), batched into few transactions.
 
+They also ride along: a send, a reply or a claim the driver is about to make
+anyway takes the pending settlements into its own transaction (both
+branches), so a steady call or cast stream costs no extra write for them.
+
 Handlers settle messages from many threads; each settlement is a small
 conditional operation (e.g. "delete the message if my claim still holds").
 The settler thread applies whatever has accumulated as one etcd transaction
@@ -23,12 +27,18 @@ from rpclib.transports.etcd.client import Closed, EtcdClient, Json, Unreachable,
 LOG = logging.getLogger("rpclib.transports.etcd")
 MAX_BATCH = 100
 """Operations per transaction (etcd's default --max-txn-ops is 128)."""
+PIGGYBACK = 20
+"""Operations a send, reply or claim transaction carries along."""
+LINGER = 0.01
+"""Seconds a settlement waits for a transaction to ride on before it is sent alone."""
+Pending = tuple[Json, "Callable[[], None] | None"]
 
 
 class Settler:
     def __init__(self, client: EtcdClient) -> None:
         self.client = client
-        self._ops: deque[tuple[Json, Callable[[], None] | None]] = deque()
+        self._ops: deque[Pending] = deque()
+        self._flushing = 0
         self._cond = threading.Condition()
         self._busy = False
         self._stopped = False
@@ -39,12 +49,38 @@ class Settler:
         """Apply ``op`` (a request op, usually a nested txn) soon; call ``done`` after."""
         with self._cond:
             self._ops.append((op, done))
-            self._cond.notify_all()
+            if len(self._ops) == 1 or len(self._ops) >= MAX_BATCH:
+                self._cond.notify_all()
+
+    def take(self, limit: int = PIGGYBACK) -> list[Pending]:
+        """Pending operations for a transaction the driver is about to send anyway.
+
+        The caller puts them in both branches of its transaction, then calls
+        :meth:`applied` (or :meth:`give_back` if the transaction failed).
+        """
+        with self._cond:
+            if not self._ops:
+                return []
+            return [self._ops.popleft() for _ in range(min(limit, len(self._ops)))]
+
+    def applied(self, taken: list[Pending]) -> None:
+        _run_callbacks(taken)
+
+    def give_back(self, taken: list[Pending]) -> None:
+        if taken:
+            with self._cond:
+                self._ops.extendleft(reversed(taken))
+                self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything submitted so far has been applied (or given up on)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._ops and not self._busy, timeout)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: not self._ops and not self._busy, timeout)
+            finally:
+                self._flushing -= 1
 
     def stop(self) -> None:
         self.flush()
@@ -60,6 +96,11 @@ class Settler:
                 self._cond.wait_for(lambda: self._ops or self._stopped)
                 if not self._ops and self._stopped:
                     return
+                if not self._stopped and not self._flushing and len(self._ops) < MAX_BATCH:
+                    # linger: a send, reply or claim about to go out may carry them instead
+                    self._cond.wait(LINGER)
+                    if not self._ops:
+                        continue
                 batch = [self._ops.popleft() for _ in range(min(MAX_BATCH, len(self._ops)))]
                 self._busy = True
             try:
@@ -69,7 +110,7 @@ class Settler:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _apply(self, batch: list[tuple[Json, Callable[[], None] | None]]) -> None:
+    def _apply(self, batch: list[Pending]) -> None:
         while True:
             try:
                 self.client.txn(txn([], [op for op, _ in batch]))
@@ -86,9 +127,13 @@ class Settler:
                 for one in batch:  # find the one etcd rejects; apply the others
                     self._apply([one])
                 return
-        for _, done in batch:
-            if done is not None:
-                try:
-                    done()
-                except Exception:
-                    LOG.exception("settlement callback failed")
+        _run_callbacks(batch)
+
+
+def _run_callbacks(batch: list[Pending]) -> None:
+    for _, done in batch:
+        if done is not None:
+            try:
+                done()
+            except Exception:
+                LOG.exception("settlement callback failed")

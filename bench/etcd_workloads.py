@@ -1,0 +1,196 @@
+"""The processes of bench_etcd: a server and a client per system, on a private etcd.
+
+``plain`` is etcd3gw alone, the floor: a call is a put of a request key that
+the server's watch sees and answers with a put of a reply key the client's
+watch sees; casts are a burst of puts consumed by the server's watch. The
+``rpclib`` system does the same work through RPCClient/RPCServer over
+``etcd://``: at-most-once calls to a topic; casts both at-most-once (pushed
+to the server's box) and at-least-once (stored, claimed by transaction, acked).
+"""
+
+from __future__ import annotations
+
+import multiprocessing.synchronize
+import threading
+import time
+import traceback
+import uuid
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+PAYLOAD = {
+    "instance_uuid": "6a0d1c5e-8d8e-4d0e-9f51-2b0d5c6f1a10",
+    "name": "vm-0001",
+    "vcpus": 2,
+    "memory_mb": 2048,
+    "flavor": "m1.small",
+    "image": "cirros-0.6.2",
+    "tags": ["a", "b"],
+    "meta": {"k": "v"},
+}
+
+
+class Endpoint:
+    def __init__(self, handled: Synchronized[int]) -> None:
+        self.handled = handled
+
+    def echo(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    def note(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        with self.handled.get_lock():
+            self.handled.value += 1
+
+
+def serve(
+    system: str,
+    endpoint: str,
+    prefix: str,
+    ready: multiprocessing.synchronize.Event,
+    stop: multiprocessing.synchronize.Event,
+    handled: Synchronized[int],
+) -> None:
+    if system == "rpclib":
+        import rpclib
+
+        with rpclib.get_transport(f"etcd://{endpoint}/{prefix}") as transport:
+            server = rpclib.RPCServer(
+                transport, rpclib.Target(topic="bench", server="s1"), [Endpoint(handled)]
+            )
+            server.start()
+            ready.set()
+            stop.wait()
+            server.stop()
+            server.wait()
+        return
+    import etcd3gw
+
+    host, port = endpoint.split(":")
+    client = etcd3gw.client(host=host, port=int(port))
+    events, cancel = client.watch_prefix(f"/{prefix}/req/")
+    ready.set()
+
+    def answer() -> None:
+        for event in events:
+            if event.get("type") == "DELETE":
+                continue
+            key = event["kv"]["key"].decode()
+            if key.startswith(f"/{prefix}/req/call/"):
+                client.put(f"/{prefix}/rep/{key.rpartition('/')[2]}", event["kv"]["value"])
+            else:
+                with handled.get_lock():
+                    handled.value += 1
+
+    threading.Thread(target=answer, daemon=True).start()
+    stop.wait()
+    cancel()
+
+
+def drive(
+    system: str,
+    endpoint: str,
+    prefix: str,
+    calls: int,
+    casts: int,
+    handled: Synchronized[int],
+    results: Connection,
+) -> None:
+    try:
+        if system == "rpclib":
+            out = _drive_rpclib(endpoint, prefix, calls, casts, handled)
+        else:
+            out = _drive_plain(endpoint, prefix, calls, casts, handled)
+        results.send(("ok", out))
+    except BaseException:
+        results.send(("error", traceback.format_exc()))
+
+
+def _wait_for(handled: Synchronized[int], count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while handled.value < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {handled.value} of {count} casts handled")
+        time.sleep(0.0005)
+
+
+def _drive_rpclib(
+    endpoint: str, prefix: str, calls: int, casts: int, handled: Synchronized[int]
+) -> dict[str, Any]:
+    import rpclib
+
+    with rpclib.get_transport(f"etcd://{endpoint}/{prefix}") as transport:
+        client = rpclib.RPCClient(transport, rpclib.Target(topic="bench"), timeout=30)
+        for _ in range(20):  # warm up: routes cached, inbox open
+            client.call({}, "echo", payload=PAYLOAD)
+        latencies = []
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            t = time.perf_counter()
+            client.call({"request_id": "req-1"}, "echo", payload=PAYLOAD)
+            latencies.append(time.perf_counter() - t)
+        call_time = time.perf_counter() - t0
+        out: dict[str, Any] = {"calls": call_time, "latencies": latencies}
+        for name, at_least_once in (("casts", False), ("stored_casts", True)):
+            caster = rpclib.RPCClient(
+                transport, rpclib.Target(topic="bench"), at_least_once=at_least_once
+            )
+            base = handled.value
+            t0 = time.perf_counter()
+            for _ in range(casts):
+                caster.cast({"request_id": "req-1"}, "note", payload=PAYLOAD)
+            out[f"{name} sent"] = time.perf_counter() - t0
+            _wait_for(handled, base + casts)
+            out[name] = time.perf_counter() - t0
+    return out
+
+
+def _drive_plain(
+    endpoint: str, prefix: str, calls: int, casts: int, handled: Synchronized[int]
+) -> dict[str, Any]:
+    import queue
+
+    import etcd3gw
+
+    import rpclib
+
+    host, port = endpoint.split(":")
+    client = etcd3gw.client(host=host, port=int(port))
+    data = rpclib.Serializer().dumps(PAYLOAD)
+    events, cancel = client.watch_prefix(f"/{prefix}/rep/")
+    replies: queue.Queue[bytes] = queue.Queue()
+
+    def collect() -> None:
+        for event in events:
+            replies.put(event["kv"]["value"])
+
+    threading.Thread(target=collect, daemon=True).start()
+    time.sleep(0.2)  # the watch is created asynchronously by etcd3gw
+    for _ in range(20):
+        client.put(f"/{prefix}/req/call/{uuid.uuid4().hex}", data)
+        replies.get(timeout=30)
+    latencies = []
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        t = time.perf_counter()
+        client.put(f"/{prefix}/req/call/{uuid.uuid4().hex}", data)
+        replies.get(timeout=30)
+        latencies.append(time.perf_counter() - t)
+    call_time = time.perf_counter() - t0
+    base = handled.value
+    t0 = time.perf_counter()
+    for i in range(casts):
+        client.put(f"/{prefix}/req/cast/{i}", data)
+    sent = time.perf_counter() - t0
+    _wait_for(handled, base + casts)
+    cast_time = time.perf_counter() - t0
+    cancel()
+    client.delete_prefix(f"/{prefix}/")
+    return {
+        "calls": call_time,
+        "latencies": latencies,
+        "casts": cast_time,
+        "casts sent": sent,
+        "stored_casts": cast_time,  # the plain client has one kind of cast: the put burst
+        "stored_casts sent": sent,
+    }
