@@ -52,11 +52,21 @@ class PrivateEtcd:
         client = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
-                binary, "--name", "bench", "--data-dir", f"{self.folder}/data",
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
+                binary,
+                "--name",
+                "bench",
+                "--data-dir",
+                f"{self.folder}/data",
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"bench=http://127.0.0.1:{peer}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(f"{self.folder}/etcd.log", "wb"),  # noqa: SIM115

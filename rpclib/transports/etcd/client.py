@@ -212,8 +212,7 @@ class EtcdClient:
                     raise Closed(f"the etcd driver for {self.url_text} is closed") from None
                 if not retry or time.monotonic() + pause > deadline:
                     raise Unreachable(
-                        f"etcd at {client.host}:{client.port} failed on {path}: "
-                        f"{_reason(exc)}"
+                        f"etcd at {client.host}:{client.port} failed on {path}: {_reason(exc)}"
                     ) from exc
                 LOG.debug("etcd %s:%s: %s; retrying", client.host, client.port, _reason(exc))
                 if len(self._clients) > 1:

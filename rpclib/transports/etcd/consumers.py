@@ -66,12 +66,27 @@ class Host(Protocol):
 class Delivery:
     """One message handed to a handler (the driver's Incoming)."""
 
-    __slots__ = ("_consumer", "_lock", "abandoned", "attempts", "body", "key", "message_id",
-                 "pushed", "settled")
+    __slots__ = (
+        "_consumer",
+        "_lock",
+        "abandoned",
+        "attempts",
+        "body",
+        "key",
+        "message_id",
+        "pushed",
+        "settled",
+    )
 
     def __init__(
-        self, consumer: Consumer, body: bytes, attempts: int, key: str, message_id: str,
-        *, pushed: bool,
+        self,
+        consumer: Consumer,
+        body: bytes,
+        attempts: int,
+        key: str,
+        message_id: str,
+        *,
+        pushed: bool,
     ) -> None:
         self._consumer = consumer
         self.body = body
@@ -320,7 +335,11 @@ class Consumer:
                     self.host.settler.submit(ops.delete(key))
                     continue
                 delivery = Delivery(
-                    self, message.body, message.delivered + 1, key, key.rpartition("/")[2],
+                    self,
+                    message.body,
+                    message.delivered + 1,
+                    key,
+                    key.rpartition("/")[2],
                     pushed=True,
                 )
                 if self._hand_over(delivery):

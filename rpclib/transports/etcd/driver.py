@@ -215,9 +215,7 @@ class EtcdDriver(Driver):
         decl = self.keys.decl(QueueName.of(address, group))
         self.client.txn(ops.txn([], [ops.nested([ops.absent(decl)], [ops.put(decl, b"")])]))
 
-    def open_inbox(
-        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
-    ) -> Inbox:
+    def open_inbox(self, handler: InboxHandler, on_event: InboxEventHandler | None = None) -> Inbox:
         self._check_open()
         self._ensure_box()
         inbox = EtcdInbox(self.box, f"i{next(self._ids)}", handler, on_event)
@@ -259,7 +257,9 @@ class EtcdDriver(Driver):
             record = json.loads(kv.value)
             letters.append(
                 DeadLetter(
-                    record["address"], ops.unb64(record["body"]), record["reason"],
+                    record["address"],
+                    ops.unb64(record["body"]),
+                    record["reason"],
                     record["attempts"],
                 )
             )
@@ -292,7 +292,10 @@ class EtcdDriver(Driver):
             if self._box_watch is not None:
                 return
             watch = PrefixWatch(
-                self.client, self.box.prefix, self.box, name=f"box {self.driver_id}",
+                self.client,
+                self.box.prefix,
+                self.box,
+                name=f"box {self.driver_id}",
                 echo=self._echo,
             )
             self._box_watch = watch

@@ -69,8 +69,9 @@ def parse_options(url: TransportURL) -> EtcdOptions:
     for host in url.hosts:
         if host.username is not None or host.password is not None:
             raise InvalidTransportURL(
-                str(url), "etcd:// does not take credentials in the URL (authentication is "
-                "not supported by this driver)"
+                str(url),
+                "etcd:// does not take credentials in the URL (authentication is "
+                "not supported by this driver)",
             )
     endpoints = tuple(
         Endpoint(host.hostname, host.port if host.port is not None else DEFAULT_PORT)

@@ -172,7 +172,10 @@ class Router:
             return response
         ranges = [r["response_range"] for r in response.get("responses", ())[:2]]
         self._store(
-            address.exchange, address.topic, kvs_of(ranges[0]), kvs_of(ranges[1]),
+            address.exchange,
+            address.topic,
+            kvs_of(ranges[0]),
+            kvs_of(ranges[1]),
             revision_of(response),
         )
         return None
@@ -189,9 +192,8 @@ class Router:
             else:
                 routes = sorted((r for r in view.declared if r[0] == "g"), key=str)
             keys = [
-                self.keys.queue_prefix(
-                    QueueName(address.exchange, address.topic, kind, member)
-                ) + f"m/{message_id}"
+                self.keys.queue_prefix(QueueName(address.exchange, address.topic, kind, member))
+                + f"m/{message_id}"
                 for kind, member in routes
             ]
             chunks = _chunks(keys, len(value)) if keys else []
