@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from rpclib.exceptions import TransportError
-from rpclib.transports.etcd.client import EtcdClient
+from rpclib.transports.etcd.client import EtcdClient, LeaseNotFound
 
 LOG = logging.getLogger("rpclib.transports.etcd")
 
@@ -38,6 +38,8 @@ class DriverLease:
         with self._lock:
             try:
                 remaining = self.client.keepalive(self.id)
+            except LeaseNotFound:
+                remaining = 0
             except TransportError as exc:
                 LOG.warning("etcd lease keepalive failed: %s", exc)
                 self._next_keepalive = now + min(1.0, self.ttl / 6)
