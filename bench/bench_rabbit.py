@@ -13,7 +13,8 @@ it shows up in its column).
 
 Run: ``bench/run rabbit`` (or ``bench/.venv/bin/python bench/bench_rabbit.py``).
 ``--quick`` scales everything down; ``--replies`` compares only kombu's reply
-queue with direct reply-to; ``--profile`` profiles rpclib's sequential calls.
+queue with direct reply-to; ``--profile [calls|casts]`` profiles rpclib's
+sequential calls or its casts.
 """
 
 from __future__ import annotations
@@ -45,8 +46,19 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "kombu-direct": ("kombu", "direct"),
     "oslo": ("oslo", "queue"),
     "rpclib": ("rpclib", "queue"),
+    "rpclib-pipe": ("rpclib-pipelined", "queue"),
+    "kombu-pipe": ("kombu-pipelined", "queue"),
 }
-LABELS = {"kombu": "kombu kq", "kombu-direct": "kombu kd", "oslo": "oslo", "rpclib": "rpclib"}
+LABELS = {
+    "kombu": "kombu kq",
+    "kombu-direct": "kombu kd",
+    "oslo": "oslo",
+    "rpclib": "rpclib",
+    "rpclib-pipe": "rpclib pl",
+    "kombu-pipe": "kombu pl",
+}
+CASTS_ONLY = {"rpclib-pipe", "kombu-pipe"}
+"""Variants measured on casts alone (pipelining changes nothing for calls)."""
 
 
 # --- the broker -----------------------------------------------------------------------
@@ -138,7 +150,7 @@ def run_pair(
         stop.set()
         server_profile = ""
         if server_pipe is not None:
-            server_pipe.send(spec.calls)
+            server_pipe.send(spec.calls or spec.casts)
             if server_pipe.poll(120):
                 server_profile = server_pipe.recv()
         server.join(30)
@@ -228,6 +240,9 @@ RATIOS: list[tuple[str, str, str]] = [  # (numerator, denominator, column title)
     ("rpclib", "kombu", "rpc/kq"),
     ("rpclib", "oslo", "rpc/oslo"),
     ("kombu-direct", "kombu", "kd/kq"),
+    ("rpclib-pipe", "kombu", "pl/kq"),
+    ("rpclib-pipe", "kombu-pipe", "pl/kpl"),
+    ("rpclib-pipe", "oslo", "pl/oslo"),
 ]
 
 
@@ -269,17 +284,17 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=None, help="default 2 (5 with --replies); more: steadier"
     )
-    parser.add_argument(
-        "--only", default="", help="comma-separated: kombu,kombu-direct,oslo,rpclib"
-    )
+    parser.add_argument("--only", default="", help="comma-separated: " + ",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a tenth of every count")
     parser.add_argument(
         "--replies", action="store_true", help="only kombu calls: reply queue vs direct reply-to"
     )
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="only rpclib sequential calls, under yappi in client and server",
+        nargs="?",
+        const="calls",
+        choices=["calls", "casts"],
+        help="only rpclib sequential calls (or casts), under yappi in client and server",
     )
     args = parser.parse_args()
     if args.quick:
@@ -294,11 +309,13 @@ def main() -> None:
         args.rounds = 5 if args.replies else 2
     if args.replies:
         variants, args.casts = ["kombu", "kombu-direct"], 0
-    if args.profile:
+    if args.profile == "calls":
         variants, args.thread_calls, args.casts, args.rounds = ["rpclib"], 0, 0, 1
+    elif args.profile == "casts":
+        variants, args.calls, args.thread_calls, args.rounds = ["rpclib"], 0, 0, 1
     if "rpclib" in variants and not rpclib_has_rabbit():
         print("rpclib: no rabbit:// driver installed yet, rpclib columns skipped")
-        variants.remove("rpclib")
+        variants = [v for v in variants if not v.startswith("rpclib")]
         if args.profile:
             return
 
@@ -321,16 +338,16 @@ def main() -> None:
                 system, reply = VARIANTS[variant]
                 spec = wl.Spec(
                     system=system,
-                    url=vhost.url("rabbit" if system != "kombu" else "amqp"),
+                    url=vhost.url("amqp" if system.startswith("kombu") else "rabbit"),
                     topic=f"bench-{variant}-{rnd}",
-                    calls=args.calls,
-                    thread_calls=args.thread_calls,
+                    calls=0 if variant in CASTS_ONLY else args.calls,
+                    thread_calls=0 if variant in CASTS_ONLY else args.thread_calls,
                     threads=args.threads,
                     casts=0 if variant == "kombu-direct" else args.casts,
                     reply=reply,
                 )
                 t0 = time.monotonic()
-                phases, client_profile, server_profile = run_pair(spec, broker, args.profile)
+                phases, client_profile, server_profile = run_pair(spec, broker, bool(args.profile))
                 runs[variant].append(metrics(phases))
                 profiles += [client_profile, server_profile]
                 print(f"  round {rnd + 1} {variant:13} {time.monotonic() - t0:6.1f}s", flush=True)

@@ -236,6 +236,49 @@ class KombuClient:
         self._cast_conn.release()
 
 
+class KombuPipelinedClient(KombuClient):
+    """Casts with publisher confirms not waited for one by one: the baseline of pipelining.
+
+    Up to ``WINDOW`` publishes are unconfirmed at once (rpclib's default
+    window); acks are read as py-amqp reads them (before each publish) and
+    whenever the window is full; close() waits for the last confirm.
+    """
+
+    WINDOW = 1024
+
+    def __init__(self, spec: Spec) -> None:
+        import kombu
+
+        self.spec = spec
+        self._callers = []
+        self._cast_conn = kombu.Connection(spec.url, heartbeat=0)
+        channel = self._cast_conn.channel()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self._cast_producer = kombu.Producer(channel)
+        self._cast_key = f"{spec.topic}.casts"
+        self._published = 0
+        self._confirmed = 0
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._confirmed = max(self._confirmed, tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        raise RuntimeError(f"the broker refused publish {tag}")
+
+    def cast(self) -> None:
+        super().cast()
+        self._published += 1
+        while self._published - self._confirmed >= self.WINDOW:
+            self._cast_conn.drain_events(timeout=CAST_TIMEOUT)
+
+    def close(self) -> None:
+        while self._confirmed < self._published:
+            self._cast_conn.drain_events(timeout=CAST_TIMEOUT)
+        super().close()
+
+
 # --- oslo.messaging ----------------------------------------------------------------------
 
 
@@ -369,15 +412,35 @@ class RpclibClient:
         self.transport.close()
 
 
+class RpclibPipelinedClient(RpclibClient):
+    """At-least-once casts that do not wait for each confirm (``pipelined=True``).
+
+    Every cast is still confirmed by the broker before the run ends: the phase
+    waits for the server to handle them all, and close() flushes.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        self.caster = self.client.prepare(at_least_once=True, pipelined=True)
+
+    def close(self) -> None:
+        self.caster.flush(timeout=CAST_TIMEOUT)
+        super().close()
+
+
 SERVERS: dict[str, Callable[[str, str, Event, Event, Synchronized[int]], None]] = {
     "kombu": kombu_server,
+    "kombu-pipelined": kombu_server,
     "oslo": oslo_server,
     "rpclib": rpclib_server,
+    "rpclib-pipelined": rpclib_server,
 }
 CLIENTS: dict[str, Callable[[Spec], Any]] = {
     "kombu": KombuClient,
+    "kombu-pipelined": KombuPipelinedClient,
     "oslo": OsloClient,
     "rpclib": RpclibClient,
+    "rpclib-pipelined": RpclibPipelinedClient,
 }
 
 
@@ -533,33 +596,48 @@ def _run_phases(
                 raise AssertionError(f"echo returned {result!r}")
             for _ in range(WARMUP):
                 call()
-            profiler = Profiler() if link is not None else None
-            if link is not None and profiler is not None:
-                link.on.set()
-                if not link.started.wait(10):
-                    raise RuntimeError("the server's profiler did not start")
-                profiler.start()
-            latencies = []
-            meter.start()
-            t0 = time.perf_counter()
-            for _ in range(spec.calls):
-                t1 = time.perf_counter()
-                call()
-                latencies.append(time.perf_counter() - t1)
-            elapsed = time.perf_counter() - t0
-            cpu = meter.stop()
-            if link is not None and profiler is not None:
-                profiler.stop()
-                link.off.set()
-                profile = profiler.report(f"{spec.system} client", spec.calls)
+            with _profiled(link, f"{spec.system} client", spec.calls) as report:
+                latencies = []
+                meter.start()
+                t0 = time.perf_counter()
+                for _ in range(spec.calls):
+                    t1 = time.perf_counter()
+                    call()
+                    latencies.append(time.perf_counter() - t1)
+                elapsed = time.perf_counter() - t0
+                cpu = meter.stop()
+            profile = report[0] if report else profile
             results.append(PhaseResult("calls", spec.calls, elapsed, cpu, latencies))
         if spec.thread_calls:
             results.append(_threaded_calls(spec, client, meter))
         if spec.casts:
-            results.append(_casts(spec, client, meter, handled))
+            cast_link = link if not spec.calls else None
+            with _profiled(cast_link, f"{spec.system} client", spec.casts) as report:
+                results.append(_casts(spec, client, meter, handled))
+            profile = report[0] if report else profile
     finally:
         client.close()
     return results, profile
+
+
+@contextlib.contextmanager
+def _profiled(link: ProfileLink | None, label: str, per: int) -> Iterator[list[str]]:
+    """Profile the block in this process and (via ``link``) in the server; report appended."""
+    report: list[str] = []
+    if link is None:
+        yield report
+        return
+    profiler = Profiler()
+    link.on.set()
+    if not link.started.wait(10):
+        raise RuntimeError("the server's profiler did not start")
+    profiler.start()
+    try:
+        yield report
+    finally:
+        profiler.stop()
+        link.off.set()
+    report.append(profiler.report(label, per))
 
 
 def _threaded_calls(spec: Spec, client: Any, meter: CpuMeter) -> PhaseResult:

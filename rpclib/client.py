@@ -70,6 +70,7 @@ class _Options:
     allowed_modules: frozenset[str]
     on_cast_error: CastErrorHandler | None = field(default=None)
     retry: int | None = 0
+    pipelined: bool = False
 
 
 class RPCClient:
@@ -78,6 +79,13 @@ class RPCClient:
     ``retry`` is how often a send that failed with a TransportError is retried
     (with backoff from 0.1 s to 5 s): 0 never (the default; drivers reconnect by
     themselves), None until the call's deadline (for casts: until it succeeds).
+
+    ``pipelined`` (with ``at_least_once``): a cast returns once the driver has
+    the message, before the broker confirms it; the driver keeps it until
+    confirmed (resending after a reconnect). A cast that cannot be stored is
+    reported to ``on_cast_error`` (or logged) and raised by the next
+    :meth:`flush`; closing the transport flushes. Without it, an at-least-once
+    cast returns only once the broker has stored the message.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class RPCClient:
         at_least_once: bool = False,
         on_cast_error: CastErrorHandler | None = None,
         retry: int | None = 0,
+        pipelined: bool = False,
     ) -> None:
         if not target.topic:
             raise ValueError(f"an RPC client needs a target with a topic, got {target!r}")
@@ -108,6 +117,7 @@ class RPCClient:
             allowed_modules=frozenset(DEFAULT_ALLOWED_MODULES) | frozenset(allowed_remote_exmods),
             on_cast_error=on_cast_error,
             retry=retry,
+            pipelined=pipelined,
         )
 
     # --- configuration ------------------------------------------------------------
@@ -125,6 +135,7 @@ class RPCClient:
         version_cap: str | None = None,
         at_least_once: bool | None = None,
         retry: int | _Unset | None = _UNSET,
+        pipelined: bool | None = None,
     ) -> RPCClient:
         """A copy of this client with the given overrides."""
         overrides: dict[str, str | bool | None] = {
@@ -154,6 +165,8 @@ class RPCClient:
             options = replace(options, version_cap=version_cap)
         if at_least_once is not None:
             options = replace(options, at_least_once=at_least_once)
+        if pipelined is not None:
+            options = replace(options, pipelined=pipelined)
         if not isinstance(retry, _Unset):
             _check_retry(retry)
             options = replace(options, retry=retry)
@@ -246,8 +259,19 @@ class RPCClient:
                 message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
             )
         data = self._encode(Kind.CAST, message_id, header, kwargs)
+        if at_least_once and options.pipelined:
+            self._send_pipelined(name, message_id, data)
+            return
         guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
         self._send(self._address(), data, guarantee, None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pipelined cast on this client's transport is stored.
+
+        Raises TimeoutError if some are still unconfirmed after ``timeout``
+        seconds, TransportError naming those that failed since the last flush.
+        """
+        self.transport.flush(timeout)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -282,6 +306,19 @@ class RPCClient:
                     "send to %s failed (%s); retry %d in %.2fs", address, exc, attempt, pause
                 )
                 time.sleep(pause)
+
+    def _send_pipelined(self, name: str, message_id: bytes, data: bytes) -> None:
+        address = self._address()
+        handler = self._options.on_cast_error
+        on_failure: Callable[[BaseException], None] | None = None
+        if handler is not None:
+
+            def on_failure(error: BaseException) -> None:
+                handler(CastFailure(message_id.hex(), name, error))
+
+        self.transport.pipeline.send(
+            address, data, what=f"{name!r} to {address} ({message_id.hex()})", on_failure=on_failure
+        )
 
     def _address(self) -> Address:
         t = self.target

@@ -7,6 +7,9 @@ from types import TracebackType
 
 from rpclib.directory import Directory
 from rpclib.envelope import DEFAULT_MAX_SIZE
+from rpclib.exceptions import TransportError
+from rpclib.pipeline import LOG as PIPELINE_LOG
+from rpclib.pipeline import SendPipeline
 from rpclib.replies import ReplyRouter
 from rpclib.transports import load_driver
 from rpclib.transports.base import Driver
@@ -36,6 +39,7 @@ class Transport:
         self.max_message_size = max_message_size
         self._replies: ReplyRouter | None = None
         self._directory: Directory | None = None
+        self._pipeline: SendPipeline | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -65,13 +69,33 @@ class Transport:
                     self._directory = Directory(self.driver)
         return self._directory
 
-    def close(self) -> None:
-        """Close the reply inbox, advert watches and the driver."""
+    @property
+    def pipeline(self) -> SendPipeline:
+        """Pipelined at-least-once casts in flight (clients made with ``pipelined=True``)."""
+        if self._pipeline is None:
+            with self._lock:
+                if self._pipeline is None:
+                    self._pipeline = SendPipeline(self.driver)
+        return self._pipeline
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every pipelined cast is stored; see :meth:`SendPipeline.flush`."""
+        if self._pipeline is not None:
+            self._pipeline.flush(timeout)
+
+    def close(self, flush_timeout: float = 30.0) -> None:
+        """Flush pipelined casts (up to ``flush_timeout`` s), then close the reply inbox,
+        advert watches and the driver. Casts still unconfirmed then are logged as lost."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            replies, directory = self._replies, self._directory
+            replies, directory, pipeline = self._replies, self._directory, self._pipeline
+        if pipeline is not None:
+            try:
+                pipeline.flush(flush_timeout)
+            except (TimeoutError, TransportError) as exc:
+                PIPELINE_LOG.error("closing %s: %s", self, exc)
         if replies is not None:
             replies.close()
         if directory is not None:

@@ -46,6 +46,12 @@ stops new deliveries while delivered messages stay settleable (a server
 finishing its in-flight work on shutdown); ``Subscription.close()`` cancels and
 requeues whatever is still unsettled, as does a dead connection.
 
+*Pipelined sends.* :meth:`Driver.send_pipelined` is an AT_LEAST_ONCE send
+that may return before the message is stored, reporting the outcome later
+through a callback; the driver keeps the message until the broker has it
+(resending it after a reconnect) and bounds how many are unconfirmed at once.
+Drivers that cannot do better inherit a synchronous version.
+
 *Deadlines.* ``send(..., expires_at=t)`` lets the driver discard a message not
 yet delivered by wall-clock time ``t`` (a broker TTL); rpclib also checks the
 deadline itself, so this is an optimisation, not a requirement.
@@ -140,6 +146,8 @@ MessageHandler = Callable[[Incoming], None]
 InboxHandler = Callable[[bytes], None]
 InboxEventHandler = Callable[[str], None]
 """Called with "disconnected", "reconnected" or "lost" (see the module docstring)."""
+SendOutcomeHandler = Callable[["BaseException | None"], None]
+"""Called once with None (stored) or the error (Undeliverable, TransportError) that ended a send."""
 AdvertHandler = Callable[[str, "bytes | None"], None]
 """Called with (server, body) for a new or refreshed advert, (server, None) when withdrawn."""
 
@@ -199,6 +207,30 @@ class Driver(abc.ABC):
         report Undeliverable later through the callback (from any thread),
         saving a broker round trip per message.
         """
+
+    def send_pipelined(
+        self,
+        address: Address,
+        body: bytes,
+        *,
+        on_outcome: SendOutcomeHandler,
+        expires_at: float | None = None,
+    ) -> None:
+        """An AT_LEAST_ONCE send that need not wait for the transport to store the message.
+
+        The driver may return once the message is on its way, keep it until
+        the transport confirms it (sending it again after a reconnect; a
+        duplicate is allowed, a loss is not) and then call ``on_outcome(None)``;
+        if it cannot be stored within the driver's send timeout, or nothing can
+        take it, ``on_outcome(error)``. Exactly once, from any thread; the
+        callback must not block. The driver bounds the unconfirmed messages:
+        this blocks while its window is full, and raises (calling nothing) if
+        the message cannot even be taken on.
+
+        This default is synchronous: :meth:`send`, then the outcome.
+        """
+        self.send(address, body, guarantee=Guarantee.AT_LEAST_ONCE, expires_at=expires_at)
+        on_outcome(None)
 
     @abc.abstractmethod
     def listen(

@@ -1,9 +1,10 @@
 """A client process for the broker-restart tests: a stream of at-least-once casts.
 
-Usage: ``peer_client.py URL TOPIC COUNT``. Casts ``record(seq=i)`` for i in
-0..COUNT-1; each cast is retried on transport errors until the broker
-confirmed it (``retry=None``). Prints ``sent <n>`` every 100 casts, then
-``done``.
+Usage: ``peer_client.py URL TOPIC COUNT [pipelined]``. Casts ``record(seq=i)``
+for i in 0..COUNT-1; each cast is retried on transport errors until the broker
+confirmed it (``retry=None``), or, ``pipelined``, sent without waiting for its
+confirm (the driver keeps it until confirmed) and flushed at the end. Prints
+``sent <n>`` every 100 casts, then ``done``.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ import rpclib
 
 def main() -> None:
     url, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    pipelined = sys.argv[4:] == ["pipelined"]
     logging.basicConfig(level=logging.WARNING, format="client %(levelname)s %(name)s: %(message)s")
     with rpclib.get_transport(url) as transport:
         client = rpclib.RPCClient(
-            transport, rpclib.Target(topic=topic), at_least_once=True, retry=None
+            transport,
+            rpclib.Target(topic=topic),
+            at_least_once=True,
+            retry=None,
+            pipelined=pipelined,
         )
         for seq in range(count):
             client.cast({}, "record", seq=seq)
             if (seq + 1) % 100 == 0:
                 print(f"sent {seq + 1}", flush=True)
+        client.flush(timeout=120)
     print("done", flush=True)
 
 

@@ -26,6 +26,7 @@ from tests.support.rabbit_node import RabbitNode
 
 HERE = Path(__file__).parent
 CASTS = 5000
+PIPELINED_CASTS = 20000  # pipelined casts go out far faster: a longer stream, still mid-way
 DISRUPT_AFTER = 2000  # casts sent before the broker goes away
 CALL_TIMEOUT = 10.0
 
@@ -108,24 +109,29 @@ def read_records(path: Path) -> list[tuple[int, str, int]]:
 
 
 def cast_stream_survives(
-    node: RabbitNode, tmp_path: Path, peers: Callable[..., Process], disrupt: Callable[[], None]
+    node: RabbitNode,
+    tmp_path: Path,
+    peers: Callable[..., Process],
+    disrupt: Callable[[], None],
+    *client_args: str,
+    casts: int = CASTS,
 ) -> None:
     topic = f"stream-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "handled.txt"
     record.touch()
     server = peers("peer_server.py", node.url, topic, str(record))
     server.expect(lambda line: line == "ready", 60, "server start")
-    client = peers("peer_client.py", node.url, topic, str(CASTS))
+    client = peers("peer_client.py", node.url, topic, str(casts), *client_args)
     client.expect(lambda line: line == f"sent {DISRUPT_AFTER}", 120, "casts before the disruption")
 
     disrupt()
 
     handled_by_then = len(read_records(record))
-    assert handled_by_then < CASTS, "the disruption came after the stream had ended"
+    assert handled_by_then < casts, "the disruption came after the stream had ended"
     client.expect(lambda line: line == "done", 240, "the rest of the casts")
     assert client.stop() == 0, str(client)
     deadline = time.monotonic() + 120
-    while {r[0] for r in read_records(record)} != set(range(CASTS)):
+    while {r[0] for r in read_records(record)} != set(range(casts)):
         if time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -133,14 +139,14 @@ def cast_stream_survives(
     by_seq: dict[int, set[str]] = {}
     for seq, message_id, _ in records:
         by_seq.setdefault(seq, set()).add(message_id)
-    missing = sorted(set(range(CASTS)) - set(by_seq))
+    missing = sorted(set(range(casts)) - set(by_seq))
     assert not missing, f"{len(missing)} casts never handled, first {missing[:10]}\n{server}"
     ambiguous = {seq: ids for seq, ids in by_seq.items() if len(ids) > 1}
     assert not ambiguous, f"duplicates a receiver cannot tell by message id: {ambiguous}"
     all_ids = [next(iter(ids)) for ids in by_seq.values()]
-    assert len(set(all_ids)) == CASTS, "two different casts carried the same message id"
-    duplicates = len(records) - CASTS
-    print(f"{CASTS} casts handled, {duplicates} redelivered duplicates (same message id)")
+    assert len(set(all_ids)) == casts, "two different casts carried the same message id"
+    duplicates = len(records) - casts
+    print(f"{casts} casts handled, {duplicates} redelivered duplicates (same message id)")
 
 
 def test_casts_survive_a_broker_restart(
@@ -153,6 +159,27 @@ def test_casts_survive_the_broker_closing_every_connection(
     rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
 ) -> None:
     cast_stream_survives(rabbit_node, tmp_path, peers, rabbit_node.close_all_connections)
+
+
+def test_pipelined_casts_survive_a_broker_restart(
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+) -> None:
+    cast_stream_survives(
+        rabbit_node, tmp_path, peers, rabbit_node.restart, "pipelined", casts=PIPELINED_CASTS
+    )
+
+
+def test_pipelined_casts_survive_the_broker_closing_every_connection(
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+) -> None:
+    cast_stream_survives(
+        rabbit_node,
+        tmp_path,
+        peers,
+        rabbit_node.close_all_connections,
+        "pipelined",
+        casts=PIPELINED_CASTS,
+    )
 
 
 def test_call_in_flight_fails_within_its_deadline_and_later_calls_work(

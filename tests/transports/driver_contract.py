@@ -318,6 +318,45 @@ class DriverContract:
         with pytest.raises(Undeliverable):
             make_driver().send(fanout(address_factory()), b"x", guarantee=Guarantee.AT_LEAST_ONCE)
 
+    # --- pipelined sends ----------------------------------------------------------------
+
+    def test_pipelined_send_is_delivered_and_reported_stored(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        topic = address_factory()
+        got = self.collector()
+        make_driver().listen(topic, got)
+        outcomes: EventCollector[BaseException | None] = EventCollector(self.wait)
+        make_driver().send_pipelined(topic, b"piped", on_outcome=outcomes.put)
+        assert got.get().body == b"piped"
+        assert outcomes.get() is None
+        outcomes.assert_nothing(self.quiet_period)  # exactly once
+
+    def test_pipelined_send_to_undeclared_address_fails_by_raising_or_by_outcome(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        outcomes: EventCollector[BaseException | None] = EventCollector(self.wait)
+        try:
+            make_driver().send_pipelined(address_factory(), b"x", on_outcome=outcomes.put)
+        except Undeliverable:
+            outcomes.assert_nothing(self.quiet_period)  # raised: no outcome as well
+            return
+        assert isinstance(outcomes.get(), Undeliverable)
+
+    def test_many_pipelined_sends_all_arrive_and_are_each_reported_once(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        topic = address_factory()
+        got = self.collector()
+        make_driver().listen(topic, got, prefetch=500)
+        sender = make_driver()
+        outcomes: EventCollector[BaseException | None] = EventCollector(self.wait)
+        for i in range(300):
+            sender.send_pipelined(topic, b"%d" % i, on_outcome=outcomes.put)
+        assert sorted(int(m.body) for m in got.get_many(300)) == list(range(300))
+        assert [outcomes.get() for _ in range(300)] == [None] * 300
+        outcomes.assert_nothing(self.quiet_period)
+
     # --- durability -------------------------------------------------------------------
 
     def test_at_least_once_kept_while_consumer_away(

@@ -821,6 +821,106 @@ class TestRecovery:
 # --- lifecycle -------------------------------------------------------------------------------
 
 
+class TestPipelinedSends:
+    """``send_pipelined``: its own connection, a bounded window, resent after a drop."""
+
+    def test_a_window_of_four_still_carries_every_message(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT)
+        make_rabbit().listen(topic, got, prefetch=500)
+        sender = make_rabbit("confirm_window=4")
+        outcomes: EventCollector[BaseException | None] = EventCollector(WAIT)
+        for i in range(200):
+            sender.send_pipelined(topic, b"%d" % i, on_outcome=outcomes.put)
+        assert sorted(int(m.body) for m in got.get_many(200)) == list(range(200))
+        assert [outcomes.get() for _ in range(200)] == [None] * 200
+
+    def test_pipelined_sends_use_a_connection_of_their_own(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        topic = names()
+        make_rabbit().declare(topic)
+        sender = make_rabbit()
+        before = connection_count(rabbit_vhost)
+        outcomes: EventCollector[BaseException | None] = EventCollector(WAIT)
+        sender.send_pipelined(topic, b"x", on_outcome=outcomes.put)
+        assert outcomes.get() is None
+        assert connection_count(rabbit_vhost) == before + 1
+
+    def test_unconfirmed_messages_are_sent_again_after_the_connection_drops(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT)
+        make_rabbit().listen(topic, got, prefetch=1000)
+        sender = make_rabbit()
+        outcomes: EventCollector[BaseException | None] = EventCollector(WAIT * 2)
+        stop = threading.Event()
+        sent = 0
+
+        def stream() -> None:
+            nonlocal sent
+            while not stop.is_set() and sent < 20000:
+                sender.send_pipelined(topic, b"%d" % sent, on_outcome=outcomes.put)
+                sent += 1
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        wait_until(lambda: sent >= 500, "the stream to start")
+        drop_connections(rabbit_vhost)
+        stop.set()
+        thread.join(WAIT)
+        assert [outcomes.get() for _ in range(sent)] == [None] * sent
+        bodies = set()
+        while len(bodies) < sent:
+            bodies.add(int(got.get().body))
+        assert bodies == set(range(sent))
+
+    def test_pipelined_client_casts_are_flushed_when_the_transport_closes(
+        self, rabbit_url: str, names: AddressFactory
+    ) -> None:
+        class Count:
+            def __init__(self) -> None:
+                self.seen: set[int] = set()
+
+            def note(self, ctx: dict[str, Any], n: int) -> None:
+                self.seen.add(n)
+
+        target = rpclib.Target(topic=names().topic, exchange=names.exchange)
+        count = Count()
+        with rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as server_side:
+            server = rpclib.RPCServer(server_side, target(server="s1"), [count])
+            server.start()
+            try:
+                client_side = rpclib.Transport(RabbitDriver(parse_url(rabbit_url)))
+                client = rpclib.RPCClient(client_side, target, at_least_once=True, pipelined=True)
+                for n in range(500):
+                    client.cast({}, "note", n=n)
+                client_side.close()  # flushes: every cast confirmed before the driver closes
+                assert client_side.pipeline.in_flight == 0
+                wait_until(lambda: count.seen == set(range(500)), "every cast handled")
+            finally:
+                server.stop()
+                server.wait()
+
+    def test_a_pipelined_cast_nobody_can_take_is_reported_to_the_client(
+        self, rabbit_url: str, names: AddressFactory
+    ) -> None:
+        failures: queue.Queue[rpclib.CastFailure] = queue.Queue()
+        target = rpclib.Target(topic=names().topic, exchange=names.exchange)
+        with rpclib.Transport(RabbitDriver(parse_url(rabbit_url))) as transport:
+            client = rpclib.RPCClient(
+                transport, target, at_least_once=True, pipelined=True, on_cast_error=failures.put
+            )
+            client.cast({}, "note", n=1)
+            failure = failures.get(timeout=WAIT)
+            assert (failure.method, type(failure.error)) == ("note", Undeliverable)
+            with pytest.raises(TransportError, match="1 pipelined cast"):
+                client.flush(timeout=WAIT)
+
+
 class TestLifecycle:
     def test_closing_drivers_leaves_only_durable_queues(
         self,
@@ -922,6 +1022,7 @@ class TestUrlOptions:
         assert (options.connect_timeout, options.send_timeout) == (5.0, 15.0)
         assert (options.retry_backoff, options.retry_backoff_max) == (0.2, 5.0)
         assert options.advert_sync_wait == 0.3
+        assert options.confirm_window == 1024
 
     def test_hosts_credentials_and_vhost(self) -> None:
         options = parse_options(
@@ -967,6 +1068,7 @@ class TestUrlOptions:
             ("retry_backoff=nan", "retry_backoff"),
             ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max"),
             ("advert_sync_wait=-1", "advert_sync_wait"),
+            ("confirm_window=0", "confirm_window"),
             ("ssl=maybe", "ssl"),
             ("ssl_ca=/x.pem", "ssl_ca"),
             ("ssl=1&ssl_ca=/nonexistent.pem", "ssl_ca"),

@@ -42,7 +42,7 @@ import contextlib
 import errno
 import logging
 import random
-import selectors
+import select
 import socket
 import ssl
 import struct
@@ -290,12 +290,13 @@ class Backoff:
         self._base = base
         self._cap = cap
         self._attempt = 0
-        self._rng = random.Random()
 
     def next_delay(self) -> float:
         ceiling = min(self._cap, self._base * 2 ** min(self._attempt, 32))
         self._attempt += 1
-        return self._rng.uniform(0, ceiling)
+        # The module's generator: seeding a Random of our own per Backoff cost more than
+        # the publish it guarded (a Backoff is made per send).
+        return random.uniform(0, ceiling)
 
     def reset(self) -> None:
         self._attempt = 0
@@ -541,6 +542,32 @@ class Delivery:
         return True
 
 
+_BASIC_ACK: Final = struct.pack(">HH", *spec.Basic.Ack)
+_BASIC_NACK: Final = struct.pack(">HH", *spec.Basic.Nack)
+_CONFIRM_SIZE: Final = 13
+"""basic.ack/nack payload: class, method, delivery tag (long long), bits (one octet)."""
+_UNPACK_CONFIRM = struct.Struct(">QB").unpack_from
+
+
+def parse_confirm(payload: bytes) -> tuple[int, bool, bool] | None:
+    """A publisher confirm's (delivery tag, multiple, nack), or None for any other method.
+
+    Decoded here rather than through py-amqp's generic method dispatch: a
+    confirm-mode channel receives one per message published.
+    """
+    if len(payload) != _CONFIRM_SIZE:
+        return None
+    head = payload[:4]
+    if head == _BASIC_ACK:
+        nack = False
+    elif head == _BASIC_NACK:
+        nack = True
+    else:
+        return None
+    tag, bits = _UNPACK_CONFIRM(payload, 4)
+    return tag, bool(bits & 1), nack
+
+
 def parse_deliver(payload: bytes) -> dict[str, Any]:
     """A basic.deliver method frame's arguments, as py-amqp's ``delivery_info``."""
     end = 5 + payload[4]
@@ -586,11 +613,16 @@ def buffered(conn: Any) -> bool:
     return bool(pending is not None and pending())
 
 
-def readable_now(sock: socket.socket) -> bool:
-    """Whether ``sock`` has bytes to read right now (no FD_SETSIZE limit, unlike select())."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(sock, selectors.EVENT_READ)
-        return bool(selector.select(0))
+class ReadWaiter:
+    """Waits for one socket to become readable: a poll object made once, one syscall a wait."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the socket became readable (or failed) within ``timeout`` seconds."""
+        return bool(self._poll.poll(max(0, int(timeout * 1000))))
 
 
 def expiration_ms(seconds: float) -> str:

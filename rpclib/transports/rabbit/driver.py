@@ -23,6 +23,7 @@ from rpclib.transports.base import (
     InboxEventHandler,
     InboxHandler,
     MessageHandler,
+    SendOutcomeHandler,
     Subscription,
 )
 from rpclib.transports.rabbit import naming
@@ -70,6 +71,9 @@ class RabbitDriver(Driver):
         self._pool = PublisherPool(self.options, ring, label)
         self._settler = Settler(self._pool, self.options.send_timeout, self.options.queue_type)
         self._session = Session(self.options, ring, label)
+        self._ring, self._label = ring, label
+        self._pipeline: Session | None = None
+        """Connection of pipelined sends, opened by the first (kept off the consumer's)."""
         self._lock = threading.Lock()
         self._closed = False
         self._owners: dict[str, AdvertOwner] = {}
@@ -148,6 +152,58 @@ class RabbitDriver(Driver):
             deadline=deadline,
             retry_after_write=at_least_once,
         )
+
+    def send_pipelined(
+        self,
+        address: Address,
+        body: bytes,
+        *,
+        on_outcome: SendOutcomeHandler,
+        expires_at: float | None = None,
+    ) -> None:
+        """Publish persistent and ``mandatory`` on the pipelining connection; see the contract.
+
+        The confirm (or return) reaches ``on_outcome`` from that connection's
+        I/O thread. At most ``confirm_window`` are unconfirmed at once.
+        """
+        self._check_open()
+        if address.fanout:
+            raise ValueError(f"fanout messages are at-most-once; cannot pipeline to {address}")
+        body = bytes(body)
+        route = self._routes.get((address, True))
+        if route is None:
+            route = self._route(address, True)
+        exchange, key, kind, target = route
+        properties: dict[str, Any] = {"delivery_mode": PERSISTENT}
+        if expires_at is not None:
+            properties["expiration"] = expiration_ms(expires_at - time.time())
+            properties["application_headers"] = {EXPIRES_AT: float(expires_at)}
+        session = self._pipeline or self._open_pipeline()
+        if exchange not in session.exchanges:
+            session.call(
+                lambda: session.declare_exchange(exchange, kind),
+                timeout=self.options.send_timeout,
+            )
+        session.publish_fast(
+            exchange,
+            key,
+            body,
+            properties,
+            target=target,
+            mandatory=True,
+            deadline=self._deadline(),
+            on_outcome=on_outcome,
+            exchange_kind=kind,
+        )
+
+    def _open_pipeline(self) -> Session:
+        with self._lock:
+            self._check_open()
+            if self._pipeline is None:
+                session = Session(self.options, self._ring, f"{self._label} pipelined")
+                session.start()
+                self._pipeline = session
+            return self._pipeline
 
     def _route(self, address: Address, at_least_once: bool) -> tuple[str, str, str, str]:
         """Check ``address`` once; its exchange, routing key, exchange type and name."""
@@ -400,6 +456,10 @@ class RabbitDriver(Driver):
                     resource.closed = True
 
         self._session.close(cleanup, self.options.send_timeout)
+        with self._lock:
+            pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.close(lambda: None, self.options.send_timeout)
         self._pool.close()
 
 

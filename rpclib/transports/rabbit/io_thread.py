@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -39,10 +38,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-from amqp import spec
 from amqp.exceptions import ChannelError, UnexpectedFrame
 
 from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.base import SendOutcomeHandler
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
@@ -57,6 +56,7 @@ from rpclib.transports.rabbit.connection import (
     close_quietly,
     connect,
     is_deliver,
+    parse_confirm,
     parse_deliver,
     publish,
     shutdown_socket,
@@ -69,10 +69,6 @@ T = TypeVar("T")
 _FRAMES_PER_PASS: Final = 256
 """Frames read before the loop runs queued work again (keeps commands and heartbeats timely)."""
 _MAX_WAIT: Final = 1.0
-_BASIC_ACK: Final = struct.pack(">HH", *spec.Basic.Ack)
-_CONFIRM_SIZE: Final = 13
-"""basic.ack's payload: class, method, delivery tag (long long), multiple (bit octet)."""
-_UNPACK_CONFIRM = struct.Struct(">QB").unpack_from
 
 
 class Resource(Protocol):
@@ -105,6 +101,20 @@ class _Command:
 
 
 @dataclass(eq=False)
+class _Resend:
+    """A pipelined at-least-once publish, kept until confirmed: sent again after a reconnect."""
+
+    exchange: str
+    exchange_kind: str
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+    deadline: float
+    """Monotonic time after which it fails instead of being sent again."""
+    on_outcome: SendOutcomeHandler
+
+
+@dataclass(eq=False)
 class _PendingPublish:
     """A path-1 publish whose confirm has not arrived yet."""
 
@@ -112,6 +122,7 @@ class _PendingPublish:
     target: str
     on_return: Callable[[Undeliverable], None] | None
     returned: str | None = None
+    resend: _Resend | None = None
 
 
 class Session:
@@ -138,6 +149,13 @@ class Session:
         """Starts path-1 message ids (then epoch and delivery tag: unique per channel)."""
         self._pub_pending: dict[int, _PendingPublish] = {}
         self._pub_by_id: dict[str, _PendingPublish] = {}
+        self._window = threading.Condition(self._pub_lock)
+        self._pipelined = 0
+        """Pipelined publishes taken on and not yet confirmed or failed (the window's fill)."""
+        self._resends: list[_Resend] = []
+        self._outcomes: deque[Callable[[], None]] = deque()
+        """Failure reports of pipelined publishes, run at the top of the loop."""
+        """Pipelined publishes whose channel died unconfirmed: sent again once one is up."""
         self.returned_replies = 0
         """Replies (``send_to_inbox``) the broker returned: their inbox was gone."""
         self._commands: deque[_Command] = deque()
@@ -339,6 +357,8 @@ class Session:
         on_return: Callable[[Undeliverable], None] | None = None,
         wait_for_connection: bool = True,
         reply: bool = False,
+        on_outcome: SendOutcomeHandler | None = None,
+        exchange_kind: str = "topic",
     ) -> None:
         """Publish path 1: on the consumer connection, without waiting for the broker.
 
@@ -348,7 +368,52 @@ class Session:
         (:meth:`_on_pub_return`), and its confirm finds nothing to retire.
         Without a connection, waits for one until ``deadline``, or returns at
         once unless ``wait_for_connection``.
+
+        With ``on_outcome`` the publish is *pipelined*: it waits for room in the
+        confirm window, is kept until confirmed (sent again after a reconnect
+        or a channel repair, until ``deadline``), and ``on_outcome`` hears how
+        it ended (see :meth:`Driver.send_pipelined`).
         """
+        resend: _Resend | None = None
+        if on_outcome is not None:
+            self._reserve_window(target, deadline)
+            resend = _Resend(
+                exchange, exchange_kind, routing_key, body, properties, deadline, on_outcome
+            )
+        try:
+            self._publish_path1(
+                exchange,
+                routing_key,
+                body,
+                properties,
+                target=target,
+                mandatory=mandatory,
+                deadline=deadline,
+                on_return=on_return,
+                wait_for_connection=wait_for_connection,
+                reply=reply,
+                resend=resend,
+            )
+        except BaseException:
+            if resend is not None:
+                self._release_window()
+            raise
+
+    def _publish_path1(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        *,
+        target: str,
+        mandatory: bool,
+        deadline: float,
+        on_return: Callable[[Undeliverable], None] | None,
+        wait_for_connection: bool,
+        reply: bool,
+        resend: _Resend | None,
+    ) -> None:
         while True:
             if not self._up:
                 if not wait_for_connection:
@@ -362,57 +427,194 @@ class Session:
                 if not self._up:
                     continue
                 channel_epoch = self._pub_epoch
-                self._pub_seq += 1
-                tag = self._pub_seq
-                pending: _PendingPublish | None = None
-                message_id: str | None = None
-                if not reply:
-                    # Unique among this channel's unconfirmed publishes (returns are matched by it).
-                    message_id = f"{self._id_prefix}{channel_epoch}.{tag}"
-                    pending = _PendingPublish(message_id, target, on_return)
-                    with self._pub_lock:
-                        self._pub_pending[tag] = pending
-                        self._pub_by_id[message_id] = pending
                 try:
-                    encoder = self._pub_encoder
-                    assert encoder is not None  # set with the channel, before _up
-                    frames = encoder.encode(
+                    self._write_publish(
                         exchange,
                         routing_key,
                         body,
                         properties,
+                        target=target,
                         mandatory=mandatory,
-                        message_id=message_id,
+                        on_return=on_return,
+                        track=not reply,
+                        resend=resend,
                     )
-                    if frames is not None:
-                        if not self._pub_channel.is_open:
-                            # Raw frames on a channel the broker closed would close the
-                            # connection: wait for _repair's new channel instead.
-                            raise ConnectionDown("the publish channel was closed")
-                        self._writer.write_raw(frames)  # type: ignore[union-attr]
-                    else:
-                        publish(
-                            self._pub_channel,
-                            exchange,
-                            routing_key,
-                            body,
-                            {**properties, "message_id": message_id}
-                            if message_id is not None
-                            else properties,
-                            mandatory=mandatory,
-                        )
                 except (ConnectionDown, *CONNECTION_ERRORS) as exc:
-                    if pending is not None:
-                        self._forget_pending(tag, pending)
                     failure: BaseException | None = exc
                 else:
                     failure = None
             if failure is None:
-                break
+                return
             LOG.debug("path-1 publish to %s failed (%s); retrying", target, failure)
             self.wake()
             if self.in_io_thread() or not self._await_new_channel(channel_epoch, deadline):
                 raise TransportError(f"cannot publish to {target}: {failure}") from failure
+
+    def _write_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        *,
+        target: str,
+        mandatory: bool,
+        on_return: Callable[[Undeliverable], None] | None,
+        track: bool,
+        resend: _Resend | None,
+    ) -> None:
+        """Encode and write one publish on the current channel (write lock held).
+
+        A tracked publish gets a message id and a table entry (its return and
+        confirm find it); if the write fails, the entry is removed again.
+        """
+        self._pub_seq += 1
+        tag = self._pub_seq
+        pending: _PendingPublish | None = None
+        message_id: str | None = None
+        if track:
+            # Unique among this channel's unconfirmed publishes (returns are matched by it).
+            message_id = f"{self._id_prefix}{self._pub_epoch}.{tag}"
+            pending = _PendingPublish(message_id, target, on_return, resend=resend)
+            with self._pub_lock:
+                self._pub_pending[tag] = pending
+                self._pub_by_id[message_id] = pending
+        try:
+            encoder = self._pub_encoder
+            assert encoder is not None  # set with the channel, before _up
+            frames = encoder.encode(
+                exchange, routing_key, body, properties, mandatory=mandatory, message_id=message_id
+            )
+            if frames is not None:
+                if not self._pub_channel.is_open:
+                    # Raw frames on a channel the broker closed would close the
+                    # connection: wait for _repair's new channel instead.
+                    raise ConnectionDown("the publish channel was closed")
+                self._writer.write_raw(frames)  # type: ignore[union-attr]
+            else:
+                publish(
+                    self._pub_channel,
+                    exchange,
+                    routing_key,
+                    body,
+                    {**properties, "message_id": message_id}
+                    if message_id is not None
+                    else properties,
+                    mandatory=mandatory,
+                )
+        except BaseException:
+            if pending is not None:
+                self._forget_pending(tag, pending)
+            raise
+
+    # -- the confirm window of pipelined publishes -------------------------------------------
+
+    def _reserve_window(self, target: str, deadline: float) -> None:
+        with self._window:
+            while self._pipelined >= self.options.confirm_window:
+                if self._stopping or self._stopped:
+                    raise TransportError("the rabbit driver is closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(
+                        f"cannot publish to {target}: {self._pipelined} earlier messages are "
+                        f"still unconfirmed after send_timeout ({self.options.send_timeout:g}s)"
+                    )
+                self._window.wait(left)
+            self._pipelined += 1
+
+    def _release_window(self) -> None:
+        with self._window:
+            self._pipelined -= 1
+            self._window.notify()
+
+    def _conclude(self, resend: _Resend, error: BaseException | None) -> None:
+        """A pipelined publish ended: free its window slot and tell its sender."""
+        self._release_window()
+        if error is None:
+            try:
+                resend.on_outcome(None)
+            except Exception:
+                LOG.exception("a pipelined send's outcome handler failed")
+            return
+        callback = resend.on_outcome
+        if self.in_io_thread() and not self._stopped:
+            # At the top of the loop, not inside a py-amqp read: it may call the driver.
+            # Its own queue: events of a failed connection attempt are dropped, these not.
+            self._outcomes.append(lambda: callback(error))
+            return
+        try:
+            callback(error)
+        except Exception:
+            LOG.exception("a pipelined send's outcome handler failed")
+
+    def _resend_unconfirmed(self) -> None:
+        """Send again what the last channel left unconfirmed (I/O thread, channel up).
+
+        Raises on a connection error, keeping what was not yet written for the
+        next attempt.
+        """
+        items, self._resends = self._resends, []
+        now = time.monotonic()
+        sent = 0
+        while items:
+            item = items[0]
+            target = f"{item.exchange}/{item.routing_key}"
+            if now >= item.deadline:
+                items.pop(0)
+                self._conclude(
+                    item,
+                    TransportError(
+                        f"a message to {target} was not confirmed within send_timeout "
+                        f"({self.options.send_timeout:g}s) across reconnects"
+                    ),
+                )
+                continue
+            try:
+                if item.exchange and item.exchange not in self.exchanges:
+                    self.declare_exchange(item.exchange, item.exchange_kind)
+                with self.write_lock:
+                    self._write_publish(
+                        item.exchange,
+                        item.routing_key,
+                        item.body,
+                        item.properties,
+                        target=target,
+                        mandatory=True,
+                        on_return=None,
+                        track=True,
+                        resend=item,
+                    )
+            except ChannelError as exc:
+                if not self._connection_alive():
+                    self._resends = items + self._resends
+                    raise
+                items.pop(0)
+                self._conclude(item, TransportError(f"cannot publish to {target}: {exc}"))
+                continue
+            except BaseException:
+                self._resends = items + self._resends
+                raise
+            items.pop(0)
+            sent += 1
+        if sent:
+            LOG.info("sent %d unconfirmed message(s) again after the channel was replaced", sent)
+
+    def _expire_resends(self) -> None:
+        """Fail kept publishes whose deadline passed while no channel was up (I/O thread)."""
+        now = time.monotonic()
+        expired = [item for item in self._resends if now >= item.deadline]
+        if not expired:
+            return
+        self._resends = [item for item in self._resends if now < item.deadline]
+        for item in expired:
+            self._conclude(
+                item,
+                TransportError(
+                    f"a message to {item.exchange}/{item.routing_key} could not be sent "
+                    f"within send_timeout ({self.options.send_timeout:g}s): no connection"
+                ),
+            )
 
     def _forget_pending(self, tag: int, pending: _PendingPublish) -> None:
         with self._pub_lock:
@@ -465,7 +667,9 @@ class Session:
             error = Undeliverable(pending.target, f"no queue is bound to it ({pending.returned})")
         elif nack:
             error = Undeliverable(pending.target, "the broker refused it (basic.nack)")
-        if error is not None:
+        if pending.resend is not None:
+            self._conclude(pending.resend, error)
+        elif error is not None:
             if pending.on_return is not None:
                 callback, undeliverable = pending.on_return, error
                 assert isinstance(undeliverable, Undeliverable)
@@ -473,17 +677,33 @@ class Session:
             else:
                 LOG.info("message to %s was not delivered: %s", pending.target, error)
 
-    def _fail_pending(self, reason: str) -> None:
-        """The connection is gone: no confirm or return will come for path-1 publishes.
+    def _fail_pending(self, reason: str, *, keep: bool = True) -> None:
+        """The channel is gone: no confirm or return will come for path-1 publishes.
 
-        Nobody waits on them; calls learn of the loss through their inbox's events.
+        Nobody waits on most of them; calls learn of the loss through their
+        inbox's events. Pipelined ones are kept to be sent again (``keep``) or
+        failed (the driver is closing).
         """
         with self._pub_lock:
-            dropped = len(self._pub_pending)
+            pending = [self._pub_pending[tag] for tag in sorted(self._pub_pending)]
             self._pub_pending.clear()
             self._pub_by_id.clear()
-        if dropped:
-            LOG.debug("%d unconfirmed path-1 publish(es) dropped: %s", dropped, reason)
+        kept = [p.resend for p in pending if p.resend is not None]
+        if len(kept) < len(pending):
+            LOG.debug("%d unconfirmed path-1 publish(es) dropped: %s", len(pending), reason)
+        if not kept:
+            return
+        if keep:
+            self._resends.extend(kept)
+            return
+        for item in kept:
+            self._conclude(
+                item,
+                TransportError(
+                    f"a message to {item.exchange}/{item.routing_key} was not confirmed "
+                    f"before {reason}"
+                ),
+            )
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -544,14 +764,11 @@ class Session:
                     frame = transport.read_frame()
                     frame_type, channel_id, payload = frame
                     if frame_type == 1:
-                        if (
-                            channel_id == pub_id
-                            and len(payload) == _CONFIRM_SIZE
-                            and payload.startswith(_BASIC_ACK)
-                        ):
+                        confirm = parse_confirm(payload) if channel_id == pub_id else None
+                        if confirm is not None:
                             conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
-                            tag, bits = _UNPACK_CONFIRM(payload, 4)
-                            self._on_pub_confirm(tag, bool(bits & 1))
+                            tag, multiple, nack = confirm
+                            self._on_pub_confirm(tag, multiple, nack=nack)
                         elif is_deliver(payload) and channel_id not in partial:
                             conn.bytes_recv += 1
                             partial[channel_id] = Delivery(channel_id, parse_deliver(payload))
@@ -653,7 +870,16 @@ class Session:
             if due is not None:
                 self._next_tick = min(self._next_tick, due)
 
+    def _run_outcomes(self) -> None:
+        while self._outcomes:
+            report = self._outcomes.popleft()
+            try:
+                report()
+            except Exception:
+                LOG.exception("a pipelined send's outcome handler failed")
+
     def _dispatch_events(self) -> None:
+        self._run_outcomes()
         while self._events:
             fn = self._events.popleft()
             try:
@@ -761,6 +987,7 @@ class Session:
             self._open_pub_channel()
             with self.write_lock:
                 self._up = True  # resources' setup below may publish (advert sync)
+            self._resend_unconfirmed()
             for resource in list(self._resources):
                 self._setup_resource(resource)
             self._next_tick = 0.0
@@ -819,6 +1046,7 @@ class Session:
             self._open_pub_channel()
             with self._up_cond:
                 self._up_cond.notify_all()
+            self._resend_unconfirmed()
         for resource in list(self._resources):
             if resource.broken():
                 self._setup_resource(resource)
@@ -851,6 +1079,8 @@ class Session:
             self._idle_wait(backoff.next_delay())
             if self.closed:  # close() may have begun while we slept
                 return
+            self._expire_resends()
+            self._dispatch_events()
             try:
                 self._connect_and_setup()
             except (ConnectionDown, *CONNECTION_ERRORS) as exc:
@@ -877,7 +1107,19 @@ class Session:
                 LOG.debug("closing the consumer connection: %s", exc)
                 close_quietly(conn)
         self._conn = None
-        self._fail_pending("driver closed")
+        self._fail_pending("the driver closed", keep=False)
+        leftover_resends, self._resends = self._resends, []
+        for item in leftover_resends:
+            self._conclude(
+                item,
+                TransportError(
+                    f"a message to {item.exchange}/{item.routing_key} was not sent again "
+                    "before the driver closed"
+                ),
+            )
+        self._run_outcomes()
+        with self._window:
+            self._window.notify_all()
         with self._up_cond:
             self._up_cond.notify_all()
         self._close_wake()

@@ -34,6 +34,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "retry_backoff_max",
         "send_timeout",
         "advert_sync_wait",
+        "confirm_window",
     }
 )
 _TLS_FILE_OPTIONS: Final = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify")
@@ -70,6 +71,7 @@ class RabbitOptions:
     retry_backoff_max: float
     send_timeout: float
     advert_sync_wait: float
+    confirm_window: int = 1024
 
 
 def parse_options(url: TransportURL) -> RabbitOptions:
@@ -112,6 +114,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         retry_backoff_max=backoff_max,
         send_timeout=_seconds(url, "send_timeout", 15.0, positive=True),
         advert_sync_wait=_seconds(url, "advert_sync_wait", 0.3, positive=False),
+        confirm_window=url.int_option("confirm_window", 1024, minimum=1),
     )
 
 

@@ -26,11 +26,13 @@ from rpclib.transports.rabbit.connection import (
     Backoff,
     BrokerConnection,
     HostRing,
+    PublishEncoder,
+    ReadWaiter,
     buffered,
     close_quietly,
     connect,
+    parse_confirm,
     publish,
-    readable_now,
 )
 from rpclib.transports.rabbit.options import RabbitOptions
 
@@ -38,20 +40,33 @@ MAX_CONNECTIONS: Final = 8
 """Publisher connections per driver; more concurrent senders wait for one."""
 _READ_SLICE: Final = 1.0
 """Longest single socket wait while confirming, so heartbeats keep flowing."""
+_HEARTBEAT_CHECK: Final = 0.5
+"""Seconds between heartbeat checks while frames keep arriving."""
 
 
 class _Publisher:
-    """One pooled connection with one confirm-mode channel."""
+    """One pooled connection with one confirm-mode channel.
+
+    Publishes are encoded by :class:`PublishEncoder` and written in one piece;
+    confirms are decoded here, and every other frame (returns, heartbeats,
+    channel closes) goes through py-amqp's frame handler.
+    """
 
     def __init__(self, conn: BrokerConnection) -> None:
         self.conn = conn
         self.channel: Any = None
         self.exchanges: set[str] = set()
         self._seq = 0
+        self._epoch = 0
+        self._id_prefix = uuid.uuid4().hex[:12] + "."
+        """Starts message ids (then channel epoch and delivery tag): unique per channel."""
         self._outstanding: dict[int, str | None] = {}
         """delivery tag -> None while unconfirmed, then "ack" or "nack"."""
         self._returned: dict[str, str] = {}
         """message id -> the broker's reason, for returns not yet matched to a confirm."""
+        self._encoder: PublishEncoder | None = None
+        self._waiter = ReadWaiter(conn.sock)
+        self._next_heartbeat_tick = 0.0
         self.open_channel()
 
     def open_channel(self) -> None:
@@ -62,7 +77,9 @@ class _Publisher:
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         self.channel = channel
+        self._encoder = PublishEncoder(channel.channel_id, self.conn.frame_max)
         self._seq = 0
+        self._epoch += 1
         self._outstanding.clear()
         self._returned.clear()
 
@@ -72,8 +89,12 @@ class _Publisher:
             self._returned[message_id] = str(getattr(exc, "reply_text", "") or exc)
 
     def _settle(self, tag: int, multiple: bool, outcome: str) -> None:
-        for pending in list(self._outstanding):
-            if pending == tag or (multiple and pending <= tag):
+        if not multiple:
+            if tag in self._outstanding:
+                self._outstanding[tag] = outcome
+            return
+        for pending in self._outstanding:
+            if pending <= tag:
                 self._outstanding[pending] = outcome
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
@@ -110,21 +131,29 @@ class _Publisher:
         deadline: float,
     ) -> str | None:
         """Publish and wait for the confirm; the broker's reason if it returned the message."""
-        message_id = uuid.uuid4().hex
         self._seq += 1
         tag = self._seq
+        message_id = f"{self._id_prefix}{self._epoch}.{tag}"
         self._outstanding[tag] = None
-        publish(
-            self.channel,
-            exchange,
-            routing_key,
-            body,
-            {**properties, "message_id": message_id},
-            mandatory=mandatory,
+        assert self._encoder is not None
+        frames = self._encoder.encode(
+            exchange, routing_key, body, properties, mandatory=mandatory, message_id=message_id
         )
+        if frames is not None:
+            self.conn.transport.write(frames)
+            self.conn.bytes_sent += 1  # as py-amqp's frame writer (heartbeats)
+        else:  # a body larger than a frame: py-amqp splits it
+            publish(
+                self.channel,
+                exchange,
+                routing_key,
+                body,
+                {**properties, "message_id": message_id},
+                mandatory=mandatory,
+            )
         try:
             while self._outstanding[tag] is None:
-                self.read(min(_remaining(deadline), _READ_SLICE))
+                self._read_one(deadline)
             outcome = self._outstanding[tag]
         finally:
             self._outstanding.pop(tag, None)
@@ -133,22 +162,42 @@ class _Publisher:
             raise TransportError(f"the broker refused a message to {exchange!r} (basic.nack)")
         return returned
 
-    def read(self, timeout: float) -> None:
-        """Process incoming frames for up to ``timeout`` seconds, heartbeating meanwhile."""
+    def _read_one(self, deadline: float) -> None:
+        """Wait (up to ``_READ_SLICE``) for one frame and handle it; heartbeat meanwhile."""
         conn = self.conn
-        try:
-            with conn.transport.having_timeout(timeout):
-                conn.blocking_read()
-        except TimeoutError:
-            pass
-        conn.heartbeat_tick()
+        if not (buffered(conn) or self._waiter.wait(min(_remaining(deadline), _READ_SLICE))):
+            self._heartbeat(force=True)
+            return
+        # Data is there: a buffered frame, or one recv (a whole frame bar a partial one,
+        # whose rest the socket's read timeout bounds).
+        frame = conn.transport.read_frame()
+        frame_type, channel_id, payload = frame
+        confirm = (
+            parse_confirm(payload)
+            if frame_type == 1 and channel_id == self.channel.channel_id
+            else None
+        )
+        if confirm is None:
+            conn.on_inbound_frame(frame)
+        else:
+            conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
+            tag, multiple, nack = confirm
+            self._settle(tag, multiple, "nack" if nack else "ack")
+        self._heartbeat()
+
+    def _heartbeat(self, force: bool = False) -> None:
+        """py-amqp's heartbeat check, at most every ``_HEARTBEAT_CHECK`` s while busy."""
+        now = time.monotonic()
+        if force or now >= self._next_heartbeat_tick:
+            self._next_heartbeat_tick = now + _HEARTBEAT_CHECK
+            self.conn.heartbeat_tick()
 
     def service(self) -> None:
         """Idle upkeep: read whatever arrived (heartbeats, blocked notices), send heartbeats."""
         conn = self.conn
-        while buffered(conn) or readable_now(conn.sock):
+        while buffered(conn) or self._waiter.wait(0):
             conn.blocking_read()
-        conn.heartbeat_tick()
+        self._heartbeat()
 
 
 def _remaining(deadline: float) -> float:
