@@ -57,9 +57,7 @@ class _Reader:
         self.session = self.loop.conn.session()
         self.session.open()
         source = self.loop.addressing.private_source(self.name)
-        self.link = self.loop.receiver(
-            self.session, source.node, self, settled=True, credit=1024
-        )
+        self.link = self.loop.receiver(self.session, source.node, self, settled=True, credit=1024)
         self.attached()
 
     def attached(self) -> None:
@@ -155,7 +153,12 @@ class AdvertWatch(_Reader):
     """One watch_adverts(): a private node bound to the topic, with TTL expiry."""
 
     def __init__(
-        self, loop: Loop, exchange: str, topic: str, name: str, handler: AdvertHandler,
+        self,
+        loop: Loop,
+        exchange: str,
+        topic: str,
+        name: str,
+        handler: AdvertHandler,
         timeout: float,
     ) -> None:
         super().__init__(loop, name, [loop.addressing.adverts_binding(exchange, topic)])
@@ -164,7 +167,7 @@ class AdvertWatch(_Reader):
         self.handler = handler
         self.timeout = timeout
         self.known: dict[str, float] = {}
-        self._timer: Any = None
+        self._armed = False
 
     def __repr__(self) -> str:
         return f"<amqp1 AdvertWatch {self.name} on {self.topic}>"
@@ -190,12 +193,13 @@ class AdvertWatch(_Reader):
         self._arm()
 
     def _arm(self) -> None:
-        if self._timer is None and self.known:
+        if not self._armed and self.known:
             delay = max(0.0, min(self.known.values()) - time.monotonic()) + 0.01
-            self._timer = self.loop.schedule(delay, self._tick)
+            self._armed = True
+            self.loop.schedule(delay, self._tick)
 
     def _tick(self) -> None:
-        self._timer = None
+        self._armed = False
         if self.closed:
             return
         now = time.monotonic()

@@ -46,7 +46,17 @@ def run_blocking(what: str, fn: Callable[[], None]) -> None:
 class Amqp1Incoming:
     """One delivery; settled from any thread (the work is handed to the I/O thread)."""
 
-    __slots__ = ("_link", "_settled", "_sub", "attempts", "body", "delivery", "message", "node")
+    __slots__ = (
+        "_link",
+        "_presettled",
+        "_settled",
+        "_sub",
+        "attempts",
+        "body",
+        "delivery",
+        "message",
+        "node",
+    )
 
     def __init__(
         self,
@@ -65,11 +75,15 @@ class Amqp1Incoming:
         self.body = messages.body_of(message)
         self.attempts = attempts
         self._settled = False
+        self._presettled = False
 
     def _settle(self, kind: str, reason: str = "") -> None:
         if self._settled:
             raise RuntimeError("message already settled")
         self._settled = True
+        if kind == "ack" and self._presettled:
+            self._sub.owe_credit(self._link)  # nothing to tell the peer: credit, in batches
+            return
         self._sub.loop.submit(lambda: self._sub.settle(self, kind, reason))
 
     def ack(self) -> None:
@@ -106,7 +120,10 @@ class Amqp1Subscription:
         self.links: list[tuple[Any, Source]] = []
         self.cancelled = False
         self.closed = False
-        self._drained: Any = None
+        self._owed: dict[Any, int] = {}
+        """link -> credit owed for acked pre-settled deliveries (under ``_owed_lock``)."""
+        self._owed_lock = threading.Lock()
+        self._owed_batch = max(1, prefetch // 4)
 
     def __repr__(self) -> str:
         return f"<amqp1 Subscription {self.address} group={self.group}>"
@@ -150,7 +167,8 @@ class Amqp1Subscription:
     def on_message(self, message: Message, delivery: Any) -> None:
         link = delivery.link
         node = next((s.node for lk, s in self.links if lk == link), "")
-        if delivery.settled:
+        presettled = delivery.settled
+        if presettled:
             delivery.settle()
         if self.closed:
             return
@@ -162,6 +180,8 @@ class Amqp1Subscription:
         if message.first_acquirer is False or message.delivery_count:
             attempts += 1
         incoming = Amqp1Incoming(self, link, node, message, delivery, attempts)
+        incoming._presettled = presettled
+        self._give_credit()
         if messages.expired(props):
             incoming._settled = True
             self.settle(incoming, "ack", "")
@@ -222,6 +242,28 @@ class Amqp1Subscription:
             delivery.settle()
         if not self.cancelled:
             link.flow(1)
+
+    def owe_credit(self, link: Any) -> None:
+        """A pre-settled delivery was acked (any thread): give its credit back, batched.
+
+        The debt is paid on the next delivery or once a quarter of the window
+        is owed, so an at-most-once ack costs no wake-up of the I/O thread.
+        """
+        with self._owed_lock:
+            owed = self._owed[link] = self._owed.get(link, 0) + 1
+        if owed >= self._owed_batch:
+            self.loop.submit(self._give_credit)
+
+    def _give_credit(self) -> None:
+        if not self._owed:
+            return
+        with self._owed_lock:
+            owed, self._owed = self._owed, {}
+        if self.cancelled or self.session is None:
+            return
+        for link, credit in owed.items():
+            if link.session == self.session:
+                link.flow(credit)
 
     def _bounce(self, link: Any, node: str, message: Message, delivery: Any, attempts: int) -> None:
         """A delivery after cancel(): put it back unchanged (same attempts) and take no more.

@@ -1,0 +1,246 @@
+"""RPC over AMQP 1.0: rpclib amqp1:// vs plain proton vs rpclib rabbit://, same broker, same run.
+
+Plain python-qpid-proton is the baseline: a Container server answering
+requests by correlation id on a reply queue, BlockingConnection clients (one
+per thread: a BlockingConnection belongs to one thread), casts sent unsettled
+as durable messages to a durable queue, each waiting for ``accepted`` (like
+rpclib's at-least-once casts). rpclib runs the same work through its public
+API over ``amqp1://`` and, for context, ``rabbit://`` (AMQP 0-9-1). Each
+system runs as a server process and a client process on the shared broker
+(``rabbitmq_amqp1_0`` enabled) in a vhost made for the run; rounds are
+interleaved and medians reported, with CPU per operation of client, server
+and broker read from /proc.
+
+Run: ``bench/run amqp1`` (or ``bench/.venv/bin/python bench/bench_amqp1.py``);
+``--quick`` scales everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import multiprocessing as mp
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import amqp1_workloads as wl
+
+BROKER = os.environ.get("RPCLIB_BENCH_RABBIT", "127.0.0.1:5672")
+CTX = mp.get_context("spawn")
+VARIANTS = ["proton", "amqp1", "rabbit"]
+LABELS = {"proton": "proton", "amqp1": "rpclib 1.0", "rabbit": "rpclib 091"}
+
+
+def rabbitmqctl(*args: str) -> str:
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        sys.exit("rabbitmqctl is not installed: the AMQP 1.0 benchmark needs the broker's tools")
+    result = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        sys.exit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
+    return result.stdout
+
+
+def enable_plugin() -> None:
+    exe = shutil.which("rabbitmq-plugins")
+    if exe is None:
+        sys.exit("rabbitmq-plugins is not installed")
+    result = subprocess.run(
+        [exe, "enable", "rabbitmq_amqp1_0"], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        sys.exit(f"could not enable rabbitmq_amqp1_0: {result.stderr or result.stdout}")
+
+
+def broker_pid() -> int:
+    match = re.search(r"OS PID: (\d+)", rabbitmqctl("status"))
+    if match is None:
+        sys.exit("could not find the broker's OS pid in rabbitmqctl status")
+    return int(match.group(1))
+
+
+class Vhost:
+    """A vhost for this run, deleted afterwards (vhosts of dead runs are deleted first)."""
+
+    PREFIX = "rpclib-bench1-"
+
+    def __init__(self) -> None:
+        for line in rabbitmqctl("list_vhosts", "-q", "--no-table-headers", "name").splitlines():
+            name = line.strip()
+            owner = name[len(self.PREFIX) :].split("-", 1)[0]
+            stale = owner.isdigit() and not os.path.exists(f"/proc/{owner}")
+            if name.startswith(self.PREFIX) and stale:
+                rabbitmqctl("delete_vhost", name)
+        self.name = f"{self.PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        rabbitmqctl("add_vhost", self.name)
+        atexit.register(self.delete)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        self._deleted = False
+
+    def delete(self) -> None:
+        if not self._deleted:
+            self._deleted = True
+            rabbitmqctl("delete_vhost", self.name)
+
+
+def run_pair(spec: wl.Spec, broker: int) -> list[dict[str, Any]]:
+    ready, stop = CTX.Event(), CTX.Event()
+    handled = CTX.Value("q", 0, lock=False)
+    server = CTX.Process(target=wl.serve, args=(spec, ready, stop, handled), daemon=True)
+    server.start()
+    client = None
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"{spec.system} server did not start (exit {server.exitcode})")
+        results, client_end = CTX.Pipe(duplex=False)
+        pids = {"server": server.pid or 0, "broker": broker}
+        client = CTX.Process(target=wl.drive, args=(spec, pids, handled, client_end), daemon=True)
+        client.start()
+        if not results.poll(900):
+            raise RuntimeError(f"{spec.system} client gave no result in 15 minutes")
+        status, payload = results.recv()
+        if status != "ok":
+            raise RuntimeError(f"{spec.system} client failed:\n{payload}")
+        return payload  # type: ignore[no-any-return]
+    finally:
+        stop.set()
+        for proc in (client, server):
+            if proc is not None:
+                proc.join(15)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+
+Metrics = dict[str, float]
+
+
+def metrics(phases: list[dict[str, Any]]) -> Metrics:
+    out: Metrics = {}
+    for ph in phases:
+        name, ops = ph["name"], ph["ops"]
+        out[f"{name}/s"] = ops / ph["elapsed"]
+        if ph["latencies"]:
+            out[f"{name} p50"] = statistics.median(ph["latencies"]) * 1e6
+        total = 0.0
+        for part in ("client", "server", "broker"):
+            total += ph["cpu"][part] / ops * 1e6
+            out[f"{name} cpu {part}"] = ph["cpu"][part] / ops * 1e6
+        out[f"{name} cpu total"] = total
+    return out
+
+
+ROWS = [
+    ("calls/s", "sequential calls /s"),
+    ("calls p50", "  call p50 µs"),
+    ("calls cpu client", "  CPU µs/call client"),
+    ("calls cpu server", "  CPU µs/call server"),
+    ("calls cpu broker", "  CPU µs/call broker"),
+    ("thread_calls/s", "calls /s, {threads} threads"),
+    ("thread_calls cpu total", "  CPU µs/call total"),
+    ("casts/s", "casts /s (confirmed, handled)"),
+    ("casts cpu client", "  CPU µs/cast client"),
+    ("casts cpu server", "  CPU µs/cast server"),
+    ("casts cpu broker", "  CPU µs/cast broker"),
+]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def print_table(med: dict[str, Metrics], cols: list[str], rounds: int, threads: int) -> None:
+    ratios = [
+        (a, b)
+        for a, b in (("amqp1", "proton"), ("rabbit", "proton"), ("amqp1", "rabbit"))
+        if a in cols and b in cols
+    ]
+    print(
+        f"\nAMQP 1.0 RPC at {BROKER}, {rounds} interleaved rounds, medians. Ratios first/second "
+        "(for /s higher is better, for µs lower is)."
+    )
+    head = f"{'':32}" + "".join(f"{LABELS[c]:>12}" for c in cols)
+    head += "".join(f"{LABELS[a].split()[-1] + '/' + LABELS[b].split()[-1]:>12}" for a, b in ratios)
+    print(head)
+    for key, label in ROWS:
+        values = {c: med[c].get(key) for c in cols}
+        if all(v is None for v in values.values()):
+            continue
+        line = f"{label.format(threads=threads):32}"
+        line += "".join(f"{_fmt(values[c]):>12}" for c in cols)
+        for a, b in ratios:
+            va, vb = values[a], values[b]
+            line += f"{va / vb:>12.2f}" if va is not None and vb else f"{'-':>12}"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per round")
+    parser.add_argument("--thread-calls", type=int, default=4000, help="calls per round, threaded")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--casts", type=int, default=5000, help="casts per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated: " + ",".join(VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="a tenth of every count")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.thread_calls, args.casts = (
+            max(200, n // 10) for n in (args.calls, args.thread_calls, args.casts)
+        )
+        args.rounds = 1
+    variants = [v for v in (args.only.split(",") if args.only else VARIANTS) if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown --only {sorted(unknown)}")
+    enable_plugin()
+    vhost = Vhost()
+    try:
+        broker = broker_pid()
+        print(
+            f"vhost {vhost.name}; broker pid {broker}; {args.calls} sequential calls, "
+            f"{args.thread_calls} calls on {args.threads} threads, {args.casts} casts per round"
+        )
+        runs: dict[str, list[Metrics]] = {v: [] for v in variants}
+        t_start = time.monotonic()
+        for rnd in range(args.rounds):
+            order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
+            for variant in order:
+                scheme = {"proton": "amqp", "amqp1": "amqp1", "rabbit": "rabbit"}[variant]
+                url = f"{scheme}://guest:guest@{BROKER}"
+                spec = wl.Spec(
+                    system="proton" if variant == "proton" else "rpclib",
+                    url=url if variant == "proton" else f"{url}/{vhost.name}",
+                    vhost=vhost.name,
+                    topic=f"bench-{variant}-{rnd}",
+                    calls=args.calls,
+                    thread_calls=args.thread_calls,
+                    threads=args.threads,
+                    casts=args.casts,
+                )
+                t0 = time.monotonic()
+                runs[variant].append(metrics(run_pair(spec, broker)))
+                print(f"  round {rnd + 1} {variant:7} {time.monotonic() - t0:6.1f}s", flush=True)
+        print(f"total {time.monotonic() - t_start:.0f}s")
+        med = {
+            v: {k: statistics.median(m[k] for m in rs if k in m) for k in set().union(*rs)}
+            for v, rs in runs.items()
+        }
+        print_table(med, variants, args.rounds, args.threads)
+    finally:
+        vhost.delete()
+
+
+if __name__ == "__main__":
+    main()
