@@ -54,7 +54,7 @@ class ServiceConfig:
     image_dirs: str | None = None
 
     def image_dir_list(self) -> list[Path] | None:
-        """``image_dirs`` split on the path separator (None: local paths unrestricted)."""
+        """``image_dirs`` split on the path separator (None: no local image paths allowed)."""
         if self.image_dirs is None:
             return None
         return [Path(p) for p in self.image_dirs.split(os.pathsep) if p]
@@ -78,7 +78,7 @@ _OPTIONS: dict[str, tuple[str, type]] = {
     "heartbeat_interval": ("seconds between service heartbeats", float),
     "image_dirs": (
         f"directories local image paths must be under, '{os.pathsep}'-separated "
-        "(default: unrestricted; http(s) URLs are always allowed)",
+        "(default: none, so only http(s) URLs are accepted)",
         str,
     ),
 }

@@ -97,8 +97,14 @@ class ImageCache:
         if url.scheme not in ("", "file"):
             return
         path = Path(unquote(url.path) if url.scheme else location).resolve()
+        if not self.allowed_dirs:
+            raise ImageError(
+                location,
+                "local image paths are not allowed on this compute node "
+                "(no image directories are configured; use an http(s) URL)",
+            )
         if not any(path.is_relative_to(d) for d in self.allowed_dirs):
-            allowed = ", ".join(str(d) for d in self.allowed_dirs) or "none"
+            allowed = ", ".join(str(d) for d in self.allowed_dirs)
             raise ImageError(location, f"local images must be under {allowed}")
 
     def _lock_for(self, key: str) -> threading.Lock:

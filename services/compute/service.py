@@ -51,11 +51,12 @@ class ComputeService:
         self.host = host
         self.conductor = ConductorAPI(transport)
         self.driver = LibvirtDriver(libvirt_uri, instances_dir=state_dir / "instances" / host)
-        self.images = ImageCache(state_dir / "images", allowed_dirs=image_dirs)
-        if image_dirs is None:
-            LOG.warning(
-                "compute %s accepts local image paths anywhere on this host; "
-                "restrict them with --image-dirs",
+        # Users name images; a path must not let them read compute's own files.
+        self.images = ImageCache(state_dir / "images", allowed_dirs=image_dirs or ())
+        if not image_dirs:
+            LOG.info(
+                "compute %s takes images by http(s) URL only; allow local image "
+                "directories with --image-dirs",
                 host,
             )
         self.manager = ComputeManager(host, self.driver, self.images, self.conductor)

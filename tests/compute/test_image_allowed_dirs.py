@@ -38,6 +38,26 @@ def test_dot_dot_cannot_escape_an_allowed_dir(tmp_path: Path) -> None:
 
 def test_a_cached_copy_is_not_served_once_the_path_is_disallowed(tmp_path: Path) -> None:
     source = str(image(tmp_path / "etc" / "base.img"))
-    ImageCache(tmp_path / "cache").fetch(source)  # cached while unrestricted
+    ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "etc"]).fetch(source)  # cached
     with pytest.raises(ImageError):
         ImageCache(tmp_path / "cache", allowed_dirs=[tmp_path / "library"]).fetch(source)
+
+
+def test_no_allowed_dirs_refuses_every_local_path(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache", allowed_dirs=[])
+    with pytest.raises(ImageError, match="local image paths are not allowed"):
+        cache.fetch(str(image(tmp_path / "library" / "base.img")))
+
+
+def test_a_compute_service_without_image_dirs_takes_no_local_paths(
+    tmp_path: Path, bus_url: str
+) -> None:
+    import rpclib
+    from services.compute.service import ComputeService
+
+    with rpclib.get_transport(bus_url) as transport:
+        compute = ComputeService(
+            transport, host="n1", libvirt_uri="test:///default", state_dir=tmp_path / "state"
+        )
+        with pytest.raises(ImageError, match="not allowed on this compute node"):
+            compute.images.fetch(str(image(tmp_path / "library" / "base.img")))
