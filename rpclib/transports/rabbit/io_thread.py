@@ -684,7 +684,9 @@ class Session:
         inbox's events. Pipelined ones are kept to be sent again (``keep``) or
         failed (the driver is closing).
         """
-        with self._pub_lock:
+        # Under the write lock: a sender between registering a publish and finding its
+        # write failed must not have that publish taken from it (it retries it itself).
+        with self.write_lock, self._pub_lock:
             pending = [self._pub_pending[tag] for tag in sorted(self._pub_pending)]
             self._pub_pending.clear()
             self._pub_by_id.clear()
