@@ -202,7 +202,9 @@ class RabbitNode:
     and persistent messages survive it.
     """
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, plugins: tuple[str, ...] = ()) -> None:
+        """``plugins``: plugins to enable on this node (none by default)."""
+        self.plugins = plugins
         if root is None:
             _remove_stale_dirs()
         self.dir = Path(root or tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
@@ -437,7 +439,7 @@ class RabbitNode:
         cookie = d / "home" / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16).upper())
         cookie.chmod(0o400)
-        (d / "enabled_plugins").write_text("[].\n")
+        (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# private test node: nothing from /etc\n")
         (d / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {HOST}:{self.port}\n"
