@@ -130,6 +130,7 @@ class Loop:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self._links_made = 0
+        self._parked: list[tuple[float, Route, Message]] = []
         self._attempt = 0
         self._host = 0
         self._first = Future()
@@ -374,10 +375,20 @@ class Loop:
             collector.pop()
 
     def _on_remote_close(self, endpoint: Any, what: str) -> None:
-        if endpoint.remote_condition:
-            LOG.warning("amqp1 %s closed by the peer: %s", what, endpoint.remote_condition)
-        if endpoint.state & Endpoint.LOCAL_ACTIVE:
-            endpoint.close()
+        """The peer ended a session or link we did not close: start over on a new connection.
+
+        RabbitMQ's plugin ends every session (not the connection) when an
+        operator closes the connection or the broker shuts down; the driver's
+        sessions are all needed, so a lost one is a lost connection.
+        """
+        condition = endpoint.remote_condition
+        if not endpoint.state & Endpoint.LOCAL_ACTIVE:
+            return
+        endpoint.close()
+        if self._stopping:
+            return
+        LOG.warning("amqp1 %s closed by the peer: %s", what, condition or "no reason given")
+        self._lost(self.conn, f"{what} closed by the peer: {condition}")
 
     # -- the connection -------------------------------------------------------------------
 
@@ -423,6 +434,11 @@ class Loop:
         self.up.set()
         if was_reconnect:
             LOG.warning("amqp1 connection %s re-established", self.label)
+        parked, self._parked = self._parked, []
+        now = time.monotonic()
+        for deadline, route, message in parked:
+            if deadline > now:
+                self.send(route, message)
         for owner in list(self.owners):
             try:
                 owner.reconnected()
@@ -507,9 +523,16 @@ class Loop:
         return link
 
     def send(self, route: Route, message: Message, *, on_outcome: Outcome | None = None) -> None:
-        """Send on the route's link: pre-settled without ``on_outcome``, else told the outcome."""
+        """Send on the route's link: pre-settled without ``on_outcome``, else told the outcome.
+
+        A pre-settled message sent while the connection is down waits for the
+        reconnect (up to ``send_timeout``) instead of being dropped at once.
+        """
         if route.subject is not None:
             message.subject = route.subject
+        if self.conn is None and on_outcome is None and not self.closed:
+            self._parked.append((time.monotonic() + self.options.send_timeout, route, message))
+            return
         link = self.sender(route.node, on_outcome is None)
         delivery = link.send(message)
         if on_outcome is not None:
