@@ -397,7 +397,9 @@ class ArtemisAddressing(Addressing):
 
 
 def make_addressing(options: Amqp1Options, label: str) -> Addressing:
-    """The strategy the URL's ``addressing`` option names."""
+    """The strategy the URL's ``addressing`` option names (options.py checked the name)."""
     if options.addressing == "artemis":
         return ArtemisAddressing(options)
-    return RabbitMQAddressing(options, label)
+    if options.addressing == "rabbitmq":
+        return RabbitMQAddressing(options, label)
+    raise ValueError(f"no addressing strategy named {options.addressing!r}")

@@ -1,0 +1,140 @@
+"""URL options and addressing strategies of amqp1:// (pure logic: nothing connects)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.amqp1.addressing import (
+    ArtemisAddressing,
+    RabbitMQAddressing,
+    Route,
+    check_address,
+    queue_name,
+)
+from rpclib.transports.amqp1.options import parse_options
+from rpclib.transports.base import Address
+from rpclib.transports.url import parse_url
+
+
+def options(url: str):  # type: ignore[no-untyped-def]
+    return parse_options(parse_url(url))
+
+
+def test_defaults_are_the_local_broker_as_guest_on_vhost_slash() -> None:
+    opts = options("amqp1://")
+    host = opts.hosts[0]
+    assert (host.address, host.user, host.password) == ("localhost:5672", "guest", "guest")
+    assert (opts.virtual_host, opts.addressing) == ("/", "rabbitmq")
+
+
+def test_qpid_scheme_is_an_alias() -> None:
+    assert options("qpid://u:p@h:5673/v").hosts[0].address == "h:5673"
+
+
+def test_several_hosts_fail_over_in_order_with_their_own_credentials() -> None:
+    opts = options("amqp1://a:1@h1:5672,b:2@h2:5673/v")
+    assert [(h.address, h.user, h.password) for h in opts.hosts] == [
+        ("h1:5672", "a", "1"),
+        ("h2:5673", "b", "2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("prefech=3", "unknown option(s) prefech"),
+        ("addressing=dispatch", "addressing='dispatch' must be one of rabbitmq, artemis"),
+        ("prefetch=0", "prefetch=0 must be >= 1"),
+        ("send_timeout=0", "send_timeout=0 must be a positive"),
+        ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max=1 is below retry_backoff=2"),
+        ("heartbeat=soon", "heartbeat='soon' is not a number"),
+    ],
+)
+def test_bad_options_are_named(query: str, complaint: str) -> None:
+    with pytest.raises(
+        InvalidTransportURL, match=complaint.replace("(", r"\(").replace(")", r"\)")
+    ):
+        options(f"amqp1://h/v?{query}")
+
+
+def test_other_schemes_are_refused() -> None:
+    with pytest.raises(InvalidTransportURL, match="not amqp1 or qpid"):
+        parse_options(parse_url("rabbit://h/v"))
+
+
+@pytest.mark.parametrize(
+    ("address", "group", "complaint"),
+    [
+        (Address("x", "t@s"), None, "contains '@'"),
+        (Address("x", "t/u"), None, "contains '/'"),
+        (Address("x", "t.live"), None, "ends with a suffix"),
+        (Address("x", "t.fanout"), None, "ends with a suffix"),
+        (Address("amq.topic", "t"), None, "'amq.' prefix is reserved"),
+        (Address("x", "t", server="s#1"), None, "contains '#'"),
+        (Address("x", "t", server="s"), "g", "groups apply to topics only"),
+        (Address("rpclib", "dead-letters"), None, "is the driver's own"),
+        (Address("x", "t" * 300), None, "exceed 255 bytes"),
+    ],
+)
+def test_names_that_could_collide_are_refused(
+    address: Address, group: str | None, complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        check_address(address, group)
+
+
+def test_queue_names_follow_the_documented_scheme() -> None:
+    topic = Address("nova", "compute")
+    assert queue_name(topic) == "nova.compute"
+    assert queue_name(topic, "billing") == "nova.compute#billing"
+    assert queue_name(Address("nova", "compute", server="h1"), live=True) == "nova.compute@h1.live"
+
+
+def rabbitmq() -> RabbitMQAddressing:
+    return RabbitMQAddressing(options("amqp1://h/v"), "test")
+
+
+@pytest.mark.parametrize(
+    ("address", "at_least_once", "route"),
+    [
+        (Address("nova", "compute"), True, Route("/exchange/nova", "compute")),
+        (Address("nova", "compute"), False, Route("/exchange/nova", "compute.live")),
+        (Address("nova", "compute", server="h1"), True, Route("/exchange/nova", "compute@h1")),
+        (
+            Address("nova", "compute", server="h1"),
+            False,
+            Route("/exchange/nova", "compute@h1.live"),
+        ),
+        (Address("nova", "compute", fanout=True), False, Route("/exchange/nova", "compute.fanout")),
+        (Address("nova", "compute", fanout=True), True, Route("/exchange/nova", "compute.fanout")),
+    ],
+)
+def test_rabbitmq_sends_to_the_control_exchange_with_the_key_as_subject(
+    address: Address, at_least_once: bool, route: Route
+) -> None:
+    assert rabbitmq().send_route(address, at_least_once) == route
+
+
+def test_rabbitmq_picks_the_vhost_by_the_open_frames_hostname() -> None:
+    strategy = RabbitMQAddressing(options("amqp1://h/prod"), "test")
+    assert strategy.hostname() == "vhost:prod"
+
+
+def test_rabbitmq_inboxes_are_reached_through_amq_direct_and_read_pre_settled() -> None:
+    strategy = rabbitmq()
+    assert strategy.private_route("rpclib.reply.h.1.2") == Route(
+        "/exchange/amq.direct", "rpclib.reply.h.1.2"
+    )
+    source = strategy.private_source("rpclib.reply.h.1.2")
+    assert (source.node, source.settled) == ("/amq/queue/rpclib.reply.h.1.2", True)
+
+
+def test_artemis_uses_multicast_addresses_and_fully_qualified_group_queues() -> None:
+    strategy = ArtemisAddressing(options("amqp1://h/v?addressing=artemis"))
+    topic = Address("nova", "compute")
+    assert strategy.send_route(topic, True) == Route("nova.compute")
+    [source] = strategy.prepare_listen(topic, "billing")
+    assert source.node == "nova.compute::nova.compute#billing"
+    [server] = strategy.prepare_listen(Address("nova", "compute", server="h1"), None)
+    assert server.node == "nova.compute@h1"
