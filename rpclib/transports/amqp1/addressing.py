@@ -139,10 +139,6 @@ class Addressing(abc.ABC):
     def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
         """Declare what ``listen`` consumes; the sources to attach receivers to."""
 
-    def release_listen(self, sources: list[Source]) -> None:
-        """Remove what ``prepare_listen`` created that outlives its consumer."""
-        return None
-
     @abc.abstractmethod
     def declare(self, address: Address, group: str | None) -> None:
         """Create the durable node of a topic group or server without consuming."""
@@ -285,9 +281,6 @@ class RabbitMQAddressing(Addressing):
             c.bind_queue(live, fan, "")
             c.bind_exchange(fan, x, f"{t}{LIVE}")
         return [Source(f"/amq/queue/{durable}", False), Source(f"/amq/queue/{live}", True)]
-
-    def release_listen(self, sources: list[Source]) -> None:
-        pass  # .live and fanout queues are auto-delete: they go with their consumer
 
     def declare(self, address: Address, group: str | None) -> None:
         self._durable_queue(address, group)

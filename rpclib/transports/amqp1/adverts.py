@@ -20,7 +20,7 @@ from proton import Message
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1 import messages
-from rpclib.transports.amqp1.addressing import SYNC, Route
+from rpclib.transports.amqp1.addressing import SYNC
 from rpclib.transports.amqp1.consumer import run_blocking
 from rpclib.transports.base import AdvertHandler
 
@@ -71,7 +71,7 @@ class _Reader:
             self.loop.addressing.recreate_private(self.name, list(self.binds))
             self.loop.submit(self.attach)
 
-        run_blocking("advert-reader", again)
+        run_blocking("advert-reader", again, lambda: not self.closed and not self.loop.closed)
 
     def on_message(self, message: Message, delivery: Any) -> None:
         delivery.settle()
@@ -230,4 +230,4 @@ class AdvertWatch(_Reader):
         self.loop.addressing.delete_private(self.name)
 
 
-__all__ = ["AdvertOwner", "AdvertWatch", "Route", "advert", "withdrawal"]
+__all__ = ["AdvertOwner", "AdvertWatch", "advert", "withdrawal"]

@@ -2,8 +2,9 @@
 
 A subscription has a session of its own with one receiver per source node.
 Credit is the prefetch window: each link starts with ``prefetch`` credit and
-gets one back per settled message, so at most ``prefetch`` messages per link
-are unsettled. ``cancel`` stops replenishing credit and puts back whatever
+gets one back per settled message (for pre-settled links in batches, see
+:meth:`Amqp1Subscription.owe_credit`), so at most ``prefetch`` messages per
+link are unsettled. ``cancel`` stops replenishing credit and puts back whatever
 still arrives (see :meth:`Amqp1Subscription._bounce`), so delivered messages
 stay settleable. ``close`` ends the session: the peer requeues what was
 unsettled. (RabbitMQ's plugin never completes a single link's detach, so
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,14 +33,20 @@ LOG = logging.getLogger("rpclib.transports.amqp1")
 INBOX_CREDIT: Final = 1024
 
 
-def run_blocking(what: str, fn: Callable[[], None]) -> None:
-    """Run blocking set-up work (declarations) off the I/O thread."""
+def run_blocking(what: str, fn: Callable[[], None], wanted: Callable[[], bool]) -> None:
+    """Run blocking set-up work (declarations after a reconnect) off the I/O thread,
+    retrying with backoff while ``wanted()`` (the broker may still be starting)."""
 
     def run() -> None:
-        try:
-            fn()
-        except Exception:
-            LOG.exception("amqp1: %s failed", what)
+        delay = 0.2
+        while wanted():
+            try:
+                fn()
+                return
+            except Exception as exc:
+                LOG.warning("amqp1: %s failed (%s); retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     threading.Thread(target=run, name=f"amqp1-{what}", daemon=True).start()
 
@@ -151,7 +159,7 @@ class Amqp1Subscription:
             sources = self.loop.addressing.prepare_listen(self.address, self.group)
             self.loop.submit(lambda: self._attach_sources(sources))
 
-        run_blocking("re-subscribe", declare)
+        run_blocking("re-subscribe", declare, lambda: not self.closed and not self.loop.closed)
 
     def _attach_sources(self, sources: list[Source]) -> None:
         if self.loop.conn is None or self.closed:
@@ -359,7 +367,7 @@ class Amqp1Inbox:
                 self.loop.addressing.recreate_private(self.name, [])
             self.loop.submit(lambda: self._reopened(survived is not False))
 
-        run_blocking("inbox-check", check)
+        run_blocking("inbox-check", check, lambda: not self.closed and not self.loop.closed)
 
     def _reopened(self, survived: bool) -> None:
         if self.closed or self.loop.conn is None:

@@ -20,7 +20,6 @@ full jitter across the URL's hosts and calls each owner's ``reconnected``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import itertools
 import logging
@@ -601,4 +600,4 @@ def _safe(tell: Outcome, what: str | None) -> None:
         LOG.exception("amqp1 outcome callback failed")
 
 
-__all__ = ["LOG", "Future", "Loop", "Outcome", "errno"]
+__all__ = ["LOG", "Future", "Loop", "Outcome"]
