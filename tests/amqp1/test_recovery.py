@@ -171,3 +171,30 @@ def test_call_in_flight_completes_when_connections_drop_and_come_back(
 
     outcome = call_in_flight(node_url(amqp1_node, "retry_backoff_max=0.5"), drop_then_finish)
     assert outcome == "done"  # the reply queue survived: the reply still arrives
+
+
+def test_at_least_once_sends_lose_nothing_while_connections_drop(
+    amqp1_node: RabbitNode, make_driver: Callable[[], Driver]
+) -> None:
+    address = topic()
+    got = Collector(WAIT)
+    make_driver().listen(address, got, prefetch=16)
+    sender = make_driver()
+    bodies = {b"%d" % i for i in range(400)}
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        for body in sorted(bodies):
+            try:
+                sender.send(address, body, guarantee=Guarantee.AT_LEAST_ONCE)
+            except BaseException as exc:
+                errors.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    seen = {got.get().body for _ in range(50)}
+    amqp1_node.close_all_connections()  # mid-stream: sends retry, unacked ones come back
+    while not bodies <= seen:
+        seen.add(got.get().body)  # duplicates are allowed, losses are not
+    producer.join(WAIT)
+    assert errors == []

@@ -115,6 +115,8 @@ class Addressing(abc.ABC):
     """Maps addresses to nodes and prepares the nodes (blocking calls; never on the I/O thread)."""
 
     name: str = ""
+    watches_adverts: bool = True
+    """Whether a private node can be bound to hear a topic's adverts (``watch_adverts``)."""
 
     def __init__(self, options: Amqp1Options) -> None:
         self.options = options
@@ -348,6 +350,7 @@ class ArtemisAddressing(Addressing):
     """ActiveMQ Artemis: auto-created multicast addresses with fully qualified group queues."""
 
     name = "artemis"
+    watches_adverts = False
 
     def hostname(self) -> str:
         return self.options.hosts[0].hostname

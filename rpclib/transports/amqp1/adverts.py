@@ -87,7 +87,7 @@ class _Reader:
     def end(self) -> None:
         """Stop reading (I/O thread)."""
         self.closed = True
-        session, self.session = self.session, None
+        session, self.session, self.link = self.session, None, None
         if session is not None:
             session.close()
         if self in self.loop.owners:

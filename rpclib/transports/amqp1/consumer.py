@@ -13,6 +13,7 @@ links are never closed one by one.)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -52,45 +53,53 @@ def run_blocking(what: str, fn: Callable[[], None], wanted: Callable[[], bool]) 
 
 
 class Amqp1Incoming:
-    """One delivery; settled from any thread (the work is handed to the I/O thread)."""
+    """One delivery; settled from any thread (the work is handed to the I/O thread).
+
+    It holds no proton object: those may only be touched (and freed: a
+    wrapper's ``__del__`` changes proton's reference counts) on the I/O
+    thread, while an Incoming ends its life on whatever thread rpclib
+    settled it from. The subscription keeps the delivery under ``key``.
+    """
 
     __slots__ = (
-        "_link",
-        "_presettled",
         "_settled",
         "_sub",
         "attempts",
         "body",
-        "delivery",
-        "message",
+        "key",
+        "link",
         "node",
+        "presettled",
+        "props",
     )
 
     def __init__(
         self,
         sub: Amqp1Subscription,
-        link: Any,
+        key: int,
+        link: str,
         node: str,
-        message: Message,
-        delivery: Any,
+        body: bytes,
+        props: dict[str, Any],
         attempts: int,
+        presettled: bool,
     ) -> None:
         self._sub = sub
-        self._link = link
+        self.key = key
+        self.link = link
         self.node = node
-        self.message = message
-        self.delivery = delivery
-        self.body = messages.body_of(message)
+        self.body = body
+        self.props = props
         self.attempts = attempts
+        self.presettled = presettled
         self._settled = False
-        self._presettled = False
 
     def _settle(self, kind: str, reason: str = "") -> None:
         if self._settled:
             raise RuntimeError("message already settled")
         self._settled = True
-        if kind == "ack" and self._presettled:
-            self._sub.owe_credit(self._link)  # nothing to tell the peer: credit, in batches
+        if kind == "ack" and self.presettled:
+            self._sub.owe_credit(self.link)  # nothing to tell the peer: credit, in batches
             return
         self._sub.loop.submit(lambda: self._sub.settle(self, kind, reason))
 
@@ -128,8 +137,11 @@ class Amqp1Subscription:
         self.links: list[tuple[Any, Source]] = []
         self.cancelled = False
         self.closed = False
-        self._owed: dict[Any, int] = {}
-        """link -> credit owed for acked pre-settled deliveries (under ``_owed_lock``)."""
+        self._owed: dict[str, int] = {}
+        """link name -> credit owed for acked pre-settled deliveries (under ``_owed_lock``)."""
+        self._unsettled: dict[int, tuple[Any, Any]] = {}
+        """Incoming key -> (delivery, link) not yet settled (I/O thread only)."""
+        self._keys = itertools.count()
         self._owed_lock = threading.Lock()
         self._owed_batch = max(1, prefetch // 4)
 
@@ -171,24 +183,29 @@ class Amqp1Subscription:
     def connection_lost(self) -> None:
         self.session = None
         self.links = []
+        self._unsettled.clear()
 
     def on_message(self, message: Message, delivery: Any) -> None:
         link = delivery.link
-        node = next((s.node for lk, s in self.links if lk == link), "")
+        name = link.name
+        node = next((s.node for lk, s in self.links if lk.name == name), "")
         presettled = delivery.settled
+        key = next(self._keys)
         if presettled:
             delivery.settle()
+        else:
+            self._unsettled[key] = (delivery, link)
         if self.closed:
             return
         props = messages.props_of(message)
         attempts = int(props.get(messages.ATTEMPTS, 1))
+        body = messages.body_of(message)
         if self.cancelled:
-            self._bounce(link, node, message, delivery, attempts)
+            self._bounce(Amqp1Incoming(self, key, name, node, body, props, attempts, presettled))
             return
         if message.first_acquirer is False or message.delivery_count:
             attempts += 1
-        incoming = Amqp1Incoming(self, link, node, message, delivery, attempts)
-        incoming._presettled = presettled
+        incoming = Amqp1Incoming(self, key, name, node, body, props, attempts, presettled)
         self._give_credit()
         if messages.expired(props):
             incoming._settled = True
@@ -204,14 +221,15 @@ class Amqp1Subscription:
 
     def settle(self, incoming: Amqp1Incoming, kind: str, reason: str) -> None:
         """Ack, requeue (republish with attempts + 1) or dead-letter one delivery."""
-        link = incoming._link
-        if self.session is None or link.session != self.session:
+        if self.session is None or (
+            not incoming.presettled and incoming.key not in self._unsettled
+        ):
             LOG.debug("settling a delivery of a closed link of %s: ignored", self)
             return
         if kind == "ack":
             self._finish(incoming, Delivery.ACCEPTED)
             return
-        props = messages.props_of(incoming.message)
+        props = dict(incoming.props)
         if kind == "requeue":
             props[messages.ATTEMPTS] = incoming.attempts + 1
             route = Route(incoming.node)
@@ -240,18 +258,22 @@ class Amqp1Subscription:
             LOG.warning("could not %s a message of %s: %s", kind, self.address, exc)
 
     def _finish(self, incoming: Amqp1Incoming, state: Any) -> None:
-        delivery, link = incoming.delivery, incoming._link
-        if self.session is None or link.session != self.session:
+        """Settle the delivery (unless pre-settled) and give its credit back (I/O thread)."""
+        if incoming.presettled:
+            self.owe_credit(incoming.link)
             return
-        if not delivery.settled:
-            if state == Delivery.MODIFIED:
-                delivery.local.failed = True
-            delivery.update(state)
-            delivery.settle()
+        entry = self._unsettled.pop(incoming.key, None)
+        if entry is None or self.session is None:
+            return
+        delivery, link = entry
+        if state == Delivery.MODIFIED:
+            delivery.local.failed = True
+        delivery.update(state)
+        delivery.settle()
         if not self.cancelled:
             link.flow(1)
 
-    def owe_credit(self, link: Any) -> None:
+    def owe_credit(self, link: str) -> None:
         """A pre-settled delivery was acked (any thread): give its credit back, batched.
 
         The debt is paid on the next delivery or once a quarter of the window
@@ -269,11 +291,12 @@ class Amqp1Subscription:
             owed, self._owed = self._owed, {}
         if self.cancelled or self.session is None:
             return
-        for link, credit in owed.items():
-            if link.session == self.session:
+        for link, _ in self.links:
+            credit = owed.get(link.name)
+            if credit:
                 link.flow(credit)
 
-    def _bounce(self, link: Any, node: str, message: Message, delivery: Any, attempts: int) -> None:
+    def _bounce(self, incoming: Amqp1Incoming) -> None:
         """A delivery after cancel(): put it back unchanged (same attempts) and take no more.
 
         RabbitMQ's plugin crashes the session on a drain and never finishes a
@@ -281,7 +304,7 @@ class Amqp1Subscription:
         replenished, and what still arrives on it goes back to the tail of its
         queue for the other consumers, not counted as an attempt.
         """
-        incoming = Amqp1Incoming(self, link, node, message, delivery, attempts - 1)
+        incoming.attempts -= 1  # requeue counts one more: this one was never handled
         self.settle(incoming, "requeue", "")
 
     def _end(self) -> None:
@@ -291,6 +314,7 @@ class Amqp1Subscription:
         for link, _ in self.links:
             self.loop.receivers.pop(link.name, None)
         self.links = []
+        self._unsettled.clear()
         if session is not None:
             session.close()
         if self in self.loop.owners:

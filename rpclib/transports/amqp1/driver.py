@@ -327,6 +327,11 @@ class Amqp1Driver(Driver):
     def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
         """Report current adverts before returning (after ``advert_sync_wait``), then changes."""
         self._check_open()
+        if not self.addressing.watches_adverts:
+            raise TransportError(
+                f"addressing={self.addressing.name} cannot watch adverts yet; "
+                "use addressing=rabbitmq or give clients an explicit version_cap"
+            )
         check_address(Address(exchange, topic))
         self.addressing.prepare_adverts(exchange)
         binding = self.addressing.adverts_binding(exchange, topic)
