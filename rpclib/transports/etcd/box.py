@@ -8,20 +8,21 @@ transaction), so a reply to a closed inbox is Undeliverable at once. Every
 key in a box carries the owner's lease: a dead process's box empties itself.
 
 Inbox addresses are ``DRIVER/INBOX/LEASE`` (the lease in hex, so a sender
-can put the reply with it). Keys seen but not yet deleted are remembered, so
-a resync after compaction never hands anything over twice.
+can put the reply with it). The box is watched without delete events; keys
+handed over are remembered until their deletion is applied, so a resync
+after compaction never hands anything over twice.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import InboxEventHandler, InboxHandler
 from rpclib.transports.etcd import client as ops
-from rpclib.transports.etcd.client import KV, EtcdClient, LeaseNotFound
+from rpclib.transports.etcd.client import KV, EtcdClient, Json, LeaseNotFound
 from rpclib.transports.etcd.naming import Keys
 from rpclib.transports.etcd.settler import Settler
 from rpclib.transports.etcd.watch import Event
@@ -119,6 +120,19 @@ class Box:
         with self._lock:
             return list(self._inboxes.values())
 
+    def discard(self, key: str, also: Sequence[Json] = ()) -> None:
+        """Delete a handled key of this box (with ``also`` in the same operation), soon.
+
+        The box watch does not receive deletes (fewer events for etcd to send
+        and for us to parse), so the key is forgotten once its deletion is applied.
+        """
+        op = ops.nested([], [ops.delete(key), *also]) if also else ops.delete(key)
+        self.settler.submit(op, lambda: self._forget(key))
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._seen.discard(key)
+
     # --- sending a reply -----------------------------------------------------------------
 
     def send_to_inbox(self, address: str, body: bytes, message_id: str) -> None:
@@ -131,11 +145,11 @@ class Box:
         marker = self.keys.inbox_marker(driver_id, inbox_id)
         key = self.keys.reply(driver_id, inbox_id, message_id)
         riders = self.settler.take()  # pending settlements ride along, in both branches
-        settlements = [op for op, _ in riders]
+        settlements = [pending.op for pending in riders]
+        # No "not there yet" guard: a retried reply is the same key, which the
+        # owner's box hands over once (and rpclib drops replies it no longer awaits).
         request = ops.txn(
-            [ops.exists(marker), ops.absent(key)],
-            [ops.put(key, body, lease), *settlements],
-            [ops.range_key(marker), *settlements],
+            [ops.exists(marker)], [ops.put(key, body, lease), *settlements], settlements
         )
         try:
             response = self.client.txn(request)
@@ -147,10 +161,7 @@ class Box:
             raise
         self.settler.applied(riders)
         if not response.get("succeeded"):
-            ranges = response.get("responses", [{}])[0].get("response_range", {})
-            if not ranges.get("kvs"):
-                raise Undeliverable(f"inbox {address} is closed")
-            # else the reply is there already: our own retry of this request
+            raise Undeliverable(f"inbox {address} is closed")
 
     # --- the watch sink ---------------------------------------------------------------
 
@@ -192,11 +203,11 @@ class Box:
             target(kv.key, kv.value)
             return
         if inbox is not None:
-            self.settler.submit(ops.delete(kv.key))
+            self.discard(kv.key)
             try:
                 inbox.handler(kv.value)
             except Exception:
                 LOG.exception("inbox handler failed")
             return
         LOG.debug("no consumer or inbox for %s any more; deleting it", kv.key)
-        self.settler.submit(ops.delete(kv.key))
+        self.discard(kv.key)

@@ -17,9 +17,11 @@ server address it watches its durable queue (``q/.../``):
   again by whoever is left (or by the same server, restarted).
 
 Messages pushed to the consumer's box (at-most-once and fanout) need no claim:
-the box is its own. Both kinds are delivered by one thread per consumer,
-bounded by ``prefetch`` unsettled messages; settlements go through the
-driver's settler (batched).
+the box is its own; the box's watch thread hands them over itself when the
+consumer has credit and nothing queued (one thread hop less per call), else
+the consumer's delivery thread does, in turn. Stored messages are delivered
+by that thread. At most ``prefetch`` messages are unsettled per consumer;
+settlements go through the driver's settler (batched).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Protocol
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import Address, Guarantee, MessageHandler
 from rpclib.transports.etcd import client as ops
+from rpclib.transports.etcd.box import Box
 from rpclib.transports.etcd.client import KV, EtcdClient, Json
 from rpclib.transports.etcd.naming import Keys, QueueName
 from rpclib.transports.etcd.routing import LiveConsumer, Router
@@ -42,6 +45,10 @@ from rpclib.transports.etcd.watch import Event, PrefixWatch
 from rpclib.transports.etcd.wire import Message
 
 LOG = logging.getLogger("rpclib.transports.etcd")
+CLAIM_LINGER = 0.004
+"""Seconds a consumer in the middle of a stream waits to claim a batch instead of one."""
+STREAM_GAP = 0.05
+"""A claim this soon after the previous one means messages are streaming in."""
 
 
 class Host(Protocol):
@@ -51,6 +58,7 @@ class Host(Protocol):
     keys: Keys
     settler: Settler
     router: Router
+    box: Box
     driver_id: str
 
     @property
@@ -258,7 +266,7 @@ class Consumer:
                 self.host.router.send(self.address, message.encode(), Guarantee.AT_MOST_ONCE)
             except (Undeliverable, TransportError) as exc:
                 LOG.debug("at-most-once message for %s dropped on close: %s", self.address, exc)
-        self.host.settler.submit(ops.delete(key))
+        self.host.box.discard(key)
 
     # --- input from the watches --------------------------------------------------------
 
@@ -298,20 +306,42 @@ class Consumer:
             message = Message.decode(value)
         except ValueError as exc:
             LOG.error("dropping malformed message %s: %s", key, exc)
-            self.host.settler.submit(ops.delete(key))
+            self.host.box.discard(key)
             return
         with self._cond:
-            if not self._cancelled:
-                self._pushed.append((key, message))
+            if self._cancelled:
+                inline = None
+            elif self._pushed or len(self._unsettled) >= self.prefetch:
+                self._pushed.append((key, message))  # the delivery thread takes it in turn
                 self._cond.notify_all()
                 return
-        self._give_back(key, message)
+            else:  # nothing waiting and credit left: hand it over here, saving a thread hop
+                inline = Delivery(
+                    self,
+                    message.body,
+                    message.delivered + 1,
+                    key,
+                    key.rpartition("/")[2],
+                    pushed=True,
+                )
+                self._unsettled.add(inline)
+        if inline is None:
+            self._give_back(key, message)
+        elif message.expired(time.time()):
+            with self._cond:
+                self._unsettled.discard(inline)
+                self._cond.notify_all()
+            self.host.box.discard(key)
+        else:
+            self._deliver(inline)
 
     # --- delivery ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        last_claim = 0.0
         while True:
             with self._cond:
+                lingered = False
                 while True:
                     if self._cancelled:
                         return
@@ -321,6 +351,13 @@ class Consumer:
                         claims: list[tuple[str, bytes]] = []
                         break
                     if credit > 0 and self._available:
+                        streaming = time.monotonic() - last_claim < STREAM_GAP
+                        if streaming and not lingered and len(self._available) < credit:
+                            # messages are streaming in: wait a moment to claim several at once
+                            lingered = True
+                            self._cond.wait(CLAIM_LINGER)
+                            continue
+                        last_claim = time.monotonic()
                         pushed = None
                         claims = []
                         for message_id in list(self._available)[:credit]:
@@ -332,7 +369,7 @@ class Consumer:
             if pushed is not None:
                 key, message = pushed
                 if message.expired(time.time()):
-                    self.host.settler.submit(ops.delete(key))
+                    self.host.box.discard(key)
                     continue
                 delivery = Delivery(
                     self,
@@ -389,7 +426,8 @@ class Consumer:
         ]
         riders = self.host.settler.take()  # pending settlements ride along
         try:
-            response = self.host.client.txn(ops.txn([], requests + [op for op, _ in riders]))
+            settlements = [pending.op for pending in riders]
+            response = self.host.client.txn(ops.txn([], requests + settlements))
         except TransportError as exc:
             self.host.settler.give_back(riders)
             LOG.warning("claiming from %s failed: %s", self.queue, exc)
@@ -439,14 +477,12 @@ class Consumer:
             action = "ack"
         if delivery.pushed:
             if action == "ack":
-                settler.submit(ops.delete(delivery.key))
+                self.host.box.discard(delivery.key)
             else:  # back into this box, one delivery more
                 again = f"{delivery.key}+"
                 value = Message(delivery.body, delivery.attempts).encode()
                 lease = self.host.lease_id
-                settler.submit(
-                    ops.nested([], [ops.delete(delivery.key), ops.put(again, value, lease)])
-                )
+                self.host.box.discard(delivery.key, [ops.put(again, value, lease)])
         elif action == "ack":
             settler.submit(self._ack_op(delivery.message_id))
         else:

@@ -297,6 +297,7 @@ class EtcdDriver(Driver):
                 self.box,
                 name=f"box {self.driver_id}",
                 echo=self._echo,
+                filters=("NODELETE",),
             )
             self._box_watch = watch
             self._watches.append(watch)

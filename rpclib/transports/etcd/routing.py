@@ -30,6 +30,7 @@ import itertools
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,38 +148,53 @@ class Router:
             self._push(address, value, message_id, deadline)
 
     def _guarded(
-        self, address: Address, view: TopicView, success: list[Json], deadline: float
+        self,
+        address: Address,
+        view: TopicView,
+        success: list[Json],
+        deadline: float,
+        extra: Sequence[Json] = (),
     ) -> Json | None:
-        """Run ``success`` if the view is current; else refresh it and return None."""
+        """Run ``success`` if the view is current (and ``extra`` compares hold).
+
+        Returns None, with the view refreshed, if not. Pending settlements ride
+        along on success; the transaction has no failure branch (the gateway
+        parses every byte of a request, used or not), so a failure costs a
+        second, read-only request.
+        """
         decl_prefix = self.keys.decl_prefix(address.exchange, address.topic)
         live_prefix = self.keys.live_prefix(address.exchange, address.topic)
-        riders = self.settler.take()  # pending settlements ride along, in both branches
-        settlements = [op for op, _ in riders]
+        riders = self.settler.take()
         request = ops.txn(
             [
                 ops.nothing_created_after(decl_prefix, view.revision),
                 ops.nothing_created_after(live_prefix, view.revision),
+                *extra,
             ],
-            success + settlements,
-            [ops.range_prefix(decl_prefix), ops.range_prefix(live_prefix), *settlements],
+            success + [pending.op for pending in riders],
         )
         try:
             response = self.client.txn(request, deadline=deadline)
         except BaseException:
             self.settler.give_back(riders)
             raise
-        self.settler.applied(riders)
         if response.get("succeeded"):
+            self.settler.applied(riders)
             return response
-        ranges = [r["response_range"] for r in response.get("responses", ())[:2]]
-        self._store(
-            address.exchange,
-            address.topic,
-            kvs_of(ranges[0]),
-            kvs_of(ranges[1]),
-            revision_of(response),
-        )
+        self.settler.give_back(riders)
+        self.refresh(address, deadline)
         return None
+
+    def refresh(self, address: Address, deadline: float, *also: str) -> list[list[KV]]:
+        """Re-read the topic's routes (and the keys ``also``); their key-values."""
+        decl_prefix = self.keys.decl_prefix(address.exchange, address.topic)
+        live_prefix = self.keys.live_prefix(address.exchange, address.topic)
+        reads = [ops.range_prefix(decl_prefix), ops.range_prefix(live_prefix)]
+        reads += [ops.range_key(key) for key in also]
+        response = self.client.txn(ops.txn([], reads), deadline=deadline)
+        ranges = [kvs_of(r["response_range"]) for r in response.get("responses", ())]
+        self._store(address.exchange, address.topic, ranges[0], ranges[1], revision_of(response))
+        return ranges[2:]
 
     def _store_copies(
         self, address: Address, value: bytes, message_id: str, deadline: float
@@ -229,6 +245,11 @@ class Router:
                         address.server,
                     ):
                         targets.append((route, self._pick(route, consumers)))
+            if len(targets) == 1:  # the usual case, one flat transaction
+                if self._push_one(address, view, targets[0][1], value, message_id, deadline):
+                    delivered += 1
+                    break
+                continue
             pushes = [self._push_op(c, value, message_id) for _, c in targets]
             batches = _batches(pushes, len(value))
             response = self._guarded(address, view, batches[0] if batches else [], deadline)
@@ -250,6 +271,24 @@ class Router:
             self.forget(address.exchange, address.topic)
         if not delivered:
             raise Undeliverable(f"nobody is listening on {address} now")
+
+    def _push_one(
+        self,
+        address: Address,
+        view: TopicView,
+        consumer: LiveConsumer,
+        value: bytes,
+        message_id: str,
+        deadline: float,
+    ) -> bool:
+        """Push to one consumer; False (view refreshed) if it is gone or the view was stale."""
+        key = consumer.box + message_id
+        put = [ops.put(key, value, consumer.lease)]
+        guards = [ops.exists(consumer.key), ops.absent(key)]
+        if self._guarded(address, view, put, deadline, guards) is not None:
+            return True
+        (already,) = self.refresh(address, deadline, key)
+        return bool(already)  # there from a try whose answer we did not see
 
     @staticmethod
     def _push_op(consumer: LiveConsumer, value: bytes, message_id: str) -> Json:

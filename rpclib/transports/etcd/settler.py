@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -31,7 +32,17 @@ PIGGYBACK = 20
 """Operations a send, reply or claim transaction carries along."""
 LINGER = 0.01
 """Seconds a settlement waits for a transaction to ride on before it is sent alone."""
-Pending = tuple[Json, "Callable[[], None] | None"]
+
+
+class Pending:
+    """A settlement waiting to be applied: the operation, a callback, when it came."""
+
+    __slots__ = ("at", "done", "op")
+
+    def __init__(self, op: Json, done: Callable[[], None] | None) -> None:
+        self.op = op
+        self.done = done
+        self.at = time.monotonic()
 
 
 class Settler:
@@ -48,7 +59,7 @@ class Settler:
     def submit(self, op: Json, done: Callable[[], None] | None = None) -> None:
         """Apply ``op`` (a request op, usually a nested txn) soon; call ``done`` after."""
         with self._cond:
-            self._ops.append((op, done))
+            self._ops.append(Pending(op, done))
             if len(self._ops) == 1 or len(self._ops) >= MAX_BATCH:
                 self._cond.notify_all()
 
@@ -96,11 +107,14 @@ class Settler:
                 self._cond.wait_for(lambda: self._ops or self._stopped)
                 if not self._ops and self._stopped:
                     return
-                if not self._stopped and not self._flushing and len(self._ops) < MAX_BATCH:
-                    # linger: a send, reply or claim about to go out may carry them instead
-                    self._cond.wait(LINGER)
-                    if not self._ops:
-                        continue
+                # linger: a send, reply or claim about to go out may carry them instead
+                while self._ops and not (self._stopped or self._flushing):
+                    left = self._ops[0].at + LINGER - time.monotonic()
+                    if left <= 0 or len(self._ops) >= MAX_BATCH:
+                        break
+                    self._cond.wait(left)
+                if not self._ops:
+                    continue
                 batch = [self._ops.popleft() for _ in range(min(MAX_BATCH, len(self._ops)))]
                 self._busy = True
             try:
@@ -113,7 +127,7 @@ class Settler:
     def _apply(self, batch: list[Pending]) -> None:
         while True:
             try:
-                self.client.txn(txn([], [op for op, _ in batch]))
+                self.client.txn(txn([], [pending.op for pending in batch]))
                 break
             except Closed:
                 LOG.debug("settler: driver closed with %d settlement(s) unapplied", len(batch))
@@ -131,9 +145,9 @@ class Settler:
 
 
 def _run_callbacks(batch: list[Pending]) -> None:
-    for _, done in batch:
-        if done is not None:
+    for pending in batch:
+        if pending.done is not None:
             try:
-                done()
+                pending.done()
             except Exception:
                 LOG.exception("settlement callback failed")

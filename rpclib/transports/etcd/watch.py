@@ -29,14 +29,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
 
 from rpclib.exceptions import TransportError
-from rpclib.transports.etcd.client import KV, EtcdClient, b64, unb64
+from rpclib.transports.etcd.client import KV, EtcdClient, b64, new_session, unb64
 from rpclib.transports.etcd.naming import prefix_end
 
 LOG = logging.getLogger("rpclib.transports.etcd")
@@ -78,6 +78,7 @@ class PrefixWatch:
         *,
         name: str,
         echo: Callable[[str], None],
+        filters: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -85,6 +86,7 @@ class PrefixWatch:
         self.name = name
         self.echo_key = f"{prefix}{ECHO}w{os.getpid()}-{next(_ids)}"
         self._echo = echo
+        self._filters = list(filters)
         self.revision = 0
         self.resyncs = 0
         """How many times the prefix was re-read after a compaction (for tests)."""
@@ -181,13 +183,15 @@ class PrefixWatch:
 
     def _stream(self) -> None:
         endpoint = self.client.endpoint_client()
-        session = requests.Session()
+        session = new_session()
         create: dict[str, Any] = {
             "key": b64(self.prefix),
             "range_end": b64(prefix_end(self.prefix)),
             "start_revision": str(self.revision + 1),
             "progress_notify": True,
         }
+        if self._filters:
+            create["filters"] = self._filters
         try:
             response = session.post(
                 endpoint.get_url("/watch"),
