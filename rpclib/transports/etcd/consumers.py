@@ -45,7 +45,7 @@ from rpclib.transports.etcd.watch import Event, PrefixWatch
 from rpclib.transports.etcd.wire import Message
 
 LOG = logging.getLogger("rpclib.transports.etcd")
-CLAIM_LINGER = 0.004
+CLAIM_LINGER = 0.01
 """Seconds a consumer in the middle of a stream waits to claim a batch instead of one."""
 STREAM_GAP = 0.05
 """A claim this soon after the previous one means messages are streaming in."""

@@ -92,7 +92,7 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         send_timeout=_seconds(url, "send_timeout", 15.0),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,
-        watch_idle=_seconds(url, "watch_idle", 5.0),
+        watch_idle=_seconds(url, "watch_idle", 10.0),
         watch_timeout=_seconds(url, "watch_timeout", 5.0),
         dead_letter_ttl=url.int_option("dead_letter_ttl", 7 * 24 * 3600, minimum=2),
     )

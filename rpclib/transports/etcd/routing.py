@@ -94,7 +94,7 @@ class Router:
         self.settler = settler
         self._views: dict[tuple[str, str], TopicView] = {}
         self._lock = threading.Lock()
-        self._turns: dict[RouteKey, itertools.count[int]] = {}
+        self._turns: dict[tuple[str, str, RouteKey], itertools.count[int]] = {}
 
     # --- the view ----------------------------------------------------------------------
 
@@ -123,10 +123,14 @@ class Router:
             if view is not None:
                 view.revision = -1
 
-    def _pick(self, route: RouteKey, consumers: list[LiveConsumer]) -> LiveConsumer:
-        turns = self._turns.get(route)
+    def _pick(
+        self, address: Address, route: RouteKey, consumers: list[LiveConsumer]
+    ) -> LiveConsumer:
+        """Round robin over a group's live consumers."""
+        name = (address.exchange, address.topic, route)
+        turns = self._turns.get(name)
         if turns is None:
-            turns = self._turns.setdefault(route, itertools.count())
+            turns = self._turns.setdefault(name, itertools.count())
         return consumers[next(turns) % len(consumers)]
 
     # --- sending -------------------------------------------------------------------------
@@ -244,7 +248,7 @@ class Router:
                         "s",
                         address.server,
                     ):
-                        targets.append((route, self._pick(route, consumers)))
+                        targets.append((route, self._pick(address, route, consumers)))
             if len(targets) == 1:  # the usual case, one flat transaction
                 if self._push_one(address, view, targets[0][1], value, message_id, deadline):
                     delivered += 1

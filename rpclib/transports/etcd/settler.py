@@ -30,7 +30,7 @@ MAX_BATCH = 100
 """Operations per transaction (etcd's default --max-txn-ops is 128)."""
 PIGGYBACK = 20
 """Operations a send, reply or claim transaction carries along."""
-LINGER = 0.01
+LINGER = 0.05
 """Seconds a settlement waits for a transaction to ride on before it is sent alone."""
 
 
@@ -60,8 +60,10 @@ class Settler:
         """Apply ``op`` (a request op, usually a nested txn) soon; call ``done`` after."""
         with self._cond:
             self._ops.append(Pending(op, done))
-            if len(self._ops) == 1 or len(self._ops) >= MAX_BATCH:
+            if len(self._ops) >= MAX_BATCH:
                 self._cond.notify_all()
+            # else no wake-up: the settler looks every LINGER seconds, and most
+            # settlements leave earlier, on a send, reply or claim
 
     def take(self, limit: int = PIGGYBACK) -> list[Pending]:
         """Pending operations for a transaction the driver is about to send anyway.
@@ -104,16 +106,11 @@ class Settler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._ops or self._stopped)
-                if not self._ops and self._stopped:
-                    return
-                # linger: a send, reply or claim about to go out may carry them instead
-                while self._ops and not (self._stopped or self._flushing):
-                    left = self._ops[0].at + LINGER - time.monotonic()
-                    if left <= 0 or len(self._ops) >= MAX_BATCH:
-                        break
-                    self._cond.wait(left)
+                while not self._due():
+                    self._cond.wait(self._wait_time())
                 if not self._ops:
+                    if self._stopped:
+                        return
                     continue
                 batch = [self._ops.popleft() for _ in range(min(MAX_BATCH, len(self._ops)))]
                 self._busy = True
@@ -123,6 +120,19 @@ class Settler:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _due(self) -> bool:
+        """Time to send what is pending (called with the lock held)."""
+        if self._stopped or len(self._ops) >= MAX_BATCH:
+            return True
+        if not self._ops:
+            return False
+        return bool(self._flushing) or self._ops[0].at + LINGER <= time.monotonic()
+
+    def _wait_time(self) -> float:
+        if self._ops:
+            return max(0.0, self._ops[0].at + LINGER - time.monotonic())
+        return LINGER
 
     def _apply(self, batch: list[Pending]) -> None:
         while True:

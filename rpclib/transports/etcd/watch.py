@@ -97,6 +97,7 @@ class PrefixWatch:
         self._response: requests.Response | None = None
         self._last_data = time.monotonic()
         self._echo_sent_at: float | None = None
+        self._echoed = False
         self._connected = False
         self._thread = threading.Thread(target=self._run, name=f"etcd-watch {name}", daemon=True)
 
@@ -112,8 +113,11 @@ class PrefixWatch:
         self._abort()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5)
-        if self._echo_sent_at is not None or self._connected:
-            self._echo_sent_at = None
+        if self._echoed:  # the echo key would otherwise stay until the driver's lease ends
+            try:
+                self.client.call("kv/deleterange", {"key": b64(self.echo_key)})
+            except TransportError as exc:
+                LOG.debug("watch %s: could not delete its echo key: %s", self.name, exc)
 
     @property
     def running(self) -> bool:
@@ -129,16 +133,22 @@ class PrefixWatch:
         if sent is None:
             if now - self._last_data >= idle:
                 self._echo_sent_at = now
-                try:
-                    self._echo(self.echo_key)
-                except TransportError as exc:
-                    LOG.debug("watch %s: echo failed: %s", self.name, exc)
+                self._echoed = True
+                # on a thread of its own: a hung etcd must not hold up the caller (the
+                # driver's ticker, which also keeps the lease alive)
+                threading.Thread(target=self._send_echo, daemon=True).start()
         elif self._last_data > sent:
             self._echo_sent_at = None
         elif now - sent >= timeout:
             LOG.warning("watch %s went silent for %.1fs; re-establishing it", self.name, now - sent)
             self._echo_sent_at = None
             self._abort()
+
+    def _send_echo(self) -> None:
+        try:
+            self._echo(self.echo_key)
+        except TransportError as exc:
+            LOG.debug("watch %s: echo failed: %s", self.name, exc)
 
     def break_stream(self) -> None:
         """Tear the current stream down (it is re-opened from the last revision); for tests."""
