@@ -95,6 +95,7 @@ class PrefixWatch:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._response: requests.Response | None = None
+        self._session: requests.Session | None = None
         self._last_data = time.monotonic()
         self._echo_sent_at: float | None = None
         self._echoed = False
@@ -214,6 +215,7 @@ class PrefixWatch:
             raise
         with self._lock:
             self._response = response
+            self._session = session
         if self._stop.is_set():
             return
         if response.status_code != 200:
@@ -282,10 +284,13 @@ class PrefixWatch:
     def _close_response(self) -> None:
         with self._lock:
             response, self._response = self._response, None
+            session, self._session = self._session, None
         if response is not None:
             _shutdown(response)
             with contextlib.suppress(Exception):
                 response.close()
+        if session is not None:
+            session.close()
 
 
 def _messages(response: requests.Response) -> Iterator[dict[str, Any]]:
