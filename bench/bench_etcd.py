@@ -6,7 +6,11 @@ a burst of puts consumed by a watcher. rpclib does the same through its
 public API over ``etcd://``: at-most-once calls to a topic, and casts both
 at-most-once (pushed into the server's box) and at-least-once (stored,
 claimed by transaction, acked: two writes per cast where the floor has one).
-Both cast rows compare with the same plain put burst. Each system runs as a
+Both cast rows compare with the same plain put burst. Two floors: ``plain``
+is etcd3gw as it comes (over requests); ``plain-lean`` is etcd3gw over the
+lean keep-alive HTTP session rpclib's driver gives it (lean_http.py), so
+``rpclib/plain`` is what a user gains or loses against the plain client and
+``rpclib/lean`` is rpclib's own cost over the same HTTP layer. Each system runs as a
 server process and a client process on a private etcd (its own port and data
 dir, started and stopped by this script); rounds are interleaved and medians
 reported.
@@ -37,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import etcd_workloads as wl
 
 CTX = mp.get_context("spawn")
-SYSTEMS = ("rpclib", "plain")
+SYSTEMS = ("rpclib", "plain", "plain-lean")
 
 
 class PrivateEtcd:
@@ -198,7 +202,10 @@ def main() -> None:
         f"etcd (3.4, private, 127.0.0.1): {args.calls} calls + {args.casts} casts per round, "
         f"{args.rounds} interleaved rounds, medians"
     )
-    print(f"{'':26}{'rpclib':>12}{'plain':>12}{'rpclib/plain':>14}")
+    print(
+        f"{'':26}{'rpclib':>10}{'plain':>10}{'plain-lean':>12}"
+        f"{'rpclib/plain':>14}{'rpclib/lean':>13}"
+    )
     for metric, label in (
         ("calls/s", "sequential calls /s"),
         ("call p50 us", "  call p50 µs"),
@@ -208,8 +215,8 @@ def main() -> None:
         ("stored_casts/s", "casts /s, at-least-once"),
         ("stored_casts sent/s", "  sent /s"),
     ):
-        a, b = med(rows["rpclib"][metric]), med(rows["plain"][metric])
-        print(f"{label:26}{a:12.0f}{b:12.0f}{a / b:14.2f}")
+        a, b, c = (med(rows[s][metric]) for s in SYSTEMS)
+        print(f"{label:26}{a:10.0f}{b:10.0f}{c:12.0f}{a / b:14.2f}{a / c:13.2f}")
     print(
         f"keys left after a round: rpclib {left['rpclib']} (durable queue declarations), "
         f"plain {left['plain']}"

@@ -2,7 +2,8 @@
 
 ``plain`` is etcd3gw alone, the floor: a call is a put of a request key that
 the server's watch sees and answers with a put of a reply key the client's
-watch sees; casts are a burst of puts consumed by the server's watch. The
+watch sees; casts are a burst of puts consumed by the server's watch.
+``plain-lean`` is the same over the HTTP session rpclib's driver uses. The
 ``rpclib`` system does the same work through RPCClient/RPCServer over
 ``etcd://``: at-most-once calls to a topic; casts both at-most-once (pushed
 to the server's box) and at-least-once (stored, claimed by transaction, acked).
@@ -43,15 +44,26 @@ class Endpoint:
             self.handled.value += 1
 
 
-def plain_client(endpoint: str) -> Any:
-    """etcd3gw on a session that skips requests' proxy lookups, as the driver's does."""
+def plain_clients(endpoint: str, lean: bool) -> tuple[Any, Any]:
+    """etcd3gw clients (for requests, for watches) of the plain system.
+
+    ``plain``: etcd3gw as it comes (requests; proxy lookups off, as in the
+    driver). ``plain-lean``: requests go over the driver's lean keep-alive
+    session instead, the same HTTP layer rpclib uses, so the two floors
+    separate what the HTTP layer costs from what rpclib costs.
+    """
     import etcd3gw
     import requests
 
+    from rpclib.transports.etcd.lean_http import LeanSession
+
     session = requests.Session()
-    session.trust_env = False  # the same saving rpclib's driver makes, so the floor keeps it
+    session.trust_env = False
     host, port = endpoint.split(":")
-    return etcd3gw.client(host=host, port=int(port), session=session)
+    watcher = etcd3gw.client(host=host, port=int(port), session=session)
+    if not lean:
+        return watcher, watcher
+    return etcd3gw.client(host=host, port=int(port), session=LeanSession()), watcher
 
 
 def serve(
@@ -76,8 +88,8 @@ def serve(
             server.wait()
         return
 
-    client = plain_client(endpoint)
-    events, cancel = client.watch_prefix(f"/{prefix}/req/")
+    client, watcher = plain_clients(endpoint, system == "plain-lean")
+    events, cancel = watcher.watch_prefix(f"/{prefix}/req/")
     ready.set()
 
     def answer() -> None:
@@ -109,7 +121,7 @@ def drive(
         if system == "rpclib":
             out = _drive_rpclib(endpoint, prefix, calls, casts, handled)
         else:
-            out = _drive_plain(endpoint, prefix, calls, casts, handled)
+            out = _drive_plain(endpoint, prefix, calls, casts, handled, system == "plain-lean")
         results.send(("ok", out))
     except BaseException:
         results.send(("error", traceback.format_exc()))
@@ -155,15 +167,15 @@ def _drive_rpclib(
 
 
 def _drive_plain(
-    endpoint: str, prefix: str, calls: int, casts: int, handled: Synchronized[int]
+    endpoint: str, prefix: str, calls: int, casts: int, handled: Synchronized[int], lean: bool
 ) -> dict[str, Any]:
     import queue
 
     import rpclib
 
-    client = plain_client(endpoint)
+    client, watcher = plain_clients(endpoint, lean)
     data = rpclib.Serializer().dumps(PAYLOAD)
-    events, cancel = client.watch_prefix(f"/{prefix}/rep/")
+    events, cancel = watcher.watch_prefix(f"/{prefix}/rep/")
     replies: queue.Queue[bytes] = queue.Queue()
 
     def collect() -> None:

@@ -1,4 +1,4 @@
-"""Requests to the etcd cluster (over etcd3gw), with failover and retries.
+"""Requests to the etcd cluster (etcd3gw over a lean HTTP session), with failover and retries.
 
 One :class:`EtcdClient` per driver. Each call is one HTTP POST to etcd's
 JSON gateway (``/v3/...``); a member that does not answer is skipped for the
@@ -21,9 +21,9 @@ from typing import Any
 import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
-from requests.adapters import HTTPAdapter
 
 from rpclib.exceptions import TransportError
+from rpclib.transports.etcd.lean_http import LeanSession
 from rpclib.transports.etcd.naming import prefix_end
 from rpclib.transports.etcd.options import Endpoint, EtcdOptions
 
@@ -168,15 +168,14 @@ class EtcdClient:
     def __init__(self, options: EtcdOptions, url_text: str) -> None:
         self.options = options
         self.url_text = url_text
-        self._session = new_session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
-        self._session.mount("http://", adapter)
-        self._clients = [self._make_client(e, self._session) for e in options.endpoints]
+        self._session = LeanSession()
+        self._clients = [self._make_client(e) for e in options.endpoints]
         self._current = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
-    def _make_client(self, endpoint: Endpoint, session: requests.Session) -> Etcd3Client:
+    def _make_client(self, endpoint: Endpoint) -> Etcd3Client:
+        session: Any = self._session  # etcd3gw calls only its post(); see lean_http.py
         return Etcd3Client(
             host=endpoint.hostname,
             port=endpoint.port,
