@@ -60,10 +60,11 @@ def plain_clients(endpoint: str, lean: bool) -> tuple[Any, Any]:
     session = requests.Session()
     session.trust_env = False
     host, port = endpoint.split(":")
-    watcher = etcd3gw.client(host=host, port=int(port), session=session)
+    watcher = etcd3gw.client(host=host, port=int(port), session=session, api_path="/v3/")
     if not lean:
         return watcher, watcher
-    return etcd3gw.client(host=host, port=int(port), session=LeanSession()), watcher
+    lean_session: Any = LeanSession()  # only post() is used with api_path given
+    return etcd3gw.client(host=host, port=int(port), session=lean_session, api_path="/v3/"), watcher
 
 
 def serve(
