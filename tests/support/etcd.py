@@ -91,7 +91,6 @@ class EtcdServer:
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"rpclib-test={peer}",
-            "--max-request-bytes", str(4 * 1024 * 1024),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
