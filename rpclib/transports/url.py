@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -64,6 +65,22 @@ class TransportURL:
             ) from None
         if not value >= minimum:
             raise InvalidTransportURL(str(self), f"option {name}={value} must be >= {minimum}")
+        return value
+
+    def seconds_option(self, name: str, default: float, *, positive: bool = True) -> float:
+        """A query option as a finite duration in seconds (> 0, or >= 0 unless ``positive``)."""
+        text = self.options.get(name)
+        try:
+            value = default if text is None else float(text)
+        except ValueError:
+            raise InvalidTransportURL(
+                str(self), f"option {name}={text!r} is not a number of seconds"
+            ) from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "a positive" if positive else "a non-negative"
+            raise InvalidTransportURL(
+                str(self), f"option {name}={value:g} must be {bound} finite number of seconds"
+            )
         return value
 
     def bool_option(self, name: str, default: bool) -> bool:

@@ -69,3 +69,16 @@ def test_options_after_a_host_without_a_path_keep_slashes_in_values() -> None:
     assert url.options == {"ssl_ca": "/etc/ca.pem", "ssl_cert": "/etc/c.pem"}
     assert url.virtual_host == ""
     assert [(h.hostname, h.port) for h in url.hosts] == [("h1", 5671)]
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "0", "soon"])
+def test_a_duration_option_must_be_a_positive_finite_number_of_seconds(text: str) -> None:
+    url = parse_url(f"memory://x?wait={text}")
+    with pytest.raises(rpclib.InvalidTransportURL, match="wait="):
+        url.seconds_option("wait", 1.0)
+
+
+def test_a_duration_option_may_be_zero_when_asked_non_negative() -> None:
+    url = parse_url("memory://x?wait=0")
+    assert url.seconds_option("wait", 1.0, positive=False) == 0.0
+    assert parse_url("memory://x").seconds_option("wait", 2.5) == 2.5

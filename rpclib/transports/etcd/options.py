@@ -7,7 +7,6 @@ InvalidTransportURL naming it before anything connects.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -77,8 +76,8 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         Endpoint(host.hostname, host.port if host.port is not None else DEFAULT_PORT)
         for host in url.hosts
     ) or (Endpoint("127.0.0.1", DEFAULT_PORT),)
-    backoff = _seconds(url, "retry_backoff", 0.1)
-    backoff_max = _seconds(url, "retry_backoff_max", 2.0)
+    backoff = url.seconds_option("retry_backoff", 0.1)
+    backoff_max = url.seconds_option("retry_backoff_max", 2.0)
     if backoff_max < backoff:
         raise InvalidTransportURL(
             str(url), f"option retry_backoff_max={backoff_max:g} is below retry_backoff={backoff:g}"
@@ -87,13 +86,13 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         endpoints=endpoints,
         prefix=_prefix(url),
         lease_ttl=url.int_option("lease_ttl", 10, minimum=2),
-        connect_timeout=_seconds(url, "connect_timeout", 5.0),
-        request_timeout=_seconds(url, "request_timeout", 10.0),
-        send_timeout=_seconds(url, "send_timeout", 15.0),
+        connect_timeout=url.seconds_option("connect_timeout", 5.0),
+        request_timeout=url.seconds_option("request_timeout", 10.0),
+        send_timeout=url.seconds_option("send_timeout", 15.0),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,
-        watch_idle=_seconds(url, "watch_idle", 10.0),
-        watch_timeout=_seconds(url, "watch_timeout", 5.0),
+        watch_idle=url.seconds_option("watch_idle", 10.0),
+        watch_timeout=url.seconds_option("watch_timeout", 5.0),
         dead_letter_ttl=url.int_option("dead_letter_ttl", 7 * 24 * 3600, minimum=2),
     )
 
@@ -109,11 +108,3 @@ def _prefix(url: TransportURL) -> str:
             )
     return "/" + "/".join(segments) + "/"
 
-
-def _seconds(url: TransportURL, name: str, default: float) -> float:
-    value = url.float_option(name, default)
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidTransportURL(
-            str(url), f"option {name}={value:g} must be a positive finite number of seconds"
-        )
-    return value

@@ -7,7 +7,6 @@ anything connects. Nothing here imports py-amqp.
 
 from __future__ import annotations
 
-import math
 import ssl
 from dataclasses import dataclass
 from typing import Final
@@ -96,8 +95,8 @@ def parse_options(url: TransportURL) -> RabbitOptions:
             str(url), f"option queue_type={queue_type!r} must be one of {', '.join(QUEUE_TYPES)}"
         )
     prefetch_text = url.option("prefetch")
-    backoff = _seconds(url, "retry_backoff", 0.2, positive=True)
-    backoff_max = _seconds(url, "retry_backoff_max", 5.0, positive=True)
+    backoff = url.seconds_option("retry_backoff", 0.2)
+    backoff_max = url.seconds_option("retry_backoff_max", 5.0)
     if backoff_max < backoff:
         raise InvalidTransportURL(
             str(url), f"option retry_backoff_max={backoff_max:g} is below retry_backoff={backoff:g}"
@@ -109,11 +108,11 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         tls=build_tls_context(url) if use_tls else None,
         queue_type=queue_type or "classic",
         prefetch=url.int_option("prefetch", 0, minimum=1) if prefetch_text is not None else None,
-        connect_timeout=_seconds(url, "connect_timeout", 5.0, positive=True),
+        connect_timeout=url.seconds_option("connect_timeout", 5.0),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,
-        send_timeout=_seconds(url, "send_timeout", 15.0, positive=True),
-        advert_sync_wait=_seconds(url, "advert_sync_wait", 0.3, positive=False),
+        send_timeout=url.seconds_option("send_timeout", 15.0),
+        advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
     )
 
@@ -132,15 +131,6 @@ def _tls_wanted(url: TransportURL) -> bool:
             )
     return use_tls
 
-
-def _seconds(url: TransportURL, name: str, default: float, *, positive: bool) -> float:
-    value = url.float_option(name, default)
-    if not math.isfinite(value) or (positive and value <= 0):
-        bound = "a positive" if positive else "a non-negative"
-        raise InvalidTransportURL(
-            str(url), f"option {name}={value:g} must be {bound} finite number of seconds"
-        )
-    return value
 
 
 def build_tls_context(url: TransportURL) -> ssl.SSLContext:
