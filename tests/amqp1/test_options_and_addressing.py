@@ -44,7 +44,7 @@ def test_several_hosts_fail_over_in_order_with_their_own_credentials() -> None:
     ("query", "complaint"),
     [
         ("prefech=3", "unknown option(s) prefech"),
-        ("addressing=dispatch", "addressing='dispatch' must be one of rabbitmq, artemis"),
+        ("addressing=dispatch", "addressing='dispatch' must be one of rabbitmq, artemis, qpid"),
         ("prefetch=0", "prefetch=0 must be >= 1"),
         ("send_timeout=0", "send_timeout=0 must be a positive"),
         ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max=1 is below retry_backoff=2"),

@@ -12,6 +12,10 @@ object chosen by URL option:
   fully qualified queue ``X.T::X.T#G`` per consumer group, anycast ``X.T@S`` for
   servers; the broker auto-creates them. No routability checks (Undeliverable
   only from the broker's outcomes).
+- ``qpid``: qpidd and Qpid Dispatch / skupper routers, with the routable names
+  of :class:`QpidAddressing` under four prefixes the operator configures
+  (distribution on routers, link routes to a broker for stored nodes, on-demand
+  node patterns on qpidd). No consumer groups, no routability checks.
 
 Strategies check names the same way: a few characters and suffixes carry
 meaning, and names that would make two addresses share a node are refused
@@ -27,6 +31,7 @@ import socket
 from dataclasses import dataclass
 from typing import Final
 
+from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1.options import Amqp1Options
 from rpclib.transports.amqp1.rabbit_control import RabbitControl
 from rpclib.transports.base import Address
@@ -392,10 +397,92 @@ class ArtemisAddressing(Addressing):
         return Source(DEAD_LETTER_QUEUE, settled=False)
 
 
+QPID_STORED: Final = "rpclib/queue/"
+QPID_ANYCAST: Final = "rpclib/anycast/"
+QPID_UNICAST: Final = "rpclib/unicast/"
+QPID_MULTICAST: Final = "rpclib/multicast/"
+
+
+class QpidAddressing(Addressing):
+    """qpidd and Qpid Dispatch / skupper routers: routable names under four prefixes.
+
+    The prefix says how a node behaves, so a router's ``address``/``linkRoute``
+    entries (or qpidd's on-demand patterns) can be written once for every
+    address: ``rpclib/queue/`` is stored (a broker queue; routers link-route it
+    to one), ``rpclib/anycast/`` reaches one live consumer (balanced),
+    ``rpclib/unicast/`` the closest one (servers, inboxes), ``rpclib/multicast/``
+    every one. Nothing is declared from here: the peer creates nodes on attach.
+    """
+
+    name = "qpid"
+    watches_adverts = False
+
+    def hostname(self) -> str:
+        """The vhost if the URL names one (a router's vhost policy picks by it), else the host."""
+        vhost = self.options.virtual_host
+        return self.options.hosts[0].hostname if vhost == "/" else vhost
+
+    @staticmethod
+    def _node(prefix: str, name: str) -> str:
+        node = prefix + name
+        if len(node.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"node name {node!r} would exceed {MAX_NAME_BYTES} bytes")
+        return node
+
+    def send_route(self, address: Address, at_least_once: bool) -> Route:
+        if address.fanout:
+            return Route(self._node(QPID_MULTICAST, f"{queue_name(address)}{FANOUT}"))
+        live = QPID_UNICAST if address.server is not None else QPID_ANYCAST
+        return Route(self._node(QPID_STORED if at_least_once else live, queue_name(address)))
+
+    def _refuse_group(self, address: Address, group: str | None) -> None:
+        if group is not None:
+            raise TransportError(
+                f"addressing=qpid cannot give consumer group {group!r} its own copy of "
+                f"{address}: a router stores and copies nothing per group and qpidd binds "
+                "no named queue to a topic by itself; listen with group=None (one competing "
+                "pool per topic), give each pool its own topic, or use addressing=rabbitmq "
+                "or artemis"
+            )
+
+    def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
+        self._refuse_group(address, group)
+        if address.fanout:
+            return [Source(self.send_route(address, False).node, settled=True)]
+        stored = self.send_route(address, True).node
+        live = self.send_route(address, False).node
+        return [Source(stored, settled=False), Source(live, settled=True)]
+
+    def declare(self, address: Address, group: str | None) -> None:
+        """Only checks: the stored node appears when a sender or receiver attaches to it."""
+        self._refuse_group(address, group)
+        self._node(QPID_STORED, queue_name(address))
+
+    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
+        return f"{kind}.{private_suffix()}"
+
+    def private_route(self, name: str) -> Route:
+        return Route(self._node(QPID_UNICAST, name))
+
+    def private_source(self, name: str) -> Source:
+        return Source(self._node(QPID_UNICAST, name), settled=True)
+
+    def adverts_route(self, exchange: str, key: str) -> Route:
+        return Route(self._node(QPID_MULTICAST, f"{exchange}.adverts.{key}"))
+
+    def dead_letter_route(self) -> Route:
+        return Route(QPID_STORED + DEAD_LETTER_QUEUE)
+
+    def dead_letter_source(self) -> Source:
+        return Source(QPID_STORED + DEAD_LETTER_QUEUE, settled=False)
+
+
 def make_addressing(options: Amqp1Options, label: str) -> Addressing:
     """The strategy the URL's ``addressing`` option names (options.py checked the name)."""
     if options.addressing == "artemis":
         return ArtemisAddressing(options)
+    if options.addressing == "qpid":
+        return QpidAddressing(options)
     if options.addressing == "rabbitmq":
         return RabbitMQAddressing(options, label)
     raise ValueError(f"no addressing strategy named {options.addressing!r}")

@@ -17,7 +17,7 @@ from rpclib.transports.url import TransportURL
 SCHEMES: Final = ("amqp1", "qpid")
 DEFAULT_PORT: Final = 5672
 DEFAULT_USER: Final = "guest"
-ADDRESSING: Final = ("rabbitmq", "artemis")
+ADDRESSING: Final = ("rabbitmq", "artemis", "qpid")
 KNOWN_OPTIONS: Final = frozenset(
     {
         "addressing",
