@@ -7,7 +7,6 @@ before anything connects. Nothing here imports proton.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -85,8 +84,8 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         raise InvalidTransportURL(
             str(url), f"option addressing={addressing!r} must be one of {', '.join(ADDRESSING)}"
         )
-    backoff = _seconds(url, "retry_backoff", 0.2, positive=True)
-    backoff_max = _seconds(url, "retry_backoff_max", 5.0, positive=True)
+    backoff = url.seconds_option("retry_backoff", 0.2)
+    backoff_max = url.seconds_option("retry_backoff_max", 5.0)
     if backoff_max < backoff:
         raise InvalidTransportURL(
             str(url), f"option retry_backoff_max={backoff_max:g} is below retry_backoff={backoff:g}"
@@ -96,22 +95,13 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         hosts=hosts,
         virtual_host=url.virtual_host or "/",
         addressing=addressing,
-        heartbeat=_seconds(url, "heartbeat", 15.0, positive=False),
+        heartbeat=url.seconds_option("heartbeat", 15.0, positive=False),
         prefetch=prefetch,
-        connect_timeout=_seconds(url, "connect_timeout", 5.0, positive=True),
+        connect_timeout=url.seconds_option("connect_timeout", 5.0),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,
-        send_timeout=_seconds(url, "send_timeout", 15.0, positive=True),
-        advert_sync_wait=_seconds(url, "advert_sync_wait", 0.3, positive=False),
-        route_cache=_seconds(url, "route_cache", 1.0, positive=False),
+        send_timeout=url.seconds_option("send_timeout", 15.0),
+        advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
+        route_cache=url.seconds_option("route_cache", 1.0, positive=False),
     )
 
-
-def _seconds(url: TransportURL, name: str, default: float, *, positive: bool) -> float:
-    value = url.float_option(name, default)
-    if not math.isfinite(value) or (positive and value <= 0):
-        bound = "a positive" if positive else "a non-negative"
-        raise InvalidTransportURL(
-            str(url), f"option {name}={value:g} must be {bound} finite number of seconds"
-        )
-    return value
