@@ -2,72 +2,27 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 import os
 import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import rpclib
-from services.allinone import (
-    COMPUTE_HOSTS,
-    Processes,
-    make_image,
-    registered_computes,
-    wait_until,
-)
-from services.cli import Cloud
+from services.allinone import wait_until
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Flavor
+from tests.support.cloud import boot_delete_and_bill, running_cloud
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cloud(tmp_path: Path, fresh_rabbit_url: str) -> Iterator[tuple[Cloud, Path]]:
-    rabbit_url = fresh_rabbit_url
-    procs = Processes(rabbit_url, tmp_path, "test:///default")
-    procs.start()
-    transport = rpclib.get_transport(rabbit_url)
-    cloud = Cloud(transport, out=io.StringIO())
-    try:
-        wait_until(
-            lambda: registered_computes(cloud.conductor) == len(COMPUTE_HOSTS),
-            60,
-            "both compute processes to register",
-        )
-        yield cloud, make_image(tmp_path)
-    finally:
-        procs.stop()
-        transport.close()
-        assert all(p.returncode is not None for p in procs.procs)
-
-
-def test_instances_boot_across_processes_and_are_billed(cloud: tuple[Cloud, Path]) -> None:
-    c, image = cloud
-    start = dt.datetime.now(dt.UTC)
-    booted = [
-        c.boot(
-            f"vm{n}", vcpus=1, memory_mb=128, disk_gb=1, image=str(image), project_id="p1", wait=120
-        )
-        for n in range(2)
-    ]
-    assert [i.vm_state for i in booted] == ["ACTIVE", "ACTIVE"]
-    assert sorted(str(i.host) for i in booted) == sorted(COMPUTE_HOSTS)
-    assert c.delete(str(booted[0].uuid), wait=120).vm_state == "DELETED"
-    wait_until(
-        lambda: (
-            sum(r["instances"] for r in c.billing.usage(c.ctx, start, dt.datetime.now(dt.UTC))) == 2
-        ),
-        60,
-        "billing to see both instances",
-    )
+def test_instances_boot_across_processes_and_are_billed(
+    tmp_path: Path, fresh_rabbit_url: str
+) -> None:
+    with running_cloud(fresh_rabbit_url, tmp_path) as (cloud, image):
+        boot_delete_and_bill(cloud, image)
 
 
 def test_two_conductor_processes_apply_updates_in_order(
