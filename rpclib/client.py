@@ -82,10 +82,11 @@ class RPCClient:
 
     ``pipelined`` (with ``at_least_once``): a cast returns once the driver has
     the message, before the broker confirms it; the driver keeps it until
-    confirmed (resending after a reconnect). A cast that cannot be stored is
-    reported to ``on_cast_error`` (or logged) and raised by the next
-    :meth:`flush`; closing the transport flushes. Without it, an at-least-once
-    cast returns only once the broker has stored the message.
+    confirmed (resending after a reconnect, for up to the driver's send
+    timeout). A cast that cannot be stored is reported to ``on_cast_error`` (or
+    logged) and raised by the next :meth:`flush`; ``retry`` covers only the
+    hand-off to the driver; closing the transport flushes. Without it, an
+    at-least-once cast returns only once the broker has stored the message.
     """
 
     def __init__(
@@ -284,17 +285,25 @@ class RPCClient:
         on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         """Hand to the driver, retrying transport errors per ``retry`` (never past the deadline)."""
+        self._retrying(
+            address,
+            deadline,
+            lambda: self.transport.driver.send(
+                address,
+                data,
+                guarantee=guarantee,
+                expires_at=deadline,
+                on_undeliverable=on_undeliverable,
+            ),
+        )
+
+    def _retrying(self, address: Address, deadline: float | None, send: Callable[[], None]) -> None:
+        """Run ``send``, retrying a TransportError as ``retry`` says (never past the deadline)."""
         retry = self._options.retry
         attempt = 0
         while True:
             try:
-                self.transport.driver.send(
-                    address,
-                    data,
-                    guarantee=guarantee,
-                    expires_at=deadline,
-                    on_undeliverable=on_undeliverable,
-                )
+                send()
                 return
             except TransportError as exc:
                 attempt += 1
@@ -316,8 +325,13 @@ class RPCClient:
             def on_failure(error: BaseException) -> None:
                 handler(CastFailure(message_id.hex(), name, error))
 
-        self.transport.pipeline.send(
-            address, data, what=f"{name!r} to {address} ({message_id.hex()})", on_failure=on_failure
+        what = f"{name!r} to {address} ({message_id.hex()})"
+        # ``retry`` covers the hand-off (e.g. no connection within the driver's send
+        # timeout); once taken on, the driver itself resends until confirmed.
+        self._retrying(
+            address,
+            None,
+            lambda: self.transport.pipeline.send(address, data, what=what, on_failure=on_failure),
         )
 
     def _address(self) -> Address:

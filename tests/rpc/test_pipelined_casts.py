@@ -30,6 +30,9 @@ class HeldDriver(MemoryDriver):
         super().__init__(*args, **kwargs)
         self.held: list[SendOutcomeHandler] = []
         self.refuse: BaseException | None = None
+        self.refusals = 0
+        """How many of the next sends fail as a dropped connection would."""
+        self.attempts = 0
 
     def send_pipelined(
         self,
@@ -39,8 +42,12 @@ class HeldDriver(MemoryDriver):
         on_outcome: SendOutcomeHandler,
         expires_at: float | None = None,
     ) -> None:
+        self.attempts += 1
         if self.refuse is not None:
             raise self.refuse
+        if self.refusals:
+            self.refusals -= 1
+            raise TransportError("connection reset by peer")
         self.send(address, body, guarantee=Guarantee.AT_LEAST_ONCE, expires_at=expires_at)
         self.held.append(on_outcome)
 
@@ -148,6 +155,17 @@ def test_a_send_the_driver_refuses_raises_and_is_not_counted(
     with pytest.raises(TransportError, match="window full"):
         pipelined_client(transport).cast({}, "note", n=1)
     assert transport.pipeline.in_flight == 0
+
+
+def test_retry_covers_handing_a_pipelined_cast_to_the_driver(
+    held: tuple[rpclib.Transport, HeldDriver],
+) -> None:
+    transport, driver = held
+    transport.driver.declare(Address("rpclib", "svc"))
+    driver.refusals = 2
+    pipelined_client(transport, retry=2).cast({}, "note", n=1)
+    assert (driver.attempts, len(driver.held)) == (3, 1)
+    assert transport.pipeline.in_flight == 1
 
 
 def test_an_outcome_reported_twice_counts_once(
