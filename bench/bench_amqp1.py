@@ -18,78 +18,21 @@ Run: ``bench/run amqp1`` (or ``bench/.venv/bin/python bench/bench_amqp1.py``);
 from __future__ import annotations
 
 import argparse
-import atexit
 import multiprocessing as mp
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import amqp1_workloads as wl
+from rabbit_broker import BROKER, Vhost, broker_pid, enable_plugin
 
-BROKER = os.environ.get("RPCLIB_BENCH_RABBIT", "127.0.0.1:5672")
 CTX = mp.get_context("spawn")
 VARIANTS = ["proton", "amqp1", "rabbit"]
 LABELS = {"proton": "proton", "amqp1": "rpclib 1.0", "rabbit": "rpclib 091"}
-
-
-def rabbitmqctl(*args: str) -> str:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        sys.exit("rabbitmqctl is not installed: the AMQP 1.0 benchmark needs the broker's tools")
-    result = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        sys.exit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout
-
-
-def enable_plugin() -> None:
-    exe = shutil.which("rabbitmq-plugins")
-    if exe is None:
-        sys.exit("rabbitmq-plugins is not installed")
-    result = subprocess.run(
-        [exe, "enable", "rabbitmq_amqp1_0"], capture_output=True, text=True, timeout=120
-    )
-    if result.returncode != 0:
-        sys.exit(f"could not enable rabbitmq_amqp1_0: {result.stderr or result.stdout}")
-
-
-def broker_pid() -> int:
-    match = re.search(r"OS PID: (\d+)", rabbitmqctl("status"))
-    if match is None:
-        sys.exit("could not find the broker's OS pid in rabbitmqctl status")
-    return int(match.group(1))
-
-
-class Vhost:
-    """A vhost for this run, deleted afterwards (vhosts of dead runs are deleted first)."""
-
-    PREFIX = "rpclib-bench1-"
-
-    def __init__(self) -> None:
-        for line in rabbitmqctl("list_vhosts", "-q", "--no-table-headers", "name").splitlines():
-            name = line.strip()
-            owner = name[len(self.PREFIX) :].split("-", 1)[0]
-            stale = owner.isdigit() and not os.path.exists(f"/proc/{owner}")
-            if name.startswith(self.PREFIX) and stale:
-                rabbitmqctl("delete_vhost", name)
-        self.name = f"{self.PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        rabbitmqctl("add_vhost", self.name)
-        atexit.register(self.delete)
-        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        self._deleted = False
-
-    def delete(self) -> None:
-        if not self._deleted:
-            self._deleted = True
-            rabbitmqctl("delete_vhost", self.name)
 
 
 def run_pair(spec: wl.Spec, broker: int) -> list[dict[str, Any]]:
@@ -204,8 +147,8 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown --only {sorted(unknown)}")
-    enable_plugin()
-    vhost = Vhost()
+    enable_plugin("rabbitmq_amqp1_0")
+    vhost = Vhost("rpclib-bench1-")
     try:
         broker = broker_pid()
         print(

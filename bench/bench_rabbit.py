@@ -20,25 +20,20 @@ sequential calls or its casts.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import multiprocessing as mp
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rabbit_workloads as wl
+from rabbit_broker import BROKER, Vhost, broker_pid
 
-BROKER = os.environ.get("RPCLIB_BENCH_RABBIT", "127.0.0.1:5672")
 CTX = mp.get_context("spawn")
 # variant -> (system, kombu reply mode)
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -59,60 +54,6 @@ LABELS = {
 }
 CASTS_ONLY = {"rpclib-pipe", "kombu-pipe"}
 """Variants measured on casts alone (pipelining changes nothing for calls)."""
-
-
-# --- the broker -----------------------------------------------------------------------
-
-
-def rabbitmqctl(*args: str) -> str:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        sys.exit("rabbitmqctl is not installed: the RabbitMQ benchmark needs the broker's tools")
-    result = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        sys.exit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout
-
-
-def broker_pid() -> int:
-    """The shared broker's beam.smp (from ``rabbitmqctl status``)."""
-    match = re.search(r"OS PID: (\d+)", rabbitmqctl("status"))
-    if match is None:
-        sys.exit("could not find the broker's OS pid in rabbitmqctl status")
-    return int(match.group(1))
-
-
-class Vhost:
-    """A vhost on the shared broker for this run, deleted afterwards (also at exit).
-
-    Vhosts left by killed runs (their pid is gone) are deleted first.
-    """
-
-    PREFIX = "rpclib-bench-"
-
-    def __init__(self) -> None:
-        for line in rabbitmqctl("list_vhosts", "-q", "--no-table-headers", "name").splitlines():
-            name = line.strip()
-            owner = name[len(self.PREFIX) :].split("-", 1)[0]
-            stale = owner.isdigit() and not os.path.exists(f"/proc/{owner}")
-            if name.startswith(self.PREFIX) and stale:
-                rabbitmqctl("delete_vhost", name)
-        self.name = f"{self.PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        rabbitmqctl("add_vhost", self.name)
-        atexit.register(self.delete)
-        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        self._deleted = False
-
-    def url(self, scheme: str) -> str:
-        return f"{scheme}://guest:guest@{BROKER}/{self.name}"
-
-    def delete(self) -> None:
-        if not self._deleted:
-            self._deleted = True
-            rabbitmqctl("delete_vhost", self.name)
-
-
-# --- one server + client pair ------------------------------------------------------------
 
 
 def run_pair(
@@ -319,7 +260,7 @@ def main() -> None:
         if args.profile:
             return
 
-    vhost = Vhost()
+    vhost = Vhost("rpclib-bench-")
     try:
         broker = broker_pid()
         payload_json = len(json.dumps(wl.PAYLOAD))
