@@ -8,20 +8,17 @@ message id both times (that is how a receiver drops duplicates).
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 import rpclib
+from tests.support.processes import PeerScript, read_records
 from tests.support.rabbit_node import RabbitNode
 
 HERE = Path(__file__).parent
@@ -31,68 +28,14 @@ DISRUPT_AFTER = 2000  # casts sent before the broker goes away
 CALL_TIMEOUT = 10.0
 
 
-class Process:
-    """A peer script; its stdout lines are read on a thread, its stderr kept in a file."""
-
-    def __init__(self, script: str, *args: str, log: Path) -> None:
-        self.log = log
-        self._stderr = open(log, "w")  # noqa: SIM115  (closed in stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / script), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.last = ""
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line.strip())
-        self.lines.put("")  # EOF
-
-    def expect(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
-        """Wait for a stdout line ``predicate`` accepts; fail with the stderr tail if none."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"{what}: nothing after {timeout:.0f}s (last {self.last!r})\n{self}")
-            if line == "":
-                pytest.fail(f"{what}: the process exited ({self.proc.poll()})\n{self}")
-            self.last = line
-            if predicate(line):
-                return line
-
-    def stop(self, timeout: float = 30) -> int:
-        """Close stdin (the server's stop signal), wait, kill if it will not go."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._stderr.close()
-        return code
-
-    def __str__(self) -> str:
-        text = self.log.read_text(errors="replace").splitlines()[-30:]
-        return f"--- stderr of {self.log.name}:\n" + "\n".join(text)
-
-
 @pytest.fixture
-def peers(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+def peers(tmp_path: Path) -> Iterator[Callable[..., PeerScript]]:
     """Start peer scripts; every one is stopped after the test."""
-    started: list[Process] = []
+    started: list[PeerScript] = []
 
-    def start(script: str, *args: str) -> Process:
-        started.append(p := Process(script, *args, log=tmp_path / f"{script}.{len(started)}.err"))
+    def start(script: str, *args: str) -> PeerScript:
+        log = tmp_path / f"{script}.{len(started)}.err"
+        started.append(p := PeerScript(HERE / script, *args, log=log))
         return p
 
     yield start
@@ -100,18 +43,10 @@ def peers(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         p.stop()
 
 
-def read_records(path: Path) -> list[tuple[int, str, int]]:
-    records = []
-    for line in path.read_text().splitlines():
-        seq, message_id, attempts = line.split()
-        records.append((int(seq), message_id, int(attempts)))
-    return records
-
-
 def cast_stream_survives(
     node: RabbitNode,
     tmp_path: Path,
-    peers: Callable[..., Process],
+    peers: Callable[..., PeerScript],
     disrupt: Callable[[], None],
     *client_args: str,
     casts: int = CASTS,
@@ -150,19 +85,19 @@ def cast_stream_survives(
 
 
 def test_casts_survive_a_broker_restart(
-    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
     cast_stream_survives(rabbit_node, tmp_path, peers, rabbit_node.restart)
 
 
 def test_casts_survive_the_broker_closing_every_connection(
-    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
     cast_stream_survives(rabbit_node, tmp_path, peers, rabbit_node.close_all_connections)
 
 
 def test_pipelined_casts_survive_a_broker_restart(
-    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
     cast_stream_survives(
         rabbit_node, tmp_path, peers, rabbit_node.restart, "pipelined", casts=PIPELINED_CASTS
@@ -170,7 +105,7 @@ def test_pipelined_casts_survive_a_broker_restart(
 
 
 def test_pipelined_casts_survive_the_broker_closing_every_connection(
-    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
     cast_stream_survives(
         rabbit_node,
@@ -183,7 +118,7 @@ def test_pipelined_casts_survive_the_broker_closing_every_connection(
 
 
 def test_call_in_flight_fails_within_its_deadline_and_later_calls_work(
-    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., Process]
+    rabbit_node: RabbitNode, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
     topic = f"inflight-{uuid.uuid4().hex[:8]}"
     server = peers("peer_server.py", rabbit_node.url, topic, str(tmp_path / "unused.txt"))
