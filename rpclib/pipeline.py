@@ -69,21 +69,22 @@ class SendPipeline:
             done = True
             if error is not None:
                 self._failed_send(what, error, on_failure)
-            with self._cond:
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._cond.notify_all()
+            self._landed()
 
         try:
             self._driver.send_pipelined(address, data, on_outcome=on_outcome)
         except BaseException:
             if not done:
                 done = True
-                with self._cond:
-                    self._in_flight -= 1
-                    if self._in_flight == 0:
-                        self._cond.notify_all()
+                self._landed()
             raise
+
+    def _landed(self) -> None:
+        """One send left the books (confirmed, failed, or never taken on)."""
+        with self._cond:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._cond.notify_all()
 
     def _failed_send(self, what: str, error: BaseException, handler: FailureHandler | None) -> None:
         with self._cond:

@@ -554,22 +554,12 @@ class Session:
         Raises on a connection error, keeping what was not yet written for the
         next attempt.
         """
+        self._expire_resends()
         items, self._resends = self._resends, []
-        now = time.monotonic()
         sent = 0
         while items:
             item = items[0]
             target = f"{item.exchange}/{item.routing_key}"
-            if now >= item.deadline:
-                items.pop(0)
-                self._conclude(
-                    item,
-                    TransportError(
-                        f"a message to {target} was not confirmed within send_timeout "
-                        f"({self.options.send_timeout:g}s) across reconnects"
-                    ),
-                )
-                continue
             try:
                 if item.exchange and item.exchange not in self.exchanges:
                     self.declare_exchange(item.exchange, item.exchange_kind)
@@ -601,19 +591,23 @@ class Session:
             LOG.info("sent %d unconfirmed message(s) again after the channel was replaced", sent)
 
     def _expire_resends(self) -> None:
-        """Fail kept publishes whose deadline passed while no channel was up (I/O thread)."""
+        """Fail kept publishes whose deadline passed while no channel took them (I/O thread)."""
         now = time.monotonic()
         expired = [item for item in self._resends if now >= item.deadline]
         if not expired:
             return
         self._resends = [item for item in self._resends if now < item.deadline]
-        for item in expired:
+        self._fail_kept(
+            expired,
+            f"was not confirmed within send_timeout ({self.options.send_timeout:g}s): "
+            "its channel was lost",
+        )
+
+    def _fail_kept(self, items: list[_Resend], why: str) -> None:
+        """End kept pipelined publishes with a TransportError saying ``why``."""
+        for item in items:
             self._conclude(
-                item,
-                TransportError(
-                    f"a message to {item.exchange}/{item.routing_key} could not be sent "
-                    f"within send_timeout ({self.options.send_timeout:g}s): no connection"
-                ),
+                item, TransportError(f"a message to {item.exchange}/{item.routing_key} {why}")
             )
 
     def _forget_pending(self, tag: int, pending: _PendingPublish) -> None:
@@ -698,14 +692,7 @@ class Session:
         if keep:
             self._resends.extend(kept)
             return
-        for item in kept:
-            self._conclude(
-                item,
-                TransportError(
-                    f"a message to {item.exchange}/{item.routing_key} was not confirmed "
-                    f"before {reason}"
-                ),
-            )
+        self._fail_kept(kept, f"was not confirmed before {reason}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -1110,15 +1097,8 @@ class Session:
                 close_quietly(conn)
         self._conn = None
         self._fail_pending("the driver closed", keep=False)
-        leftover_resends, self._resends = self._resends, []
-        for item in leftover_resends:
-            self._conclude(
-                item,
-                TransportError(
-                    f"a message to {item.exchange}/{item.routing_key} was not sent again "
-                    "before the driver closed"
-                ),
-            )
+        unsent, self._resends = self._resends, []
+        self._fail_kept(unsent, "was not sent again before the driver closed")
         self._run_outcomes()
         with self._window:
             self._window.notify_all()
