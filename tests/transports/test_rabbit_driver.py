@@ -264,6 +264,27 @@ class TestPublishPaths:
         assert returned == list(range(1, 40, 2))
         live.assert_nothing(QUIET)
 
+    def test_delivered_calls_leave_no_return_entries_once_their_deadline_passed(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        # Path 1 has no confirms: a call's entry waits for a return that never comes
+        # for a delivered message, and goes when its caller would have given up.
+        topic = names()
+        live = Collector(WAIT)
+        make_rabbit().listen(topic, live)
+        sender = make_rabbit()
+        for i in range(50):
+            sender.send(
+                topic,
+                b"%d" % i,
+                guarantee=Guarantee.AT_MOST_ONCE,
+                expires_at=time.time() + 0.5,
+                on_undeliverable=lambda exc: None,
+            )
+        assert len(live.get_many(50)) == 50
+        session = sender._session
+        wait_until(lambda: not session._pub_by_id and not session._pub_expiry, "empty tables")
+
     def test_concurrent_writers_on_the_consumer_connection_keep_frames_intact(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
     ) -> None:

@@ -130,6 +130,7 @@ class RabbitDriver(Driver):
         deadline = self._deadline()
         if on_undeliverable is not None and not at_least_once:
             # Path 1: a call; its caller waits for a reply anyway, so no round trip here.
+            # A return matters until the caller gives up (its message's expiry).
             self._ensure_exchange(exchange, kind)
             self._session.publish_fast(
                 exchange,
@@ -140,6 +141,9 @@ class RabbitDriver(Driver):
                 mandatory=True,
                 deadline=deadline,
                 on_return=on_undeliverable,
+                return_wanted_until=deadline
+                if expires_at is None
+                else time.monotonic() + (expires_at - time.time()),
             )
             return
         self._pool.publish(
@@ -200,7 +204,9 @@ class RabbitDriver(Driver):
         with self._lock:
             self._check_open()
             if self._pipeline is None:
-                session = Session(self.options, self._ring, f"{self._label} pipelined")
+                session = Session(
+                    self.options, self._ring, f"{self._label} pipelined", confirms=True
+                )
                 session.start()
                 self._pipeline = session
             return self._pipeline
@@ -325,7 +331,6 @@ class RabbitDriver(Driver):
             target=inbox_address,
             mandatory=True,
             deadline=self._deadline(),
-            reply=True,
         )
 
     @property
