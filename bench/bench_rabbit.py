@@ -14,19 +14,22 @@ it shows up in its column).
 Run: ``bench/run rabbit`` (or ``bench/.venv/bin/python bench/bench_rabbit.py``).
 ``--quick`` scales everything down; ``--replies`` compares only kombu's reply
 queue with direct reply-to; ``--profile [calls|casts]`` profiles rpclib's
-sequential calls or its casts.
+sequential calls or its casts; ``--base DIR`` measures rpclib a second time
+from another checkout (say ``git worktree add /tmp/base HEAD~1``), in the
+same rounds: the one honest A/B of a change on a machine whose speed drifts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,15 +54,39 @@ LABELS = {
     "rpclib": "rpclib",
     "rpclib-pipe": "rpclib pl",
     "kombu-pipe": "kombu pl",
+    "rpclib-base": "rpc base",
+    "rpclib-pipe-base": "pl base",
 }
 CASTS_ONLY = {"rpclib-pipe", "kombu-pipe"}
 """Variants measured on casts alone (pipelining changes nothing for calls)."""
+BASE_VARIANTS = {"rpclib-base": "rpclib", "rpclib-pipe-base": "rpclib-pipe"}
+"""With ``--base``: the rpclib variants again, importing rpclib from that checkout."""
+
+
+@contextlib.contextmanager
+def importing_from(checkout: str | None) -> Iterator[None]:
+    """Processes started inside import rpclib from ``checkout`` (None: this one).
+
+    Spawned children take the parent's ``sys.path`` (not PYTHONPATH), so the
+    checkout goes first on it while they start.
+    """
+    if checkout is None:
+        yield
+        return
+    sys.path.insert(0, checkout)
+    try:
+        yield
+    finally:
+        sys.path.remove(checkout)
 
 
 def run_pair(
-    spec: wl.Spec, broker: int, profile: bool = False
+    spec: wl.Spec, broker: int, profile: bool = False, checkout: str | None = None
 ) -> tuple[list[dict[str, Any]], str, str]:
-    """Start the server process, run the client process against it; (phases, profiles)."""
+    """Start the server process, run the client process against it; (phases, profiles).
+
+    Both import rpclib from ``checkout`` if given.
+    """
     ready, stop = CTX.Event(), CTX.Event()
     handled = CTX.Value("q", 0, lock=False)
     link, server_pipe = None, None
@@ -71,7 +98,8 @@ def run_pair(
         args=(spec.system, spec.url, spec.topic, ready, stop, handled, link),
         daemon=True,
     )
-    server.start()
+    with importing_from(checkout):
+        server.start()
     client = None
     try:
         if not ready.wait(60):
@@ -81,7 +109,8 @@ def run_pair(
         client = CTX.Process(
             target=wl.drive, args=(spec, pids, handled, client_end, link), daemon=True
         )
-        client.start()
+        with importing_from(checkout):
+            client.start()
         if not results_end.poll(900):
             raise RuntimeError(f"{spec.system} client gave no result in 15 minutes")
         status, payload, extra = results_end.recv()
@@ -184,11 +213,13 @@ RATIOS: list[tuple[str, str, str]] = [  # (numerator, denominator, column title)
     ("rpclib-pipe", "kombu", "pl/kq"),
     ("rpclib-pipe", "kombu-pipe", "pl/kpl"),
     ("rpclib-pipe", "oslo", "pl/oslo"),
+    ("rpclib", "rpclib-base", "rpc/base"),
+    ("rpclib-pipe", "rpclib-pipe-base", "pl/base"),
 ]
 
 
 def print_table(med: dict[str, Metrics], variants: list[str], rounds: int, threads: int) -> None:
-    cols = [v for v in VARIANTS if v in variants]
+    cols = [v for v in (*VARIANTS, *BASE_VARIANTS) if v in variants]
     ratios = [(a, b, t) for a, b, t in RATIOS if a in cols and b in cols]
     print(
         f"\nRabbitMQ RPC at {BROKER}, {rounds} interleaved rounds, medians. Ratios: first / "
@@ -228,6 +259,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a tenth of every count")
     parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="also measure rpclib imported from this checkout (A/B of a change, same rounds)",
+    )
+    parser.add_argument(
         "--replies", action="store_true", help="only kombu calls: reply queue vs direct reply-to"
     )
     parser.add_argument(
@@ -259,6 +295,11 @@ def main() -> None:
         variants = [v for v in variants if not v.startswith("rpclib")]
         if args.profile:
             return
+    if args.base:
+        base = os.path.abspath(args.base)
+        if not os.path.isfile(os.path.join(base, "rpclib", "__init__.py")):
+            parser.error(f"--base {args.base}: no rpclib package there")
+        variants += [b for b, v in BASE_VARIANTS.items() if v in variants]
 
     vhost = Vhost("rpclib-bench-")
     try:
@@ -276,19 +317,23 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
             for variant in order:
-                system, reply = VARIANTS[variant]
+                measured = BASE_VARIANTS.get(variant, variant)
+                system, reply = VARIANTS[measured]
                 spec = wl.Spec(
                     system=system,
                     url=vhost.url("amqp" if system.startswith("kombu") else "rabbit"),
                     topic=f"bench-{variant}-{rnd}",
-                    calls=0 if variant in CASTS_ONLY else args.calls,
-                    thread_calls=0 if variant in CASTS_ONLY else args.thread_calls,
+                    calls=0 if measured in CASTS_ONLY else args.calls,
+                    thread_calls=0 if measured in CASTS_ONLY else args.thread_calls,
                     threads=args.threads,
                     casts=0 if variant == "kombu-direct" else args.casts,
                     reply=reply,
                 )
                 t0 = time.monotonic()
-                phases, client_profile, server_profile = run_pair(spec, broker, bool(args.profile))
+                checkout = base if variant in BASE_VARIANTS else None
+                phases, client_profile, server_profile = run_pair(
+                    spec, broker, bool(args.profile), checkout
+                )
                 runs[variant].append(metrics(phases))
                 profiles += [client_profile, server_profile]
                 print(f"  round {rnd + 1} {variant:13} {time.monotonic() - t0:6.1f}s", flush=True)

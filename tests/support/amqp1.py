@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.rabbit import BROKER, PASSWORD, USER, rabbitmqctl
-from tests.support.rabbit_node import NodeError, RabbitNode
+from tests.support.rabbit_node import RabbitNode, node_for_session, running
 
 PLUGIN = "rabbitmq_amqp1_0"
 
@@ -64,30 +64,13 @@ def fresh_amqp1_url(amqp1_plugin: None) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def amqp1_node_session() -> Iterator[RabbitNode]:
     """A private RabbitMQ node with ``rabbitmq_amqp1_0`` for tests that restart it."""
-    try:
-        node = RabbitNode(plugins=(PLUGIN,))
-    except NodeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        node.start()
-    except NodeError as exc:
-        node.close()
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield node
-    finally:
-        node.close()
+    yield from node_for_session(plugins=(PLUGIN,))
 
 
 @pytest.fixture
 def amqp1_node(amqp1_node_session: RabbitNode) -> RabbitNode:
     """The private amqp1 node, running (started again if an earlier test left it stopped)."""
-    if not amqp1_node_session.running:
-        try:
-            amqp1_node_session.start()
-        except NodeError as exc:
-            pytest.fail(str(exc), pytrace=False)
-    return amqp1_node_session
+    return running(amqp1_node_session)
 
 
 def node_url(node: RabbitNode, query: str = "") -> str:

@@ -548,11 +548,13 @@ def _node_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-@pytest.fixture(scope="session")
-def rabbit_node_session() -> Iterator[RabbitNode]:
-    """The session's private RabbitMQ node, started once, stopped and removed at the end."""
+def node_for_session(plugins: tuple[str, ...] = ()) -> Iterator[RabbitNode]:
+    """Start a private node with ``plugins``, yield it, stop and remove it (a fixture's body).
+
+    A node that cannot start fails the tests that need it, loudly.
+    """
     try:
-        node = RabbitNode()
+        node = RabbitNode(plugins=plugins)
     except NodeError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -566,12 +568,23 @@ def rabbit_node_session() -> Iterator[RabbitNode]:
         node.close()
 
 
+def running(node: RabbitNode) -> RabbitNode:
+    """``node``, started again if an earlier test left it stopped."""
+    if not node.running:
+        try:
+            node.start()
+        except NodeError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    return node
+
+
+@pytest.fixture(scope="session")
+def rabbit_node_session() -> Iterator[RabbitNode]:
+    """The session's private RabbitMQ node, started once, stopped and removed at the end."""
+    yield from node_for_session()
+
+
 @pytest.fixture
 def rabbit_node(rabbit_node_session: RabbitNode) -> RabbitNode:
     """The session's private node, running (restarted if an earlier test left it stopped)."""
-    if not rabbit_node_session.running:
-        try:
-            rabbit_node_session.start()
-        except NodeError as exc:
-            pytest.fail(str(exc), pytrace=False)
-    return rabbit_node_session
+    return running(rabbit_node_session)
