@@ -12,17 +12,16 @@ operator would, and addressed as ``/amq/queue/<name>``.
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import msgpack
+import workloads_common as wc
+from workloads_common import CALL_TIMEOUT, Counter, CpuMeter, PhaseResult, packb, unpackb
 
 PAYLOAD: dict[str, Any] = {
     "uuid": "5d2f6c1e-8a4b-4f0e-9b1a-3c7d2e6f8a90",
@@ -32,10 +31,6 @@ PAYLOAD: dict[str, Any] = {
     "vm_state": "active",
     "metadata": {"env": "bench", "owner": "rpclib"},
 }
-CALL_TIMEOUT = 30.0
-CAST_TIMEOUT = 300.0
-WARMUP = 200
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -50,30 +45,6 @@ class Spec:
     thread_calls: int
     threads: int
     casts: int
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    ops: int
-    elapsed: float
-    cpu: dict[str, float]
-    latencies: list[float] = field(default_factory=list)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        raw = f.read()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def unpackb(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
 
 
 def declare_proton_queues(vhost: str, topic: str, replies: int) -> list[str]:
@@ -211,50 +182,13 @@ class ProtonClient:
 # --- rpclib -------------------------------------------------------------------------------------
 
 
-class RpclibEndpoint:
-    def __init__(self, handled: Synchronized[int]) -> None:
-        self.handled = handled
-        self.lock = threading.Lock()
-
-    def echo(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
-
-    def note(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-        with self.lock:
-            self.handled.value += 1
-
-
 def rpclib_server(spec: Spec, ready: Event, stop: Event, handled: Synchronized[int]) -> None:
-    import rpclib
-
-    with rpclib.get_transport(spec.url) as transport:
-        target = rpclib.Target(topic=spec.topic, server="s1")
-        server = rpclib.RPCServer(transport, target, [RpclibEndpoint(handled)])
-        server.start()
-        ready.set()
-        stop.wait()
-        server.stop()
-        server.wait()
+    wc.run_rpclib_server(spec.url, spec.topic, wc.RpclibEndpoint(Counter(handled)), ready, stop)
 
 
-class RpclibClient:
+class RpclibClient(wc.RpclibClient):
     def __init__(self, spec: Spec) -> None:
-        import rpclib
-
-        self.transport = rpclib.get_transport(spec.url)
-        self.client = rpclib.RPCClient(
-            self.transport, rpclib.Target(topic=spec.topic), timeout=CALL_TIMEOUT
-        )
-        self.caster = self.client.prepare(at_least_once=True)
-
-    def caller(self) -> Callable[[], Any]:
-        return lambda: self.client.call({}, "echo", payload=PAYLOAD)
-
-    def cast(self) -> None:
-        self.caster.cast({}, "note", payload=PAYLOAD)
-
-    def close(self) -> None:
-        self.transport.close()
+        super().__init__(spec.url, spec.topic, PAYLOAD)
 
 
 SERVERS = {"proton": proton_server, "rpclib": rpclib_server}
@@ -279,84 +213,23 @@ def drive(spec: Spec, pids: dict[str, int], handled: Synchronized[int], out: Con
         out.send(("error", traceback.format_exc()))
 
 
-def _meter(pids: dict[str, int]) -> Callable[[], dict[str, float]]:
-    start = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    return lambda: {name: cpu_seconds(pid) - start[name] for name, pid in pids.items()}
-
-
 def _phases(spec: Spec, pids: dict[str, int], handled: Synchronized[int]) -> list[PhaseResult]:
-    pids = {**pids, "client": os.getpid()}
+    meter = CpuMeter({**pids, "client": os.getpid()})
     client = CLIENTS[spec.system](spec)
     results = []
     try:
         if spec.calls:
             call = client.caller()
-            if call() != PAYLOAD:
-                raise AssertionError("echo returned something else")
-            for _ in range(WARMUP):
-                call()
-            latencies = []
-            stop = _meter(pids)
-            t0 = time.perf_counter()
-            for _ in range(spec.calls):
-                t1 = time.perf_counter()
-                call()
-                latencies.append(time.perf_counter() - t1)
-            elapsed = time.perf_counter() - t0
-            results.append(PhaseResult("calls", spec.calls, elapsed, stop(), latencies))
+            wc.warm_up_calls(call, PAYLOAD)
+            results.append(wc.timed_calls(call, spec.calls, meter))
         if spec.thread_calls:
-            results.append(_threaded(spec, client, pids))
+            results.append(
+                wc.threaded_calls(
+                    client, spec.thread_calls, spec.threads, meter, clock_after_barrier=True
+                )
+            )
         if spec.casts:
-            for _ in range(WARMUP):
-                client.cast()
-            _wait_handled(handled, WARMUP)
-            base = handled.value
-            stop = _meter(pids)
-            t0 = time.perf_counter()
-            for _ in range(spec.casts):
-                client.cast()
-            _wait_handled(handled, base + spec.casts)
-            elapsed = time.perf_counter() - t0
-            results.append(PhaseResult("casts", spec.casts, elapsed, stop()))
+            results.append(wc.timed_casts(client, spec.casts, meter, handled))
     finally:
         client.close()
     return results
-
-
-def _wait_handled(handled: Synchronized[int], count: int) -> None:
-    deadline = time.monotonic() + CAST_TIMEOUT
-    while handled.value < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the server handled {handled.value} of {count} casts")
-        time.sleep(0.001)
-
-
-def _threaded(spec: Spec, client: Any, pids: dict[str, int]) -> PhaseResult:
-    per_thread = spec.thread_calls // spec.threads
-    callers = [client.caller() for _ in range(spec.threads)]
-    for call in callers:
-        for _ in range(20):
-            call()
-    barrier = threading.Barrier(spec.threads + 1)
-    errors: list[BaseException] = []
-
-    def work(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            for _ in range(per_thread):
-                call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(c,)) for c in callers]
-    for t in threads:
-        t.start()
-    stop = _meter(pids)
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return PhaseResult("thread_calls", per_thread * spec.threads, elapsed, stop())

@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from workloads_common import Counter, RpclibEndpoint, run_rpclib_server, wait_handled
+
 PAYLOAD = {
     "instance_uuid": "6a0d1c5e-8d8e-4d0e-9f51-2b0d5c6f1a10",
     "name": "vm-0001",
@@ -30,18 +32,6 @@ PAYLOAD = {
     "tags": ["a", "b"],
     "meta": {"k": "v"},
 }
-
-
-class Endpoint:
-    def __init__(self, handled: Synchronized[int]) -> None:
-        self.handled = handled
-
-    def echo(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
-
-    def note(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-        with self.handled.get_lock():
-            self.handled.value += 1
 
 
 def plain_clients(endpoint: str, lean: bool) -> tuple[Any, Any]:
@@ -75,18 +65,11 @@ def serve(
     stop: multiprocessing.synchronize.Event,
     handled: Synchronized[int],
 ) -> None:
+    # The counter of both servers takes the shared value's own lock.
+    counter = Counter(handled, handled.get_lock())
     if system == "rpclib":
-        import rpclib
-
-        with rpclib.get_transport(f"etcd://{endpoint}/{prefix}") as transport:
-            server = rpclib.RPCServer(
-                transport, rpclib.Target(topic="bench", server="s1"), [Endpoint(handled)]
-            )
-            server.start()
-            ready.set()
-            stop.wait()
-            server.stop()
-            server.wait()
+        url = f"etcd://{endpoint}/{prefix}"
+        run_rpclib_server(url, "bench", RpclibEndpoint(counter), ready, stop)
         return
 
     client, watcher = plain_clients(endpoint, system == "plain-lean")
@@ -101,8 +84,7 @@ def serve(
             if key.startswith(f"/{prefix}/req/call/"):
                 client.put(f"/{prefix}/rep/{key.rpartition('/')[2]}", event["kv"]["value"])
             else:
-                with handled.get_lock():
-                    handled.value += 1
+                counter.bump()
 
     threading.Thread(target=answer, daemon=True).start()
     stop.wait()
@@ -128,12 +110,8 @@ def drive(
         results.send(("error", traceback.format_exc()))
 
 
-def _wait_for(handled: Synchronized[int], count: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while handled.value < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {handled.value} of {count} casts handled")
-        time.sleep(0.0005)
+def _wait_for(handled: Synchronized[int], count: int) -> None:
+    wait_handled(handled, count, timeout=300, poll=0.0005)
 
 
 def _drive_rpclib(

@@ -21,13 +21,22 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import msgpack
+import workloads_common as wc
+from workloads_common import (
+    CALL_TIMEOUT,
+    CAST_TIMEOUT,
+    Counter,
+    CpuMeter,
+    PhaseResult,
+    packb,
+    unpackb,
+)
 
 # oslo.messaging pulls in eventlet, which warns on import in every process.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -47,48 +56,6 @@ PAYLOAD: dict[str, Any] = {
     "tags": ["web"],
 }
 
-CALL_TIMEOUT = 30.0
-CAST_TIMEOUT = 300.0
-WARMUP = 200
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-# --- measurement -------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        raw = f.read()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-class CpuMeter:
-    """CPU seconds the client, server and broker spend between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start: dict[str, float] = {}
-
-    def start(self) -> None:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-
-    def stop(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
-
-
-@dataclass
-class PhaseResult:
-    """One measured phase: ``ops`` operations in ``elapsed`` seconds."""
-
-    name: str
-    ops: int
-    elapsed: float
-    cpu: dict[str, float]
-    latencies: list[float] = field(default_factory=list)
-    published: float | None = None  # casts: when the last send returned
-
 
 @dataclass
 class Spec:
@@ -105,14 +72,6 @@ class Spec:
 
 
 # --- kombu (the limit) ------------------------------------------------------------------
-
-
-def packb(obj: Any) -> bytes:
-    return bytes(msgpack.packb(obj))
-
-
-def unpackb(data: bytes) -> Any:
-    return msgpack.unpackb(data)
 
 
 MSGPACK = {"content_type": "application/x-msgpack", "content_encoding": "binary"}
@@ -305,20 +264,8 @@ def _oslo_transport(url: str) -> Iterator[Any]:
         transport.cleanup()
 
 
-class _Counter:
-    """Casts handled, visible to the client process."""
-
-    def __init__(self, handled: Synchronized[int]) -> None:
-        self._handled = handled
-        self._lock = threading.Lock()
-
-    def bump(self) -> None:
-        with self._lock:
-            self._handled.value += 1
-
-
 class OsloEndpoint:
-    def __init__(self, counter: _Counter) -> None:
+    def __init__(self, counter: Counter) -> None:
         self.counter = counter
 
     def echo(self, ctxt: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +282,7 @@ def oslo_server(
 
     with _oslo_transport(url) as transport:
         target = oslo_messaging.Target(topic=topic, server="s1")
-        endpoints = [OsloEndpoint(_Counter(handled))]
+        endpoints = [OsloEndpoint(Counter(handled))]
         server = oslo_messaging.get_rpc_server(transport, target, endpoints, executor="threading")
         server.start()
         ready.set()
@@ -366,50 +313,15 @@ class OsloClient:
 # --- rpclib ----------------------------------------------------------------------------------
 
 
-class RpclibEndpoint:
-    def __init__(self, counter: _Counter) -> None:
-        self.counter = counter
-
-    def echo(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
-
-    def note(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-        self.counter.bump()
-
-
 def rpclib_server(
     url: str, topic: str, ready: Event, stop: Event, handled: Synchronized[int]
 ) -> None:
-    import rpclib
-
-    with rpclib.get_transport(url) as transport:
-        target = rpclib.Target(topic=topic, server="s1")
-        server = rpclib.RPCServer(transport, target, [RpclibEndpoint(_Counter(handled))])
-        server.start()
-        ready.set()
-        stop.wait()
-        server.stop()
-        server.wait()
+    wc.run_rpclib_server(url, topic, wc.RpclibEndpoint(Counter(handled)), ready, stop)
 
 
-class RpclibClient:
+class RpclibClient(wc.RpclibClient):
     def __init__(self, spec: Spec) -> None:
-        import rpclib
-
-        self.transport = rpclib.get_transport(spec.url)
-        self.client = rpclib.RPCClient(
-            self.transport, rpclib.Target(topic=spec.topic), timeout=CALL_TIMEOUT
-        )
-        self.caster = self.client.prepare(at_least_once=True)
-
-    def caller(self) -> Callable[[], Any]:
-        return lambda: self.client.call({}, "echo", payload=PAYLOAD)
-
-    def cast(self) -> None:
-        self.caster.cast({}, "note", payload=PAYLOAD)
-
-    def close(self) -> None:
-        self.transport.close()
+        super().__init__(spec.url, spec.topic, PAYLOAD)
 
 
 class RpclibPipelinedClient(RpclibClient):
@@ -591,29 +503,17 @@ def _run_phases(
     try:
         if spec.calls:
             call = client.caller()
-            result = call()
-            if result != PAYLOAD:
-                raise AssertionError(f"echo returned {result!r}")
-            for _ in range(WARMUP):
-                call()
+            wc.warm_up_calls(call, PAYLOAD)
             with _profiled(link, f"{spec.system} client", spec.calls) as report:
-                latencies = []
-                meter.start()
-                t0 = time.perf_counter()
-                for _ in range(spec.calls):
-                    t1 = time.perf_counter()
-                    call()
-                    latencies.append(time.perf_counter() - t1)
-                elapsed = time.perf_counter() - t0
-                cpu = meter.stop()
+                calls = wc.timed_calls(call, spec.calls, meter)
             profile = report[0] if report else profile
-            results.append(PhaseResult("calls", spec.calls, elapsed, cpu, latencies))
+            results.append(calls)
         if spec.thread_calls:
-            results.append(_threaded_calls(spec, client, meter))
+            results.append(wc.threaded_calls(client, spec.thread_calls, spec.threads, meter))
         if spec.casts:
             cast_link = link if not spec.calls else None
             with _profiled(cast_link, f"{spec.system} client", spec.casts) as report:
-                results.append(_casts(spec, client, meter, handled))
+                results.append(wc.timed_casts(client, spec.casts, meter, handled))
             profile = report[0] if report else profile
     finally:
         client.close()
@@ -638,60 +538,3 @@ def _profiled(link: ProfileLink | None, label: str, per: int) -> Iterator[list[s
         profiler.stop()
         link.off.set()
     report.append(profiler.report(label, per))
-
-
-def _threaded_calls(spec: Spec, client: Any, meter: CpuMeter) -> PhaseResult:
-    per_thread = spec.thread_calls // spec.threads
-    callers = [client.caller() for _ in range(spec.threads)]
-    for call in callers:
-        for _ in range(20):
-            call()
-    barrier = threading.Barrier(spec.threads + 1)
-    errors: list[BaseException] = []
-
-    def work(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            for _ in range(per_thread):
-                call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(c,)) for c in callers]
-    for t in threads:
-        t.start()
-    meter.start()
-    t0 = time.perf_counter()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    cpu = meter.stop()
-    if errors:
-        raise errors[0]
-    return PhaseResult("thread_calls", per_thread * spec.threads, elapsed, cpu)
-
-
-def _wait_handled(handled: Synchronized[int], target: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while handled.value < target:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server handled {handled.value} of {target} casts")
-        time.sleep(0.001)
-
-
-def _casts(spec: Spec, client: Any, meter: CpuMeter, handled: Synchronized[int]) -> PhaseResult:
-    base = handled.value
-    for _ in range(WARMUP):
-        client.cast()
-    _wait_handled(handled, base + WARMUP, CAST_TIMEOUT)
-    base = handled.value
-    meter.start()
-    t0 = time.perf_counter()
-    for _ in range(spec.casts):
-        client.cast()
-    published = time.perf_counter() - t0
-    _wait_handled(handled, base + spec.casts, CAST_TIMEOUT)
-    elapsed = time.perf_counter() - t0
-    cpu = meter.stop()
-    return PhaseResult("casts", spec.casts, elapsed, cpu, published=published)
