@@ -282,8 +282,8 @@ class TestPublishPaths:
                 on_undeliverable=lambda exc: None,
             )
         assert len(live.get_many(50)) == 50
-        session = sender._session
-        wait_until(lambda: not session._pub_by_id and not session._pub_expiry, "empty tables")
+        publisher = sender._session.publisher
+        wait_until(lambda: not publisher._by_id and not publisher._expiry, "empty tables")
 
     def test_concurrent_writers_on_the_consumer_connection_keep_frames_intact(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
@@ -405,8 +405,8 @@ class TestPublishPaths:
         for i in range(200):
             server.send_to_inbox(inbox.address, b"%d" % i)
         assert sorted(int(replies.get()) for _ in range(200)) == list(range(200))
-        session = server._session
-        wait_until(lambda: not session._pub_pending and not session._pub_by_id, "empty tables")
+        publisher = server._session.publisher
+        wait_until(lambda: not publisher._pending and not publisher._by_id, "empty tables")
 
     def test_deliveries_decoded_by_the_driver_survive_nested_py_amqp_reads(
         self,
@@ -810,8 +810,8 @@ class TestRecovery:
         got = Collector(WAIT)
         wait_until(
             lambda: (
-                driver._session._pub_channel is not None
-                and driver._session._pub_channel.is_open
+                driver._session.publisher.channel is not None
+                and driver._session.publisher.channel.is_open
                 and topic.exchange not in driver._session.exchanges
             ),
             "the publish channel to be replaced",

@@ -129,7 +129,7 @@ class AdvertOwner:
 
     def _publish(self, topic: str, server: str, body: bytes, ttl: float, *, to: str = "") -> None:
         payload, props = advert_message(server, body, ttl)
-        self.session.publish_fast(
+        self.session.publisher.publish(
             "" if to else self.exchange,
             to or topic,
             payload,
@@ -214,7 +214,7 @@ class AdvertWatch:
             on_cancel=functools.partial(self._on_broker_cancel, self.epoch),
         )
         self.channel = channel
-        session.publish_fast(
+        session.publisher.publish(
             self.exchange,
             naming.sync_key(self.topic),
             b"",

@@ -132,7 +132,7 @@ class RabbitDriver(Driver):
             # Path 1: a call; its caller waits for a reply anyway, so no round trip here.
             # A return matters until the caller gives up (its message's expiry).
             self._ensure_exchange(exchange, kind)
-            self._session.publish_fast(
+            self._session.publisher.publish(
                 exchange,
                 key,
                 body,
@@ -188,7 +188,7 @@ class RabbitDriver(Driver):
                 lambda: session.declare_exchange(exchange, kind),
                 timeout=self.options.send_timeout,
             )
-        session.publish_fast(
+        session.publisher.publish(
             exchange,
             key,
             body,
@@ -323,7 +323,7 @@ class RabbitDriver(Driver):
         self._check_open()
         if not naming.is_reply_queue(inbox_address):
             raise Undeliverable(inbox_address, "not a rabbit:// inbox address")
-        self._session.publish_fast(
+        self._session.publisher.publish(
             "",
             inbox_address,
             bytes(body),
@@ -336,7 +336,7 @@ class RabbitDriver(Driver):
     @property
     def returned_replies(self) -> int:
         """How many replies the broker returned because their inbox was gone."""
-        return self._session.returned_replies
+        return self._session.publisher.returned_replies
 
     # -- adverts -------------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ class RabbitDriver(Driver):
         if address.topic not in owner.topics:
             self._call(lambda: owner.bind_topic(address.topic))
         payload, props = advert_message(server, body, ttl)
-        self._session.publish_fast(
+        self._session.publisher.publish(
             owner.exchange,
             address.topic,
             payload,
@@ -389,7 +389,7 @@ class RabbitDriver(Driver):
         exchange = naming.adverts_exchange(address.exchange)
         self._ensure_exchange(exchange, "topic")
         payload, props = withdrawal_message(server)
-        self._session.publish_fast(
+        self._session.publisher.publish(
             exchange,
             address.topic,
             payload,
@@ -438,7 +438,7 @@ class RabbitDriver(Driver):
                 owner.forget(topic, server)
                 payload, props = withdrawal_message(server)
                 try:
-                    self._session.publish_fast(
+                    self._session.publisher.publish(
                         owner.exchange,
                         topic,
                         payload,

@@ -14,15 +14,10 @@ for declare-ok by reading). So callbacks only *queue* work; the loop runs it
 at top level, where a handler may call back into the driver (ack, send,
 close its own subscription) without re-entering py-amqp.
 
-Path 1 publishes (calls with ``on_undeliverable``, replies, adverts) go out on
-a channel without publisher confirms: nobody waits for them, and confirms
-cost the broker, and both ends' I/O threads, a frame per message (measured:
-about 11% of sequential call throughput). A call's ``basic.return`` is matched
-to its callback by message id; the entry is dropped when the return comes or
-when the call's deadline passes (its caller has given up by then). Replies
-and adverts are not in that table at all; a returned reply is recognised by
-its routing key. Only the session that carries pipelined publishes puts its
-channel in confirm mode: there a confirm settles the kept message.
+Path-1 publishes (calls, replies, adverts, pipelined casts) are written by
+their senders; the books of what was published on the connection live in
+:mod:`~rpclib.transports.rabbit.fast_publish`, which the loop feeds with
+returns and confirms.
 
 On a connection error the loop tells every resource (subscriptions,
 inboxes, advert watches), reconnects with doubling backoff and full jitter
@@ -32,12 +27,10 @@ across the URL's hosts, and sets every resource up again in order.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import selectors
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +38,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from amqp.exceptions import ChannelError, UnexpectedFrame
 
-from rpclib.exceptions import TransportError, Undeliverable
-from rpclib.transports.base import SendOutcomeHandler
+from rpclib.exceptions import TransportError
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
@@ -56,17 +48,15 @@ from rpclib.transports.rabbit.connection import (
     Delivery,
     HostRing,
     LockedWriter,
-    PublishEncoder,
     buffered,
     close_quietly,
     connect,
     is_deliver,
     parse_confirm,
     parse_deliver,
-    publish,
     shutdown_socket,
 )
-from rpclib.transports.rabbit.naming import is_reply_queue
+from rpclib.transports.rabbit.fast_publish import FastPublisher
 from rpclib.transports.rabbit.options import RabbitOptions
 
 T = TypeVar("T")
@@ -105,32 +95,6 @@ class _Command:
     error: BaseException | None = None
 
 
-@dataclass(eq=False)
-class _Resend:
-    """A pipelined at-least-once publish, kept until confirmed: sent again after a reconnect."""
-
-    exchange: str
-    exchange_kind: str
-    routing_key: str
-    body: bytes
-    properties: dict[str, Any]
-    deadline: float
-    """Monotonic time after which it fails instead of being sent again."""
-    on_outcome: SendOutcomeHandler
-
-
-@dataclass(eq=False)
-class _PendingPublish:
-    """A path-1 publish whose return (or, pipelined, whose confirm) may still come."""
-
-    tag: int
-    message_id: str
-    target: str
-    on_return: Callable[[Undeliverable], None] | None
-    returned: str | None = None
-    resend: _Resend | None = None
-
-
 class Session:
     """The consumer connection, its I/O thread, and everything set up on it."""
 
@@ -138,8 +102,6 @@ class Session:
         self, options: RabbitOptions, ring: HostRing, label: str, *, confirms: bool = False
     ) -> None:
         self.options = options
-        self._confirms = confirms
-        """Publisher confirms on the path-1 channel: only for pipelined publishes."""
         self._ring = ring
         self._label = label
         self.write_lock = threading.RLock()
@@ -147,31 +109,10 @@ class Session:
         self._writer: LockedWriter | None = None
         self.generation = 0
         self._up = False
-        self._up_cond = threading.Condition()
+        self.up_cond = threading.Condition()
         self._control: Any = None
-        self._pub_channel: Any = None
-        self._pub_lock = threading.Lock()
-        self._pub_encoder: PublishEncoder | None = None
-        self._pub_seq = 0
-        self._pub_epoch = 0
-        """Counts publish channels opened (a repair replaces the channel, not the connection)."""
-        self._id_prefix = uuid.uuid4().hex[:8] + "."
-        """Starts path-1 message ids (then epoch and delivery tag: unique per channel)."""
-        self._pub_pending: dict[int, _PendingPublish] = {}
-        """Publishes awaiting their confirm, by delivery tag (confirm mode only)."""
-        self._pub_by_id: dict[str, _PendingPublish] = {}
-        """Publishes whose return is still wanted, by message id."""
-        self._pub_expiry: list[tuple[float, str]] = []
-        """(monotonic time, message id): when a return is no longer wanted (no confirms)."""
-        self._window = threading.Condition(self._pub_lock)
-        self._pipelined = 0
-        """Pipelined publishes taken on and not yet confirmed or failed (the window's fill)."""
-        self._resends: list[_Resend] = []
-        self._outcomes: deque[Callable[[], None]] = deque()
-        """Failure reports of pipelined publishes, run at the top of the loop."""
-        """Pipelined publishes whose channel died unconfirmed: sent again once one is up."""
-        self.returned_replies = 0
-        """Replies (``send_to_inbox``) the broker returned: their inbox was gone."""
+        self.publisher = FastPublisher(self, confirms=confirms)
+        """Path-1 publishing on this connection (see fast_publish)."""
         self._commands: deque[_Command] = deque()
         self._commands_lock = threading.Lock()
         self._events: deque[Callable[[], None]] = deque()
@@ -217,6 +158,11 @@ class Session:
     def closed(self) -> bool:
         """Whether close() began (resources then only mark themselves closed)."""
         return self._stopping or self._stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the I/O thread has stopped for good."""
+        return self._stopped
 
     def close(self, cleanup: Callable[[], None], timeout: float) -> None:
         """Run ``cleanup`` on the I/O thread, then close the connection and stop the thread."""
@@ -346,392 +292,21 @@ class Session:
                 return False
             return True
 
+    def write_raw(self, frames: bytes) -> None:
+        """Write encoded frames on the current connection (write lock held, connection up)."""
+        self._writer.write_raw(frames)  # type: ignore[union-attr]
+
     def wait_up(self, deadline: float) -> bool:
         """Wait until the connection is up; False if ``deadline`` (monotonic) passed first."""
-        with self._up_cond:
+        with self.up_cond:
             while not self._up:
                 if self._stopping or self._stopped:
                     raise TransportError("the rabbit driver is closed")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._up_cond.wait(left)
+                self.up_cond.wait(left)
         return True
-
-    def publish_fast(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: dict[str, Any],
-        *,
-        target: str,
-        mandatory: bool,
-        deadline: float,
-        on_return: Callable[[Undeliverable], None] | None = None,
-        return_wanted_until: float | None = None,
-        wait_for_connection: bool = True,
-        on_outcome: SendOutcomeHandler | None = None,
-        exchange_kind: str = "topic",
-    ) -> None:
-        """Publish path 1: on the consumer connection, without waiting for the broker.
-
-        A return is reported through ``on_return`` (from the I/O thread) if it
-        comes before ``return_wanted_until`` (monotonic; default ``deadline``).
-        Other publishes (replies, adverts) are not tracked at all: no message
-        id, no table entry; a returned reply is recognised by its routing key
-        and logged (:meth:`_on_pub_return`). Without a connection, waits for one
-        until ``deadline``, or returns at once unless ``wait_for_connection``.
-
-        With ``on_outcome`` the publish is *pipelined* (confirm-mode sessions
-        only): it waits for room in the confirm window, is kept until confirmed
-        (sent again after a reconnect or a channel repair, until ``deadline``),
-        and ``on_outcome`` hears how it ended (see :meth:`Driver.send_pipelined`).
-        """
-        resend: _Resend | None = None
-        if on_outcome is not None:
-            if not self._confirms:
-                raise TransportError("pipelined publishes need a session with confirms")
-            self._reserve_window(target, deadline)
-            resend = _Resend(
-                exchange, exchange_kind, routing_key, body, properties, deadline, on_outcome
-            )
-        try:
-            self._publish_path1(
-                exchange,
-                routing_key,
-                body,
-                properties,
-                target=target,
-                mandatory=mandatory,
-                deadline=deadline,
-                on_return=on_return,
-                return_wanted_until=deadline
-                if return_wanted_until is None
-                else return_wanted_until,
-                wait_for_connection=wait_for_connection,
-                resend=resend,
-            )
-        except BaseException:
-            if resend is not None:
-                self._release_window()
-            raise
-
-    def _publish_path1(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: dict[str, Any],
-        *,
-        target: str,
-        mandatory: bool,
-        deadline: float,
-        on_return: Callable[[Undeliverable], None] | None,
-        return_wanted_until: float,
-        wait_for_connection: bool,
-        resend: _Resend | None,
-    ) -> None:
-        while True:
-            if not self._up:
-                if not wait_for_connection:
-                    return
-                if self.in_io_thread() or not self.wait_up(deadline):
-                    raise TransportError(
-                        f"cannot publish to {target}: the RabbitMQ connection is down and did "
-                        f"not come back within send_timeout ({self.options.send_timeout:g}s)"
-                    )
-            with self.write_lock:
-                if not self._up:
-                    continue
-                channel_epoch = self._pub_epoch
-                try:
-                    self._write_publish(
-                        exchange,
-                        routing_key,
-                        body,
-                        properties,
-                        target=target,
-                        mandatory=mandatory,
-                        on_return=on_return,
-                        return_wanted_until=return_wanted_until,
-                        resend=resend,
-                    )
-                except (ConnectionDown, *CONNECTION_ERRORS) as exc:
-                    failure: BaseException | None = exc
-                else:
-                    failure = None
-            if failure is None:
-                return
-            LOG.debug("path-1 publish to %s failed (%s); retrying", target, failure)
-            self.wake()
-            if self.in_io_thread() or not self._await_new_channel(channel_epoch, deadline):
-                raise TransportError(f"cannot publish to {target}: {failure}") from failure
-
-    def _write_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: dict[str, Any],
-        *,
-        target: str,
-        mandatory: bool,
-        on_return: Callable[[Undeliverable], None] | None,
-        return_wanted_until: float,
-        resend: _Resend | None,
-    ) -> None:
-        """Encode and write one publish on the current channel (write lock held).
-
-        A publish with ``on_return`` or ``resend`` is tracked: it gets a message
-        id and a table entry (its return, and in confirm mode its confirm, find
-        it); if the write fails, the entry is removed again.
-        """
-        self._pub_seq += 1  # the delivery tag, in confirm mode
-        tag = self._pub_seq
-        pending: _PendingPublish | None = None
-        message_id: str | None = None
-        if on_return is not None or resend is not None:
-            # Unique for the session (returns are matched by it).
-            message_id = f"{self._id_prefix}{self._pub_epoch}.{tag}"
-            pending = _PendingPublish(tag, message_id, target, on_return, resend=resend)
-            with self._pub_lock:
-                self._pub_by_id[message_id] = pending
-                if self._confirms:
-                    self._pub_pending[tag] = pending
-                else:
-                    heapq.heappush(self._pub_expiry, (return_wanted_until, message_id))
-        try:
-            encoder = self._pub_encoder
-            assert encoder is not None  # set with the channel, before _up
-            frames = encoder.encode(
-                exchange, routing_key, body, properties, mandatory=mandatory, message_id=message_id
-            )
-            if frames is not None:
-                if not self._pub_channel.is_open:
-                    # Raw frames on a channel the broker closed would close the
-                    # connection: wait for _repair's new channel instead.
-                    raise ConnectionDown("the publish channel was closed")
-                self._writer.write_raw(frames)  # type: ignore[union-attr]
-            else:
-                publish(
-                    self._pub_channel,
-                    exchange,
-                    routing_key,
-                    body,
-                    {**properties, "message_id": message_id}
-                    if message_id is not None
-                    else properties,
-                    mandatory=mandatory,
-                )
-        except BaseException:
-            if pending is not None:
-                self._forget_pending(tag, pending)
-            raise
-
-    # -- the confirm window of pipelined publishes -------------------------------------------
-
-    def _reserve_window(self, target: str, deadline: float) -> None:
-        with self._window:
-            while self._pipelined >= self.options.confirm_window:
-                if self._stopping or self._stopped:
-                    raise TransportError("the rabbit driver is closed")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TransportError(
-                        f"cannot publish to {target}: {self._pipelined} earlier messages are "
-                        f"still unconfirmed after send_timeout ({self.options.send_timeout:g}s)"
-                    )
-                self._window.wait(left)
-            self._pipelined += 1
-
-    def _release_window(self) -> None:
-        with self._window:
-            self._pipelined -= 1
-            self._window.notify()
-
-    def _conclude(self, resend: _Resend, error: BaseException | None) -> None:
-        """A pipelined publish ended: free its window slot and tell its sender."""
-        self._release_window()
-        if error is None:
-            try:
-                resend.on_outcome(None)
-            except Exception:
-                LOG.exception("a pipelined send's outcome handler failed")
-            return
-        callback = resend.on_outcome
-        if self.in_io_thread() and not self._stopped:
-            # At the top of the loop, not inside a py-amqp read: it may call the driver.
-            # Its own queue: events of a failed connection attempt are dropped, these not.
-            self._outcomes.append(lambda: callback(error))
-            return
-        try:
-            callback(error)
-        except Exception:
-            LOG.exception("a pipelined send's outcome handler failed")
-
-    def _resend_unconfirmed(self) -> None:
-        """Send again what the last channel left unconfirmed (I/O thread, channel up).
-
-        Raises on a connection error, keeping what was not yet written for the
-        next attempt.
-        """
-        self._expire_resends()
-        items, self._resends = self._resends, []
-        sent = 0
-        while items:
-            item = items[0]
-            target = f"{item.exchange}/{item.routing_key}"
-            try:
-                if item.exchange and item.exchange not in self.exchanges:
-                    self.declare_exchange(item.exchange, item.exchange_kind)
-                with self.write_lock:
-                    self._write_publish(
-                        item.exchange,
-                        item.routing_key,
-                        item.body,
-                        item.properties,
-                        target=target,
-                        mandatory=True,
-                        on_return=None,
-                        return_wanted_until=item.deadline,
-                        resend=item,
-                    )
-            except ChannelError as exc:
-                if not self._connection_alive():
-                    self._resends = items + self._resends
-                    raise
-                items.pop(0)
-                self._conclude(item, TransportError(f"cannot publish to {target}: {exc}"))
-                continue
-            except BaseException:
-                self._resends = items + self._resends
-                raise
-            items.pop(0)
-            sent += 1
-        if sent:
-            LOG.info("sent %d unconfirmed message(s) again after the channel was replaced", sent)
-
-    def _expire_resends(self) -> None:
-        """Fail kept publishes whose deadline passed while no channel took them (I/O thread)."""
-        now = time.monotonic()
-        expired = [item for item in self._resends if now >= item.deadline]
-        if not expired:
-            return
-        self._resends = [item for item in self._resends if now < item.deadline]
-        self._fail_kept(
-            expired,
-            f"was not confirmed within send_timeout ({self.options.send_timeout:g}s): "
-            "its channel was lost",
-        )
-
-    def _fail_kept(self, items: list[_Resend], why: str) -> None:
-        """End kept pipelined publishes with a TransportError saying ``why``."""
-        for item in items:
-            self._conclude(
-                item, TransportError(f"a message to {item.exchange}/{item.routing_key} {why}")
-            )
-
-    def _forget_pending(self, tag: int, pending: _PendingPublish) -> None:
-        with self._pub_lock:
-            self._pub_pending.pop(tag, None)
-            self._pub_by_id.pop(pending.message_id, None)
-
-    def _await_new_channel(self, epoch: int, deadline: float) -> bool:
-        """Wait until a publish channel newer than ``epoch`` is up; False at ``deadline``."""
-        with self._up_cond:
-            while self._pub_epoch == epoch or not self._up:
-                if self._stopping or self._stopped:
-                    raise TransportError("the rabbit driver is closed")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._up_cond.wait(left)
-        return True
-
-    # -- confirms and returns of path 1 (I/O thread) ---------------------------------------
-
-    def _on_pub_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-        message_id = message.properties.get("message_id")
-        reason = str(getattr(exc, "reply_text", "") or exc)
-        with self._pub_lock:
-            pending = self._pub_by_id.get(message_id) if message_id else None
-            if pending is not None and pending.resend is None:
-                del self._pub_by_id[pending.message_id]
-                self._pub_pending.pop(pending.tag, None)
-        if pending is not None:
-            pending.returned = reason
-            if pending.resend is None:
-                self._finish(pending, nack=False)
-            # else its confirm (which follows the return) settles it
-        elif not exchange and is_reply_queue(routing_key):
-            # Replies are not tracked (nobody waits for them): the caller is gone.
-            self.returned_replies += 1
-            LOG.warning("reply to %s returned: %s — the caller is gone", routing_key, reason)
-        else:
-            LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
-
-    def _on_pub_confirm(self, tag: int, multiple: bool, *, nack: bool = False) -> None:
-        with self._pub_lock:
-            if multiple:
-                done = [t for t in self._pub_pending if t <= tag]
-            else:
-                done = [tag] if tag in self._pub_pending else []
-            finished = [self._pub_pending.pop(t) for t in done]
-            for pending in finished:
-                self._pub_by_id.pop(pending.message_id, None)
-        for pending in finished:
-            self._finish(pending, nack=nack)
-
-    def _finish(self, pending: _PendingPublish, *, nack: bool) -> None:
-        error: BaseException | None = None
-        if pending.returned is not None:
-            error = Undeliverable(pending.target, f"no queue is bound to it ({pending.returned})")
-        elif nack:
-            error = Undeliverable(pending.target, "the broker refused it (basic.nack)")
-        if pending.resend is not None:
-            self._conclude(pending.resend, error)
-        elif error is not None:
-            if pending.on_return is not None:
-                callback, undeliverable = pending.on_return, error
-                assert isinstance(undeliverable, Undeliverable)
-                self.add_event(lambda: callback(undeliverable))
-            else:
-                LOG.info("message to %s was not delivered: %s", pending.target, error)
-
-    def _forget_expired(self, now: float) -> None:
-        """Drop the table entries of publishes whose return is no longer wanted."""
-        expiry = self._pub_expiry
-        if not expiry or expiry[0][0] > now:
-            return
-        with self._pub_lock:
-            while expiry and expiry[0][0] <= now:
-                _, message_id = heapq.heappop(expiry)
-                self._pub_by_id.pop(message_id, None)
-
-    def _fail_pending(self, reason: str, *, keep: bool = True) -> None:
-        """The channel is gone: no confirm or return will come for path-1 publishes.
-
-        Nobody waits on most of them; calls learn of the loss through their
-        inbox's events. Pipelined ones are kept to be sent again (``keep``) or
-        failed (the driver is closing).
-        """
-        # Under the write lock: a sender between registering a publish and finding its
-        # write failed must not have that publish taken from it (it retries it itself).
-        with self.write_lock, self._pub_lock:
-            pending = sorted(self._pub_by_id.values(), key=lambda p: p.tag)
-            self._pub_pending.clear()
-            self._pub_by_id.clear()
-            self._pub_expiry.clear()
-        kept = [p.resend for p in pending if p.resend is not None]
-        if len(kept) < len(pending):
-            LOG.debug("%d unconfirmed path-1 publish(es) dropped: %s", len(pending), reason)
-        if not kept:
-            return
-        if keep:
-            self._resends.extend(kept)
-            return
-        self._fail_kept(kept, f"was not confirmed before {reason}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -744,7 +319,7 @@ class Session:
                 try:
                     self._serve()
                 except ChannelError as exc:
-                    if self._connection_alive():
+                    if self.connection_alive():
                         LOG.warning("the broker closed a channel: %s", exc)
                         self._repair()
                     elif not self._stopping:
@@ -761,7 +336,7 @@ class Session:
     def _serve(self) -> None:
         conn = self._conn
         writer = self._writer
-        if conn is None or writer is None or not self._connection_alive():
+        if conn is None or writer is None or not self.connection_alive():
             broken = writer.broken if writer is not None else None
             raise ConnectionDown(f"a write failed: {broken}" if broken else "connection closed")
         selector = self._selector
@@ -776,7 +351,7 @@ class Session:
             # times out keeps it buffered.
             transport = conn.transport
             on_frame = conn.on_inbound_frame
-            pub = self._pub_channel
+            pub = self.publisher.channel
             # Confirms of path-1 publishes skip py-amqp's generic method dispatch.
             pub_id = pub.channel_id if pub is not None and pub.is_open else -1
             # basic.deliver is decoded here too (method, header, body frames): `partial`
@@ -796,7 +371,7 @@ class Session:
                         if confirm is not None:
                             conn.bytes_recv += 1  # as py-amqp's frame handler (heartbeats)
                             tag, multiple, nack = confirm
-                            self._on_pub_confirm(tag, multiple, nack=nack)
+                            self.publisher.on_confirm(tag, multiple, nack=nack)
                         elif is_deliver(payload) and channel_id not in partial:
                             conn.bytes_recv += 1
                             partial[channel_id] = Delivery(channel_id, parse_deliver(payload))
@@ -887,7 +462,7 @@ class Session:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        self._forget_expired(now)
+        self.publisher.forget_expired(now)
         if now >= self._next_tick and self._conn is not None:
             self._conn.heartbeat_tick()
             hb = self.options.heartbeat
@@ -899,16 +474,8 @@ class Session:
             if due is not None:
                 self._next_tick = min(self._next_tick, due)
 
-    def _run_outcomes(self) -> None:
-        while self._outcomes:
-            report = self._outcomes.popleft()
-            try:
-                report()
-            except Exception:
-                LOG.exception("a pipelined send's outcome handler failed")
-
     def _dispatch_events(self) -> None:
-        self._run_outcomes()
+        self.publisher.run_outcomes()
         while self._events:
             fn = self._events.popleft()
             try:
@@ -941,7 +508,7 @@ class Session:
                 command.error = TransportError(f"the broker refused: {exc}")
                 command.error.__cause__ = exc
                 command.done.set()
-                if self._connection_alive():
+                if self.connection_alive():
                     self._repair()
                     continue
                 raise
@@ -982,7 +549,7 @@ class Session:
 
     # -- connecting, losing, recovering ---------------------------------------------------------
 
-    def _connection_alive(self) -> bool:
+    def connection_alive(self) -> bool:
         conn = self._conn
         writer = self._writer
         return bool(
@@ -1013,10 +580,10 @@ class Session:
                 self.generation += 1
                 self._control = None
                 self.exchanges.clear()
-            self._open_pub_channel()
+            self.publisher.open_channel()
             with self.write_lock:
                 self._up = True  # resources' setup below may publish (advert sync)
-            self._resend_unconfirmed()
+            self.publisher.resend_unconfirmed()
             for resource in list(self._resources):
                 self._setup_resource(resource)
             self._next_tick = 0.0
@@ -1028,8 +595,8 @@ class Session:
             self._conn = None
             self._events.clear()  # nothing from a failed attempt may reach handlers
             raise
-        with self._up_cond:
-            self._up_cond.notify_all()
+        with self.up_cond:
+            self.up_cond.notify_all()
 
     def _replace_selector(self, conn: BrokerConnection | None) -> None:
         if self._selector is not None:
@@ -1041,44 +608,17 @@ class Session:
             selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             self._selector = selector
 
-    def _open_pub_channel(self) -> None:
-        """The channel of path-1 publishes, in confirm mode if this session has confirms."""
-        channel = self.open_channel()
-        channel.events["basic_return"].add(self._on_pub_return)
-        if self._confirms:
-            channel.confirm_select()
-            channel.events["basic_ack"].add(
-                lambda tag, multiple: self._on_pub_confirm(tag, multiple)
-            )
-            channel.events["basic_nack"].add(
-                lambda tag, multiple: self._on_pub_confirm(tag, multiple, nack=True)
-            )
-        encoder = PublishEncoder(channel.channel_id, self._conn.frame_max)  # type: ignore[union-attr]
-        with self.write_lock:
-            self._pub_channel = channel
-            self._pub_encoder = encoder
-            self._pub_seq = 0
-            self._pub_epoch += 1
-
     def _setup_resource(self, resource: Resource) -> None:
         try:
             resource.setup(self, recovering=True)
         except ChannelError as exc:
-            if not self._connection_alive():
+            if not self.connection_alive():
                 raise
             LOG.error("could not restore %r after reconnecting: %s", resource, exc)
 
     def _repair(self) -> None:
         """Some channel was closed by the broker: replace it, keep the connection."""
-        pub = self._pub_channel
-        if pub is not None and not pub.is_open:
-            LOG.warning("the broker closed the publish channel: %s", pub.closed_by_broker)
-            self._fail_pending(f"publish channel closed: {pub.closed_by_broker}")
-            self.exchanges.clear()
-            self._open_pub_channel()
-            with self._up_cond:
-                self._up_cond.notify_all()
-            self._resend_unconfirmed()
+        self.publisher.replace_if_closed()
         for resource in list(self._resources):
             if resource.broken():
                 self._setup_resource(resource)
@@ -1096,8 +636,7 @@ class Session:
             close_quietly(conn)
         self._conn = None
         self._control = None
-        self._pub_channel = None
-        self._fail_pending(str(exc))
+        self.publisher.connection_lost(str(exc))
         self._dispatch_events()
         for resource in list(self._resources):
             try:
@@ -1111,7 +650,7 @@ class Session:
             self._idle_wait(backoff.next_delay())
             if self.closed:  # close() may have begun while we slept
                 return
-            self._expire_resends()
+            self.publisher.expire_resends()
             self._dispatch_events()
             try:
                 self._connect_and_setup()
@@ -1139,14 +678,9 @@ class Session:
                 LOG.debug("closing the consumer connection: %s", exc)
                 close_quietly(conn)
         self._conn = None
-        self._fail_pending("the driver closed", keep=False)
-        unsent, self._resends = self._resends, []
-        self._fail_kept(unsent, "was not sent again before the driver closed")
-        self._run_outcomes()
-        with self._window:
-            self._window.notify_all()
-        with self._up_cond:
-            self._up_cond.notify_all()
+        self.publisher.shut_down()
+        with self.up_cond:
+            self.up_cond.notify_all()
         self._close_wake()
 
     def _close_wake(self) -> None:
