@@ -1,4 +1,4 @@
-"""Path-1 publishing: on the consumer connection, without waiting for the broker.
+"""Publish paths 1 and 4: on a session's connection, without waiting for the broker.
 
 Calls (``send`` with ``on_undeliverable``), replies and adverts go out on a
 channel of the session's connection without publisher confirms: nobody waits
