@@ -120,7 +120,7 @@ class FastPublisher:
         on_outcome: SendOutcomeHandler | None = None,
         exchange_kind: str = "topic",
     ) -> None:
-        """Publish path 1: on the consumer connection, without waiting for the broker.
+        """Publish on this session's connection without waiting for the broker (path 1).
 
         A return is reported through ``on_return`` (from the I/O thread) if it
         comes before ``return_wanted_until`` (monotonic; default ``deadline``).
@@ -129,8 +129,8 @@ class FastPublisher:
         and logged (:meth:`_on_return`). Without a connection, waits for one
         until ``deadline``, or returns at once unless ``wait_for_connection``.
 
-        With ``on_outcome`` the publish is *pipelined* (confirm-mode sessions
-        only): it waits for room in the confirm window, is kept until confirmed
+        With ``on_outcome`` the publish is *pipelined* (path 4; confirm-mode
+        sessions only): it waits for room in the confirm window, is kept until confirmed
         (sent again after a reconnect or a channel repair, until ``deadline``),
         and ``on_outcome`` hears how it ended (see :meth:`Driver.send_pipelined`).
         """
