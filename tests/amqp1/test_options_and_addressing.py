@@ -59,7 +59,7 @@ def test_bad_options_are_named(query: str, complaint: str) -> None:
 
 
 def test_other_schemes_are_refused() -> None:
-    with pytest.raises(InvalidTransportURL, match="not amqp1 or qpid"):
+    with pytest.raises(InvalidTransportURL, match="not amqp1, amqps or qpid"):
         parse_options(parse_url("rabbit://h/v"))
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -76,3 +77,22 @@ def amqp1_node(amqp1_node_session: RabbitNode) -> RabbitNode:
 def node_url(node: RabbitNode, query: str = "") -> str:
     """The amqp1:// URL of a private node's default vhost."""
     return f"amqp1://{USER}:{PASSWORD}@127.0.0.1:{node.port}/{'?' + query if query else ''}"
+
+
+def node_tls_url(node: RabbitNode, query: str = "", host: str = "localhost") -> str:
+    """The amqps:// URL of a private node's TLS listener: its test CA, the client certificate.
+
+    ``localhost`` by default: proton checks a certificate's DNS names only, and
+    the node's certificate names ``localhost`` (and 127.0.0.1 as an IP entry).
+    """
+    certs = urlencode(
+        {
+            "ssl_ca": str(node.certs.ca),
+            "ssl_cert": str(node.certs.client_cert),
+            "ssl_key": str(node.certs.client_key),
+        },
+        quote_via=quote,
+        safe="/",
+    )
+    extra = f"&{query}" if query else ""
+    return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{certs}{extra}"

@@ -1,4 +1,4 @@
-"""The AMQP 1.0 transport (``amqp1://``, alias ``qpid://``) on python-qpid-proton.
+"""The AMQP 1.0 transport (``amqp1://``, ``amqps://`` with TLS, alias ``qpid://``) on proton.
 
 See docs/transports/amqp1.md. Importing this package imports proton.
 """

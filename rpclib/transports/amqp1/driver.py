@@ -28,6 +28,7 @@ from rpclib.transports.amqp1.adverts import AdvertOwner, AdvertWatch, advert, wi
 from rpclib.transports.amqp1.consumer import Amqp1Inbox, Amqp1Subscription
 from rpclib.transports.amqp1.io_thread import LOG, Future, Loop
 from rpclib.transports.amqp1.options import Amqp1Options, parse_options
+from rpclib.transports.amqp1.tls import ssl_domain
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -46,18 +47,21 @@ _MAX_CACHE: Final = 4096
 
 
 class Amqp1Driver(Driver):
-    """Driver for ``amqp1://`` and ``qpid://`` URLs; see docs/transports/amqp1.md.
+    """Driver for ``amqp1://``, ``amqps://`` (TLS) and ``qpid://`` URLs; see
+    docs/transports/amqp1.md.
 
     Construction connects (each URL host once) and raises TransportError if
-    no peer answers; later connection losses are recovered in the background.
+    no peer answers (a failed TLS handshake names TLS and the host); later
+    connection losses are recovered in the background.
     """
 
     def __init__(self, url: TransportURL) -> None:
         super().__init__(url)
         self.options: Amqp1Options = parse_options(url)
+        tls_domain = ssl_domain(self.options.tls, str(url)) if self.options.tls else None
         label = f"{socket.gethostname().split('.')[0]}:{os.getpid()}:{id(self) & 0xFFFF:x}"
         self.addressing: Addressing = make_addressing(self.options, label)
-        self._loop = Loop(self.options, self.addressing, label)
+        self._loop = Loop(self.options, self.addressing, label, tls_domain)
         self._lock = threading.Lock()
         self._closed = False
         self._routes: dict[tuple[Address, bool], Route] = {}

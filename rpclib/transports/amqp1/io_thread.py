@@ -12,6 +12,11 @@ while it was busy run in one batch on its next wake-up, and the wake-up pipe
 is written only when the queue was empty, so a burst costs one wake-up, not
 one each. Callers that need an answer wait on their own :class:`Future`.
 
+With TLS (``amqps://``) proton's own TLS layer sits on the same transport
+(:mod:`rpclib.transports.amqp1.tls`): the loop still moves raw socket bytes,
+and a failed handshake is a failed connection attempt whose error names TLS
+and the host.
+
 When the connection drops, every owner (subscription, inbox, advert reader)
 hears ``connection_lost``; the thread reconnects with doubling backoff and
 full jitter across the URL's hosts and calls each owner's ``reconnected``.
@@ -42,11 +47,14 @@ from proton import (
     Link,
     Message,
     Transport,
+    TransportException,
 )
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1.addressing import Addressing, Route
-from rpclib.transports.amqp1.options import Amqp1Options
+from rpclib.transports.amqp1.options import Amqp1Options, PeerHost
+from rpclib.transports.amqp1.tls import failure as tls_failure
+from rpclib.transports.amqp1.tls import start_tls
 
 LOG = logging.getLogger("rpclib.transports.amqp1")
 T = TypeVar("T")
@@ -105,7 +113,10 @@ class Future:
 class Loop:
     """The I/O thread of one driver: its socket, proton engine, links and queued work."""
 
-    def __init__(self, options: Amqp1Options, addressing: Addressing, label: str) -> None:
+    def __init__(
+        self, options: Amqp1Options, addressing: Addressing, label: str, tls_domain: Any = None
+    ) -> None:
+        """``tls_domain``: proton's ``SSLDomain`` when the URL asks for TLS, else None."""
         self.options = options
         self.addressing = addressing
         self.label = label
@@ -118,6 +129,11 @@ class Loop:
         self._collector = Collector()
         self._transport: Any = None
         self._sock: socket.socket | None = None
+        self._tls_domain = tls_domain
+        self._tls: Any = None
+        self._peer: PeerHost | None = None
+        """The host of the current connection attempt or connection."""
+        self._first_errors: list[str] = []
         self._session: Any = None
         self._senders: dict[tuple[str, bool], Any] = {}
         self._outcomes: dict[Any, Outcome] = {}
@@ -299,12 +315,21 @@ class Loop:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._lost(self.conn, f"read failed: {exc}")
+            self._lost(self.conn, f"read failed: {exc}{self._early()}")
             return
         if not data:
-            self._lost(self.conn, "the peer closed the socket")
+            self._lost(self.conn, f"the peer closed the socket{self._early()}")
             return
-        transport.push(data)
+        try:
+            transport.push(data)
+        except TransportException:
+            self._lost(self.conn, self._transport_failure(transport))
+
+    def _early(self) -> str:
+        """A note for socket errors before the peer's open over TLS (a refused handshake)."""
+        if self._tls is None or self.up.is_set():
+            return ""
+        return " (during the TLS handshake or before the AMQP open)"
 
     def _write(self) -> None:
         transport, sock = self._transport, self._sock
@@ -367,8 +392,7 @@ class Loop:
                     and event.connection == self.conn
                     and not self._stopping
                 ):
-                    transport = event.transport
-                    self._lost(self.conn, str(transport.condition if transport else "?"))
+                    self._lost(self.conn, self._transport_failure(event.transport))
             except Exception:
                 LOG.exception("amqp1: handling %s failed", kind)
             collector.pop()
@@ -389,6 +413,15 @@ class Loop:
         LOG.warning("amqp1 %s closed by the peer: %s", what, condition or "no reason given")
         self._lost(self.conn, f"{what} closed by the peer: {condition}")
 
+    def _transport_failure(self, transport: Any) -> str:
+        """Why proton's transport failed; TLS failures name TLS and the host."""
+        condition = transport.condition if transport is not None else None
+        text = str(condition or "?")
+        if self._tls is not None and self._peer is not None and "SSL" in text:
+            assert self.options.tls is not None
+            return tls_failure(self._peer, self.options.tls, condition, self.up.is_set())
+        return text
+
     # -- the connection -------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -407,9 +440,13 @@ class Loop:
         transport = Transport()
         if self.options.heartbeat > 0:
             transport.idle_timeout = self.options.heartbeat
+        self._peer = host
+        if self._tls_domain is not None:
+            assert self.options.tls is not None
+            self._tls = start_tls(transport, self._tls_domain, host, self.options.tls.verify)
         sasl = transport.sasl()
         sasl.allowed_mechs("PLAIN")
-        sasl.allow_insecure_mechs = True
+        sasl.allow_insecure_mechs = self._tls is None  # over TLS, PLAIN is never in clear
         conn = Connection()
         conn.container = f"rpclib-{self.label}"
         conn.hostname = self.addressing.hostname()
@@ -423,7 +460,10 @@ class Loop:
 
         def too_slow() -> None:
             if self.conn == conn and not self.up.is_set():
-                self._lost(conn, f"no AMQP open from {host.address} within the connect timeout")
+                over = " (TLS)" if self._tls is not None else ""
+                self._lost(
+                    conn, f"no AMQP open from {host.address}{over} within the connect timeout"
+                )
 
         self.schedule(self.options.connect_timeout, too_slow)
 
@@ -449,6 +489,7 @@ class Loop:
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
         transport, self._transport = self._transport, None
+        self._tls = None
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.unbind()
@@ -480,12 +521,16 @@ class Loop:
                 owner.connection_lost()
             except Exception:
                 LOG.exception("telling %r about the lost connection failed", owner)
-        self._failed_attempt(why)
+        peer = self._peer.address if self._peer is not None else "?"
+        self._failed_attempt(why if peer in why else f"{peer}: {why}")
 
     def _failed_attempt(self, why: str) -> None:
+        if not self._first.done:
+            self._first_errors.append(why)
         if not self._first.done and self._attempt + 1 >= len(self.options.hosts):
+            whys = "; ".join(self._first_errors)
             self._first.fail(
-                TransportError(f"no AMQP 1.0 peer answered at {self._hosts_text()} ({why})")
+                TransportError(f"no AMQP 1.0 peer answered at {self._hosts_text()} ({whys})")
             )
             self.closed = True
             self._stopping = True

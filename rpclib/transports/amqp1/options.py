@@ -1,8 +1,9 @@
-"""The ``amqp1://`` / ``qpid://`` URL: hosts, credentials, vhost and options.
+"""The ``amqp1://`` / ``amqps://`` / ``qpid://`` URL: hosts, credentials, vhost, options.
 
 Parsed once when the driver is built, so a mistake (unknown option, bad
-number, unknown addressing strategy) raises InvalidTransportURL naming it
-before anything connects. Nothing here imports proton.
+number, unknown addressing strategy, TLS options without TLS, an unreadable
+PEM file) raises InvalidTransportURL naming it before anything connects.
+``amqps://`` always means TLS. Nothing here imports proton.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.tls import TLS_OPTIONS, TLSConfig, tls_config, tls_wanted
 from rpclib.transports.url import TransportURL
 
-SCHEMES: Final = ("amqp1", "qpid")
+SCHEMES: Final = ("amqp1", "amqps", "qpid")
+TLS_SCHEME: Final = "amqps"
 DEFAULT_PORT: Final = 5672
+DEFAULT_TLS_PORT: Final = 5671
 DEFAULT_USER: Final = "guest"
 ADDRESSING: Final = ("rabbitmq", "artemis", "qpid")
 KNOWN_OPTIONS: Final = frozenset(
@@ -29,6 +33,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "advert_sync_wait",
         "route_cache",
     }
+    | TLS_OPTIONS
 )
 
 
@@ -63,22 +68,27 @@ class Amqp1Options:
     send_timeout: float
     advert_sync_wait: float
     route_cache: float
+    tls: TLSConfig | None = None
+    """None: plaintext. Else every connection (AMQP 1.0 and topology) uses TLS."""
 
 
 def parse_options(url: TransportURL) -> Amqp1Options:
-    """Read an ``amqp1://`` or ``qpid://`` URL; InvalidTransportURL names what is wrong."""
+    """Read an ``amqp1://``, ``amqps://`` or ``qpid://`` URL; InvalidTransportURL names
+    what is wrong. TLS (``amqps://`` or ``ssl=true``) changes the default port to 5671."""
     if url.scheme not in SCHEMES:
-        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not amqp1 or qpid")
+        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not amqp1, amqps or qpid")
     url.reject_unknown_options(set(KNOWN_OPTIONS))
+    tls = tls_config(url) if tls_wanted(url, TLS_SCHEME) else None
+    port = DEFAULT_TLS_PORT if tls is not None else DEFAULT_PORT
     hosts = tuple(
         PeerHost(
             hostname=host.hostname,
-            port=host.port if host.port is not None else DEFAULT_PORT,
+            port=host.port if host.port is not None else port,
             user=host.username if host.username is not None else DEFAULT_USER,
             password=host.password if host.password is not None else DEFAULT_USER,
         )
         for host in url.hosts
-    ) or (PeerHost("localhost", DEFAULT_PORT, DEFAULT_USER, DEFAULT_USER),)
+    ) or (PeerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
     addressing = url.option("addressing", "rabbitmq") or "rabbitmq"
     if addressing not in ADDRESSING:
         raise InvalidTransportURL(
@@ -103,5 +113,6 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         send_timeout=url.seconds_option("send_timeout", 15.0),
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         route_cache=url.seconds_option("route_cache", 1.0, positive=False),
+        tls=tls,
     )
 

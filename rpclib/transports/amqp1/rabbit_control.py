@@ -9,12 +9,15 @@ when the broker nacks. So the ``rabbitmq`` addressing strategy declares its
 exchanges, queues and bindings here, asks here whether an address has a
 consumer, and deletes what it created; every message still flows over AMQP
 1.0. py-amqp (the RabbitMQ extra) is imported lazily with a clear error.
+With TLS this connection uses the URL's TLS settings too
+(:mod:`rpclib.transports.amqp1.topology_tls`), on the same listener.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +43,11 @@ class RabbitControl:
                 f"py-amqp ({exc}); install rpclib[rabbit] or choose another addressing="
             ) from exc
         self._amqp = amqp
+        self._connection_class: Any = amqp.Connection
+        if options.tls is not None:
+            from rpclib.transports.amqp1.topology_tls import TLSConnection
+
+            self._connection_class = TLSConnection
         self.options = options
         self.label = label
         self._lock = threading.Lock()
@@ -63,7 +71,10 @@ class RabbitControl:
         hosts = self.options.hosts
         for i in range(len(hosts)):
             host = hosts[(self._host + i) % len(hosts)]
-            conn = self._amqp.Connection(
+            tls: dict[str, Any] = {}
+            if self.options.tls is not None:
+                tls = {"context": self.options.tls.context, "server_hostname": host.hostname}
+            conn = self._connection_class(
                 host.address,
                 userid=host.user,
                 password=host.password,
@@ -71,6 +82,7 @@ class RabbitControl:
                 connect_timeout=self.options.connect_timeout,
                 heartbeat=0,
                 client_properties={"connection_name": f"rpclib amqp1 topology {self.label}"},
+                **tls,
             )
             try:
                 conn.connect()
@@ -78,6 +90,10 @@ class RabbitControl:
                 self._host = (self._host + i) % len(hosts)
                 self.exchanges.clear()
                 return self._channel
+            except ssl.SSLError as exc:
+                errors.append(f"{host.address}: TLS handshake failed: {exc}")
+                with contextlib.suppress(Exception):
+                    conn.collect()
             except Exception as exc:
                 errors.append(f"{host.address}: {exc}")
                 with contextlib.suppress(Exception):

@@ -2,7 +2,8 @@
 
 Parsed once when the driver is built, so every mistake (an unknown option, a
 bad number, a missing PEM file) raises InvalidTransportURL naming it before
-anything connects. Nothing here imports py-amqp.
+anything connects. The ``ssl*`` options are read by :mod:`rpclib.transports.tls`,
+shared with ``amqps://``. Nothing here imports py-amqp.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.tls import build_tls_context, tls_wanted
 from rpclib.transports.url import TransportURL
 
 DEFAULT_PORT: Final = 5672
@@ -36,7 +38,6 @@ KNOWN_OPTIONS: Final = frozenset(
         "confirm_window",
     }
 )
-_TLS_FILE_OPTIONS: Final = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
     if url.scheme not in ("rabbit", "rabbits"):
         raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not rabbit or rabbits")
     url.reject_unknown_options(set(KNOWN_OPTIONS))
-    use_tls = _tls_wanted(url)
+    use_tls = tls_wanted(url, "rabbits")
     port = DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT
     hosts = tuple(
         BrokerHost(
@@ -115,54 +116,3 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
     )
-
-
-def _tls_wanted(url: TransportURL) -> bool:
-    scheme_tls = url.scheme == "rabbits"
-    use_tls = url.bool_option("ssl", scheme_tls)
-    if scheme_tls and not use_tls:
-        raise InvalidTransportURL(str(url), "option ssl=false contradicts the rabbits:// scheme")
-    if not use_tls:
-        given = [name for name in _TLS_FILE_OPTIONS if name in url.options]
-        if given:
-            raise InvalidTransportURL(
-                str(url),
-                f"option(s) {', '.join(given)} need TLS (use rabbits:// or ssl=true)",
-            )
-    return use_tls
-
-
-
-def build_tls_context(url: TransportURL) -> ssl.SSLContext:
-    """The client TLS context: ``ssl_ca`` to trust, ``ssl_cert``/``ssl_key`` to present.
-
-    With ``ssl_ca`` only that CA bundle is trusted, without it the system's
-    CAs are. ``ssl_verify=false``
-    skips the hostname check only: the broker's certificate chain is still
-    verified against the trusted CAs.
-    """
-    ca = url.option("ssl_ca")
-    cert = url.option("ssl_cert")
-    key = url.option("ssl_key")
-    verify = url.bool_option("ssl_verify", True)
-    if key is not None and cert is None:
-        raise InvalidTransportURL(
-            str(url), "option ssl_key needs ssl_cert (the client certificate)"
-        )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS >= 1.2, CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = verify
-    if ca is None:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        try:
-            context.load_verify_locations(cafile=ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise InvalidTransportURL(str(url), f"option ssl_ca={ca!r}: {exc}") from None
-    if cert is not None:
-        try:
-            context.load_cert_chain(certfile=cert, keyfile=key)
-        except (OSError, ssl.SSLError) as exc:
-            names = "ssl_cert/ssl_key" if key is not None else "ssl_cert"
-            raise InvalidTransportURL(str(url), f"option {names} ({cert!r}): {exc}") from None
-    return context
