@@ -45,7 +45,11 @@ class Proxy:
                 client.close()
                 continue
             pair = (client, upstream)
-            with self._lock:
+            with self._lock:  # checked again under the lock: block() may have run since
+                if self._blocked:
+                    client.close()
+                    upstream.close()
+                    continue
                 self._live.append(pair)
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
@@ -90,7 +94,8 @@ class Proxy:
             self._drop(pair)
 
     def block(self) -> None:
-        self._blocked = True
+        with self._lock:  # a connection being accepted is either cut below or refused
+            self._blocked = True
         self.cut()
 
     def unblock(self) -> None:

@@ -192,3 +192,38 @@ def test_driver_keeps_working_after_an_etcd_restart(etcd: EtcdServer) -> None:
     finally:
         consumer.close()
         sender.close()
+
+
+class _BlockingSink:
+    """A watch sink that cuts etcd off right after the watch's first read."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.states: queue.Queue[str] = queue.Queue()
+
+    def snapshot(self, kvs: object, revision: int) -> None:
+        self.proxy.block()  # the first stream cannot be established
+
+    def events(self, events: object) -> None:
+        pass
+
+    def connection(self, state: str) -> None:
+        self.states.put(state)
+
+
+def test_a_watch_cut_off_before_its_first_stream_reports_the_outage_and_the_return(
+    etcd: EtcdServer, proxy: Proxy
+) -> None:
+    """Up from its first read: an outage before etcd created the watch is reported too."""
+    driver = load_driver(f"etcd://{proxy.endpoint}/first{uuid.uuid4().hex[:6]}?retry_backoff=0.05")
+    assert isinstance(driver, EtcdDriver)
+    sink = _BlockingSink(proxy)
+    watch = driver.make_watch(f"{driver.options.prefix}w/", sink, "first")
+    try:
+        watch.start()
+        assert sink.states.get(timeout=WAIT) == "disconnected"
+        proxy.unblock()
+        assert sink.states.get(timeout=WAIT) == "reconnected"
+    finally:
+        watch.stop()
+        driver.close()

@@ -6,11 +6,29 @@ next one and the call retried with backoff until ``send_timeout``, then
 TransportError. Retrying is only safe for idempotent requests, so callers
 say whether a request may be retried; every request the driver sends either
 is idempotent or carries a compare that makes a repeat a no-op.
+
+TLS (``etcds://``): the session speaks HTTPS with the URL's SSL context. A
+TLS failure retrying cannot fix (untrusted or mismatched certificate, client
+certificate refused) fails over to the next member and, once every member
+refused, raises :class:`TLSRefused` at once instead of retrying until the
+deadline.
+
+Authentication (``user:password@`` in the URL): etcd v3 auth through the
+gateway. ``auth/authenticate`` gives a token, sent as the ``Authorization``
+header of every request. Tokens end (simple tokens after
+``--auth-token-ttl`` seconds unused, every token when etcd restarts), so a
+request refused as unauthenticated (``invalid auth token``, ``user name is
+empty``, ``permission denied``, ``revision of auth store is old``) gets a
+new token and is sent once more: etcd executed nothing it refused, so the
+repeat is safe whatever the request. Threads that hit the same stale token
+share one re-authentication. Wrong credentials are
+:class:`AuthenticationFailed`, never retried.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -23,7 +41,7 @@ from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 
 from rpclib.exceptions import TransportError
-from rpclib.transports.etcd.lean_http import LeanSession
+from rpclib.transports.etcd.lean_http import LeanSession, TLSFailure
 from rpclib.transports.etcd.naming import prefix_end
 from rpclib.transports.etcd.options import Endpoint, EtcdOptions
 
@@ -42,6 +60,27 @@ class Closed(TransportError):
 
 class Unreachable(TransportError):
     """No etcd member answered within the deadline."""
+
+
+class TLSRefused(Unreachable):
+    """The TLS handshake failed with every member (trust, identity, client certificate)."""
+
+
+class AuthenticationFailed(TransportError):
+    """etcd refused the URL's user name or password."""
+
+
+class NotAuthorized(TransportError):
+    """etcd refused a request for lack of authentication or permission, even with a new token."""
+
+
+AUTH_PROBLEMS = (
+    "invalid auth token",
+    "user name is empty",
+    "permission denied",
+    "revision of auth store is old",
+)
+"""etcd's words for a request whose token is missing, ended or stale."""
 
 
 def b64(data: str | bytes) -> str:
@@ -150,35 +189,29 @@ def revision_of(response: Mapping[str, Any]) -> int:
 # --- the client --------------------------------------------------------------------
 
 
-def new_session() -> requests.Session:
-    """An HTTP session for etcd: proxy variables and .netrc are ignored.
-
-    requests would otherwise scan the whole environment for proxy settings on
-    every request, a good part of a round trip's CPU; etcd endpoints are
-    reached directly.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
 class EtcdClient:
     """Requests to one cluster, failing over between its endpoints."""
 
     def __init__(self, options: EtcdOptions, url_text: str) -> None:
         self.options = options
         self.url_text = url_text
-        self._session = LeanSession()
+        self._session = LeanSession(options.tls)
         self._clients = [self._make_client(e) for e in options.endpoints]
         self._current = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._token: str | None = None
+        self._auth_lock = threading.Lock()
+        self._auth_disabled_logged = False
+        self.authentications = 0
+        """How many tokens were obtained (for tests)."""
 
     def _make_client(self, endpoint: Endpoint) -> Etcd3Client:
         session: Any = self._session  # etcd3gw calls only its post(); see lean_http.py
         return Etcd3Client(
             host=endpoint.hostname,
             port=endpoint.port,
+            protocol=self.options.protocol,
             timeout=(self.options.connect_timeout, self.options.request_timeout),  # type: ignore[arg-type]
             api_path="/v3/",
             session=session,
@@ -187,6 +220,11 @@ class EtcdClient:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @property
+    def session(self) -> LeanSession:
+        """The HTTP(S) session (watch streams open their connections through it)."""
+        return self._session
 
     def close(self) -> None:
         self._closed.set()
@@ -200,19 +238,108 @@ class EtcdClient:
         with self._lock:
             self._current = (self._current + 1) % len(self._clients)
 
+    # --- authentication -------------------------------------------------------------
+
+    @property
+    def token(self) -> str | None:
+        """The auth token requests carry now (None without credentials or with auth off)."""
+        return self._token
+
+    def auth_headers(self, token: str | None) -> dict[str, str] | None:
+        return {"Authorization": token} if token is not None else None
+
+    def authenticate(self, stale: str | None = None, *, deadline: float | None = None) -> None:
+        """Get a new token unless another thread already replaced ``stale``.
+
+        Without credentials this does nothing. If etcd has authentication
+        off, requests go without a token (as etcd's own client does) until
+        etcd says one is needed.
+        """
+        credentials = self.options.credentials
+        if credentials is None:
+            return
+        with self._auth_lock:
+            if self._token != stale:
+                return  # renewed meanwhile by another thread
+            try:
+                response = self.call(
+                    "auth/authenticate",
+                    {"name": credentials.user, "password": credentials.password},
+                    deadline=deadline,
+                    auth=False,
+                )
+            except TransportError as exc:
+                text = str(exc)
+                if "authentication is not enabled" in text:
+                    if not self._auth_disabled_logged:
+                        self._auth_disabled_logged = True
+                        LOG.warning(
+                            "etcd at %s has authentication off; requests go without a token "
+                            "(user %r is used once etcd asks for it)",
+                            self.url_text,
+                            credentials.user,
+                        )
+                    self._token = None
+                    return
+                if "invalid user ID or password" in text or "authentication failed" in text:
+                    raise AuthenticationFailed(
+                        f"etcd at {self.url_text} refused user {credentials.user!r}: "
+                        "wrong user name or password"
+                    ) from None
+                raise
+            token = response.get("token")
+            if not isinstance(token, str) or not token:
+                raise TransportError(f"etcd at {self.url_text} gave no auth token: {response}")
+            self._token = token
+            self.authentications += 1
+            LOG.debug("etcd: authenticated as %r", credentials.user)
+
+    def not_authorized(self, what: str, text: str) -> TransportError:
+        """The error for a request etcd refused for authentication or permission."""
+        credentials = self.options.credentials
+        if credentials is None:
+            return NotAuthorized(
+                f"etcd at {self.url_text} refused {what}: {text} (authentication is on: "
+                "give user:password in the URL)"
+            )
+        return NotAuthorized(
+            f"etcd at {self.url_text} refused {what} for user {credentials.user!r}: {text} "
+            f"(does its role grant read and write on {self.options.prefix}?)"
+        )
+
+    # --- requests ---------------------------------------------------------------------
+
     def call(
-        self, path: str, payload: Json, *, retry: bool = True, deadline: float | None = None
+        self,
+        path: str,
+        payload: Json,
+        *,
+        retry: bool = True,
+        deadline: float | None = None,
+        auth: bool = True,
     ) -> Json:
-        """POST ``payload`` to ``/v3/<path>``; retry unreachable members until the deadline."""
+        """POST ``payload`` to ``/v3/<path>``; retry unreachable members until the deadline.
+
+        A request refused as unauthenticated is sent once more with a new
+        token (``auth=False`` sends none: authentication itself).
+        """
         if deadline is None:
             deadline = time.monotonic() + self.options.send_timeout
         pause = self.options.retry_backoff
+        renewed = False
+        refused_tls = 0
         while True:
             if self._closed.is_set():
                 raise Closed(f"the etcd driver for {self.url_text} is closed")
             client = self._clients[self._current]
+            token = self._token if auth else None
             try:
-                result: Json = client.post(client.get_url(path), json=payload)
+                if token is None:
+                    result: Json = client.post(client.get_url(path), json=payload)
+                else:
+                    result = client.post(
+                        client.get_url(path), json=payload, headers={"Authorization": token}
+                    )
                 return result
             except (
                 etcd_errors.ConnectionFailedError,
@@ -221,6 +348,15 @@ class EtcdClient:
             ) as exc:
                 if self._closed.is_set():
                     raise Closed(f"the etcd driver for {self.url_text} is closed") from None
+                if isinstance(exc.__context__, TLSFailure):
+                    refused_tls += 1
+                    if refused_tls >= len(self._clients):
+                        raise TLSRefused(
+                            f"etcd at {self.url_text}: {exc.__context__}"
+                        ) from exc.__context__
+                    LOG.warning("etcd %s:%s: %s", client.host, client.port, exc.__context__)
+                    self.next_endpoint()
+                    continue
                 if not retry or time.monotonic() + pause > deadline:
                     raise Unreachable(
                         f"etcd at {client.host}:{client.port} failed on {path}: {_reason(exc)}"
@@ -234,6 +370,22 @@ class EtcdClient:
                 text = _reason(exc)
                 if "lease not found" in text:
                     raise LeaseNotFound(f"etcd: {text}") from exc
+                if auth and is_auth_problem(text):
+                    if renewed or self.options.credentials is None:
+                        raise self.not_authorized(path, text) from exc
+                    renewed = True  # etcd executed nothing: sending it again is safe
+                    LOG.info("etcd refused %s (%s); authenticating again", path, text)
+                    self.authenticate(stale=token, deadline=deadline)
+                    continue
+                if "CommonName of client sending a request against gateway" in text:
+                    raise TLSRefused(
+                        f"etcd at {self.url_text} refuses a client certificate with a "
+                        "CommonName on its JSON gateway while authentication is on (etcd "
+                        "would not use it as the user): use a client certificate without a "
+                        "CN (see ssl_cert)"
+                    ) from exc
+                if "HTTP request to an HTTPS server" in text:
+                    text += " (use etcds:// or ssl=true)"
                 raise TransportError(f"etcd rejected {path}: {text}") from exc
             except requests.RequestException as exc:  # e.g. a session closed under us
                 if self._closed.is_set():
@@ -269,6 +421,29 @@ class EtcdClient:
                 raise
 
 
+def is_auth_problem(text: str) -> bool:
+    """Whether etcd's error ``text`` says the request's token is missing, ended or stale."""
+    return any(problem in text for problem in AUTH_PROBLEMS)
+
+
 def _reason(exc: BaseException) -> str:
-    args = [str(a) for a in exc.args if a]
-    return "; ".join(args)[:300] or type(exc).__name__
+    """What etcd (or the connection) said: the gateway's ``error`` text, then the HTTP reason.
+
+    etcd3gw keeps the response body in ``detail_text`` (the gateway's JSON
+    ``{"error": ..., "code": ...}``) and only the HTTP reason in ``args``.
+    """
+    parts: list[str] = []
+    detail = getattr(exc, "detail_text", None)
+    if detail:
+        text = str(detail)
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            text = body["error"]
+        parts.append(text.strip())
+    for arg in exc.args:
+        if arg and str(arg) not in parts:
+            parts.append(str(arg))
+    return "; ".join(parts)[:300] or type(exc).__name__

@@ -26,7 +26,12 @@ from rpclib.transports.base import (
 from rpclib.transports.etcd import client as ops
 from rpclib.transports.etcd.adverts import Advertiser, AdvertSink
 from rpclib.transports.etcd.box import Box, EtcdInbox
-from rpclib.transports.etcd.client import EtcdClient
+from rpclib.transports.etcd.client import (
+    AuthenticationFailed,
+    EtcdClient,
+    NotAuthorized,
+    TLSRefused,
+)
 from rpclib.transports.etcd.consumers import Consumer, QueueState
 from rpclib.transports.etcd.lease import DriverLease
 from rpclib.transports.etcd.naming import Keys, QueueName
@@ -58,7 +63,12 @@ class _AdvertWatch:
 
 
 class EtcdDriver(Driver):
-    """The ``etcd://host:2379[,host2:2379]/prefix`` transport."""
+    """The ``etcd[s]://[user:password@]host:2379[,host2:2379]/prefix`` transport.
+
+    Building it authenticates (with credentials), reads the prefix once (so
+    missing credentials or a role without access to the prefix fail here,
+    not at the first send) and grants the driver's lease.
+    """
 
     def __init__(self, url: TransportURL) -> None:
         super().__init__(url)
@@ -70,7 +80,12 @@ class EtcdDriver(Driver):
         self._closed = False
         self._ids = itertools.count(1)
         try:
+            self.client.authenticate()
+            self.client.call("kv/range", {"key": ops.b64(self.options.prefix), "keys_only": True})
             self._lease = DriverLease(self.client, self.options.lease_ttl, self._lease_renewed)
+        except (AuthenticationFailed, NotAuthorized, TLSRefused):
+            self.client.close()
+            raise  # each names the URL and what to fix
         except TransportError as exc:
             self.client.close()
             raise TransportError(f"cannot reach etcd at {url}: {exc}") from exc

@@ -1,17 +1,24 @@
-"""The ``etcd://`` URL: endpoints, key prefix and options.
+"""The ``etcd://`` and ``etcds://`` URL: endpoints, credentials, key prefix and options.
 
-``etcd://host:2379[,host2:2379]/prefix?option=value``. Parsed once when the
-driver is built, so a mistake (unknown option, bad number, bad prefix) raises
-InvalidTransportURL naming it before anything connects.
+``etcd[s]://[user:password@]host:2379[,host2:2379]/prefix?option=value``.
+Parsed once when the driver is built, so a mistake (unknown option, bad
+number, bad prefix, unreadable PEM file) raises InvalidTransportURL naming
+it before anything connects. ``etcds://`` (or ``ssl=true``) is TLS; see
+tls.py for the ``ssl*`` options.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from typing import Final
 
 from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.etcd.tls import TLS_OPTIONS, client_context, tls_wanted
 from rpclib.transports.url import TransportURL
+
+SCHEMES: Final = ("etcd", "etcds")
+TLS_SCHEME: Final = "etcds"
 
 DEFAULT_PORT: Final = 2379
 DEFAULT_PREFIX: Final = "rpclib"
@@ -26,6 +33,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "watch_idle",
         "watch_timeout",
         "dead_letter_ttl",
+        *TLS_OPTIONS,
     }
 )
 
@@ -36,6 +44,14 @@ class Endpoint:
 
     hostname: str
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An etcd user (v3 auth): one for the whole cluster, whichever member is asked."""
+
+    user: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,20 +74,23 @@ class EtcdOptions:
     watch_timeout: float
     """Seconds the echo may take before the stream is declared dead and re-established."""
     dead_letter_ttl: int
+    tls: ssl.SSLContext | None = None
+    """The client TLS context (``etcds://`` or ``ssl=true``); None for plain HTTP."""
+    credentials: Credentials | None = None
+    """The etcd user to authenticate as (``user:password@`` in the URL)."""
+
+    @property
+    def protocol(self) -> str:
+        return "https" if self.tls is not None else "http"
 
 
 def parse_options(url: TransportURL) -> EtcdOptions:
-    """Read an ``etcd://`` URL; InvalidTransportURL names what is wrong."""
-    if url.scheme != "etcd":
-        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not etcd")
+    """Read an ``etcd://`` or ``etcds://`` URL; InvalidTransportURL names what is wrong."""
+    if url.scheme not in SCHEMES:
+        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not etcd or etcds")
     url.reject_unknown_options(set(KNOWN_OPTIONS))
-    for host in url.hosts:
-        if host.username is not None or host.password is not None:
-            raise InvalidTransportURL(
-                str(url),
-                "etcd:// does not take credentials in the URL (authentication is "
-                "not supported by this driver)",
-            )
+    use_tls = tls_wanted(url, TLS_SCHEME)
+    credentials = _credentials(url)
     endpoints = tuple(
         Endpoint(host.hostname, host.port if host.port is not None else DEFAULT_PORT)
         for host in url.hosts
@@ -94,7 +113,32 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         watch_idle=url.seconds_option("watch_idle", 10.0),
         watch_timeout=url.seconds_option("watch_timeout", 5.0),
         dead_letter_ttl=url.int_option("dead_letter_ttl", 7 * 24 * 3600, minimum=2),
+        tls=client_context(url) if use_tls else None,
+        credentials=credentials,
     )
+
+
+def _credentials(url: TransportURL) -> Credentials | None:
+    """The URL's ``user:password``: one user for the cluster, on one host or the same on all."""
+    found: set[tuple[str | None, str | None]] = {
+        (host.username, host.password)
+        for host in url.hosts
+        if host.username is not None or host.password is not None
+    }
+    if not found:
+        return None
+    if len(found) > 1:
+        raise InvalidTransportURL(
+            str(url),
+            "hosts give different credentials; etcd has one user database per cluster: "
+            "give user:password once (on the first host) or the same on every host",
+        )
+    ((user, password),) = found
+    if user is None:
+        raise InvalidTransportURL(str(url), "a password without a user name")
+    if password is None:
+        raise InvalidTransportURL(str(url), f"user {user!r} has no password in the URL")
+    return Credentials(user, password)
 
 
 def _prefix(url: TransportURL) -> str:
@@ -107,4 +151,3 @@ def _prefix(url: TransportURL) -> str:
                 str(url), f"key prefix {url.virtual_host!r} has an empty or unprintable segment"
             )
     return "/" + "/".join(segments) + "/"
-

@@ -15,18 +15,20 @@ runs, feeding a :class:`WatchSink`:
   neither the echo nor anything else arrives within ``watch_timeout``, the
   stream is torn down and re-opened (from the last revision). etcd's own
   progress notifications are requested too and count as signs of life.
+- With authentication, the stream is opened with the client's token. etcd
+  checks it when the watch is created (an open stream outlives its token);
+  a watch refused for its token is re-opened at once with a new one.
 
-Sinks are called from the watch's thread, one call at a time.
+Streams go over the client's session (HTTPS with the URL's TLS context), one
+connection each. Sinks are called from the watch's thread, one call at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +38,8 @@ from typing import Any, Protocol
 import requests
 
 from rpclib.exceptions import TransportError
-from rpclib.transports.etcd.client import KV, EtcdClient, b64, new_session, unb64
+from rpclib.transports.etcd.client import KV, EtcdClient, b64, is_auth_problem, unb64
+from rpclib.transports.etcd.lean_http import LeanStream
 from rpclib.transports.etcd.naming import prefix_end
 
 LOG = logging.getLogger("rpclib.transports.etcd")
@@ -67,6 +70,10 @@ class _Compacted(Exception):
     """The revision to resume from was compacted away."""
 
 
+class _Unauthenticated(TransportError):
+    """etcd refused to create the watch for its token (missing, ended, stale)."""
+
+
 class PrefixWatch:
     """One self-healing watch on ``prefix``; see the module docstring."""
 
@@ -94,12 +101,19 @@ class PrefixWatch:
         """How many times the stream was re-established (for tests)."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._response: requests.Response | None = None
-        self._session: requests.Session | None = None
+        self._stream_now: LeanStream | None = None
+        self._token_used: str | None = None
+        self._renewed_token = False
+        """A new token was fetched since the last watch etcd created (renew once, then back off)."""
         self._last_data = time.monotonic()
         self._echo_sent_at: float | None = None
         self._echoed = False
         self._connected = False
+        """A stream is established (etcd created the watch)."""
+        self._up = False
+        """What the sink was last told: up from start() (etcd answered its read) until a
+        stream attempt fails, again once etcd creates a watch ("disconnected" and
+        "reconnected" alternate, whether or not the first stream was ever created)."""
         self._thread = threading.Thread(target=self._run, name=f"etcd-watch {name}", daemon=True)
 
     def start(self) -> None:
@@ -107,6 +121,7 @@ class PrefixWatch:
         kvs, revision = self.client.range_prefix(self.prefix)
         self.revision = revision
         self.sink.snapshot([kv for kv in kvs if not self._is_echo(kv.key)], revision)
+        self._up = True
         self._thread.start()
 
     def stop(self) -> None:
@@ -176,6 +191,14 @@ class PrefixWatch:
                 pause = self.client.options.retry_backoff
             except _Compacted:
                 resync = True
+            except _Unauthenticated as exc:
+                if self._stop.is_set():
+                    break
+                if self._renew_token(exc):
+                    continue  # re-open at once with the new token
+                self.client.next_endpoint()
+                self._stop.wait(pause)
+                pause = min(pause * 2, self.client.options.retry_backoff_max)
             except (TransportError, requests.RequestException, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     break
@@ -188,13 +211,28 @@ class PrefixWatch:
                 self._stop.wait(pause)
             finally:
                 self._close_response()
-                if self._connected and not self._stop.is_set():
-                    self._connected = False
+                self._connected = False
+                if self._up and not self._stop.is_set():
+                    self._up = False
                     self._report("disconnected")
+
+    def _renew_token(self, exc: _Unauthenticated) -> bool:
+        """After an auth refusal: get a new token once; False when that cannot help."""
+        if self.client.options.credentials is None or self._renewed_token:
+            refusal = self.client.not_authorized("the watch", str(exc))
+            LOG.warning("watch %s: %s", self.name, refusal)
+            return False
+        self._renewed_token = True
+        LOG.info("watch %s: %s; authenticating again", self.name, exc)
+        try:
+            self.client.authenticate(stale=self._token_used)
+        except TransportError as error:
+            LOG.warning("watch %s: authentication failed: %s", self.name, error)
+            return False
+        return True
 
     def _stream(self) -> None:
         endpoint = self.client.endpoint_client()
-        session = new_session()
         create: dict[str, Any] = {
             "key": b64(self.prefix),
             "range_end": b64(prefix_end(self.prefix)),
@@ -203,25 +241,24 @@ class PrefixWatch:
         }
         if self._filters:
             create["filters"] = self._filters
-        try:
-            response = session.post(
-                endpoint.get_url("/watch"),
-                json={"create_request": create},
-                stream=True,
-                timeout=(self.client.options.connect_timeout, None),
-            )
-        except requests.RequestException:
-            session.close()
-            raise
+        self._token_used = token = self.client.token
+        stream = self.client.session.stream(
+            endpoint.get_url("/watch"),
+            json={"create_request": create},
+            connect_timeout=self.client.options.connect_timeout,
+            headers=self.client.auth_headers(token),
+        )
         with self._lock:
-            self._response = response
-            self._session = session
+            self._stream_now = stream
         if self._stop.is_set():
             return
-        if response.status_code != 200:
-            raise TransportError(f"watch refused: {response.status_code} {response.text[:200]}")
+        if stream.status_code != 200:
+            text = stream.read_error()[:200]
+            if is_auth_problem(text):
+                raise _Unauthenticated(text)
+            raise TransportError(f"watch refused: {stream.status_code} {text}")
         self._last_data = time.monotonic()
-        for message in _messages(response):
+        for message in _messages(stream):
             self._last_data = time.monotonic()
             if self._stop.is_set():
                 return
@@ -231,13 +268,7 @@ class PrefixWatch:
         if "error" in message:
             raise TransportError(f"watch error: {message['error']}")
         result = message.get("result", {})
-        if result.get("created"):
-            self.reconnects += 1
-            if not self._connected:
-                self._connected = True
-                if self.reconnects > 1:
-                    self._report("reconnected")
-            return
+        # before "created": etcd answers a create it refuses with created *and* canceled
         if int(result.get("compact_revision", 0)):
             LOG.info(
                 "watch %s: revision %d compacted (now %s); re-reading the prefix",
@@ -247,7 +278,18 @@ class PrefixWatch:
             )
             raise _Compacted()
         if result.get("canceled"):
-            raise TransportError(f"watch cancelled by etcd: {result.get('cancel_reason', '')}")
+            reason = str(result.get("cancel_reason", ""))
+            if is_auth_problem(reason):
+                raise _Unauthenticated(reason)
+            raise TransportError(f"watch cancelled by etcd: {reason}")
+        if result.get("created"):
+            self.reconnects += 1
+            self._renewed_token = False
+            self._connected = True
+            if not self._up:
+                self._up = True
+                self._report("reconnected")
+            return
         raw_events = result.get("events")
         if not raw_events:  # a progress notification: every event up to it has been sent
             header_revision = int(result.get("header", {}).get("revision", 0))
@@ -277,26 +319,22 @@ class PrefixWatch:
 
     def _abort(self) -> None:
         with self._lock:
-            response = self._response
-        if response is not None:
-            _shutdown(response)
+            stream = self._stream_now
+        if stream is not None:
+            stream.abort()
 
     def _close_response(self) -> None:
         with self._lock:
-            response, self._response = self._response, None
-            session, self._session = self._session, None
-        if response is not None:
-            _shutdown(response)
-            with contextlib.suppress(Exception):
-                response.close()
-        if session is not None:
-            session.close()
+            stream, self._stream_now = self._stream_now, None
+        if stream is not None:
+            stream.abort()
+            stream.close()
 
 
-def _messages(response: requests.Response) -> Iterator[dict[str, Any]]:
+def _messages(stream: LeanStream) -> Iterator[dict[str, Any]]:
     """The JSON messages of a gateway watch stream (one per line, split across chunks)."""
     pending: list[bytes] = []
-    for chunk in response.iter_content(chunk_size=None):
+    for chunk in stream.chunks():
         if b"\n" not in chunk:
             pending.append(chunk)  # part of a large message: join once it is complete
             continue
@@ -308,16 +346,3 @@ def _messages(response: requests.Response) -> Iterator[dict[str, Any]]:
                 message: dict[str, Any] = json.loads(line)
                 yield message
     raise TransportError("watch stream ended")
-
-
-def _shutdown(response: requests.Response) -> None:
-    """Shut the stream's socket down so a blocked reader wakes up."""
-    try:
-        fd = response.raw._fp.fileno()
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
-    except Exception:  # already closed
-        pass
