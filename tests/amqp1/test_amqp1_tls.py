@@ -106,9 +106,9 @@ def bad_tls_queries(certs: Certs, garbage: Path) -> list[tuple[str, str, str]]:
         ("amqps", f"ssl_ca={garbage}", "ssl_ca="),
         ("amqps", "ssl_cert=/nonexistent/cert.pem", "ssl_cert"),
         ("amqps", f"ssl_key={certs.client_key}", "ssl_key needs ssl_cert"),
-        ("amqps", f"ssl_cert={certs.client_cert}", "ssl_cert "),  # no key in that file
+        ("amqps", f"ssl_cert={certs.client_cert}", "holds no private key"),
         ("amqps", f"ssl_cert={certs.client_cert}&ssl_key={certs.server_key}", "ssl_cert/ssl_key"),
-        ("amqps", f"ssl_cert={certs.client_cert}&ssl_key={garbage}", "ssl_cert/ssl_key"),
+        ("amqps", f"ssl_cert={certs.client_cert}&ssl_key={garbage}", "ssl_key="),
     ]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from rpclib.exceptions import InvalidTransportURL
-from rpclib.transports.etcd.tls import TLS_OPTIONS, client_context, tls_wanted
+from rpclib.transports.tls import TLS_OPTIONS, build_tls_context, tls_wanted
 from rpclib.transports.url import TransportURL
 
 SCHEMES: Final = ("etcd", "etcds")
@@ -113,7 +113,7 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         watch_idle=url.seconds_option("watch_idle", 10.0),
         watch_timeout=url.seconds_option("watch_timeout", 5.0),
         dead_letter_ttl=url.int_option("dead_letter_ttl", 7 * 24 * 3600, minimum=2),
-        tls=client_context(url) if use_tls else None,
+        tls=build_tls_context(url) if use_tls else None,
         credentials=credentials,
     )
 
