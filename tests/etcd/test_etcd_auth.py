@@ -19,7 +19,7 @@ import pytest
 
 from rpclib.exceptions import TransportError
 from rpclib.transports import load_driver
-from rpclib.transports.base import Address, Guarantee, Incoming
+from rpclib.transports.base import Address, Guarantee
 from rpclib.transports.etcd import EtcdDriver
 from rpclib.transports.etcd.client import (
     KV,
@@ -29,6 +29,7 @@ from rpclib.transports.etcd.client import (
     b64,
 )
 from rpclib.transports.etcd.watch import Event
+from tests.etcd.counting import Counter
 from tests.etcd.etcd_proxy import Proxy
 from tests.etcd.secure_workload import call_and_cast
 from tests.support.etcd import (
@@ -67,26 +68,6 @@ def proxy(etcd: EtcdServer) -> Iterator[Proxy]:
     p = Proxy(etcd.plain_port)
     yield p
     p.close()
-
-
-class Counter:
-    """Acks and counts what it gets."""
-
-    def __init__(self) -> None:
-        self.seen: dict[bytes, int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, incoming: Incoming) -> None:
-        incoming.ack()
-        with self._lock:
-            self.seen[incoming.body] = self.seen.get(incoming.body, 0) + 1
-
-    def wait_for(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while len(self.seen) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(self.seen)} of {count} messages arrived")
-            time.sleep(0.02)
 
 
 def test_call_and_at_least_once_cast_with_user_and_password(etcd: EtcdServer) -> None:
@@ -158,7 +139,7 @@ def test_requests_and_watches_keep_working_after_tokens_end(etcd: EtcdServer, pr
     )
     sender = etcd_driver(auth_url(etcd, prefix))
     address = Address("ex", "tokens")
-    got = Counter()
+    got = Counter(WAIT)
     replies: queue.Queue[bytes] = queue.Queue()
     try:
         subscription = consumer.listen(address, got)
@@ -195,7 +176,7 @@ def test_casts_keep_flowing_while_etcd_restarts_and_forgets_every_token(
     url = auth_url(etcd, prefix, retry_backoff="0.05", retry_backoff_max="0.5")
     consumer, sender = etcd_driver(url), etcd_driver(url)
     address = Address("ex", "restart")
-    got = Counter()
+    got = Counter(WAIT)
     sent: list[int] = []
     errors: list[BaseException] = []
     stop = threading.Event()

@@ -8,7 +8,6 @@ only, a TCP proxy in front of it.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from rpclib.transports import load_driver
-from rpclib.transports.base import Address, Guarantee, Incoming
+from rpclib.transports.base import Address, Guarantee
 from rpclib.transports.etcd import EtcdDriver
+from tests.etcd.counting import Counter
 from tests.etcd.etcd_proxy import Proxy
 from tests.etcd.peers import Peer, read_records
 from tests.support.etcd import EtcdServer
@@ -52,26 +52,6 @@ def peers(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
     yield start
     for p in started:
         p.stop()
-
-
-class Counter:
-    """A handler that acks and counts every body it gets."""
-
-    def __init__(self) -> None:
-        self.seen: dict[bytes, int] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, incoming: Incoming) -> None:
-        incoming.ack()
-        with self.lock:
-            self.seen[incoming.body] = self.seen.get(incoming.body, 0) + 1
-
-    def wait_for(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while len(self.seen) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(self.seen)} of {count} messages arrived")
-            time.sleep(0.05)
 
 
 def test_casts_survive_an_etcd_restart_mid_stream(
@@ -110,7 +90,7 @@ def test_a_watch_resumes_after_compaction_with_every_message_once(
     ))  # fmt: skip
     sender = load_driver(etcd.url(prefix))
     address = Address("ex", "compacted")
-    got = Counter()
+    got = Counter(WAIT)
     try:
         sub = consumer.listen(address, got)
         bodies = [b"m%d" % i for i in range(300)]
@@ -140,7 +120,7 @@ def test_a_silent_watch_stream_is_detected_and_reestablished(
     consumer = load_driver(f"etcd://{proxy.endpoint}/{prefix}?{query}")
     sender = load_driver(etcd.url(prefix))
     address = Address("ex", "silent")
-    got = Counter()
+    got = Counter(WAIT)
     try:
         sub = consumer.listen(address, got)
         sender.send(address, b"before", guarantee=Guarantee.AT_LEAST_ONCE)
@@ -178,7 +158,7 @@ def test_driver_keeps_working_after_an_etcd_restart(etcd: EtcdServer) -> None:
     prefix = f"restart{uuid.uuid4().hex[:6]}"
     consumer, sender = (load_driver(etcd.url(prefix)) for _ in range(2))
     address = Address("ex", "again")
-    got = Counter()
+    got = Counter(WAIT)
     try:
         assert isinstance(consumer, EtcdDriver)
         consumer.listen(address, got)

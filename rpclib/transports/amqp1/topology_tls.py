@@ -9,32 +9,12 @@ socket with ours. Imported only for TLS (it imports py-amqp).
 
 from __future__ import annotations
 
-import socket
 import ssl
 from typing import Any
 
 import amqp
-from amqp.transport import SSLTransport
 
-
-class _ContextTransport(SSLTransport):  # type: ignore[misc]
-    """py-amqp's TLS transport, wrapping with a given SSLContext (SNI = the URL's host)."""
-
-    def __init__(
-        self, host: str, context: ssl.SSLContext, server_hostname: str, **kwargs: Any
-    ) -> None:
-        self._rpclib_context = context
-        self._rpclib_hostname = server_hostname
-        super().__init__(host, **kwargs)
-
-    def _wrap_socket(self, sock: socket.socket, context: Any = None, **sslopts: Any) -> Any:
-        return self._rpclib_context.wrap_socket(
-            sock, server_hostname=self._rpclib_hostname, do_handshake_on_connect=False
-        )
-
-    def _setup_transport(self) -> None:
-        super()._setup_transport()  # handshake bounded by the connect timeout
-        self.sock.settimeout(None)  # then blocking, as py-amqp's plain TCP transport is
+from rpclib.transports.py_amqp_tls import ContextTLSTransport
 
 
 class TLSConnection(amqp.Connection):  # type: ignore[misc]
@@ -57,7 +37,7 @@ class TLSConnection(amqp.Connection):  # type: ignore[misc]
         socket_settings: Any = None,
         **kwargs: Any,
     ) -> Any:
-        return _ContextTransport(
+        return ContextTLSTransport(
             host,
             self.rpclib_context,
             self.rpclib_hostname,

@@ -53,8 +53,9 @@ import amqp
 from amqp import spec
 from amqp.exceptions import UnexpectedFrame
 from amqp.serialization import decode_properties_basic, dumps
-from amqp.transport import SSLTransport, TCPTransport
+from amqp.transport import TCPTransport
 
+from rpclib.transports.py_amqp_tls import ContextTLSTransport
 from rpclib.transports.rabbit.options import BrokerHost, RabbitOptions
 
 LOG = logging.getLogger("rpclib.transports.rabbit")
@@ -90,28 +91,6 @@ class BrokerChannel(amqp.Channel):  # type: ignore[misc]
     def _do_revive(self) -> None:
         # py-amqp would reopen the channel here; forget it instead (callers open a new one).
         self.collect()
-
-
-class _TLSTransport(SSLTransport):  # type: ignore[misc]
-    """py-amqp's TLS transport, wrapping with our own SSLContext (and SNI)."""
-
-    def __init__(
-        self, host: str, context: ssl.SSLContext, server_hostname: str, **kwargs: Any
-    ) -> None:
-        self._context = context
-        self._server_hostname = server_hostname
-        super().__init__(host, **kwargs)
-
-    def _wrap_socket(self, sock: socket.socket, context: Any = None, **sslopts: Any) -> Any:
-        return self._context.wrap_socket(
-            sock, server_hostname=self._server_hostname, do_handshake_on_connect=False
-        )
-
-    def _setup_transport(self) -> None:
-        super()._setup_transport()
-        # py-amqp leaves the handshake timeout on the socket; go back to blocking mode
-        # (reads stay bounded by SO_RCVTIMEO, see the module docstring).
-        self.sock.settimeout(None)
 
 
 _RECV_CHUNK: Final = 16384
@@ -225,7 +204,7 @@ class BrokerConnection(amqp.Connection):  # type: ignore[misc]
         }
         if self.rpclib_tls is None:
             return _TCPTransport(host, **common)
-        return _TLSTransport(host, self.rpclib_tls, self.rpclib_hostname, **common)
+        return ContextTLSTransport(host, self.rpclib_tls, self.rpclib_hostname, **common)
 
 
 class LockedWriter:
