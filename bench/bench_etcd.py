@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import etcd_workloads as wl
+from workloads_common import importing_from
 
 CTX = mp.get_context("spawn")
 SYSTEMS = ("rpclib", "plain", "plain-lean")
@@ -130,14 +131,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_pair(system: str, etcd: PrivateEtcd, calls: int, casts: int) -> dict[str, Any]:
+def run_pair(
+    system: str, etcd: PrivateEtcd, calls: int, casts: int, checkout: str | None = None
+) -> dict[str, Any]:
+    """Server and client processes of ``system`` (importing rpclib from ``checkout``)."""
     prefix = f"bench-{system}-{uuid.uuid4().hex[:6]}"
     ready, stop = CTX.Event(), CTX.Event()
     handled = CTX.Value("q", 0)
     server = CTX.Process(
         target=wl.serve, args=(system, etcd.endpoint, prefix, ready, stop, handled), daemon=True
     )
-    server.start()
+    with importing_from(checkout):
+        server.start()
     try:
         if not ready.wait(60):
             raise RuntimeError(f"{system} server did not start")
@@ -147,7 +152,8 @@ def run_pair(system: str, etcd: PrivateEtcd, calls: int, casts: int) -> dict[str
             args=(system, etcd.endpoint, prefix, calls, casts, handled, sender),
             daemon=True,
         )
-        client.start()
+        with importing_from(checkout):
+            client.start()
         if not results.poll(900):
             raise RuntimeError(f"{system} client gave no result")
         status, payload = results.recv()
@@ -177,16 +183,24 @@ def main() -> None:
     parser.add_argument("--casts", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--base", metavar="DIR", help="also measure rpclib imported from this checkout (A/B)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls, args.casts, args.rounds = 200, 500, 1
     etcd = PrivateEtcd()
-    rows: dict[str, dict[str, list[float]]] = {s: {} for s in SYSTEMS}
+    systems = [*SYSTEMS, "base"] if args.base else list(SYSTEMS)
+    base = os.path.abspath(args.base) if args.base else None
+    rows: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
     left: dict[str, int] = {}
     try:
         for _ in range(args.rounds):  # interleaved, so machine noise hits both alike
-            for system in SYSTEMS:
-                out = run_pair(system, etcd, args.calls, args.casts)
+            for system in systems:
+                if system == "base":
+                    out = run_pair("rpclib", etcd, args.calls, args.casts, base)
+                else:
+                    out = run_pair(system, etcd, args.calls, args.casts)
                 r = rows[system]
                 r.setdefault("calls/s", []).append(args.calls / out["calls"])
                 r.setdefault("call p50 us", []).append(pct(out["latencies"], 0.5) * 1e6)
@@ -204,7 +218,7 @@ def main() -> None:
     )
     print(
         f"{'':26}{'rpclib':>10}{'plain':>10}{'plain-lean':>12}"
-        f"{'rpclib/plain':>14}{'rpclib/lean':>13}"
+        f"{'rpclib/plain':>14}{'rpclib/lean':>13}" + (f"{'rpclib/base':>13}" if base else "")
     )
     for metric, label in (
         ("calls/s", "sequential calls /s"),
@@ -216,7 +230,10 @@ def main() -> None:
         ("stored_casts sent/s", "  sent /s"),
     ):
         a, b, c = (med(rows[s][metric]) for s in SYSTEMS)
-        print(f"{label:26}{a:10.0f}{b:10.0f}{c:12.0f}{a / b:14.2f}{a / c:13.2f}")
+        line = f"{label:26}{a:10.0f}{b:10.0f}{c:12.0f}{a / b:14.2f}{a / c:13.2f}"
+        if base:
+            line += f"{a / med(rows['base'][metric]):13.2f}"
+        print(line)
     print(
         f"keys left after a round: rpclib {left['rpclib']} (durable queue declarations), "
         f"plain {left['plain']}"

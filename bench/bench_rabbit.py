@@ -22,20 +22,20 @@ same rounds: the one honest A/B of a change on a machine whose speed drifts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rabbit_workloads as wl
 from rabbit_broker import BROKER, Vhost, broker_pid
+from workloads_common import importing_from
 
 CTX = mp.get_context("spawn")
 # variant -> (system, kombu reply mode)
@@ -61,23 +61,6 @@ CASTS_ONLY = {"rpclib-pipe", "kombu-pipe"}
 """Variants measured on casts alone (pipelining changes nothing for calls)."""
 BASE_VARIANTS = {"rpclib-base": "rpclib", "rpclib-pipe-base": "rpclib-pipe"}
 """With ``--base``: the rpclib variants again, importing rpclib from that checkout."""
-
-
-@contextlib.contextmanager
-def importing_from(checkout: str | None) -> Iterator[None]:
-    """Processes started inside import rpclib from ``checkout`` (None: this one).
-
-    Spawned children take the parent's ``sys.path`` (not PYTHONPATH), so the
-    checkout goes first on it while they start.
-    """
-    if checkout is None:
-        yield
-        return
-    sys.path.insert(0, checkout)
-    try:
-        yield
-    finally:
-        sys.path.remove(checkout)
 
 
 def run_pair(

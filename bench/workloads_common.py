@@ -9,15 +9,17 @@ rpclib side (an echo/note endpoint counting casts, the server loop, a client).
 
 Each workload module keeps its own payload and passes it in. Nothing here
 imports rpclib at module level: the processes import it when they start, so
-that ``bench_rabbit.py --base`` can point them at another checkout.
+that ``--base`` (:func:`importing_from`) can point them at another checkout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
@@ -30,6 +32,26 @@ CALL_TIMEOUT = 30.0
 CAST_TIMEOUT = 300.0
 WARMUP = 200
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- A/B of checkouts ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def importing_from(checkout: str | None) -> Iterator[None]:
+    """Processes started inside import rpclib from ``checkout`` (None: this one).
+
+    Spawned children take the parent's ``sys.path`` (not PYTHONPATH), so the
+    checkout goes first on it while they start.
+    """
+    if checkout is None:
+        yield
+        return
+    sys.path.insert(0, checkout)
+    try:
+        yield
+    finally:
+        sys.path.remove(checkout)
 
 
 # --- measurement -------------------------------------------------------------------
