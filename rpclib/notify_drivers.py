@@ -60,6 +60,7 @@ def _flush_at_exit() -> None:
     for driver in list(_LIVE_SENDERS):
         driver.close(EXIT_FLUSH_TIMEOUT)
 
+
 PRIORITIES: tuple[str, ...] = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 """Every notification priority, as it travels on the wire and names topics."""
 

@@ -252,9 +252,7 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def open_inbox(
-        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
-    ) -> Inbox:
+    def open_inbox(self, handler: InboxHandler, on_event: InboxEventHandler | None = None) -> Inbox:
         """Open a private reply address; ``handler`` gets every body sent to it.
 
         ``on_event`` hears of connection trouble affecting the inbox; drivers

@@ -1012,9 +1012,7 @@ class MemoryDriver(Driver):
 
     # -- inboxes ------------------------------------------------------------------
 
-    def open_inbox(
-        self, handler: InboxHandler, on_event: InboxEventHandler | None = None
-    ) -> Inbox:
+    def open_inbox(self, handler: InboxHandler, on_event: InboxEventHandler | None = None) -> Inbox:
         """Open a private reply address; ``handler`` runs on the inbox's own thread.
 
         A bus in the process never disconnects, so ``on_event`` is never called.

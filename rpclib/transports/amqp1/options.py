@@ -115,4 +115,3 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         route_cache=url.seconds_option("route_cache", 1.0, positive=False),
         tls=tls,
     )
-

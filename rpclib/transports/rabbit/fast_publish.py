@@ -479,16 +479,13 @@ class FastPublisher:
             return
         self._fail_kept(kept, f"was not confirmed before {reason}")
 
-
     def open_channel(self) -> None:
         """The channel of path-1 publishes, in confirm mode if this session has confirms."""
         channel = self.session.open_channel()
         channel.events["basic_return"].add(self._on_return)
         if self.confirms:
             channel.confirm_select()
-            channel.events["basic_ack"].add(
-                lambda tag, multiple: self.on_confirm(tag, multiple)
-            )
+            channel.events["basic_ack"].add(lambda tag, multiple: self.on_confirm(tag, multiple))
             channel.events["basic_nack"].add(
                 lambda tag, multiple: self.on_confirm(tag, multiple, nack=True)
             )
