@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -85,14 +84,5 @@ def node_tls_url(node: RabbitNode, query: str = "", host: str = "localhost") -> 
     ``localhost`` by default: proton checks a certificate's DNS names only, and
     the node's certificate names ``localhost`` (and 127.0.0.1 as an IP entry).
     """
-    certs = urlencode(
-        {
-            "ssl_ca": str(node.certs.ca),
-            "ssl_cert": str(node.certs.client_cert),
-            "ssl_key": str(node.certs.client_key),
-        },
-        quote_via=quote,
-        safe="/",
-    )
     extra = f"&{query}" if query else ""
-    return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{certs}{extra}"
+    return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{node.certs.url_query()}{extra}"

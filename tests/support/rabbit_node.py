@@ -144,6 +144,18 @@ class Certs:
     client_cert: Path
     client_key: Path
 
+    def url_query(self) -> str:
+        """``ssl_ca``, ``ssl_cert`` and ``ssl_key`` as a transport URL's query string."""
+        return urlencode(
+            {
+                "ssl_ca": str(self.ca),
+                "ssl_cert": str(self.client_cert),
+                "ssl_key": str(self.client_key),
+            },
+            quote_via=quote,
+            safe="/",
+        )
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
@@ -240,16 +252,7 @@ class RabbitNode:
     @property
     def tls_url(self) -> str:
         """rpclib URL of the TLS listener, with the client certificate."""
-        query = urlencode(
-            {
-                "ssl_ca": str(self.certs.ca),
-                "ssl_cert": str(self.certs.client_cert),
-                "ssl_key": str(self.certs.client_key),
-            },
-            quote_via=quote,
-            safe="/",
-        )
-        return f"rabbits://{USER}:{PASSWORD}@{HOST}:{self.tls_port}/?{query}"
+        return f"rabbits://{USER}:{PASSWORD}@{HOST}:{self.tls_port}/?{self.certs.url_query()}"
 
     def kombu_ssl(self) -> dict[str, object]:
         """py-amqp ``ssl`` options for the TLS listener with the client certificate."""
