@@ -91,7 +91,9 @@ def _build(root: Path) -> None:
     ]  # fmt: skip
     with open(log, "wb") as out:
         try:
-            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
+            result = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT
+            )
         except subprocess.TimeoutExpired:
             raise TrixieError(f"debootstrap took over {BUILD_TIMEOUT:.0f}s; see {log}") from None
     if result.returncode != 0:
