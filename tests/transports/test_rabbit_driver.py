@@ -1358,6 +1358,18 @@ class TestUrlOptions:
         assert options.advert_sync_wait == 0.3
         assert options.confirm_window == 1024
 
+    @pytest.mark.parametrize(
+        ("url", "queue_type"),
+        [
+            ("rabbit://h1", "classic"),
+            ("rabbit://h1,h2,h3", "quorum"),
+            ("rabbit://h1,h2?queue_type=classic", "classic"),
+            ("rabbit://h1?queue_type=quorum", "quorum"),
+        ],
+    )
+    def test_queue_type_auto_is_quorum_for_several_hosts(self, url: str, queue_type: str) -> None:
+        assert parse_options(parse_url(url)).queue_type == queue_type
+
     def test_hosts_credentials_and_vhost(self) -> None:
         options = parse_options(
             parse_url("rabbit://u:p%40ss@h1:5673,h2,[::1]:5674/my%2Fvhost?heartbeat=0")
