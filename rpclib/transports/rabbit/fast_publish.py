@@ -39,6 +39,7 @@ from rpclib.transports.rabbit.connection import (
     ConnectionDown,
     PublishEncoder,
     publish,
+    within,
 )
 from rpclib.transports.rabbit.naming import is_reply_queue
 
@@ -185,7 +186,7 @@ class FastPublisher:
                 if self.session.in_io_thread() or not self.session.wait_up(deadline):
                     raise TransportError(
                         f"cannot publish to {target}: the RabbitMQ connection is down and did "
-                        f"not come back within send_timeout ({self.options.send_timeout:g}s)"
+                        f"not come back {within(self.options)}"
                     )
             with self.session.write_lock:
                 if not self.session.up:
