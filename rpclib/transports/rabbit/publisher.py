@@ -358,7 +358,9 @@ class PublisherPool:
                     exchange, routing_key, body, properties, mandatory=True, deadline=deadline
                 )
             except Refused as exc:
-                self._release(publisher)  # the connection and channel are fine
+                # The connection is fine, but a channel that a quorum queue's old leader
+                # refused can keep being refused (RabbitMQ 3.10): try again on a new one.
+                self._discard(publisher)
                 if not retry_after_write:
                     raise TransportError(
                         f"the broker refused a message to {target}: {exc}"
