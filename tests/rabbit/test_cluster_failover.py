@@ -22,6 +22,7 @@ The figures (recovery times, failed calls) are printed; run with ``-s``.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 import uuid
@@ -201,12 +202,14 @@ def test_killing_the_node_both_processes_use_loses_nothing(
 
     # -- figures
     first_cast = min(float(t) for _, _, _, t in records if float(t) > killed_at)
+    handled_at = sorted(float(t) for _, _, _, t in records)
+    stall = max(b - a for a, b in itertools.pairwise(handled_at) if b > killed_at)
     first_call = min(e for s, e, error in run.calls if error is None and e > killed_at)
     kinds = collections.Counter(type(error).__name__ for _, _, error in failed)
     print(
         f"\nFIGURES sent={CASTS} handled={len(by_seq)} deliveries={len(records)} "
         f"duplicates={len(records) - CASTS} cast_errors={len(run.cast_failures)} "
-        f"kill->first_cast_handled={first_cast - killed_at:.2f}s "
+        f"kill->first_cast_handled={first_cast - killed_at:.2f}s longest_cast_stall={stall:.2f}s "
         f"kill->first_call_ok={first_call - killed_at:.2f}s "
         f"calls={len(run.calls)} failed_calls={len(failed)} {dict(kinds)} "
         f"notes={NOTES} notes_delivered={len(notes)} "
