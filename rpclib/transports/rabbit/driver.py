@@ -40,19 +40,22 @@ from rpclib.transports.rabbit.consumer import (
     PERSISTENT,
     REASON,
     SOURCE,
-    QueueSpec,
     RabbitInbox,
     RabbitSubscription,
     Settler,
-    declare_queue,
 )
-from rpclib.transports.rabbit.io_thread import Session
+from rpclib.transports.rabbit.declarations import QueueSpec, declare_queue
+from rpclib.transports.rabbit.io_thread import ConnectionEventHandler, Session
 from rpclib.transports.rabbit.options import RabbitOptions, parse_options
 from rpclib.transports.rabbit.publisher import PublisherPool
 from rpclib.transports.url import TransportURL
 
 _MAX_PREFETCH: Final = 65535  # basic.qos prefetch-count is an AMQP short
 _MAX_ROUTES: Final = 1024
+_REPLY_PROPERTIES: Final[dict[str, Any]] = {"delivery_mode": PERSISTENT}
+"""Replies are persistent: their durable queue keeps them across a broker restart, so an
+inbox that survived one ("reconnected") really lost nothing. A reply delivered at once to
+its waiting consumer never touches the disk."""
 
 
 class RabbitDriver(Driver):
@@ -339,11 +342,17 @@ class RabbitDriver(Driver):
             "",
             inbox_address,
             bytes(body),
-            {},
+            _REPLY_PROPERTIES,
             target=inbox_address,
             mandatory=True,
             deadline=self._deadline(),
         )
+
+    def add_event_listener(self, listener: ConnectionEventHandler) -> None:
+        """Call ``listener`` (on the I/O thread) with every ConnectionEvent of the consumer
+        connection: disconnected, reconnected, and subscriptions or inboxes the broker
+        refused to set up again ("not restored", retried with backoff) and later "restored"."""
+        self._session.listeners.append(listener)
 
     @property
     def returned_replies(self) -> int:
