@@ -61,6 +61,7 @@ class Billing:
 def main() -> None:
     url, topic, notify_topic, casts_path, notes_path = sys.argv[1:6]
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rpclib.transports.rabbit").setLevel(logging.INFO)  # reconnects, restores
     with rpclib.get_transport(url) as transport:
         server = rpclib.RPCServer(
             transport, rpclib.Target(topic=topic, server="peer"), [Peer(Recorder(casts_path))]

@@ -3,7 +3,8 @@
 The serving process (``failover_peer.py``: an RPC server and a billing
 notification listener) and this process (casters, a caller, a notifier) are
 given URLs listing all three nodes, the same one first, and rpclib's
-defaults otherwise. While 20,000 at-least-once casts, a stream of calls and
+defaults otherwise (``queue_type=auto``: quorum queues, as the URL lists
+several nodes). While 20,000 at-least-once casts, a stream of calls and
 a stream of notifications run, that first node's Erlang VM is killed with
 SIGKILL. Then:
 
@@ -50,8 +51,6 @@ CALLS_AFTER = 20
 SLACK = 2.0
 """Allowed beyond a call's deadline on a loaded machine."""
 WAIT = 180.0
-QUERY = "?queue_type=quorum"
-"""Until the driver's queue_type=auto default picks quorum for a multi-host URL."""
 
 
 @pytest.fixture
@@ -102,10 +101,17 @@ def wait_complete(path: Path, count: int, timeout: float) -> list[list[str]]:
         time.sleep(0.2)
 
 
+def describe_calls(calls: list[tuple[float, float, BaseException | None]], since: float) -> str:
+    after = [error for start, _, error in calls if start > since]
+    kinds = collections.Counter(type(error).__name__ for error in after)
+    last = next((error for error in reversed(after) if error is not None), None)
+    return f"{len(after)} calls since the kill: {dict(kinds)}; last error: {last!r}"
+
+
 def test_killing_the_node_both_processes_use_loses_nothing(
     rabbit_cluster: RabbitCluster, tmp_path: Path, peers: Callable[..., PeerScript]
 ) -> None:
-    url = rabbit_cluster.url(0) + QUERY
+    url = rabbit_cluster.url(0)
     doomed = rabbit_cluster.nodes[0]
     topic = f"failover-{uuid.uuid4().hex[:8]}"
     notify_topic = f"{topic}-notifications"
@@ -162,7 +168,9 @@ def test_killing_the_node_both_processes_use_loses_nothing(
             others[1].join(WAIT)
             deadline = time.monotonic() + WAIT
             while sum(1 for s, _, e in run.calls if s > killed_at and e is None) < CALLS_AFTER:
-                assert time.monotonic() < deadline, f"calls did not recover:\n{server}"
+                assert time.monotonic() < deadline, (
+                    f"calls did not recover: {describe_calls(run.calls, killed_at)}\n{server}"
+                )
                 time.sleep(0.1)
         finally:
             run.done.set()
@@ -172,7 +180,7 @@ def test_killing_the_node_both_processes_use_loses_nothing(
         stats = notifier.stats
 
         # Adverts recovered: a new client on a surviving node resolves version_cap="auto".
-        with rpclib.get_transport(rabbit_cluster.url(1) + QUERY) as fresh:
+        with rpclib.get_transport(rabbit_cluster.url(1)) as fresh:
             late = rpclib.RPCClient(fresh, target, timeout=CALL_TIMEOUT, version_cap="auto")
             assert late.version_cap is not None, "no advert answered after the kill"
             assert late.call({}, "echo", value="late") == "late"

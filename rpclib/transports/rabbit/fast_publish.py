@@ -16,6 +16,16 @@ is published again on the next one.
 
 Senders write from their own threads under the session's write lock; the
 session's I/O thread reads returns and confirms and calls in here.
+
+A channel opened while a quorum queue elects a leader (a cluster node was
+lost) may never learn the new leader: RabbitMQ 3.10 starts the channel's
+queue client from the queue record, which still names the dead leader, and
+the new leader only tells channels it knows. Without confirms, what such a
+channel publishes to that queue is dropped without a word (calls to a topic
+time out until the process restarts). So the path-1 channel is replaced a
+few times in the seconds after every connect (:data:`REFRESH_AFTER`), by
+when the election is over; confirm-mode channels are left as they are
+(their publishes are nacked, which the sender sees).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from amqp.exceptions import ChannelError
 
@@ -45,6 +55,10 @@ from rpclib.transports.rabbit.naming import is_reply_queue
 
 if TYPE_CHECKING:
     from rpclib.transports.rabbit.io_thread import Session
+
+
+REFRESH_AFTER: Final = (1.0, 3.0, 10.0)
+"""Seconds after a connect at which the path-1 channel is replaced (see the module doc)."""
 
 
 @dataclass(eq=False)
@@ -104,6 +118,11 @@ class FastPublisher:
         """Failure reports of pipelined publishes, run at the top of the I/O loop."""
         self.returned_replies = 0
         """Replies (``send_to_inbox``) the broker returned: their inbox was gone."""
+        self._refreshes: list[float] = []
+        """Monotonic times at which to replace the channel (no-confirm sessions only)."""
+        self._timed = False
+        self._generation = -1
+        """The connection generation the channel was last opened on."""
 
     def publish(
         self,
@@ -496,6 +515,39 @@ class FastPublisher:
             self._encoder = encoder
             self._seq = 0
             self.epoch += 1
+        if self.session.generation != self._generation:
+            self._generation = self.session.generation
+            self._schedule_refreshes()
+
+    def _schedule_refreshes(self) -> None:
+        """After a connect: replace the channel at :data:`REFRESH_AFTER` (I/O thread)."""
+        if self.confirms:
+            return
+        now = time.monotonic()
+        self._refreshes = [now + delay for delay in REFRESH_AFTER]
+        if not self._timed:
+            self.session.add_timed(self)
+            self._timed = True
+
+    def tick(self, now: float) -> float | None:
+        """Replace the channel if a refresh is due (I/O thread, connection up)."""
+        if not self._refreshes:
+            return None
+        if now < self._refreshes[0]:
+            return self._refreshes[0]
+        self._refreshes.pop(0)
+        old = self.channel
+        if old is not None and old.is_open and self.session.up:
+            self.open_channel()
+            self._forget_channel(old)
+        return self._refreshes[0] if self._refreshes else None
+
+    def _forget_channel(self, channel: Any) -> None:
+        """Close a replaced channel; returns of calls published on it are no longer matched."""
+        try:
+            channel.close()
+        except ChannelError as exc:
+            LOG.debug("closing a replaced publish channel: %s", exc)
 
     def replace_if_closed(self) -> None:
         """The broker may have closed the channel: keep its books, open another (I/O thread)."""
