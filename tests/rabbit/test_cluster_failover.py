@@ -108,8 +108,12 @@ def describe_calls(calls: list[tuple[float, float, BaseException | None]], since
     return f"{len(after)} calls since the kill: {dict(kinds)}; last error: {last!r}"
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["casts", "pipelined-casts"])
 def test_killing_the_node_both_processes_use_loses_nothing(
-    rabbit_cluster: RabbitCluster, tmp_path: Path, peers: Callable[..., PeerScript]
+    rabbit_cluster: RabbitCluster,
+    tmp_path: Path,
+    peers: Callable[..., PeerScript],
+    pipelined: bool,
 ) -> None:
     url = rabbit_cluster.url(0)
     doomed = rabbit_cluster.nodes[0]
@@ -123,7 +127,7 @@ def test_killing_the_node_both_processes_use_loses_nothing(
     run = Run()
     with rpclib.get_transport(url) as transport, rpclib.get_transport(url) as notify_transport:
         target = rpclib.Target(topic=topic)
-        caster = rpclib.RPCClient(transport, target, at_least_once=True)
+        caster = rpclib.RPCClient(transport, target, at_least_once=True, pipelined=pipelined)
         caller = rpclib.RPCClient(transport, target, timeout=CALL_TIMEOUT, version_cap="auto")
         assert caller.call({}, "echo", value=0) == 0
         assert caller.version_cap is not None, "no advert of the server before the kill"
@@ -165,6 +169,11 @@ def test_killing_the_node_both_processes_use_loses_nothing(
             rabbit_cluster.kill9(doomed)
             for thread in casters:
                 thread.join(WAIT)
+            if pipelined:
+                try:
+                    caster.flush(timeout=WAIT)
+                except rpclib.TransportError as exc:
+                    run.cast_failures.append((-1, repr(exc)))
             others[1].join(WAIT)
             deadline = time.monotonic() + WAIT
             while sum(1 for s, _, e in run.calls if s > killed_at and e is None) < CALLS_AFTER:
@@ -215,7 +224,8 @@ def test_killing_the_node_both_processes_use_loses_nothing(
     first_call = min(e for s, e, error in run.calls if error is None and e > killed_at)
     kinds = collections.Counter(type(error).__name__ for _, _, error in failed)
     print(
-        f"\nFIGURES sent={CASTS} handled={len(by_seq)} deliveries={len(records)} "
+        f"\nFIGURES pipelined={pipelined} sent={CASTS} handled={len(by_seq)} "
+        f"deliveries={len(records)} "
         f"duplicates={len(records) - CASTS} cast_errors={len(run.cast_failures)} "
         f"kill->first_cast_handled={first_cast - killed_at:.2f}s longest_cast_stall={stall:.2f}s "
         f"kill->first_call_ok={first_call - killed_at:.2f}s "

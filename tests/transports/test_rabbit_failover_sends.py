@@ -11,6 +11,7 @@ while the driver reconnects. The cluster itself is exercised in
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -104,6 +105,35 @@ def test_at_least_once_send_retries_a_broker_refusal_until_it_is_taken(
         sender.join(WAIT)
         assert outcome == {"sent": True}
         second = channel.basic_get(queue, no_ack=True)
+        assert second is not None and bytes(second.body) == b"second"
+    finally:
+        admin.collect()
+
+
+def test_a_refused_pipelined_send_is_sent_again_until_it_is_taken(
+    rabbit_url: str,
+    rabbit_vhost: str,
+    make_driver: Callable[[str], RabbitDriver],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rpclib.transports.rabbit")
+    address = Address(f"refusals-{uuid.uuid4().hex[:8]}", "t")
+    admin = full_queue(rabbit_vhost, address)
+    try:
+        driver = make_driver(rabbit_url)
+        driver.send(address, b"first", guarantee=Guarantee.AT_LEAST_ONCE)
+        outcomes: queue.Queue[BaseException | None] = queue.Queue()
+        driver.send_pipelined(address, b"second", on_outcome=outcomes.put)
+        wait_for(
+            lambda: "basic.nack" in caplog.text or not outcomes.empty(), "the broker's refusal"
+        )
+        assert outcomes.empty(), f"the refused send ended instead of retrying: {outcomes.get()}"
+        name = naming.queue_name(address, None)
+        channel = admin.channel()
+        first = channel.basic_get(name, no_ack=True)  # room for one again
+        assert first is not None and bytes(first.body) == b"first"
+        assert outcomes.get(timeout=WAIT) is None
+        second = channel.basic_get(name, no_ack=True)
         assert second is not None and bytes(second.body) == b"second"
     finally:
         admin.collect()

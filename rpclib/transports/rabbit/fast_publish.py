@@ -24,8 +24,9 @@ the new leader only tells channels it knows. Without confirms, what such a
 channel publishes to that queue is dropped without a word (calls to a topic
 time out until the process restarts). So the path-1 channel is replaced a
 few times in the seconds after every connect (:data:`REFRESH_AFTER`), by
-when the election is over; confirm-mode channels are left as they are
-(their publishes are nacked, which the sender sees).
+when the election is over. On a confirm-mode channel such publishes are
+nacked instead: a nacked pipelined publish is kept and sent again on a new
+channel after a backoff (until its deadline), as after a lost connection.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from rpclib.transports.base import SendOutcomeHandler
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
+    Backoff,
     ConnectionDown,
     PublishEncoder,
     publish,
@@ -121,6 +123,9 @@ class FastPublisher:
         self._refreshes: list[float] = []
         """Monotonic times at which to replace the channel (no-confirm sessions only)."""
         self._timed = False
+        self._replace_at: float | None = None
+        """When to replace the confirm-mode channel after a pipelined publish was nacked."""
+        self._nack_backoff = Backoff(self.options.retry_backoff, self.options.retry_backoff_max)
         self._generation = -1
         """The connection generation the channel was last opened on."""
 
@@ -438,6 +443,8 @@ class FastPublisher:
             LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
 
     def on_confirm(self, tag: int, multiple: bool, *, nack: bool = False) -> None:
+        if not nack and self._replace_at is None:
+            self._nack_backoff.reset()
         with self._lock:
             if multiple:
                 done = [t for t in self._pending if t <= tag]
@@ -456,7 +463,13 @@ class FastPublisher:
         elif nack:
             error = Undeliverable(pending.target, "the broker refused it (basic.nack)")
         if pending.resend is not None:
-            self._conclude(pending.resend, error)
+            resend = pending.resend
+            if nack and pending.returned is None and time.monotonic() < resend.deadline:
+                # Refused, not lost: kept (its window slot too) and sent again on a new channel.
+                self._resends.append(resend)
+                self._want_replacement()
+                return
+            self._conclude(resend, error)
         elif error is not None:
             if pending.on_return is not None:
                 callback, undeliverable = pending.on_return, error
@@ -529,18 +542,51 @@ class FastPublisher:
             self.session.add_timed(self)
             self._timed = True
 
+    def _want_replacement(self) -> None:
+        """A pipelined publish was nacked: replace the channel after a backoff (I/O thread).
+
+        A quorum queue nacks while it elects a leader, and on RabbitMQ 3.10 may
+        go on nacking a channel that published during the election.
+        """
+        if self._replace_at is None:
+            self._replace_at = time.monotonic() + self._nack_backoff.next_delay()
+            if not self._timed:
+                self.session.add_timed(self)
+                self._timed = True
+
     def tick(self, now: float) -> float | None:
-        """Replace the channel if a refresh is due (I/O thread, connection up)."""
-        if not self._refreshes:
-            return None
-        if now < self._refreshes[0]:
-            return self._refreshes[0]
-        self._refreshes.pop(0)
+        """Replace the channel if a refresh or a replacement is due (I/O thread)."""
+        due: list[float] = []
+        if self._replace_at is not None:
+            if now >= self._replace_at:
+                self._replace_at = None
+                self._replace_nacked()
+            else:
+                due.append(self._replace_at)
+        if self._refreshes:
+            if now >= self._refreshes[0]:
+                self._refreshes.pop(0)
+                old = self.channel
+                if old is not None and old.is_open and self.session.up:
+                    self.open_channel()
+                    self._forget_channel(old)
+            if self._refreshes:
+                due.append(self._refreshes[0])
+        return min(due) if due else None
+
+    def _replace_nacked(self) -> None:
+        """Send nacked pipelined publishes again on a new confirm-mode channel (I/O thread)."""
         old = self.channel
-        if old is not None and old.is_open and self.session.up:
+        if old is None or not old.is_open or not self.session.up:
+            return  # the reconnect sends them again
+        LOG.info("pipelined publishes were refused (basic.nack); sending them on a new channel")
+        with self.session.write_lock:  # no sender may write between the books and the swap
+            self.fail_pending("the channel was replaced after a basic.nack")
             self.open_channel()
-            self._forget_channel(old)
-        return self._refreshes[0] if self._refreshes else None
+        self._forget_channel(old)
+        with self.session.up_cond:
+            self.session.up_cond.notify_all()
+        self.resend_unconfirmed()
 
     def _forget_channel(self, channel: Any) -> None:
         """Close a replaced channel; returns of calls published on it are no longer matched."""
