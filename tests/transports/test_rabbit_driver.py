@@ -36,7 +36,7 @@ from rpclib.transports.rabbit import RabbitDriver, naming
 from rpclib.transports.rabbit.io_thread import ConnectionEvent
 from rpclib.transports.rabbit.options import parse_options
 from rpclib.transports.url import parse_url
-from tests.support.rabbit import list_queues, rabbitmqctl
+from tests.support.rabbit import BROKER, list_queues, rabbitmqctl
 from tests.support.rabbit_brokers import Broker
 from tests.transports.driver_contract import (
     AddressFactory,
@@ -386,6 +386,62 @@ class TestRefusals:
         events.wait_for("restored")
         new.send(server, b"call", guarantee=Guarantee.AT_MOST_ONCE)
         assert got.get().body == b"call"
+
+    def test_an_inbox_whose_queue_cannot_be_declared_again_takes_a_fresh_name(
+        self,
+        broker: Broker,
+        limited_user: Callable[[str], str],
+        on_broker: Callable[..., RabbitDriver],
+    ) -> None:
+        url = limited_user(".*")
+        user = url.split("//", 1)[1].split(":", 1)[0]
+        with driver_factory(url + "?retry_backoff=0.05&retry_backoff_max=0.5") as make:
+            driver = make()
+            events: EventCollector[str] = EventCollector(WAIT)
+            replies = InboxCollector(WAIT)
+            inbox = driver.open_inbox(replies, events.put)
+            old = inbox.address
+            connection = ConnectionEvents(driver)
+            # Hold the driver off while an operator replaces its reply queue by an inequivalent one.
+            broker.ctl("set_permissions", "-p", broker.vhost, user, "^$", ".*", ".*")
+            broker.drop_connections()
+            assert events.get() == "disconnected"
+            connection.wait_for("not restored")
+            other = amqp.Connection(
+                broker.url.split("@", 1)[1].split("/", 1)[0], virtual_host=broker.vhost
+            )
+            other.connect()
+            try:
+                channel = other.channel()
+                channel.queue_delete(old)
+                channel.queue_declare(old, durable=True, auto_delete=False)  # no x-expires
+            finally:
+                other.close()
+            broker.ctl("set_permissions", "-p", broker.vhost, user, ".*", ".*", ".*")
+            assert events.get() == "lost"
+            assert inbox.address != old and inbox.address.startswith("rpclib.reply.")
+            on_broker().send_to_inbox(inbox.address, b"to the new queue")
+            assert replies.get() == b"to the new queue"
+
+    def test_a_live_queue_left_by_an_older_rpclib_is_used_as_it_is(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        # 3.10 only: RabbitMQ 4.3 denies the old kind (non-durable, not exclusive).
+        topic = names()
+        live = f"{topic.exchange}.{topic.topic}.live"
+        old = amqp.Connection(BROKER, virtual_host=rabbit_vhost)
+        old.connect()
+        try:
+            channel = old.channel()
+            channel.queue_declare(live, durable=False, auto_delete=True)
+            channel.basic_consume(live, callback=lambda message: None)  # an old server
+            got = Collector(WAIT)
+            make_rabbit().listen(topic, got)
+            assert queue_properties(rabbit_vhost)[live]["durable"] == "false"
+            make_rabbit().send(topic, b"at least once", guarantee=Guarantee.AT_LEAST_ONCE)
+            assert got.get().body == b"at least once"
+        finally:
+            old.close()
 
 
 @pytest.fixture
@@ -1301,6 +1357,18 @@ class TestUrlOptions:
         assert (options.retry_backoff, options.retry_backoff_max) == (0.2, 5.0)
         assert options.advert_sync_wait == 0.3
         assert options.confirm_window == 1024
+
+    @pytest.mark.parametrize(
+        ("url", "queue_type"),
+        [
+            ("rabbit://h1", "classic"),
+            ("rabbit://h1,h2,h3", "quorum"),
+            ("rabbit://h1,h2?queue_type=classic", "classic"),
+            ("rabbit://h1?queue_type=quorum", "quorum"),
+        ],
+    )
+    def test_queue_type_auto_is_quorum_for_several_hosts(self, url: str, queue_type: str) -> None:
+        assert parse_options(parse_url(url)).queue_type == queue_type
 
     def test_hosts_credentials_and_vhost(self) -> None:
         options = parse_options(

@@ -57,6 +57,9 @@ REASON: Final = "x-rpclib-reason"
 SOURCE: Final = "x-rpclib-source"
 DELIVERY_COUNT: Final = "x-delivery-count"
 PERSISTENT: Final = 2
+_QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
+"""Refusals about the queue itself (home node down, locked, other arguments): a reply
+queue refused so is replaced by one of a fresh name."""
 
 
 def queues_for(address: Address, group: str | None) -> list[QueueSpec]:
@@ -612,8 +615,8 @@ class RabbitInbox:
             try:
                 self._declare(session)
             except DeclarationRefused as exc:
-                if not session.connection_alive():
-                    raise
+                if exc.code not in _QUEUE_REFUSALS or not session.connection_alive():
+                    raise  # not about this queue (no permission...): retried as it is
                 fresh = naming.reply_queue()
                 LOG.warning(
                     "reply queue %s cannot be declared again (%s); replies go to %s from now on",

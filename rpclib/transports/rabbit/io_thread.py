@@ -149,8 +149,8 @@ class Session:
         self._retries: dict[Resource, _Retry] = {}
         """Resources the broker refused to set up, and when to try each again."""
         self.listeners: list[ConnectionEventHandler] = []
-        self._reports: deque[ConnectionEvent] = deque()
         """Called on the I/O thread with every ConnectionEvent."""
+        self._reports: deque[ConnectionEvent] = deque()
         self._timed: list[Timed] = []
         self.exchanges: set[str] = set()
         """Exchanges declared on this connection's broker (cleared on reconnect)."""
@@ -291,10 +291,6 @@ class Session:
     def setup_now(self, resource: Resource) -> None:
         """Set ``resource`` up again at once (I/O thread); a refusal schedules a retry."""
         self._setup_resource(resource, due=True)
-
-    def pending(self, resource: Resource) -> bool:
-        """Whether ``resource`` waits for a retry after a refusal."""
-        return resource in self._retries
 
     def add_timed(self, timed: Timed) -> None:
         self._timed.append(timed)
