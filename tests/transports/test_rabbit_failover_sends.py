@@ -1,8 +1,9 @@
 """What a RabbitMQ send does while the broker fails over: refusals retried, deadlines kept.
 
 A quorum queue nacks publishes while it elects a new leader, so an
-at-least-once send retries a broker's ``basic.nack`` within its deadline (a
-full ``x-overflow=reject-publish`` queue refuses the same way, on demand). A
+at-least-once send (and a pipelined one) retries a broker's ``basic.nack``
+within its deadline (a full ``x-overflow=reject-publish`` queue refuses the
+same way, on demand). A
 send given ``expires_at`` (a call's deadline) never blocks past it, even
 while the driver reconnects. The cluster itself is exercised in
 ``tests/rabbit/test_cluster_failover.py``.
