@@ -167,6 +167,8 @@ def test_killing_the_node_both_processes_use_loses_nothing(
             assert run.wait_sent(KILL_AFTER, WAIT), f"only {run.sent} casts sent"
             killed_at = time.time()
             rabbit_cluster.kill9(doomed)
+            sent_at_kill = run.sent
+            assert sent_at_kill < CASTS, "the kill came after the casts had all been sent"
             for thread in casters:
                 thread.join(WAIT)
             if pipelined:
@@ -227,6 +229,7 @@ def test_killing_the_node_both_processes_use_loses_nothing(
         f"\nFIGURES pipelined={pipelined} sent={CASTS} handled={len(by_seq)} "
         f"deliveries={len(records)} "
         f"duplicates={len(records) - CASTS} cast_errors={len(run.cast_failures)} "
+        f"sent_at_kill={sent_at_kill} "
         f"kill->first_cast_handled={first_cast - killed_at:.2f}s longest_cast_stall={stall:.2f}s "
         f"kill->first_call_ok={first_call - killed_at:.2f}s "
         f"calls={len(run.calls)} failed_calls={len(failed)} {dict(kinds)} "
