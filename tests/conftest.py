@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.rabbit",
     "tests.support.rabbit_node",
     "tests.support.rabbit_brokers",
+    "tests.support.rabbit_cluster",
     "tests.support.libvirtd",
     "tests.support.etcd",
     "tests.support.amqp1",

@@ -116,7 +116,11 @@ class RabbitDriver(Driver):
         expires_at: float | None = None,
         on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
-        """Publish ``body`` by the path the guarantee picks (see the doc's three paths)."""
+        """Publish ``body`` by the path the guarantee picks (see the doc's three paths).
+
+        Never blocks past ``send_timeout``, nor past ``expires_at`` if given (a
+        call's deadline): TransportError then.
+        """
         self._check_open()
         body = bytes(body)
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
@@ -131,10 +135,14 @@ class RabbitDriver(Driver):
             properties["expiration"] = expiration_ms(expires_at - time.time())
             properties["application_headers"] = {EXPIRES_AT: float(expires_at)}
         deadline = self._deadline()
+        expiry = None if expires_at is None else time.monotonic() + (expires_at - time.time())
+        if expiry is not None:
+            # Every phase (waiting for a connection, connecting, the confirm) ends by then.
+            deadline = min(deadline, expiry)
         if on_undeliverable is not None and not at_least_once:
             # Path 1: a call; its caller waits for a reply anyway, so no round trip here.
             # A return matters until the caller gives up (its message's expiry).
-            self._ensure_exchange(exchange, kind)
+            self._ensure_exchange(exchange, kind, deadline)
             self._session.publisher.publish(
                 exchange,
                 key,
@@ -144,9 +152,7 @@ class RabbitDriver(Driver):
                 mandatory=True,
                 deadline=deadline,
                 on_return=on_undeliverable,
-                return_wanted_until=deadline
-                if expires_at is None
-                else time.monotonic() + (expires_at - time.time()),
+                return_wanted_until=deadline if expiry is None else expiry,
             )
             return
         self._pool.publish(
@@ -228,9 +234,15 @@ class RabbitDriver(Driver):
         self._routes[(address, at_least_once)] = route
         return route
 
-    def _ensure_exchange(self, name: str, kind: str) -> None:
+    def _ensure_exchange(self, name: str, kind: str, deadline: float | None = None) -> None:
         if name not in self._session.exchanges:
-            self._call(lambda: self._session.declare_exchange(name, kind))
+            if deadline is None:
+                self._call(lambda: self._session.declare_exchange(name, kind))
+                return
+            self._session.call(
+                lambda: self._session.declare_exchange(name, kind),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
 
     def listen(
         self,
