@@ -25,7 +25,7 @@ def test_defaults_are_the_local_broker_as_guest_on_vhost_slash() -> None:
     opts = options("amqp1://")
     host = opts.hosts[0]
     assert (host.address, host.user, host.password) == ("localhost:5672", "guest", "guest")
-    assert (opts.virtual_host, opts.addressing) == ("/", "rabbitmq")
+    assert (opts.virtual_host, opts.addressing, opts.queue_type) == ("/", "auto", "classic")
 
 
 def test_qpid_scheme_is_an_alias() -> None:
@@ -44,7 +44,11 @@ def test_several_hosts_fail_over_in_order_with_their_own_credentials() -> None:
     ("query", "complaint"),
     [
         ("prefech=3", "unknown option(s) prefech"),
-        ("addressing=dispatch", "addressing='dispatch' must be one of rabbitmq, artemis, qpid"),
+        (
+            "addressing=dispatch",
+            "addressing='dispatch' must be one of auto, rabbitmq, rabbitmq4, artemis, qpid",
+        ),
+        ("queue_type=stream", "queue_type='stream' must be one of classic, quorum"),
         ("prefetch=0", "prefetch=0 must be >= 1"),
         ("send_timeout=0", "send_timeout=0 must be a positive"),
         ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max=1 is below retry_backoff=2"),

@@ -86,3 +86,45 @@ def node_tls_url(node: RabbitNode, query: str = "", host: str = "localhost") -> 
     """
     extra = f"&{query}" if query else ""
     return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{node.certs.url_query()}{extra}"
+
+
+# --- RabbitMQ 4 (native AMQP 1.0, every deprecated feature denied) -------------------------
+
+GENERATIONS = ("rabbitmq3", "rabbitmq4")
+"""The broker generations the amqp1 suites run against: the shared 3.10 broker's plugin,
+and the session's private RabbitMQ 4 node (``rabbit4_node_session``)."""
+
+
+def new_node_vhost(node: RabbitNode) -> str:
+    vhost = f"rpclib-amqp1-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    node.rabbitmqctl("add_vhost", vhost)
+    node.rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*")
+    return vhost
+
+
+@pytest.fixture
+def amqp1_rabbit4_url(rabbit4_node: RabbitNode) -> str:
+    """An amqp1:// URL (default addressing) on the RabbitMQ 4 node's default vhost."""
+    return node_url(rabbit4_node)
+
+
+@pytest.fixture
+def fresh_amqp1_rabbit4_url(rabbit4_node: RabbitNode) -> Iterator[str]:
+    """An amqp1:// URL on a vhost of this test's own on the RabbitMQ 4 node."""
+    vhost = new_node_vhost(rabbit4_node)
+    yield f"amqp1://{USER}:{PASSWORD}@127.0.0.1:{rabbit4_node.port}/{vhost}"
+    rabbit4_node.rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(params=GENERATIONS)
+def any_amqp1_url(request: pytest.FixtureRequest) -> str:
+    """The session's amqp1:// URL on each broker generation in turn."""
+    name = "amqp1_url" if request.param == "rabbitmq3" else "amqp1_rabbit4_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(params=GENERATIONS)
+def any_fresh_amqp1_url(request: pytest.FixtureRequest) -> str:
+    """A vhost of the test's own, on each broker generation in turn."""
+    name = "fresh_amqp1_url" if request.param == "rabbitmq3" else "fresh_amqp1_rabbit4_url"
+    return str(request.getfixturevalue(name))
