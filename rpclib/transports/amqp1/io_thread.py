@@ -405,11 +405,12 @@ class Loop:
                 if kind == Event.DELIVERY:
                     self._on_delivery(event.delivery)
                 elif kind == Event.LINK_REMOTE_OPEN:
-                    credit = self._credit.pop(_name(event.link), 0)
-                    if not _refused(event.link):  # a refusal's detach follows its attach
+                    link = event.link
+                    credit = self._credit.pop(_name(link), 0)
+                    if link is not None and not _refused(link):  # a refusal's detach follows
                         if credit:
-                            event.link.flow(credit)
-                        future = self._opening.pop(_name(event.link), None)
+                            link.flow(credit)
+                        future = self._opening.pop(_name(link), None)
                         if future is not None:
                             future.set()
                 elif kind == Event.LINK_REMOTE_CLOSE:
