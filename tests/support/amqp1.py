@@ -7,9 +7,12 @@ a missing plugin is an environment error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -128,3 +131,61 @@ def any_fresh_amqp1_url(request: pytest.FixtureRequest) -> str:
     """A vhost of the test's own, on each broker generation in turn."""
     name = "fresh_amqp1_url" if request.param == "rabbitmq3" else "fresh_amqp1_rabbit4_url"
     return str(request.getfixturevalue(name))
+
+
+class CutProxy:
+    """A TCP forwarder to a broker that a test can cut: a broker that becomes unreachable.
+
+    ``cut()`` closes every forwarded connection and the listening socket, so
+    the client's connection drops and every reconnect is refused, as when a
+    broker's host goes away; the broker itself keeps serving other tests.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, name="cut-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, []
+        self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

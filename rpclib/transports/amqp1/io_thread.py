@@ -66,6 +66,19 @@ Outcome = Callable[[str | None], None]
 """Told a sent message's fate: None = accepted, else why not ("rejected", "released", "lost",
 or ``REFUSED`` + the peer's reason for detaching the sender)."""
 REFUSED: Final = "refused: "
+REFUSALS: Final = frozenset(
+    {
+        "amqp:unauthorized-access",
+        "amqp:not-found",
+        "amqp:not-allowed",
+        "amqp:precondition-failed",
+        "amqp:invalid-field",
+        "amqp:not-implemented",
+        "amqp:resource-locked",
+    }
+)
+"""Error conditions with which a peer refuses a request; the same request would be refused
+again, so they fail the caller rather than start a reconnect."""
 
 _OUTCOMES: Final = {
     Delivery.REJECTED: "rejected",
@@ -152,6 +165,10 @@ class Loop:
         self._senders: dict[tuple[str, bool], Any] = {}
         self._outcomes: dict[Any, Outcome] = {}
         self._opening: dict[str, Future] = {}
+        self._attaching: dict[str, Any] = {}
+        """link name -> receiver link whose attach the peer has not answered yet."""
+        self.refusable: dict[Any, Callable[[str], None]] = {}
+        """session -> told the peer's reason when the peer refuses something by ending it."""
         self._credit: dict[str, int] = {}
         """link name -> credit to grant when the peer has attached it."""
         self._work: deque[Callable[[], None]] = deque()
@@ -410,13 +427,15 @@ class Loop:
                     if link is not None and not _refused(link):  # a refusal's detach follows
                         if credit:
                             link.flow(credit)
+                        self._attaching.pop(_name(link), None)
                         future = self._opening.pop(_name(link), None)
                         if future is not None:
                             future.set()
                 elif kind == Event.LINK_REMOTE_CLOSE:
                     self._on_link_close(event.link)
                 elif kind == Event.SESSION_REMOTE_CLOSE:
-                    self._on_remote_close(event.session, "session")
+                    if not self._session_refused(event.session):
+                        self._on_remote_close(event.session, "session")
                 elif kind == Event.CONNECTION_REMOTE_OPEN:
                     if event.connection == self.conn:
                         self._opened()
@@ -440,6 +459,7 @@ class Loop:
         on) fails what waits for it with the peer's reason; any other detach is a lost
         connection (:meth:`_on_remote_close`)."""
         name = _name(link)
+        self._attaching.pop(name, None)
         future = self._opening.pop(name, None)
         sender = [key for key, held in self._senders.items() if _name(held) == name]
         if future is None and not (sender and link.remote_condition is not None):
@@ -459,6 +479,31 @@ class Loop:
                 _safe(tell, f"{REFUSED}{why}")
         if future is not None:
             future.fail(TransportError(why))
+
+    def _session_refused(self, session: Any) -> bool:
+        """RabbitMQ 4 ends a whole session to refuse an attach or a management request
+        (permissions, a missing node): fail what waits in that session with the broker's
+        reason and keep the connection, instead of reconnecting to be refused again."""
+        condition = session.remote_condition
+        if condition is None or str(condition.name) not in REFUSALS:
+            return False
+        attaching = [name for name, link in self._attaching.items() if link.session == session]
+        told = self.refusable.pop(session, None)
+        if not attaching and told is None:
+            return False
+        if session.state & Endpoint.LOCAL_ACTIVE:
+            session.close()
+        for name in attaching:
+            link = self._attaching.pop(name)
+            self.receivers.pop(name, None)
+            self._credit.pop(name, None)
+            future = self._opening.pop(name, None)
+            if future is not None:
+                future.fail(TransportError(refusal(link.source.address, condition)))
+        if told is not None:
+            told(str(condition))
+        LOG.warning("amqp1 session refused by the peer: %s", condition)
+        return True
 
     def _on_remote_close(self, endpoint: Any, what: str) -> None:
         """The peer ended a session or link we did not close: start over on a new connection.
@@ -570,6 +615,8 @@ class Loop:
         self._session = None
         self._close_socket()
         self._credit.clear()
+        self._attaching.clear()
+        self.refusable.clear()
         opening, self._opening = self._opening, {}
         for future in opening.values():
             future.fail(TransportError(f"the amqp1 connection dropped while attaching ({why})"))
@@ -660,6 +707,7 @@ class Loop:
         link.open()
         self.receivers[link.name] = owner
         self._opening[link.name] = Future()
+        self._attaching[link.name] = link
         if credit:
             # Granted once the peer's attach arrived: a flow sent before it counts from a
             # delivery-count the peer never chose, and RabbitMQ 4 then over-sends.

@@ -107,6 +107,7 @@ class Management:
         receiver.open()
         receiver.flow(CREDIT)
         self.loop.receivers[receiver.name] = self
+        self.loop.refusable[self.session] = self._refused
         self.sender, self.receiver = sender, receiver
 
     def _send(self, message_id: str, method: str, target: str, body: Any, future: Future) -> None:
@@ -139,6 +140,19 @@ class Management:
         except ValueError:
             status = 0
         future.set(Response(status, message.body))
+
+    def _refused(self, why: str) -> None:
+        """The broker ended the management session to refuse a request (RabbitMQ 4 does so
+        for missing permissions): fail what waits, quoting it; attach again next time."""
+        if self.receiver is not None:
+            self.loop.receivers.pop(self.receiver.name, None)
+        self.session = self.sender = self.receiver = None
+        waiting, self._waiting = self._waiting, {}
+        hint = ""
+        if "unauthorized-access" in why:
+            hint = " (give the URL's user configure, write and read permissions on the vhost)"
+        for future in waiting.values():
+            future.fail(TransportError(f"the broker refused: {why}{hint}"))
 
     def connection_lost(self) -> None:
         self.session = self.sender = self.receiver = None
@@ -190,7 +204,10 @@ class Management:
                 if time.monotonic() >= end:
                     raise
                 continue  # the connection dropped meanwhile: again once it is back
-            answer = future.wait(max(0.1, end - time.monotonic()), f"could not {what}")
+            try:
+                answer = future.wait(max(0.1, end - time.monotonic()), "the management node")
+            except TransportError as exc:
+                raise TransportError(f"could not {what}: {exc}") from None
             if answer is None:
                 continue  # lost with the connection: idempotent, send it again
             if answer.status not in ok:
