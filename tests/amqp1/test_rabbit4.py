@@ -3,7 +3,8 @@
 The default ``addressing=auto`` picks the strategy from the broker's ``open``
 frame; refusals (a declaration, an attach, the 3.x strategy on 4.x) reach
 the caller as TransportError quoting the broker, and leave the connection
-serving; a send never blocks past its deadline, even with the broker gone.
+serving; a send never blocks past its deadline, even with the broker gone (on
+both generations: that holds for every amqp1:// peer).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rpclib.exceptions import TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
 from rpclib.transports.base import Address, Guarantee
-from tests.support.amqp1 import CutProxy, new_node_vhost
+from tests.support.amqp1 import GENERATIONS, CutProxy, new_node_vhost
+from tests.support.rabbit import BROKER
 from tests.support.rabbit_node import RabbitNode
 from tests.transports.driver_contract import InboxCollector
 
@@ -118,11 +120,15 @@ def test_a_refused_attach_fails_listen_with_the_reason_and_the_connection_keeps_
         driver.close()
 
 
-@pytest.fixture
-def cut_driver(rabbit4_node: RabbitNode) -> Iterator[tuple[Amqp1Driver, Address]]:
+@pytest.fixture(params=GENERATIONS)
+def cut_driver(request: pytest.FixtureRequest) -> Iterator[tuple[Amqp1Driver, Address]]:
     """A driver that sent once to a declared address, then lost its broker for good."""
-    proxy = CutProxy(rabbit4_node.port)
-    driver = amqp1(f"amqp1://guest:guest@127.0.0.1:{proxy.port}/?send_timeout=60")
+    if request.param == "rabbitmq4":
+        proxy, vhost = CutProxy(request.getfixturevalue("rabbit4_node").port), ""
+    else:
+        host, port = BROKER.rsplit(":", 1)
+        proxy, vhost = CutProxy(int(port), host), request.getfixturevalue("amqp1_vhost")
+    driver = amqp1(f"amqp1://guest:guest@127.0.0.1:{proxy.port}/{vhost}?send_timeout=60")
     address = Address("deadline", "compute")
     driver.declare(address)
     driver.send(address, b"reachable", guarantee=Guarantee.AT_LEAST_ONCE)
