@@ -29,6 +29,8 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import quote
 
+from rpclib.exceptions import TransportError
+from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import (
     DEAD_LETTER_QUEUE,
     FANOUT,
@@ -40,12 +42,15 @@ from rpclib.transports.amqp1.addressing import (
     private_suffix,
     queue_name,
 )
+from rpclib.transports.amqp1.io_thread import LOG, Future
 from rpclib.transports.amqp1.management import Management, Refused, path
 from rpclib.transports.amqp1.options import Amqp1Options
 from rpclib.transports.base import Address
 
 INBOX_EXPIRES_MS: Final = 3_600_000
 """An inbox outlives reconnects; if its process dies it goes after an hour unused."""
+MARK: Final = ".mark"
+"""Suffix of an inbox's marker queue (see :meth:`RabbitMQ4Addressing._mark`)."""
 LIVE_EXPIRES_MS: Final = 600_000
 """A ``.live`` queue goes with its last consumer, or 10 minutes after it was left unused."""
 
@@ -193,9 +198,27 @@ class RabbitMQ4Addressing(Addressing):
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         if name.startswith(REPLY_PREFIX):
             self._queue(name, expires_ms=INBOX_EXPIRES_MS)  # replies wait over a reconnect
+            self._mark(name)
         else:
             self._queue(name, exclusive=True)  # rebuilt with the connection
         self.bind_private(name, binds)
+
+    def _mark(self, inbox: str) -> None:
+        """Put one non-persistent message in the inbox's marker queue.
+
+        The inbox is durable, so it survives a broker restart, but the replies
+        in it (non-persistent) do not; the marker queue, durable and never
+        consumed, loses its message the same way, which tells
+        :meth:`private_exists` that the broker restarted and replies may be lost.
+        """
+        marker = inbox + MARK
+        self._queue(marker, expires_ms=INBOX_EXPIRES_MS)
+        loop, future = self.management.loop, Future()
+        route = Route("", to=path("queues", marker))
+        loop.submit(lambda: loop.send(route, messages.make(b""), on_outcome=future.set))
+        what = future.wait(self.options.send_timeout, f"marking inbox {inbox}")
+        if what is not None:
+            raise TransportError(f"could not mark inbox {inbox}: the broker answered {what}")
 
     def bind_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         for exchange, key in binds:
@@ -209,17 +232,24 @@ class RabbitMQ4Addressing(Addressing):
         return Source(path("queues", name), settled=True)
 
     def private_exists(self, name: str) -> bool:
-        return self._info(name) is not None
+        """Whether private node ``name`` survived with everything in it: an inbox whose
+        marker lost its message was kept across a broker restart, its replies were not."""
+        if self._info(name) is None:
+            return False
+        if not name.startswith(REPLY_PREFIX):
+            return True
+        marker = self._info(name + MARK)
+        return marker is not None and int(marker.get("message_count", 0)) > 0
 
     def delete_private(self, name: str) -> None:
         if not self.management.loop.up.is_set():
             return  # exclusive ones went with the connection, inboxes expire
-        try:
-            self._request(f"delete queue {name}", "DELETE", path("queues", name))
-        except Exception as exc:
-            from rpclib.transports.amqp1.io_thread import LOG
-
-            LOG.info("could not delete queue %s: %s", name, exc)
+        names = [name, name + MARK] if name.startswith(REPLY_PREFIX) else [name]
+        for queue in names:
+            try:
+                self._request(f"delete queue {queue}", "DELETE", path("queues", queue))
+            except Exception as exc:
+                LOG.info("could not delete queue %s: %s", queue, exc)
 
     # -- adverts, dead letters ----------------------------------------------------------
 
