@@ -24,7 +24,7 @@ from rpclib.transports.base import Address, Guarantee
 from tests.support.amqp1 import GENERATIONS, CutProxy, new_node_vhost
 from tests.support.rabbit import BROKER
 from tests.support.rabbit_node import RabbitNode
-from tests.transports.driver_contract import InboxCollector
+from tests.transports.driver_contract import Collector, InboxCollector
 
 WAIT = 10.0
 
@@ -157,3 +157,24 @@ def test_an_at_most_once_send_never_blocks_past_its_deadline_while_the_broker_is
         with contextlib.suppress(TransportError):
             driver.send(address, b"x", guarantee=Guarantee.AT_MOST_ONCE, expires_at=expires_at)
         assert time.time() < expires_at + 30
+
+
+def test_queue_type_quorum_makes_the_at_least_once_targets_quorum_queues(
+    fresh_amqp1_rabbit4_url: str, rabbit4_node: RabbitNode
+) -> None:
+    driver = amqp1(fresh_amqp1_rabbit4_url + "?queue_type=quorum")
+    vhost = fresh_amqp1_rabbit4_url.rsplit("/", 1)[1]
+    try:
+        address = Address("q", "compute")
+        got = Collector(WAIT)
+        driver.listen(address, got)
+        driver.send(address, b"stored", guarantee=Guarantee.AT_LEAST_ONCE)
+        assert got.get().body == b"stored"
+        out = rabbit4_node.rabbitmqctl(
+            "list_queues", "-p", vhost, "-q", "--no-table-headers", "name", "type"
+        )
+        types = dict(line.split() for line in out.splitlines() if line.strip())
+        assert types["q.compute"] == types["rpclib.dead-letters"] == "quorum"
+        assert types["q.compute.live"] == "classic"  # at-most-once: auto-delete, never quorum
+    finally:
+        driver.close()
