@@ -79,8 +79,10 @@ class Amqp1Driver(Driver):
         self._owners: dict[str, AdvertOwner] = {}
         self._resources: list[Amqp1Subscription | Amqp1Inbox | AdvertWatch] = []
         self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amqp1-check")
+        started = False
         try:
-            self._loop.start()
+            self._loop.start()  # a failed start ends the I/O thread by itself
+            started = True
             if early is None:
                 if chosen == "auto":
                     chosen = pick_strategy(self._call(self._loop.peer_properties, "open"))
@@ -88,7 +90,8 @@ class Amqp1Driver(Driver):
         except BaseException:
             if early is not None:
                 early.close()
-            self._loop.stop(lambda: None, CLOSE_WAIT)
+            if started:  # connected, but no strategy fits the peer
+                self._loop.stop(lambda: None, CLOSE_WAIT)
             self._checker.shutdown(wait=False)
             raise
         self.addressing: Addressing = self._loop.addressing
