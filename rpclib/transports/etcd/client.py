@@ -361,6 +361,7 @@ class EtcdClient:
         stalls = 0
         tried: set[int] = set()
         reason = "no member was asked in time"
+        first = ""  # the first failure's reason (a final timeout must not hide a refusal)
         while True:
             if self._closed.is_set():
                 raise Closed(f"the etcd driver for {self.url_text} is closed")
@@ -369,7 +370,9 @@ class EtcdClient:
             where = f"{client.host}:{client.port}"
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Unreachable(f"etcd at {self.url_text} failed on {path}: {reason}")
+                raise Unreachable(
+                    f"etcd at {self.url_text} failed on {path}: {_reasons(reason, first)}"
+                )
             # a write a member forwarded to a leader that just died waits for etcd's own
             # request timeout (7 s): give up on it sooner, and longer once every member stalled
             stall = min(
@@ -403,6 +406,7 @@ class EtcdClient:
                     self._endpoints.failed(index, down=True)
                     continue
                 reason = f"{where}: {_reason(exc)}"
+                first = first or reason
                 down = isinstance(cause, requests.ConnectionError)  # incl. connect timeouts
                 stalled = isinstance(cause, requests.Timeout) and not down
                 stalls += stalled
@@ -430,6 +434,7 @@ class EtcdClient:
                         text += " (use etcds:// or ssl=true)"
                     raise TransportError(f"etcd rejected {path}: {text}") from exc
                 reason = f"{where}: {text}"
+                first = first or reason
                 down = False
                 failure = exc
             except requests.RequestException as exc:  # e.g. a session closed under us
@@ -445,9 +450,9 @@ class EtcdClient:
                 continue  # another member, not asked yet: at once
             tried.clear()  # every member failed: back off before the next round
             if time.monotonic() + pause > deadline:
-                raise Unreachable(f"etcd at {self.url_text} failed on {path}: {reason}") from (
-                    failure
-                )
+                raise Unreachable(
+                    f"etcd at {self.url_text} failed on {path}: {_reasons(reason, first)}"
+                ) from failure
             LOG.debug("etcd %s; retrying in %.2fs", reason, pause)
             self._closed.wait(pause)
             pause = min(pause * 2, options.retry_backoff_max)
@@ -479,6 +484,11 @@ class EtcdClient:
         except TransportError as exc:
             if "not found" not in str(exc):
                 raise
+
+
+def _reasons(last: str, first: str) -> str:
+    """The last failure's reason, and the first's when it differs."""
+    return last if not first or first == last else f"{last} (first: {first})"
 
 
 def is_transient(text: str) -> bool:

@@ -346,7 +346,10 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
         text = exc.verify_message or str(exc)
         return f"the server's certificate was not accepted: {text} (see ssl_ca, ssl_verify)"
     reason = exc.reason or str(exc)
-    if "ALERT" in reason.upper() and "CERTIFICATE" in reason.upper():
+    upper = reason.upper()
+    if "ALERT" in upper and ("CERTIFICATE" in upper or "UNKNOWN_CA" in upper):
+        # an alert is the server's verdict on our certificate: etcd 3.4 says "bad
+        # certificate", etcd 3.5 (newer Go) "unknown CA" for one from a CA it does not trust
         return f"the server refused the client certificate: {reason} (see ssl_cert, ssl_key)"
     if "WRONG_VERSION" in reason.upper() or "RECORD_LAYER" in reason.upper():
         return f"{reason} (does the endpoint serve TLS?)"
