@@ -367,7 +367,6 @@ class EtcdClient:
                 raise Closed(f"the etcd driver for {self.url_text} is closed")
             index = self._endpoints.current
             client = self._clients[index]
-            where = f"{client.host}:{client.port}"
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unreachable(
@@ -375,19 +374,18 @@ class EtcdClient:
                 )
             # a write a member forwarded to a leader that just died waits for etcd's own
             # request timeout (7 s): give up on it sooner, and longer once every member stalled
-            stall = min(
-                options.request_timeout,
-                options.stall_timeout * 2 ** (stalls // len(self._clients)),
-            )
+            stall = options.stall_timeout
+            if stalls:
+                stall = min(options.request_timeout, stall * 2 ** (stalls // len(self._clients)))
+            self._session.limit(min(options.connect_timeout, left), min(stall, left))
             token = self._token if auth else None
             try:
-                with self._session.limited(min(options.connect_timeout, left), min(stall, left)):
-                    if token is None:
-                        result: Json = client.post(client.get_url(path), json=payload)
-                    else:
-                        result = client.post(
-                            client.get_url(path), json=payload, headers={"Authorization": token}
-                        )
+                if token is None:
+                    result: Json = client.post(client.get_url(path), json=payload)
+                else:
+                    result = client.post(
+                        client.get_url(path), json=payload, headers={"Authorization": token}
+                    )
                 self._endpoints.succeeded(index)
                 return result
             except (
@@ -398,6 +396,7 @@ class EtcdClient:
                 if self._closed.is_set():
                     raise Closed(f"the etcd driver for {self.url_text} is closed") from None
                 cause = exc.__context__
+                where = f"{client.host}:{client.port}"
                 if isinstance(cause, TLSFailure):
                     refused_tls += 1
                     if refused_tls >= len(self._clients):
@@ -433,6 +432,7 @@ class EtcdClient:
                     if "HTTP request to an HTTPS server" in text:
                         text += " (use etcds:// or ssl=true)"
                     raise TransportError(f"etcd rejected {path}: {text}") from exc
+                where = f"{client.host}:{client.port}"
                 reason = f"{where}: {text}"
                 first = first or reason
                 down = False

@@ -10,8 +10,8 @@ and failures raised as requests' own exceptions (``Timeout``,
 ``ConnectionError``) so etcd3gw maps them to its errors as usual. Each
 thread keeps one connection per endpoint; a broken connection is dropped and
 the error raised (the driver's requests are all safe to retry). etcd3gw
-gives every request the same timeouts; :meth:`LeanSession.limited` lowers
-them for the requests a thread makes within it (the driver's per-attempt
+gives every request the same timeouts; :meth:`LeanSession.limit` lowers
+them for the requests a thread makes from then on (the driver's per-attempt
 stall timeout, and what is left of a send's deadline).
 
 ``https://`` URLs go over TLS with the session's ``ssl.SSLContext`` (the
@@ -101,15 +101,10 @@ class LeanSession:
             raise requests.exceptions.InvalidURL(f"unsupported scheme {scheme!r}")
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
-    @contextlib.contextmanager
-    def limited(self, connect: float, read: float) -> Iterator[None]:
-        """Within: this thread's requests wait at most ``connect`` to connect, ``read`` to read."""
-        before = getattr(self._local, "limits", None)
+    def limit(self, connect: float, read: float) -> None:
+        """From now on, this thread's requests wait at most ``connect`` to connect, ``read``
+        to read (each request's caller sets its own: a plain call, cheaper than a context)."""
         self._local.limits = (connect, read)
-        try:
-            yield
-        finally:
-            self._local.limits = before
 
     def _timeouts(self, timeout: Any) -> tuple[float | None, float | None]:
         connect, read = _timeouts(timeout)
