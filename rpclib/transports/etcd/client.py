@@ -376,7 +376,8 @@ class EtcdClient:
             # request timeout (7 s): give up on it sooner, and longer once every member stalled
             stall = options.stall_timeout
             if stalls:
-                stall = min(options.request_timeout, stall * 2 ** (stalls // len(self._clients)))
+                stall *= 2 ** (stalls // len(self._clients))
+            stall = min(stall, options.request_timeout)
             self._session.limit(min(options.connect_timeout, left), min(stall, left))
             token = self._token if auth else None
             try:
@@ -404,7 +405,7 @@ class EtcdClient:
                     LOG.warning("etcd %s: %s", where, cause)
                     self._endpoints.failed(index, down=True)
                     continue
-                reason = f"{where}: {_reason(exc)}"
+                reason = _at(where, _reason(exc))
                 first = first or reason
                 down = isinstance(cause, requests.ConnectionError)  # incl. connect timeouts
                 stalled = isinstance(cause, requests.Timeout) and not down
@@ -433,7 +434,7 @@ class EtcdClient:
                         text += " (use etcds:// or ssl=true)"
                     raise TransportError(f"etcd rejected {path}: {text}") from exc
                 where = f"{client.host}:{client.port}"
-                reason = f"{where}: {text}"
+                reason = _at(where, text)
                 first = first or reason
                 down = False
                 failure = exc
@@ -484,6 +485,11 @@ class EtcdClient:
         except TransportError as exc:
             if "not found" not in str(exc):
                 raise
+
+
+def _at(where: str, text: str) -> str:
+    """``where: text``, unless the text already starts with where (the session's errors do)."""
+    return text if text.startswith(where) else f"{where}: {text}"
 
 
 def _reasons(last: str, first: str) -> str:
