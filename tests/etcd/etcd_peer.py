@@ -6,9 +6,10 @@ Usage:
   ``peer``) whose ``record(seq)`` appends ``<seq> <message_id> <attempts>``
   to RECORD_FILE before the cast is acked. Prints ``ready``; runs until its
   stdin closes.
-- ``etcd_peer.py cast URL TOPIC COUNT``: at-least-once casts ``record(seq=i)``
-  for i in 0..COUNT-1, retrying transport errors (``retry=None``); prints
-  ``sent <n>`` every 100 casts, then ``done``.
+- ``etcd_peer.py cast URL TOPIC COUNT [RETRY]``: at-least-once casts
+  ``record(seq=i)`` for i in 0..COUNT-1, retrying transport errors
+  (``retry=None``; ``RETRY`` ``default`` keeps rpclib's default, so a failed
+  send ends the process); prints ``sent <n>`` every 100 casts, then ``done``.
 - ``etcd_peer.py hold URL EXCHANGE TOPIC``: listens at driver level and never
   settles what it gets, printing ``got <body> <attempts>`` (a server that
   hangs or is killed while handling). Runs until killed or stdin closes.
@@ -51,11 +52,11 @@ def serve(url: str, topic: str, path: str) -> None:
         server.wait()
 
 
-def cast(url: str, topic: str, count: int) -> None:
+def cast(url: str, topic: str, count: int, retry: str = "none") -> None:
     with rpclib.get_transport(url) as transport:
-        client = rpclib.RPCClient(
-            transport, rpclib.Target(topic=topic), at_least_once=True, retry=None
-        )
+        client = rpclib.RPCClient(transport, rpclib.Target(topic=topic), at_least_once=True)
+        if retry == "none":
+            client = client.prepare(retry=None)
         for seq in range(count):
             client.cast({}, "record", seq=seq)
             if (seq + 1) % 100 == 0:
@@ -82,7 +83,7 @@ def main() -> None:
     if command == "serve":
         serve(url, args[0], args[1])
     elif command == "cast":
-        cast(url, args[0], int(args[1]))
+        cast(url, args[0], int(args[1]), *args[2:3])
     elif command == "hold":
         hold(url, args[0], args[1])
     else:

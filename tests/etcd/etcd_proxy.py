@@ -2,8 +2,10 @@
 
 Real connections, real etcd: the proxy only forwards bytes. ``freeze()``
 stops forwarding on every open connection while keeping them open (a stream
-that went silent, as behind a dead NAT entry); ``cut()`` closes them all;
-``block()`` makes new connections fail until ``unblock()``.
+that went silent, as behind a dead NAT entry); ``stall()`` does that to new
+connections too (a member that accepts and never answers) until ``thaw()``;
+``cut()`` closes them all; ``block()`` makes new connections fail until
+``unblock()``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Proxy:
         self._frozen: set[int] = set()  # ids of connections frozen
         self._live: list[tuple[socket.socket, socket.socket]] = []
         self._blocked = False
+        self._stalled = False
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -51,6 +54,8 @@ class Proxy:
                     upstream.close()
                     continue
                 self._live.append(pair)
+                if self._stalled:
+                    self._frozen.add(id(pair))
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True).start()
 
@@ -85,6 +90,18 @@ class Proxy:
         """Stop forwarding on every open connection, leaving them open."""
         with self._lock:
             self._frozen |= {id(pair) for pair in self._live}
+
+    def stall(self) -> None:
+        """Freeze every connection, open or new: nothing sent through gets an answer."""
+        with self._lock:
+            self._stalled = True
+            self._frozen |= {id(pair) for pair in self._live}
+
+    def thaw(self) -> None:
+        """Forward again on every connection (what was held goes through)."""
+        with self._lock:
+            self._stalled = False
+            self._frozen.clear()
 
     def cut(self) -> None:
         """Close every open connection."""

@@ -1,4 +1,4 @@
-"""The driver contract on a real etcd (the session's shared server, a prefix per test)."""
+"""The driver contract on real etcd 3.4 and 3.5 (each a session-wide server, a prefix per test)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ class TestEtcdContract(DriverContract):
     and keeps dead letters (under a long lease)."""
 
     @pytest.fixture
-    def make_driver(self, etcd_url: str) -> Iterator[MakeDriver]:
+    def make_driver(self, any_etcd_url: str) -> Iterator[MakeDriver]:
         drivers: list[Driver] = []
 
         def make() -> Driver:
-            drivers.append(driver := load_driver(etcd_url))
+            drivers.append(driver := load_driver(any_etcd_url))
             return driver
 
         yield make

@@ -185,14 +185,23 @@ class EtcdServer:
         certs: EtcdCerts | None = None,
         plain_port: bool = False,
         auth_token_ttl: int | None = None,
+        binary: str | None = None,
+        name: str = "rpclib-test",
     ) -> None:
-        if not os.access(ETCD, os.X_OK):
+        if binary is not None:
+            if not os.access(binary, os.X_OK):
+                pytest.fail(f"etcd {binary} is missing or not executable")
+            self.binary = binary
+        elif not os.access(ETCD, os.X_OK):
             found = shutil.which("etcd")
             if found is None:
                 pytest.fail(f"etcd is not installed ({ETCD}); install Debian's etcd-server")
             self.binary = found
         else:
             self.binary = ETCD
+        self.name = name
+        self.initial_cluster: str | None = None
+        """``name=peer-url,...`` of every member when this one is part of a cluster."""
         self.folder = folder
         self.data = folder / "data"
         self.log = folder / "etcd.log"
@@ -267,23 +276,41 @@ class EtcdServer:
         text = f"{scheme}://{credentials}{endpoint}/{prefix}"
         return text + (f"?{urlencode(given, safe='/')}" if given else "")
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    def version(self) -> str:
+        """The binary's version, e.g. ``3.5.16``."""
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("etcd Version:"):
+                return line.split(":", 1)[1].strip()
+        pytest.fail(f"{self.binary} --version said no version:\n{out}")
+
     def start(self) -> None:
+        """Start the process and wait until it answers a (linearizable) read."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process (members of a cluster are all launched, then waited for)."""
         if self.proc is not None and self.proc.poll() is None:
             return
         scheme = "https" if self.tls else "http"
         client = f"{scheme}://{HOST}:{self.port}"
         if self.plain_port is not None:
             client += f",http://{HOST}:{self.plain_port}"
-        peer = f"http://{HOST}:{self.peer_port}"
+        peer = self.peer_url
         args = [
             self.binary,
-            "--name", "rpclib-test",
+            "--name", self.name,
             "--data-dir", str(self.data),
             "--listen-client-urls", client,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"rpclib-test={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             # password hashes at bcrypt's minimum cost: tests authenticate a lot
             "--bcrypt-cost", "4",
         ]  # fmt: skip
@@ -300,9 +327,12 @@ class EtcdServer:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
+
+    def wait_ready(self) -> None:
+        """Wait until etcd answers a read (in a cluster: once it has a leader)."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
                 break
             with contextlib.suppress(OSError, ValueError, http.client.HTTPException,
                                      EtcdRequestError):  # fmt: skip
@@ -444,6 +474,62 @@ def etcd_server() -> Iterator[EtcdServer]:
 def etcd_url(etcd_server: EtcdServer) -> str:
     """An etcd:// URL on the shared server under a key prefix no other test uses."""
     return etcd_server.url()
+
+
+def etcd35_path() -> str:
+    """etcd 3.5 from the trixie root (built once per machine); a failure, never a skip."""
+    from tests.support.trixie import TrixieError, etcd_binary
+
+    try:
+        return etcd_binary()
+    except TrixieError as exc:
+        pytest.fail(f"etcd 3.5 is unavailable: {exc}")
+
+
+GENERATIONS = {"3.4": None, "3.5": etcd35_path}
+"""etcd generations the suites run against: Debian 12's etcd 3.4 and trixie's etcd 3.5."""
+
+
+def generation_binary(generation: str) -> str | None:
+    """The etcd binary of ``generation`` (None: the default, ``RPCLIB_ETCD`` or Debian's)."""
+    find = GENERATIONS[generation]
+    return find() if find is not None else None
+
+
+def check_generation(server: EtcdServer, generation: str) -> None:
+    """Fail unless ``server`` runs etcd ``generation`` (so no generation is tested twice)."""
+    version = server.version()
+    if not version.startswith(generation + "."):
+        pytest.fail(f"{server.binary} is etcd {version}, not {generation}")
+
+
+@pytest.fixture(scope="session")
+def etcd35_server() -> Iterator[EtcdServer]:
+    """The session's shared etcd 3.5 server (from the trixie root)."""
+    folder = Path(tempfile.mkdtemp(prefix="rpclib-etcd35-"))
+    server = EtcdServer(folder, binary=etcd35_path())
+    check_generation(server, "3.5")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=sorted(GENERATIONS))
+def any_etcd_server(request: pytest.FixtureRequest) -> EtcdServer:
+    """Each etcd generation's shared session server in turn (3.4, then 3.5)."""
+    if request.param == "3.4":
+        server: EtcdServer = request.getfixturevalue("etcd_server")
+    else:
+        server = request.getfixturevalue("etcd35_server")
+    check_generation(server, request.param)
+    return server
+
+
+@pytest.fixture
+def any_etcd_url(any_etcd_server: EtcdServer) -> str:
+    """An etcd:// URL under a fresh key prefix on each generation's shared server."""
+    return any_etcd_server.url()
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
 """Requests to the etcd cluster (etcd3gw over a lean HTTP session), with failover and retries.
 
 One :class:`EtcdClient` per driver. Each call is one HTTP POST to etcd's
-JSON gateway (``/v3/...``); a member that does not answer is skipped for the
-next one and the call retried with backoff until ``send_timeout``, then
-TransportError. Retrying is only safe for idempotent requests, so callers
+JSON gateway (``/v3/...``); a member that does not answer is left for the
+next one at once (endpoints.py: a dead one sits out), and once every member
+failed the call is retried with backoff until its deadline (``send_timeout``,
+or the message's own when sooner), then TransportError. No attempt waits
+past the deadline: connect and read timeouts are cut to what is left.
+Retrying is only safe for idempotent requests, so callers
 say whether a request may be retried; every request the driver sends either
 is idempotent or carries a compare that makes a repeat a no-op.
 
@@ -40,7 +43,8 @@ import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 
-from rpclib.exceptions import TransportError
+from rpclib.exceptions import MessagingTimeout, TransportError
+from rpclib.transports.etcd.endpoints import Endpoints
 from rpclib.transports.etcd.lean_http import LeanSession, TLSFailure
 from rpclib.transports.etcd.naming import prefix_end
 from rpclib.transports.etcd.options import Endpoint, EtcdOptions
@@ -62,6 +66,10 @@ class Unreachable(TransportError):
     """No etcd member answered within the deadline."""
 
 
+class SendTimedOut(Unreachable, MessagingTimeout):
+    """etcd did not take a message before the message's own deadline (a call's timeout)."""
+
+
 class TLSRefused(Unreachable):
     """The TLS handshake failed with every member (trust, identity, client certificate)."""
 
@@ -73,6 +81,18 @@ class AuthenticationFailed(TransportError):
 class NotAuthorized(TransportError):
     """etcd refused a request for lack of authentication or permission, even with a new token."""
 
+
+TRANSIENT = (
+    "leader changed",
+    "no leader",
+    "timed out",
+    "too many requests",
+    "proposal dropped",
+    "server stopped",
+    "not capable",
+    "unhealthy cluster",
+)
+"""etcd's words for a refusal that passes (an election, a member stopping, an overload)."""
 
 AUTH_PROBLEMS = (
     "invalid auth token",
@@ -197,8 +217,7 @@ class EtcdClient:
         self.url_text = url_text
         self._session = LeanSession(options.tls)
         self._clients = [self._make_client(e) for e in options.endpoints]
-        self._current = 0
-        self._lock = threading.Lock()
+        self._endpoints = Endpoints(len(self._clients))
         self._closed = threading.Event()
         self._token: str | None = None
         self._auth_lock = threading.Lock()
@@ -230,13 +249,17 @@ class EtcdClient:
         self._closed.set()
         self._session.close()
 
-    def endpoint_client(self) -> Etcd3Client:
-        """The client of the endpoint in use (for opening watch streams on their own session)."""
-        return self._clients[self._current]
+    def endpoint_client(self) -> tuple[int, Etcd3Client]:
+        """The member in use and its client (watch streams open their own connections)."""
+        index = self._endpoints.current
+        return index, self._clients[index]
 
-    def next_endpoint(self) -> None:
-        with self._lock:
-            self._current = (self._current + 1) % len(self._clients)
+    def endpoint_failed(self, index: int, *, down: bool) -> None:
+        """A watch stream on member ``index`` failed (``down``: could not connect)."""
+        self._endpoints.failed(index, down=down)
+
+    def endpoint_answered(self, index: int) -> None:
+        self._endpoints.succeeded(index)
 
     # --- authentication -------------------------------------------------------------
 
@@ -318,20 +341,44 @@ class EtcdClient:
         deadline: float | None = None,
         auth: bool = True,
     ) -> Json:
-        """POST ``payload`` to ``/v3/<path>``; retry unreachable members until the deadline.
+        """POST ``payload`` to ``/v3/<path>``; fail over and retry until the deadline.
 
-        A request refused as unauthenticated is sent once more with a new
-        token (``auth=False`` sends none: authentication itself).
+        No attempt waits past ``deadline`` (``time.monotonic()``; default
+        ``send_timeout`` from now). A member that cannot be connected to, or
+        leaves a request unanswered for the stall timeout, is left for the
+        next member at once; a refusal etcd gives while it elects a leader
+        (503, "leader changed", "no leader", "request timed out") too, and once
+        every member failed the request backs off. A request refused as
+        unauthenticated is sent once more with a new token (``auth=False``
+        sends none: authentication itself).
         """
+        options = self.options
         if deadline is None:
-            deadline = time.monotonic() + self.options.send_timeout
-        pause = self.options.retry_backoff
+            deadline = time.monotonic() + options.send_timeout
+        pause = options.retry_backoff
         renewed = False
         refused_tls = 0
+        stalls = 0
+        tried: set[int] = set()
+        reason = "no member was asked in time"
+        first = ""  # the first failure's reason (a final timeout must not hide a refusal)
         while True:
             if self._closed.is_set():
                 raise Closed(f"the etcd driver for {self.url_text} is closed")
-            client = self._clients[self._current]
+            index = self._endpoints.current
+            client = self._clients[index]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unreachable(
+                    f"etcd at {self.url_text} failed on {path}: {_reasons(reason, first)}"
+                )
+            # a write a member forwarded to a leader that just died waits for etcd's own
+            # request timeout (7 s): give up on it sooner, and longer once every member stalled
+            stall = options.stall_timeout
+            if stalls:
+                stall *= 2 ** (stalls // len(self._clients))
+            stall = min(stall, options.request_timeout)
+            self._session.limit(min(options.connect_timeout, left), min(stall, left))
             token = self._token if auth else None
             try:
                 if token is None:
@@ -340,6 +387,7 @@ class EtcdClient:
                     result = client.post(
                         client.get_url(path), json=payload, headers={"Authorization": token}
                     )
+                self._endpoints.succeeded(index)
                 return result
             except (
                 etcd_errors.ConnectionFailedError,
@@ -348,24 +396,21 @@ class EtcdClient:
             ) as exc:
                 if self._closed.is_set():
                     raise Closed(f"the etcd driver for {self.url_text} is closed") from None
-                if isinstance(exc.__context__, TLSFailure):
+                cause = exc.__context__
+                where = f"{client.host}:{client.port}"
+                if isinstance(cause, TLSFailure):
                     refused_tls += 1
                     if refused_tls >= len(self._clients):
-                        raise TLSRefused(
-                            f"etcd at {self.url_text}: {exc.__context__}"
-                        ) from exc.__context__
-                    LOG.warning("etcd %s:%s: %s", client.host, client.port, exc.__context__)
-                    self.next_endpoint()
+                        raise TLSRefused(f"etcd at {self.url_text}: {cause}") from cause
+                    LOG.warning("etcd %s: %s", where, cause)
+                    self._endpoints.failed(index, down=True)
                     continue
-                if not retry or time.monotonic() + pause > deadline:
-                    raise Unreachable(
-                        f"etcd at {client.host}:{client.port} failed on {path}: {_reason(exc)}"
-                    ) from exc
-                LOG.debug("etcd %s:%s: %s; retrying", client.host, client.port, _reason(exc))
-                if len(self._clients) > 1:
-                    self.next_endpoint()
-                self._closed.wait(pause)
-                pause = min(pause * 2, self.options.retry_backoff_max)
+                reason = _at(where, _reason(exc))
+                first = first or reason
+                down = isinstance(cause, requests.ConnectionError)  # incl. connect timeouts
+                stalled = isinstance(cause, requests.Timeout) and not down
+                stalls += stalled
+                failure: BaseException = exc
             except etcd_errors.Etcd3Exception as exc:
                 text = _reason(exc)
                 if "lease not found" in text:
@@ -384,13 +429,34 @@ class EtcdClient:
                         "would not use it as the user): use a client certificate without a "
                         "CN (see ssl_cert)"
                     ) from exc
-                if "HTTP request to an HTTPS server" in text:
-                    text += " (use etcds:// or ssl=true)"
-                raise TransportError(f"etcd rejected {path}: {text}") from exc
+                if not is_transient(text):
+                    if "HTTP request to an HTTPS server" in text:
+                        text += " (use etcds:// or ssl=true)"
+                    raise TransportError(f"etcd rejected {path}: {text}") from exc
+                where = f"{client.host}:{client.port}"
+                reason = _at(where, text)
+                first = first or reason
+                down = False
+                failure = exc
             except requests.RequestException as exc:  # e.g. a session closed under us
                 if self._closed.is_set():
                     raise Closed(f"the etcd driver for {self.url_text} is closed") from None
                 raise TransportError(f"etcd request {path} failed: {exc}") from exc
+            self._endpoints.failed(index, down=down)
+            if not retry:
+                raise Unreachable(f"etcd at {where} failed on {path}: {reason}") from failure
+            tried.add(index)
+            if self._endpoints.current not in tried:
+                LOG.debug("etcd %s; trying the next member", reason)
+                continue  # another member, not asked yet: at once
+            tried.clear()  # every member failed: back off before the next round
+            if time.monotonic() + pause > deadline:
+                raise Unreachable(
+                    f"etcd at {self.url_text} failed on {path}: {_reasons(reason, first)}"
+                ) from failure
+            LOG.debug("etcd %s; retrying in %.2fs", reason, pause)
+            self._closed.wait(pause)
+            pause = min(pause * 2, options.retry_backoff_max)
 
     # --- conveniences ----------------------------------------------------------------
 
@@ -419,6 +485,21 @@ class EtcdClient:
         except TransportError as exc:
             if "not found" not in str(exc):
                 raise
+
+
+def _at(where: str, text: str) -> str:
+    """``where: text``, unless the text already starts with where (the session's errors do)."""
+    return text if text.startswith(where) else f"{where}: {text}"
+
+
+def _reasons(last: str, first: str) -> str:
+    """The last failure's reason, and the first's when it differs."""
+    return last if not first or first == last else f"{last} (first: {first})"
+
+
+def is_transient(text: str) -> bool:
+    """Whether etcd's error ``text`` is a refusal worth retrying (see TRANSIENT)."""
+    return any(word in text for word in TRANSIENT)
 
 
 def is_auth_problem(text: str) -> bool:

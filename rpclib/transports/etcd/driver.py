@@ -198,7 +198,9 @@ class EtcdDriver(Driver):
         on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         self._check_open()
-        self.router.send(address, Message(body, 0, expires_at).encode(), guarantee)
+        self.router.send(
+            address, Message(body, 0, expires_at).encode(), guarantee, expires_at=expires_at
+        )
 
     def listen(
         self,

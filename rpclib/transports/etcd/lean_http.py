@@ -9,7 +9,10 @@ in, status/reason/text/json out, extra headers (the auth token), timeouts,
 and failures raised as requests' own exceptions (``Timeout``,
 ``ConnectionError``) so etcd3gw maps them to its errors as usual. Each
 thread keeps one connection per endpoint; a broken connection is dropped and
-the error raised (the driver's requests are all safe to retry).
+the error raised (the driver's requests are all safe to retry). etcd3gw
+gives every request the same timeouts; :meth:`LeanSession.limit` lowers
+them for the requests a thread makes from then on (the driver's per-attempt
+stall timeout, and what is left of a send's deadline).
 
 ``https://`` URLs go over TLS with the session's ``ssl.SSLContext`` (the
 same context for every connection, so the handshake's session cache is
@@ -98,6 +101,19 @@ class LeanSession:
             raise requests.exceptions.InvalidURL(f"unsupported scheme {scheme!r}")
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
+    def limit(self, connect: float, read: float) -> None:
+        """From now on, this thread's requests wait at most ``connect`` to connect, ``read``
+        to read (each request's caller sets its own: a plain call, cheaper than a context)."""
+        self._local.limits = (connect, read)
+
+    def _timeouts(self, timeout: Any) -> tuple[float | None, float | None]:
+        connect, read = _timeouts(timeout)
+        limits: tuple[float, float] | None = getattr(self._local, "limits", None)
+        if limits is not None:
+            connect = limits[0] if connect is None else min(connect, limits[0])
+            read = limits[1] if read is None else min(read, limits[1])
+        return connect, read
+
     def _connection(self, key: _Key, timeout: Any) -> http.client.HTTPConnection:
         pool: dict[_Key, http.client.HTTPConnection] | None = getattr(self._local, "pool", None)
         if pool is None:
@@ -135,7 +151,7 @@ class LeanSession:
         key, path = _target(url)
         body = _body(json, data)
         connection = self._connection(key, timeout)
-        connect, read = _timeouts(timeout)
+        connect, read = self._timeouts(timeout)
         fresh = connection.sock is None
         if fresh:
             connection.timeout = connect
@@ -294,6 +310,8 @@ def _translate(
     """requests' exception for a failed request to ``key``."""
     where = f"{key[1]}:{key[2]}"
     if isinstance(exc, TimeoutError):
+        if connecting:  # a ConnectionError too: the member may be gone
+            return requests.exceptions.ConnectTimeout(f"{where}: connecting: {exc}")
         return requests.exceptions.Timeout(f"{where}: {exc}")
     if isinstance(exc, ssl.SSLError) and _permanent(exc):
         return TLSFailure(f"TLS with {where} failed: {_ssl_reason(exc)}")
@@ -323,7 +341,10 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
         text = exc.verify_message or str(exc)
         return f"the server's certificate was not accepted: {text} (see ssl_ca, ssl_verify)"
     reason = exc.reason or str(exc)
-    if "ALERT" in reason.upper() and "CERTIFICATE" in reason.upper():
+    upper = reason.upper()
+    if "ALERT" in upper and ("CERTIFICATE" in upper or "UNKNOWN_CA" in upper):
+        # an alert is the server's verdict on our certificate: etcd 3.4 says "bad
+        # certificate", etcd 3.5 (newer Go) "unknown CA" for one from a CA it does not trust
         return f"the server refused the client certificate: {reason} (see ssl_cert, ssl_key)"
     if "WRONG_VERSION" in reason.upper() or "RECORD_LAYER" in reason.upper():
         return f"{reason} (does the endpoint serve TLS?)"

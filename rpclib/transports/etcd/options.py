@@ -27,6 +27,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "lease_ttl",
         "connect_timeout",
         "request_timeout",
+        "stall_timeout",
         "send_timeout",
         "retry_backoff",
         "retry_backoff_max",
@@ -65,6 +66,9 @@ class EtcdOptions:
     """Seconds the driver's lease (its consumers, claims, inboxes) outlives a dead process."""
     connect_timeout: float
     request_timeout: float
+    """The most one HTTP request may take (the stall timeout doubles up to this)."""
+    stall_timeout: float
+    """Seconds a request may go unanswered before it is left for the next member."""
     send_timeout: float
     """How long one operation retries a cluster that does not answer before TransportError."""
     retry_backoff: float
@@ -105,8 +109,9 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         endpoints=endpoints,
         prefix=_prefix(url),
         lease_ttl=url.int_option("lease_ttl", 10, minimum=2),
-        connect_timeout=url.seconds_option("connect_timeout", 5.0),
+        connect_timeout=url.seconds_option("connect_timeout", 2.0),
         request_timeout=url.seconds_option("request_timeout", 10.0),
+        stall_timeout=url.seconds_option("stall_timeout", 2.0),
         send_timeout=url.seconds_option("send_timeout", 15.0),
         retry_backoff=backoff,
         retry_backoff_max=backoff_max,

@@ -37,7 +37,16 @@ from typing import Any
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import Address, Guarantee
 from rpclib.transports.etcd import client as ops
-from rpclib.transports.etcd.client import KV, EtcdClient, Json, kvs_of, revision_of
+from rpclib.transports.etcd.client import (
+    KV,
+    EtcdClient,
+    Json,
+    SendTimedOut,
+    TLSRefused,
+    Unreachable,
+    kvs_of,
+    revision_of,
+)
 from rpclib.transports.etcd.naming import RPC_GROUP, Keys, QueueName, unname
 from rpclib.transports.etcd.settler import Settler
 
@@ -142,14 +151,32 @@ class Router:
         guarantee: Guarantee,
         *,
         message_id: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
-        """Write ``value`` (an encoded message) for ``address``; Undeliverable if nobody can."""
+        """Write ``value`` (an encoded message) for ``address``; Undeliverable if nobody can.
+
+        Retries until ``send_timeout``, or until ``expires_at`` (``time.time()``)
+        when that comes first: then SendTimedOut, never later.
+        """
         message_id = message_id or uuid.uuid4().hex
-        deadline = time.monotonic() + self.client.options.send_timeout
-        if guarantee is Guarantee.AT_LEAST_ONCE and not address.fanout:
-            self._store_copies(address, value, message_id, deadline)
-        else:
-            self._push(address, value, message_id, deadline)
+        now = time.monotonic()
+        deadline = now + self.client.options.send_timeout
+        expiring = expires_at is not None and now + (expires_at - time.time()) < deadline
+        if expires_at is not None and expiring:
+            deadline = now + (expires_at - time.time())
+            if deadline <= now:
+                raise SendTimedOut(f"the message to {address} expired before it was sent")
+        try:
+            if guarantee is Guarantee.AT_LEAST_ONCE and not address.fanout:
+                self._store_copies(address, value, message_id, deadline)
+            else:
+                self._push(address, value, message_id, deadline)
+        except Unreachable as exc:
+            if not expiring or isinstance(exc, TLSRefused):
+                raise
+            raise SendTimedOut(
+                f"etcd did not take the message to {address} before its deadline: {exc}"
+            ) from exc
 
     def _guarded(
         self,

@@ -110,6 +110,8 @@ class PrefixWatch:
         self._echoed = False
         self._connected = False
         """A stream is established (etcd created the watch)."""
+        self._member = 0
+        """The member the current (or last) stream was opened on."""
         self._up = False
         """What the sink was last told: up from start() (etcd answered its read) until a
         stream attempt fails, again once etcd creates a watch ("disconnected" and
@@ -196,14 +198,17 @@ class PrefixWatch:
                     break
                 if self._renew_token(exc):
                     continue  # re-open at once with the new token
-                self.client.next_endpoint()
+                self.client.endpoint_failed(self._member, down=False)
                 self._stop.wait(pause)
                 pause = min(pause * 2, self.client.options.retry_backoff_max)
             except (TransportError, requests.RequestException, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     break
                 LOG.info("watch %s: stream broke (%s); resuming", self.name, exc)
-                self.client.next_endpoint()
+                down = isinstance(exc, requests.ConnectionError | OSError)
+                self.client.endpoint_failed(self._member, down=down)
+                if self._connected and self.client.endpoint_client()[0] != self._member:
+                    continue  # a stream that worked broke: re-open on the next member at once
                 self._stop.wait(pause)
                 pause = min(pause * 2, self.client.options.retry_backoff_max)
             except Exception:
@@ -232,7 +237,7 @@ class PrefixWatch:
         return True
 
     def _stream(self) -> None:
-        endpoint = self.client.endpoint_client()
+        self._member, endpoint = self.client.endpoint_client()
         create: dict[str, Any] = {
             "key": b64(self.prefix),
             "range_end": b64(prefix_end(self.prefix)),
@@ -283,6 +288,7 @@ class PrefixWatch:
                 raise _Unauthenticated(reason)
             raise TransportError(f"watch cancelled by etcd: {reason}")
         if result.get("created"):
+            self.client.endpoint_answered(self._member)
             self.reconnects += 1
             self._renewed_token = False
             self._connected = True
