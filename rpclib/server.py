@@ -31,6 +31,7 @@ from rpclib.directory import encode_advert
 from rpclib.dispatcher import Dispatcher, MethodEntry
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
+    Forbidden,
     MalformedMessage,
     MessageTooLarge,
     MessagingError,
@@ -41,6 +42,7 @@ from rpclib.exceptions import (
     is_retryable,
 )
 from rpclib.failures import to_failure
+from rpclib.policy import Policy
 from rpclib.serializer import Serializer
 from rpclib.target import Target
 from rpclib.transport import Transport
@@ -60,6 +62,8 @@ class RequestInfo:
     attempts: int
     at_least_once: bool
     deadline: float | None
+    sender: str | None = None
+    """The principal the transport authenticated as the request's sender (None: it can't)."""
 
 
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
@@ -87,6 +91,7 @@ class ServerStats(Counters):
     expired: int = 0
     requeued: int = 0
     dead_lettered: int = 0
+    forbidden: int = 0
 
 
 class _Heartbeats:
@@ -160,7 +165,11 @@ class RPCServer(Consumer):
 
     Listens on the topic (competing with other servers), on its own server
     address and on the topic's fanout, and advertises its interfaces so that
-    clients with ``version_cap="auto"`` can follow it.
+    clients with ``version_cap="auto"`` can follow it. With a ``policy``
+    (:class:`rpclib.Policy`), a request whose authenticated sender the policy
+    does not allow is refused before anything else is looked at: a call gets
+    :class:`rpclib.Forbidden`, a cast is dead-lettered with the reason, and
+    the handler never runs.
     """
 
     def __init__(
@@ -174,6 +183,7 @@ class RPCServer(Consumer):
         serializer: Serializer | None = None,
         advert_interval: float = 10.0,
         prefetch: int | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if not target.topic or not target.server:
             raise ValueError(f"an RPC server needs a topic and a server name, got {target!r}")
@@ -186,6 +196,7 @@ class RPCServer(Consumer):
         self.serializer = serializer or Serializer()
         self.max_attempts = max_attempts
         self.advert_interval = advert_interval
+        self.policy = policy
         self.stats = ServerStats()
         self._exchange = target.exchange or transport.default_exchange
         self._prefetch = prefetch or executor_threads * 2
@@ -279,6 +290,8 @@ class RPCServer(Consumer):
         if deadline is not None and time.time() > deadline:
             self._expired(env, incoming, deadline)
             return
+        if self.policy is not None and not self._allowed(env, incoming):
+            return
         try:
             entry = self.dispatcher.lookup(
                 env.get(envelope.NAMESPACE), env.header[envelope.VERSION], method
@@ -294,6 +307,19 @@ class RPCServer(Consumer):
             return
         if not self._pool.submit(lambda: self._handle(env, entry, incoming)):
             incoming.requeue()  # shutting down: another server takes it
+
+    def _allowed(self, env: Envelope, incoming: Incoming) -> bool:
+        """Apply the policy (before lookup, so a refused sender learns nothing of the API)."""
+        assert self.policy is not None
+        method, namespace = env.header[envelope.METHOD], env.get(envelope.NAMESPACE)
+        if type(method) is not str or (namespace is not None and type(namespace) is not str):
+            return True  # malformed: the lookup rejects it with the reason
+        decision = self.policy.check_call(incoming.sender, namespace, method)
+        if decision.allowed:
+            return True
+        self.stats.add("forbidden")
+        self._reject(env, incoming, Forbidden(incoming.sender, method, namespace, decision.rule))
+        return False
 
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
         self.stats.add("expired")
@@ -358,6 +384,7 @@ class RPCServer(Consumer):
             attempts=incoming.attempts,
             at_least_once=at_least_once,
             deadline=env.get(envelope.DEADLINE),
+            sender=incoming.sender,
         )
         token = _current.set(info)
         beating = self._start_heartbeats(env)
