@@ -32,6 +32,7 @@ from rpclib import envelope
 from rpclib.consumer import Consumer, Counters
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import Forbidden, MalformedMessage, MessageTooLarge, is_retryable
+from rpclib.logsummary import SummaryLog
 from rpclib.notify_drivers import PRIORITIES
 from rpclib.policy import Policy
 from rpclib.serializer import Serializer
@@ -238,6 +239,7 @@ class _ListenerBase(Consumer):
         self._callbacks = _callbacks(endpoints)
         self._prefetch = prefetch
         self.policy = policy
+        self._log = SummaryLog(LOG)
 
     @property
     def addresses(self) -> list[Address]:
@@ -266,6 +268,9 @@ class _ListenerBase(Consumer):
             ", ".join(str(a) for a in self.addresses),
         )
 
+    def _on_closed(self) -> None:
+        self._log.flush()
+
     # hook for the two listeners
     def _accept(self, received: _Received) -> None:
         raise NotImplementedError
@@ -287,7 +292,13 @@ class _ListenerBase(Consumer):
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
             self.stats.add("dead_lettered")
-            LOG.error("dead-lettering a malformed notification on %s: %s", address, exc)
+            self._log.log(
+                logging.ERROR,
+                "malformed notifications",
+                "dead-lettering a malformed notification on %s: %s",
+                address,
+                exc,
+            )
             incoming.dead_letter(f"malformed notification: {exc}")
             return
         if self.policy is not None:
@@ -298,7 +309,13 @@ class _ListenerBase(Consumer):
                 )
                 self.stats.add("forbidden")
                 self.stats.add("dead_lettered")
-                LOG.warning("dead-lettering a notification on %s: %s", address, refused)
+                self._log.log(
+                    logging.WARNING,
+                    "forbidden notifications",
+                    "dead-lettering a notification on %s: %s",
+                    address,
+                    refused,
+                )
                 incoming.dead_letter(f"Forbidden: {refused}")
                 return
         received.callbacks = [
@@ -353,7 +370,9 @@ class _ListenerBase(Consumer):
         except Exception as exc:
             self.stats.add("malformed")
             self.stats.add("dead_lettered")
-            LOG.error(
+            self._log.log(
+                logging.ERROR,
+                "malformed notifications",
                 "dead-lettering notification %s %s: undecodable payload: %s",
                 received.event_type,
                 received.metadata["message_id"],

@@ -42,6 +42,7 @@ from rpclib.exceptions import (
     is_retryable,
 )
 from rpclib.failures import to_failure
+from rpclib.logsummary import SummaryLog
 from rpclib.policy import Policy
 from rpclib.serializer import Serializer
 from rpclib.target import Target
@@ -198,6 +199,7 @@ class RPCServer(Consumer):
         self.advert_interval = advert_interval
         self.policy = policy
         self.stats = ServerStats()
+        self._log = SummaryLog(LOG)
         self._exchange = target.exchange or transport.default_exchange
         self._prefetch = prefetch or executor_threads * 2
         self._heartbeats = _Heartbeats(self._send_progress)
@@ -240,6 +242,7 @@ class RPCServer(Consumer):
             LOG.warning("could not withdraw advert of %s: %s", self.target.server, exc)
 
     def _on_closed(self) -> None:
+        self._log.flush()
         self._advert_stop.set()
         self._heartbeats.stop()
 
@@ -273,12 +276,23 @@ class RPCServer(Consumer):
             env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
-            LOG.error("dead-lettering a malformed message on %s: %s", self.target.topic, exc)
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a malformed message on %s: %s",
+                self.target.topic,
+                exc,
+            )
             incoming.dead_letter(f"malformed message: {exc}")
             return
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
             self.stats.add("malformed")
-            LOG.error("dead-lettering a %s envelope sent to an RPC server", env.kind.name)
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a %s envelope sent to an RPC server",
+                env.kind.name,
+            )
             incoming.dead_letter(f"unexpected {env.kind.name} envelope at an RPC server")
             return
         method = env.header[envelope.METHOD]
@@ -327,11 +341,19 @@ class RPCServer(Consumer):
         method = env.header[envelope.METHOD]
         if env.kind is Kind.CAST and env.get(envelope.AT_LEAST_ONCE):
             reason = f"deadline passed {late:.3f}s before {method!r} could start"
-            LOG.warning("dead-lettering expired cast %s: %s", env.message_id.hex(), reason)
+            self._log.log(
+                logging.WARNING,
+                "expired casts",
+                "dead-lettering expired cast %s: %s",
+                env.message_id.hex(),
+                reason,
+            )
             incoming.dead_letter(reason)
             self.stats.add("dead_lettered")
         else:
-            LOG.warning(
+            self._log.log(
+                logging.WARNING,
+                "expired requests",
                 "dropping %s %s for %r: its deadline passed %.3fs ago (the caller gave up)",
                 env.kind.name.lower(),
                 env.message_id.hex(),
@@ -343,11 +365,19 @@ class RPCServer(Consumer):
     def _reject(self, env: Envelope, incoming: Incoming, exc: MessagingError) -> None:
         """Answer a call, or dead-letter (and report) a cast, with ``exc``."""
         if env.kind is Kind.CALL:
-            LOG.warning("rejected call %s: %s", env.message_id.hex(), exc)
+            self._log.log(
+                logging.WARNING, "rejected calls", "rejected call %s: %s", env.message_id.hex(), exc
+            )
             incoming.ack()
             self._reply(env, to_failure(exc, with_traceback=False), failed=True)
             return
-        LOG.error("rejected cast %s, dead-lettering it: %s", env.message_id.hex(), exc)
+        self._log.log(
+            logging.ERROR,
+            "rejected casts",
+            "rejected cast %s, dead-lettering it: %s",
+            env.message_id.hex(),
+            exc,
+        )
         incoming.dead_letter(f"{type(exc).__name__}: {exc}")
         self.stats.add("dead_lettered")
         self._report_cast_failure(env, exc)
