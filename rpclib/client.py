@@ -221,7 +221,8 @@ class RPCClient:
         pending = replies.expect(message_id)
         try:
             self._send(address, data, Guarantee.AT_MOST_ONCE, deadline, pending.fail)
-            if not pending.wait(options.timeout):
+            # The deadline bounds the whole call: the send may have used some of it.
+            if not pending.wait(options.timeout, spent=time.time() - now):
                 if pending.disconnected:
                     raise ConnectionLost(
                         f"no reply to {name!r} from {address}: the connection was down "

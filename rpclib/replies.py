@@ -50,9 +50,12 @@ class PendingReply:
         self.last_progress = time.monotonic()
         self.progress_seen = True
 
-    def wait(self, timeout: float) -> bool:
-        """Wait for the reply; ``timeout`` restarts from every progress heartbeat."""
-        deadline = time.monotonic() + timeout
+    def wait(self, timeout: float, *, spent: float = 0.0) -> bool:
+        """Wait for the reply; ``timeout`` restarts from every progress heartbeat.
+
+        ``spent``: seconds of the first ``timeout`` already used (sending the request).
+        """
+        deadline = time.monotonic() + timeout - spent
         while True:
             remaining = deadline - time.monotonic()
             if remaining > 0 and self._event.wait(remaining):

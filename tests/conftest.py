@@ -13,6 +13,8 @@ from rpclib.transports.memory import reset_bus
 pytest_plugins = [
     "tests.support.rabbit",
     "tests.support.rabbit_node",
+    "tests.support.rabbit_brokers",
+    "tests.support.rabbit_cluster",
     "tests.support.libvirtd",
     "tests.support.etcd",
     "tests.support.amqp1",

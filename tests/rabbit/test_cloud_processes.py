@@ -1,4 +1,4 @@
-"""The reference services over RabbitMQ, each service in its own process."""
+"""The reference services over RabbitMQ (3.10 and 4.x), each service in its own process."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_instances_boot_across_processes_and_are_billed(
-    tmp_path: Path, fresh_rabbit_url: str
+    tmp_path: Path, fresh_broker_url: str
 ) -> None:
-    with running_cloud(fresh_rabbit_url, tmp_path) as (cloud, image):
+    with running_cloud(fresh_broker_url, tmp_path) as (cloud, image):
         boot_delete_and_bill(cloud, image)
 
 
 def test_two_conductor_processes_apply_updates_in_order(
-    tmp_path: Path, fresh_rabbit_url: str
+    tmp_path: Path, fresh_broker_url: str
 ) -> None:
-    rabbit_url = fresh_rabbit_url
+    rabbit_url = fresh_broker_url
     procs = [
         subprocess.Popen(
             [

@@ -1,4 +1,4 @@
-"""rpclib over RabbitMQ between separate processes."""
+"""rpclib over RabbitMQ between separate processes, on RabbitMQ 3.10 and 4.x (``broker``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import rpclib
 from tests.rpc.helpers import wait_until
 from tests.support.processes import WorkerProcess
+from tests.support.rabbit_brokers import Broker
 
 WAIT = 30.0
 
@@ -18,6 +19,12 @@ WAIT = 30.0
 @pytest.fixture
 def topic() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def rabbit_url(broker: Broker) -> str:
+    """This module's URL: the session's vhost on each broker generation in turn."""
+    return broker.url
 
 
 @pytest.fixture

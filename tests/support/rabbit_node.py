@@ -233,6 +233,8 @@ class RabbitNode:
         chroot: Path | None = None,
         deny_deprecated: bool = False,
         config: str = "",
+        cookie: str | None = None,
+        epmd_port: int | None = None,
     ) -> None:
         """A node on free ports; nothing runs until ``start()``.
 
@@ -241,12 +243,16 @@ class RabbitNode:
         ``chroot``; the node's files then live in the root's ``/tmp``.
         ``deny_deprecated``: deny every deprecated feature the node knows
         (RabbitMQ 4.3's defaults and beyond). ``config``: more ``rabbitmq.conf``
-        lines.
+        lines. ``cookie``: the Erlang cookie (nodes of one cluster share it;
+        default: a fresh one, so the node can talk to no other). ``epmd_port``:
+        an epmd already running there (a cluster's nodes must share one); by
+        default the machine's, or one this node starts.
         """
         self.plugins = plugins
         self.chroot = chroot
         self.deny_deprecated = deny_deprecated
         self.extra_config = config
+        self.cookie = cookie or secrets.token_hex(16).upper()
         tmp = str(chroot / "tmp") if chroot is not None else None
         if root is None:
             _remove_stale_dirs(Path(tmp or tempfile.gettempdir()))
@@ -278,7 +284,8 @@ class RabbitNode:
             self._ctl = _sbin("rabbitmqctl")
         self._proc: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
-        self._epmd_port = SYSTEM_EPMD_PORT
+        self._epmd_port = epmd_port or SYSTEM_EPMD_PORT
+        self._shared_epmd = epmd_port is not None
         self._closed = False
         self.certs = make_certs(self.dir / "certs")
         self._write_config()
@@ -332,6 +339,16 @@ class RabbitNode:
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the node and wait until it takes AMQP and TLS connections."""
+        if self.running:
+            return
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the node without waiting for it (several then boot in parallel).
+
+        Call from the main thread (see the module docstring), then ``wait_ready``.
+        """
         if self._closed:
             raise NodeError("this node was closed")
         if self.running:
@@ -354,11 +371,26 @@ class RabbitNode:
                 group=self._gid,
                 extra_groups=self._groups,
             )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the launched node takes AMQP and TLS connections; stop it if it fails."""
         try:
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def kill9(self) -> int:
+        """SIGKILL the node's Erlang VM (beam.smp) by pid, as a crash would; return that pid.
+
+        Its script and helpers then exit on their own; ``stop()`` reaps what is left
+        and ``start()`` brings the node back on the same ports and data.
+        """
+        beams = [pid for pid in alive(self.pids()) if process_name(pid) == "beam.smp"]
+        if len(beams) != 1:
+            raise NodeError(f"expected one beam.smp in {self.nodename}'s tree, found {beams}")
+        os.kill(beams[0], signal.SIGKILL)
+        return beams[0]
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the node by the pid started (graceful), then kill whatever of it is left."""
@@ -494,7 +526,7 @@ class RabbitNode:
         for sub in ("home", "log", "mnesia"):
             (d / sub).mkdir(exist_ok=True)
         cookie = d / "home" / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)
         (d / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# private test node: nothing from /etc\n")
@@ -524,7 +556,7 @@ class RabbitNode:
 
     def _ensure_epmd(self) -> None:
         """Reuse the machine's epmd; start one of ours on a free port if there is none."""
-        if self._epmd is not None and self._epmd.poll() is None:
+        if self._shared_epmd or (self._epmd is not None and self._epmd.poll() is None):
             return
         if self._epmd is None and _port_open(SYSTEM_EPMD_PORT):
             self._epmd_port = SYSTEM_EPMD_PORT

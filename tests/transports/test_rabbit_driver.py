@@ -2,13 +2,17 @@
 
 Every test runs in the session's own vhost (``rabbit_url``) and gets fresh
 exchange names from the contract's address factory, so tests never see each
-other's queues. Broker-side checks use ``rabbitmqctl`` scoped to that vhost;
-recovery is provoked with ``rabbitmqctl close_all_connections`` on the vhost
-only, never by touching the broker process.
+other's queues. The contract, the queue types and the broker's refusals are
+tested on both RabbitMQ generations: the shared 3.10 and the session's
+private 4.x node with every deprecated feature denied (``broker``).
+Broker-side checks use ``rabbitmqctl`` scoped to that vhost; recovery is
+provoked with ``rabbitmqctl close_all_connections`` on the vhost only, never
+by touching the broker process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import ssl
@@ -29,9 +33,11 @@ from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee, Incoming
 from rpclib.transports.rabbit import RabbitDriver, naming
+from rpclib.transports.rabbit.io_thread import ConnectionEvent
 from rpclib.transports.rabbit.options import parse_options
 from rpclib.transports.url import parse_url
-from tests.support.rabbit import list_queues, rabbitmqctl
+from tests.support.rabbit import BROKER, list_queues, rabbitmqctl
+from tests.support.rabbit_brokers import Broker
 from tests.transports.driver_contract import (
     AddressFactory,
     AdvertCollector,
@@ -142,60 +148,366 @@ class TestRabbitContractOnQuorumQueues(DriverContract):
 # --- names and queue types -----------------------------------------------------------------
 
 
+class TestRabbit4Contract(DriverContract):
+    """The contract on RabbitMQ 4 with every deprecated feature denied (4.3's defaults)."""
+
+    wait = WAIT
+    quiet_period = QUIET
+    supports_closed_inbox_detection = False
+
+    @pytest.fixture
+    def make_driver(self, rabbit4_url: str) -> Iterator[MakeDriver]:
+        with driver_factory(rabbit4_url) as make:
+            yield make
+
+
+class TestRabbit4ContractOnQuorumQueues(DriverContract):
+    """The contract on RabbitMQ 4 with quorum queues (what a cluster URL gets by default)."""
+
+    wait = WAIT
+    quiet_period = QUIET
+    supports_closed_inbox_detection = False
+
+    @pytest.fixture
+    def make_driver(self, rabbit4_url: str) -> Iterator[MakeDriver]:
+        with driver_factory(rabbit4_url + "?queue_type=quorum") as make:
+            yield make
+
+
+@contextlib.contextmanager
+def driver_factory(url: str) -> Iterator[Callable[..., RabbitDriver]]:
+    opened: list[RabbitDriver] = []
+
+    def make(query: str = "") -> RabbitDriver:
+        driver = load_driver(url + (("&" if "?" in url else "?") + query if query else ""))
+        assert isinstance(driver, RabbitDriver)
+        opened.append(driver)
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver in opened:
+            driver.close()
+
+
+@pytest.fixture
+def on_broker(broker: Broker) -> Iterator[Callable[..., RabbitDriver]]:
+    """``on_broker(query="")``: a driver on the ``broker`` under test; all closed after."""
+    with driver_factory(broker.url) as make:
+        yield make
+
+
+class ConnectionEvents:
+    """Records a driver's ConnectionEvents; waits for one of a kind."""
+
+    def __init__(self, driver: RabbitDriver) -> None:
+        self.events: queue.Queue[ConnectionEvent] = queue.Queue()
+        driver.add_event_listener(self.events.put)
+
+    def wait_for(self, kind: str, timeout: float = WAIT) -> ConnectionEvent:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {kind!r} connection event within {timeout}s") from None
+            if event.kind == kind:
+                return event
+
+
+def quoted_reason(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ")
+
+
+class TestQueueTypes:
+    """Queue types by purpose, on RabbitMQ 3.10 and on 4.x with every deprecated feature denied."""
+
+    def test_a_server_starts_and_serves_calls_and_casts(self, broker: Broker) -> None:
+        transport = rpclib.get_transport(broker.url)
+        topic = f"t{time.time_ns() % 10**10}"
+
+        class Echo:
+            def echo(self, ctx: dict[str, Any], value: int) -> int:
+                return value
+
+        server = rpclib.RPCServer(transport, rpclib.Target(topic=topic, server="s1"), [Echo()])
+        server.start()
+        try:
+            for target in (rpclib.Target(topic=topic), rpclib.Target(topic=topic, server="s1")):
+                client = rpclib.RPCClient(transport, target, timeout=WAIT)
+                assert client.call({}, "echo", value=7) == 7
+                client.cast({}, "echo", value=8)
+        finally:
+            server.stop()
+            server.wait()
+            transport.close()
+
+    def test_each_queue_has_the_properties_of_its_purpose(
+        self, on_broker: Callable[..., RabbitDriver], names: AddressFactory, broker: Broker
+    ) -> None:
+        kinds = open_every_kind_of_queue(on_broker(), names)
+        queues = broker.queues()
+        # (type, durable, auto_delete, exclusive, x-expires) per docs/transports/rabbit.md
+        expected = {
+            "topic": ("classic", "true", "false", "false", None),
+            "group": ("classic", "true", "false", "false", None),
+            "server": ("classic", "true", "false", "false", None),
+            "topic live": ("classic", "true", "true", "false", "10000"),
+            "group live": ("classic", "true", "true", "false", "10000"),
+            "server live": ("classic", "false", "true", "true", None),
+            "inbox": ("classic", "true", "false", "false", "3600000"),
+            "fanout": ("classic", "false", "true", "true", None),
+            "adverts": ("classic", "false", "true", "true", None),
+        }
+        for kind, (qtype, durable, auto_delete, exclusive, expires) in expected.items():
+            props = by_prefix(queues, kinds[kind])
+            got = (props["type"], props["durable"], props["auto_delete"], props["exclusive"])
+            assert got == (qtype, durable, auto_delete, exclusive), kind
+            assert ("x-expires" in props["arguments"]) == (expires is not None), kind
+            if expires is not None:
+                assert f'"x-expires",{expires}' in props["arguments"].replace(" ", ""), kind
+            for denied in ("x-queue-master-locator", "x-queue-mode", "x-queue-version"):
+                assert denied not in props["arguments"], kind
+
+    def test_quorum_makes_every_shared_queue_quorum(
+        self, on_broker: Callable[..., RabbitDriver], names: AddressFactory, broker: Broker
+    ) -> None:
+        kinds = open_every_kind_of_queue(on_broker("queue_type=quorum"), names)
+        queues = broker.queues()
+        for kind in ("topic", "group", "server", "topic live", "group live"):
+            props = by_prefix(queues, kinds[kind])
+            assert (props["type"], props["durable"], props["auto_delete"]) == (
+                "quorum",
+                "true",
+                "false",
+            ), kind
+        assert "x-expires" in by_prefix(queues, kinds["topic live"])["arguments"]
+        for kind in ("server live", "inbox", "fanout", "adverts"):
+            assert by_prefix(queues, kinds[kind])["type"] == "classic", kind
+
+    def test_auto_picks_quorum_when_the_url_lists_several_hosts(
+        self, broker: Broker, names: AddressFactory
+    ) -> None:
+        host = broker.url.split("@", 1)[1].split("/", 1)[0]
+        url = broker.url.replace(f"@{host}/", f"@{host},guest:guest@{host}/")
+        topic = names()
+        with driver_factory(url) as make:
+            driver = make()
+            assert (driver.options.queue_type, len(driver.options.hosts)) == ("quorum", 2)
+            driver.listen(topic, Collector(WAIT))
+            assert broker.queues()[f"{topic.exchange}.{topic.topic}"]["type"] == "quorum"
+
+    def test_the_last_server_leaving_a_quorum_topic_deletes_its_live_queue(
+        self, on_broker: Callable[..., RabbitDriver], names: AddressFactory, broker: Broker
+    ) -> None:
+        topic = names()
+        first, second = (on_broker("queue_type=quorum") for _ in range(2))
+        subs = [driver.listen(topic, Collector(WAIT)) for driver in (first, second)]
+        live = f"{topic.exchange}.{topic.topic}.live"
+        subs[0].close()
+        assert live in broker.queues()  # the other server still consumes it
+        subs[1].close()
+        assert live not in broker.queues()
+        with pytest.raises(Undeliverable):
+            first.send(topic, b"x", guarantee=Guarantee.AT_MOST_ONCE)
+
+
+class TestRefusals:
+    """What a broker's refusal to declare does, on both generations."""
+
+    def test_a_queue_of_another_type_is_refused_at_once_quoting_the_broker(
+        self, on_broker: Callable[..., RabbitDriver], names: AddressFactory, broker: Broker
+    ) -> None:
+        topic = names()
+        on_broker("queue_type=quorum").declare(topic)
+        driver = on_broker("queue_type=classic")
+        connections = broker.connection_count()
+        started = time.monotonic()
+        with pytest.raises(TransportError) as excinfo:
+            driver.listen(topic, Collector(WAIT))
+        assert time.monotonic() - started < 5  # not the 15 s send_timeout
+        message = quoted_reason(excinfo.value)
+        assert "406" in message and "PRECONDITION_FAILED" in message
+        assert f"{topic.exchange}.{topic.topic}" in message
+        assert "queue_type=classic" in message and "delete the queue" in message
+        time.sleep(QUIET)  # a reconnect loop would show up as new connections
+        assert broker.connection_count() == connections
+        sub = on_broker("queue_type=quorum").listen(topic, Collector(WAIT))
+        sub.close()  # the driver that refused still serves what it can
+
+    def test_no_permission_to_declare_is_refused_naming_the_permission(
+        self, broker: Broker, limited_user: Callable[[str], str], names: AddressFactory
+    ) -> None:
+        url = limited_user("^$")
+        with driver_factory(url) as make:
+            driver = make()
+            with pytest.raises(TransportError) as excinfo:
+                driver.listen(names(), Collector(WAIT))
+        message = quoted_reason(excinfo.value)
+        assert "403" in message and "ACCESS_REFUSED" in message and "permission" in message
+
+    def test_a_refused_restore_is_retried_until_it_succeeds_and_reported(
+        self,
+        broker: Broker,
+        limited_user: Callable[[str], str],
+        on_broker: Callable[..., RabbitDriver],
+        names: AddressFactory,
+    ) -> None:
+        url = limited_user(".*")
+        topic = names()
+        with driver_factory(url + "?retry_backoff=0.05&retry_backoff_max=0.5") as make:
+            driver = make()
+            events = ConnectionEvents(driver)
+            got = Collector(WAIT)
+            driver.listen(topic, got)
+            user = url.split("//", 1)[1].split(":", 1)[0]
+            broker.ctl("set_permissions", "-p", broker.vhost, user, "^$", ".*", ".*")
+            broker.drop_connections()
+            refused = events.wait_for("not restored")
+            assert "403" in refused.detail and topic.topic in refused.what
+            broker.ctl("set_permissions", "-p", broker.vhost, user, ".*", ".*", ".*")
+            assert topic.topic in events.wait_for("restored").what
+            on_broker().send(topic, b"after", guarantee=Guarantee.AT_LEAST_ONCE)
+            assert got.get().body == b"after"
+
+    def test_a_second_server_of_the_same_name_waits_for_the_first_to_go(
+        self, on_broker: Callable[..., RabbitDriver], names: AddressFactory
+    ) -> None:
+        server = names.server(names(), "s1")
+        old = on_broker()
+        old_sub = old.listen(server, Collector(WAIT))
+        new = on_broker("retry_backoff=0.05&retry_backoff_max=0.5")
+        events = ConnectionEvents(new)
+        got = Collector(WAIT)
+        new.listen(server, got)  # RESOURCE_LOCKED: retried in the background, not raised
+        assert "405" in events.wait_for("not restored").detail
+        old_sub.close()
+        events.wait_for("restored")
+        new.send(server, b"call", guarantee=Guarantee.AT_MOST_ONCE)
+        assert got.get().body == b"call"
+
+    def test_an_inbox_whose_queue_cannot_be_declared_again_takes_a_fresh_name(
+        self,
+        broker: Broker,
+        limited_user: Callable[[str], str],
+        on_broker: Callable[..., RabbitDriver],
+    ) -> None:
+        url = limited_user(".*")
+        user = url.split("//", 1)[1].split(":", 1)[0]
+        with driver_factory(url + "?retry_backoff=0.05&retry_backoff_max=0.5") as make:
+            driver = make()
+            events: EventCollector[str] = EventCollector(WAIT)
+            replies = InboxCollector(WAIT)
+            inbox = driver.open_inbox(replies, events.put)
+            old = inbox.address
+            connection = ConnectionEvents(driver)
+            # Hold the driver off while an operator replaces its reply queue by an inequivalent one.
+            broker.ctl("set_permissions", "-p", broker.vhost, user, "^$", ".*", ".*")
+            broker.drop_connections()
+            assert events.get() == "disconnected"
+            connection.wait_for("not restored")
+            other = amqp.Connection(
+                broker.url.split("@", 1)[1].split("/", 1)[0], virtual_host=broker.vhost
+            )
+            other.connect()
+            try:
+                channel = other.channel()
+                channel.queue_delete(old)
+                channel.queue_declare(old, durable=True, auto_delete=False)  # no x-expires
+            finally:
+                other.close()
+            broker.ctl("set_permissions", "-p", broker.vhost, user, ".*", ".*", ".*")
+            assert events.get() == "lost"
+            assert inbox.address != old and inbox.address.startswith("rpclib.reply.")
+            on_broker().send_to_inbox(inbox.address, b"to the new queue")
+            assert replies.get() == b"to the new queue"
+
+    def test_a_live_queue_left_by_an_older_rpclib_is_used_as_it_is(
+        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
+    ) -> None:
+        # 3.10 only: RabbitMQ 4.3 denies the old kind (non-durable, not exclusive).
+        topic = names()
+        live = f"{topic.exchange}.{topic.topic}.live"
+        old = amqp.Connection(BROKER, virtual_host=rabbit_vhost)
+        old.connect()
+        try:
+            channel = old.channel()
+            channel.queue_declare(live, durable=False, auto_delete=True)
+            channel.basic_consume(live, callback=lambda message: None)  # an old server
+            got = Collector(WAIT)
+            make_rabbit().listen(topic, got)
+            assert queue_properties(rabbit_vhost)[live]["durable"] == "false"
+            make_rabbit().send(topic, b"at least once", guarantee=Guarantee.AT_LEAST_ONCE)
+            assert got.get().body == b"at least once"
+        finally:
+            old.close()
+
+
+@pytest.fixture
+def limited_user(broker: Broker) -> Iterator[Callable[[str], str]]:
+    """``limited_user(configure)``: a URL of a new user with that configure permission."""
+    user = f"rpclib-limited-{time.time_ns() % 10**9}"
+    broker.ctl("add_user", user, "secret")
+
+    def make(configure: str) -> str:
+        broker.ctl("set_permissions", "-p", broker.vhost, user, configure, ".*", ".*")
+        return broker.url.replace("guest:guest@", f"{user}:secret@")
+
+    yield make
+    broker.ctl("delete_user", user)
+
+
+def open_every_kind_of_queue(driver: RabbitDriver, names: AddressFactory) -> dict[str, str]:
+    """Listen, open an inbox and watch adverts; the queue name of each kind."""
+    topic = names()
+    x, t = topic.exchange, topic.topic
+    driver.listen(topic, Collector(WAIT))
+    driver.listen(topic, Collector(WAIT), group="billing")
+    driver.listen(names.server(topic, "s1"), Collector(WAIT))
+    driver.listen(fanout(topic), Collector(WAIT))
+    inbox = driver.open_inbox(InboxCollector(WAIT))
+    driver.watch_adverts(x, t, AdvertCollector(WAIT))
+    return {
+        "topic": f"{x}.{t}",
+        "topic live": f"{x}.{t}.live",
+        "group": f"{x}.{t}#billing",
+        "group live": f"{x}.{t}#billing.live",
+        "server": f"{x}.{t}@s1",
+        "server live": f"{x}.{t}@s1.live",
+        "inbox": inbox.address,
+        "fanout": f"{x}.{t}.fanout.",
+        "adverts": f"{x}.adverts.",
+    }
+
+
+def by_prefix(queues: dict[str, dict[str, str]], name: str) -> dict[str, str]:
+    """The queue ``name``, or the one queue named ``name<suffix>`` if ``name`` ends with a dot."""
+    if not name.endswith("."):
+        return queues[name]
+    (found,) = [n for n in queues if n.startswith(name)]
+    return queues[found]
+
+
 class TestNames:
     def test_queues_and_exchanges_are_named_as_documented(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
     ) -> None:
-        driver = make_rabbit()
-        topic = names()
-        x, t = topic.exchange, topic.topic
-        server = names.server(topic, "s1")
-        driver.listen(topic, Collector(WAIT))
-        driver.listen(topic, Collector(WAIT), group="billing")
-        driver.listen(server, Collector(WAIT))
-        driver.listen(fanout(topic), Collector(WAIT))
-        inbox = driver.open_inbox(InboxCollector(WAIT))
-        driver.watch_adverts(x, t, AdvertCollector(WAIT))
+        kinds = open_every_kind_of_queue(make_rabbit(), names)
         queues = queue_properties(rabbit_vhost)
-        expected = {
-            f"{x}.{t}": ("true", "false", "false"),
-            f"{x}.{t}.live": ("false", "true", "false"),
-            f"{x}.{t}#billing": ("true", "false", "false"),
-            f"{x}.{t}#billing.live": ("false", "true", "false"),
-            f"{x}.{t}@s1": ("true", "false", "false"),
-            f"{x}.{t}@s1.live": ("false", "true", "false"),
-            inbox.address: ("false", "false", "false"),
-        }
-        for name, (durable, auto_delete, exclusive) in expected.items():
-            props = queues[name]
-            assert (props["durable"], props["auto_delete"], props["exclusive"]) == (
-                durable,
-                auto_delete,
-                exclusive,
-            ), name
-        assert inbox.address.startswith("rpclib.reply.")
-        private = [n for n in queues if n.startswith(f"{x}.{t}.fanout.")]
-        watchers = [n for n in queues if n.startswith(f"{x}.adverts.")]
-        assert len(private) == 1 and len(watchers) == 1
-        for name in private + watchers:
-            assert (queues[name]["exclusive"], queues[name]["auto_delete"]) == ("true", "true")
+        for kind in ("topic", "topic live", "group", "group live", "server", "server live"):
+            assert kinds[kind] in queues, kind
+        assert kinds["inbox"].startswith("rpclib.reply.") and kinds["inbox"] in queues
+        for kind in ("fanout", "adverts"):
+            assert len([n for n in queues if n.startswith(kinds[kind])]) == 1, kind
+        x = kinds["topic"].split(".")[0]
         exchanges = rabbitmqctl(
             "list_exchanges", "-p", rabbit_vhost, "-q", "--no-table-headers", "name", "type"
         )
-        kinds = dict(line.split() for line in exchanges.splitlines() if len(line.split()) == 2)
-        assert kinds[x] == "topic"
-        assert kinds[f"{x}.{t}.fanout"] == "fanout"
-        assert kinds[f"{x}.adverts"] == "topic"
-
-    def test_quorum_option_makes_durable_queues_quorum(
-        self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory, rabbit_vhost: str
-    ) -> None:
-        topic = names()
-        make_rabbit("queue_type=quorum").listen(topic, Collector(WAIT))
-        queues = queue_properties(rabbit_vhost)
-        base = f"{topic.exchange}.{topic.topic}"
-        assert queues[base]["type"] == "quorum"
-        assert queues[f"{base}.live"]["type"] == "classic"
+        types = dict(line.split() for line in exchanges.splitlines() if len(line.split()) == 2)
+        assert types[x] == "topic"
+        assert types[kinds["fanout"].rstrip(".")] == "fanout"
+        assert types[f"{x}.adverts"] == "topic"
 
     @pytest.mark.parametrize(
         ("address", "group", "problem"),
@@ -583,16 +895,17 @@ class TestSettlement:
             sub.close()  # unsettled: redelivered
         assert seen == [1, 2, 3]
 
-    def test_prefetch_bounds_unsettled_messages_across_both_queues(
+    def test_prefetch_bounds_unsettled_messages_per_queue(
         self, make_rabbit: Callable[..., RabbitDriver], names: AddressFactory
     ) -> None:
         topic = names()
         got = Collector(WAIT, ack=False)
-        make_rabbit().listen(topic, got, prefetch=2)
+        make_rabbit().listen(topic, got, prefetch=1)
         sender = make_rabbit()
         for guarantee in (Guarantee.AT_LEAST_ONCE, Guarantee.AT_MOST_ONCE) * 2:
             sender.send(topic, guarantee.value.encode(), guarantee=guarantee)
-        held = got.get_many(2)
+        held = got.get_many(2)  # one from each queue (global QoS is deprecated in RabbitMQ 4)
+        assert sorted(incoming.body for incoming in held) == [b"at-least-once", b"at-most-once"]
         got.assert_nothing(QUIET)
         for incoming in held:
             incoming.ack()
@@ -1044,6 +1357,18 @@ class TestUrlOptions:
         assert (options.retry_backoff, options.retry_backoff_max) == (0.2, 5.0)
         assert options.advert_sync_wait == 0.3
         assert options.confirm_window == 1024
+
+    @pytest.mark.parametrize(
+        ("url", "queue_type"),
+        [
+            ("rabbit://h1", "classic"),
+            ("rabbit://h1,h2,h3", "quorum"),
+            ("rabbit://h1,h2?queue_type=classic", "classic"),
+            ("rabbit://h1?queue_type=quorum", "quorum"),
+        ],
+    )
+    def test_queue_type_auto_is_quorum_for_several_hosts(self, url: str, queue_type: str) -> None:
+        assert parse_options(parse_url(url)).queue_type == queue_type
 
     def test_hosts_credentials_and_vhost(self) -> None:
         options = parse_options(

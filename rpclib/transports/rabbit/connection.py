@@ -47,6 +47,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from typing import Any, Final
 
 import amqp
@@ -169,7 +170,13 @@ class BrokerConnection(amqp.Connection):  # type: ignore[misc]
     Channel = BrokerChannel
 
     def __init__(
-        self, host: BrokerHost, options: RabbitOptions, *, name: str, read_timeout: float | None
+        self,
+        host: BrokerHost,
+        options: RabbitOptions,
+        *,
+        name: str,
+        read_timeout: float | None,
+        connect_timeout: float | None = None,
     ) -> None:
         super().__init__(
             host=host.address,
@@ -177,7 +184,7 @@ class BrokerConnection(amqp.Connection):  # type: ignore[misc]
             password=host.password,
             virtual_host=options.virtual_host,
             heartbeat=options.heartbeat,
-            connect_timeout=options.connect_timeout,
+            connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout,
             ssl=options.tls is not None,
             read_timeout=read_timeout,
             write_timeout=options.send_timeout,
@@ -281,13 +288,36 @@ class Backoff:
         self._attempt = 0
 
 
+def within(options: RabbitOptions) -> str:
+    """How a send's deadline reads in errors."""
+    return f"within its deadline (send_timeout {options.send_timeout:g}s, or its expiry if sooner)"
+
+
 def connect(
-    options: RabbitOptions, ring: HostRing, *, name: str, read_timeout: float | None
+    options: RabbitOptions,
+    ring: HostRing,
+    *,
+    name: str,
+    read_timeout: float | None,
+    deadline: float | None = None,
 ) -> BrokerConnection:
-    """Connect to the first host of ``ring`` that answers; raise the last error if none does."""
+    """Connect to the first host of ``ring`` that answers; raise the last error if none does.
+
+    With ``deadline`` (monotonic) no attempt outlasts it: each gets at most
+    what is left of it, and hosts not tried by then are not tried.
+    """
     last: BaseException | None = None
     for host in ring.order():
-        conn = BrokerConnection(host, options, name=name, read_timeout=read_timeout)
+        connect_timeout = options.connect_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                last = last or TimeoutError("the send's deadline passed before connecting")
+                break
+            connect_timeout = min(connect_timeout, left)
+        conn = BrokerConnection(
+            host, options, name=name, read_timeout=read_timeout, connect_timeout=connect_timeout
+        )
         try:
             conn.connect()
         except (*CONNECTION_ERRORS, ssl.SSLError) as exc:

@@ -1,8 +1,9 @@
 """Subscriptions, the messages they deliver, and reply inboxes.
 
 A subscription owns one channel on the consumer connection with a bounded
-prefetch and consumes both queues of its address (the durable one and the
-auto-delete ``.live`` one; a fanout subscription has one private queue).
+per-consumer prefetch and consumes both queues of its address (the durable
+one and the ``.live`` one; a fanout subscription has one private queue).
+How each queue is declared is in :mod:`~rpclib.transports.rabbit.declarations`.
 Handlers run on the I/O thread; :class:`RabbitIncoming` can be settled from
 any thread. Settling checks the delivery's *epoch* (which channel delivered
 it): a message from a channel or connection that is gone was already
@@ -21,10 +22,9 @@ import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from amqp.exceptions import NotFound
+from amqp.exceptions import ChannelError, NotFound
 
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
@@ -36,6 +36,13 @@ from rpclib.transports.rabbit.connection import (
     encode_settle,
     expiration_ms,
     headers_of,
+)
+from rpclib.transports.rabbit.declarations import (
+    DeclarationRefused,
+    QueueSpec,
+    declare_queue,
+    declare_reply_queue,
+    durable_queue_arguments,
 )
 
 if TYPE_CHECKING:
@@ -49,39 +56,10 @@ EXPIRES_AT: Final = "x-rpclib-expires-at"
 REASON: Final = "x-rpclib-reason"
 SOURCE: Final = "x-rpclib-source"
 DELIVERY_COUNT: Final = "x-delivery-count"
-REPLY_QUEUE_EXPIRES_MS: Final = 3_600_000
 PERSISTENT: Final = 2
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSpec:
-    """One queue a subscription consumes, and how it is declared and bound."""
-
-    name: str
-    exchange: str
-    routing_key: str
-    kind: str  # "durable", "live" or "private"
-
-
-def durable_queue_arguments(queue_type: str) -> dict[str, Any] | None:
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
-
-
-def declare_queue(session: Session, spec: QueueSpec) -> None:
-    """Declare ``spec`` and bind it to its exchange (I/O thread, control channel)."""
-    control = session.control()
-    if spec.kind == "durable":
-        control.queue_declare(
-            spec.name,
-            durable=True,
-            auto_delete=False,
-            arguments=durable_queue_arguments(session.options.queue_type),
-        )
-    elif spec.kind == "live":
-        control.queue_declare(spec.name, durable=False, auto_delete=True)
-    else:
-        control.queue_declare(spec.name, durable=False, exclusive=True, auto_delete=True)
-    control.queue_bind(spec.name, spec.exchange, spec.routing_key)
+_QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
+"""Refusals about the queue itself (home node down, locked, other arguments): a reply
+queue refused so is replaced by one of a fresh name."""
 
 
 def queues_for(address: Address, group: str | None) -> list[QueueSpec]:
@@ -100,7 +78,7 @@ def queues_for(address: Address, group: str | None) -> list[QueueSpec]:
             naming.queue_name(address, group, live=True),
             address.exchange,
             naming.routing_key(address, live=True),
-            "live",
+            "server-live" if address.server is not None else "shared-live",
         ),
     ]
 
@@ -368,8 +346,21 @@ class RabbitSubscription:
     # -- setup (I/O thread) ----------------------------------------------------------
 
     def start(self) -> None:
-        """First setup, then track it for recovery (I/O thread)."""
-        self.setup(self.session, recovering=False)
+        """First setup, then track it for recovery (I/O thread).
+
+        A refusal that goes away by itself (an exclusive queue still held by
+        a previous run's connection the broker has not yet seen die, a
+        queue's node down) is retried in the background; any other refusal
+        raises DeclarationRefused to the caller of listen().
+        """
+        try:
+            self.setup(self.session, recovering=False)
+        except DeclarationRefused as exc:
+            if not exc.retryable or not self.session.connection_alive():
+                raise
+            self.session.register(self)
+            self.session.retry_later(self, exc)
+            return
         self.session.register(self)
 
     def setup(self, session: Session, *, recovering: bool) -> None:
@@ -379,10 +370,9 @@ class RabbitSubscription:
             session.declare_exchange(spec.exchange, "fanout" if spec.kind == "private" else "topic")
             declare_queue(session, spec)
         channel = session.open_channel()
-        quorum = session.options.queue_type == "quorum" and not self.address.fanout
-        # RabbitMQ: global=True shares the limit across the channel's consumers, but
-        # quorum queues only support the per-consumer limit.
-        channel.basic_qos(0, min(self.prefetch, 65535), not quorum)
+        # Per consumer (global=False): RabbitMQ 4.3 denies the shared limit (global_qos),
+        # and quorum queues never had it.
+        channel.basic_qos(0, min(self.prefetch, 65535), False)
         with self.lock:
             self.channel = channel
             self.epoch += 1
@@ -453,7 +443,16 @@ class RabbitSubscription:
         LOG.warning(
             "RabbitMQ cancelled the consumer of %s (queue deleted?); declaring it again", spec.name
         )
-        declare_queue(self.session, spec)
+        try:
+            declare_queue(self.session, spec)
+        except DeclarationRefused as exc:
+            # Start over on a new channel once the broker allows it (its messages requeue).
+            channel, self.channel = self.channel, None
+            self.epoch += 1
+            if self.session.channel_alive(channel):
+                channel.close()
+            self.session.retry_later(self, exc)
+            return
         self._consume(self.channel, epoch, spec)
 
     # -- writes from any thread ----------------------------------------------------------
@@ -520,27 +519,68 @@ class RabbitSubscription:
         if not self.session.channel_alive(channel):
             return
         try:
-            channel.close()
+            self._close_and_release(channel)
         except (ConnectionDown, *CONNECTION_ERRORS) as exc:
             LOG.debug("closing the channel of %r: %s", self, exc)
+
+    def _close_and_release(self, channel: Any) -> None:
+        quorum = self.session.options.queue_type == "quorum"
+        if quorum:
+            # basic.cancel is synchronous (a channel close is not): the count below is true.
+            for tag, spec in list(self._tags.items()):
+                if spec.kind == "shared-live":
+                    channel.basic_cancel(tag)
+        channel.close()
+        if quorum:
+            self.release_live_queue()
+
+    def release_live_queue(self) -> None:
+        """Delete a quorum ``.live`` topic queue nobody consumes any more (I/O thread).
+
+        Quorum queues cannot be auto-delete (nor deleted ``if-unused``), so the
+        last consumer to leave deletes it, to keep "a call to a topic with no
+        servers is Undeliverable at once". A server that subscribes in between
+        sees its consumer cancelled and declares the queue again. A consumer
+        that dies instead leaves the queue to ``x-expires``.
+        """
+        if self.session.options.queue_type != "quorum" or not self.session.up:
+            return
+        for spec in self.queues:
+            if spec.kind != "shared-live":
+                continue
+            try:
+                ok = self.session.control().queue_declare(spec.name, passive=True)
+                if ok.consumer_count == 0:
+                    self.session.control().queue_delete(spec.name)
+            except ChannelError as exc:
+                LOG.debug("releasing %s: %s", spec.name, exc)
 
     def shutdown(self) -> None:
         """Driver close (I/O thread): forget everything; the connection close requeues."""
         with self.lock:
             self.cancelled = self.closed = True
             self.epoch += 1
-            self.channel = None
+            channel, self.channel = self.channel, None
+        self.session.unregister(self)
+        if self.session.options.queue_type == "quorum" and self.session.channel_alive(channel):
+            try:
+                self._close_and_release(channel)
+            except (ConnectionDown, *CONNECTION_ERRORS) as exc:
+                LOG.debug("closing the channel of %r: %s", self, exc)
 
 
 # --- inboxes ------------------------------------------------------------------------------
 
 
 class RabbitInbox:
-    """A reply queue of this driver: non-exclusive, ``x-expires`` 1 h, consumed without acks.
+    """A reply queue of this driver: durable, ``x-expires`` 1 h, consumed without acks.
 
-    The queue outlives a dropped connection, so replies sent while the driver
-    reconnects wait in it; a passive declare after reconnecting tells whether
-    it survived ("reconnected") or is new ("lost").
+    The queue outlives a dropped connection (and replies are persistent, so
+    a broker restart too): replies sent while the driver reconnects wait in
+    it; a passive declare after reconnecting tells whether it survived
+    ("reconnected") or is new ("lost"). A queue the broker refuses to
+    declare again (its node is down) is replaced by one of a fresh name
+    ("lost"); if that is refused too, the driver retries with backoff.
     """
 
     def __init__(
@@ -566,13 +606,7 @@ class RabbitInbox:
         self.session.register(self)
 
     def _declare(self, session: Session) -> None:
-        session.control().queue_declare(
-            self.queue,
-            durable=False,
-            auto_delete=False,
-            exclusive=False,
-            arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
-        )
+        declare_reply_queue(session, self.queue)
 
     def setup(self, session: Session, *, recovering: bool) -> None:
         if self.closed:
@@ -583,7 +617,22 @@ class RabbitInbox:
                 session.control().queue_declare(self.queue, passive=True)
             except NotFound:
                 survived = False
-        self._declare(session)
+            try:
+                self._declare(session)
+            except DeclarationRefused as exc:
+                if exc.code not in _QUEUE_REFUSALS or not session.connection_alive():
+                    raise  # not about this queue (no permission...): retried as it is
+                fresh = naming.reply_queue()
+                LOG.warning(
+                    "reply queue %s cannot be declared again (%s); replies go to %s from now on",
+                    self.queue,
+                    exc,
+                    fresh,
+                )
+                self.queue, survived = fresh, False
+                self._declare(session)
+        else:
+            self._declare(session)
         self._consume(session)
         if recovering:
             self._report("reconnected" if survived else "lost")
@@ -639,12 +688,12 @@ class RabbitInbox:
         if epoch != self.epoch or self.closed or not self.session.up:
             return
         LOG.warning("reply queue %s was deleted; declaring it again", self.queue)
-        old = self.channel
-        self._declare(self.session)
-        self._consume(self.session)
+        old, self.channel = self.channel, None
+        self.epoch += 1
         if self.session.channel_alive(old):
             old.close()
         self._report("lost")
+        self.session.setup_now(self)
 
     def close(self) -> None:
         """Delete the reply queue: later sends to this address are Undeliverable."""

@@ -40,19 +40,22 @@ from rpclib.transports.rabbit.consumer import (
     PERSISTENT,
     REASON,
     SOURCE,
-    QueueSpec,
     RabbitInbox,
     RabbitSubscription,
     Settler,
-    declare_queue,
 )
-from rpclib.transports.rabbit.io_thread import Session
+from rpclib.transports.rabbit.declarations import QueueSpec, declare_queue
+from rpclib.transports.rabbit.io_thread import ConnectionEventHandler, Session
 from rpclib.transports.rabbit.options import RabbitOptions, parse_options
 from rpclib.transports.rabbit.publisher import PublisherPool
 from rpclib.transports.url import TransportURL
 
 _MAX_PREFETCH: Final = 65535  # basic.qos prefetch-count is an AMQP short
 _MAX_ROUTES: Final = 1024
+_REPLY_PROPERTIES: Final[dict[str, Any]] = {"delivery_mode": PERSISTENT}
+"""Replies are persistent: their durable queue keeps them across a broker restart, so an
+inbox that survived one ("reconnected") really lost nothing. A reply delivered at once to
+its waiting consumer never touches the disk."""
 
 
 class RabbitDriver(Driver):
@@ -113,7 +116,11 @@ class RabbitDriver(Driver):
         expires_at: float | None = None,
         on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
-        """Publish ``body`` by the path the guarantee picks (see the doc's three paths)."""
+        """Publish ``body`` by the path the guarantee picks (see the doc's three paths).
+
+        Never blocks past ``send_timeout``, nor past ``expires_at`` if given (a
+        call's deadline): TransportError then.
+        """
         self._check_open()
         body = bytes(body)
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
@@ -128,10 +135,14 @@ class RabbitDriver(Driver):
             properties["expiration"] = expiration_ms(expires_at - time.time())
             properties["application_headers"] = {EXPIRES_AT: float(expires_at)}
         deadline = self._deadline()
+        expiry = None if expires_at is None else time.monotonic() + (expires_at - time.time())
+        if expiry is not None:
+            # Every phase (waiting for a connection, connecting, the confirm) ends by then.
+            deadline = min(deadline, expiry)
         if on_undeliverable is not None and not at_least_once:
             # Path 1: a call; its caller waits for a reply anyway, so no round trip here.
             # A return matters until the caller gives up (its message's expiry).
-            self._ensure_exchange(exchange, kind)
+            self._ensure_exchange(exchange, kind, deadline)
             self._session.publisher.publish(
                 exchange,
                 key,
@@ -141,9 +152,7 @@ class RabbitDriver(Driver):
                 mandatory=True,
                 deadline=deadline,
                 on_return=on_undeliverable,
-                return_wanted_until=deadline
-                if expires_at is None
-                else time.monotonic() + (expires_at - time.time()),
+                return_wanted_until=deadline if expiry is None else expiry,
             )
             return
         self._pool.publish(
@@ -225,9 +234,15 @@ class RabbitDriver(Driver):
         self._routes[(address, at_least_once)] = route
         return route
 
-    def _ensure_exchange(self, name: str, kind: str) -> None:
+    def _ensure_exchange(self, name: str, kind: str, deadline: float | None = None) -> None:
         if name not in self._session.exchanges:
-            self._call(lambda: self._session.declare_exchange(name, kind))
+            if deadline is None:
+                self._call(lambda: self._session.declare_exchange(name, kind))
+                return
+            self._session.call(
+                lambda: self._session.declare_exchange(name, kind),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
 
     def listen(
         self,
@@ -327,11 +342,17 @@ class RabbitDriver(Driver):
             "",
             inbox_address,
             bytes(body),
-            {},
+            _REPLY_PROPERTIES,
             target=inbox_address,
             mandatory=True,
             deadline=self._deadline(),
         )
+
+    def add_event_listener(self, listener: ConnectionEventHandler) -> None:
+        """Call ``listener`` (on the I/O thread) with every ConnectionEvent of the consumer
+        connection: disconnected, reconnected, and subscriptions or inboxes the broker
+        refused to set up again ("not restored", retried with backoff) and later "restored"."""
+        self._session.listeners.append(listener)
 
     @property
     def returned_replies(self) -> int:

@@ -16,6 +16,17 @@ is published again on the next one.
 
 Senders write from their own threads under the session's write lock; the
 session's I/O thread reads returns and confirms and calls in here.
+
+A channel opened while a quorum queue elects a leader (a cluster node was
+lost) may never learn the new leader: RabbitMQ 3.10 starts the channel's
+queue client from the queue record, which still names the dead leader, and
+the new leader only tells channels it knows. Without confirms, what such a
+channel publishes to that queue is dropped without a word (calls to a topic
+time out until the process restarts). So the path-1 channel is replaced a
+few times in the seconds after every connect (:data:`REFRESH_AFTER`), by
+when the election is over. On a confirm-mode channel such publishes are
+nacked instead: a nacked pipelined publish is kept and sent again on a new
+channel after a backoff (until its deadline), as after a lost connection.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from amqp.exceptions import ChannelError
 
@@ -36,14 +47,20 @@ from rpclib.transports.base import SendOutcomeHandler
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
+    Backoff,
     ConnectionDown,
     PublishEncoder,
     publish,
+    within,
 )
 from rpclib.transports.rabbit.naming import is_reply_queue
 
 if TYPE_CHECKING:
     from rpclib.transports.rabbit.io_thread import Session
+
+
+REFRESH_AFTER: Final = (1.0, 3.0, 10.0)
+"""Seconds after a connect at which the path-1 channel is replaced (see the module doc)."""
 
 
 @dataclass(eq=False)
@@ -103,6 +120,14 @@ class FastPublisher:
         """Failure reports of pipelined publishes, run at the top of the I/O loop."""
         self.returned_replies = 0
         """Replies (``send_to_inbox``) the broker returned: their inbox was gone."""
+        self._refreshes: list[float] = []
+        """Monotonic times at which to replace the channel (no-confirm sessions only)."""
+        self._timed = False
+        self._replace_at: float | None = None
+        """When to replace the confirm-mode channel after a pipelined publish was nacked."""
+        self._nack_backoff = Backoff(self.options.retry_backoff, self.options.retry_backoff_max)
+        self._generation = -1
+        """The connection generation the channel was last opened on."""
 
     def publish(
         self,
@@ -185,7 +210,7 @@ class FastPublisher:
                 if self.session.in_io_thread() or not self.session.wait_up(deadline):
                     raise TransportError(
                         f"cannot publish to {target}: the RabbitMQ connection is down and did "
-                        f"not come back within send_timeout ({self.options.send_timeout:g}s)"
+                        f"not come back {within(self.options)}"
                     )
             with self.session.write_lock:
                 if not self.session.up:
@@ -418,6 +443,8 @@ class FastPublisher:
             LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
 
     def on_confirm(self, tag: int, multiple: bool, *, nack: bool = False) -> None:
+        if not nack and self._replace_at is None:
+            self._nack_backoff.reset()
         with self._lock:
             if multiple:
                 done = [t for t in self._pending if t <= tag]
@@ -436,7 +463,13 @@ class FastPublisher:
         elif nack:
             error = Undeliverable(pending.target, "the broker refused it (basic.nack)")
         if pending.resend is not None:
-            self._conclude(pending.resend, error)
+            resend = pending.resend
+            if nack and pending.returned is None and time.monotonic() < resend.deadline:
+                # Refused, not lost: kept (its window slot too) and sent again on a new channel.
+                self._resends.append(resend)
+                self._want_replacement()
+                return
+            self._conclude(resend, error)
         elif error is not None:
             if pending.on_return is not None:
                 callback, undeliverable = pending.on_return, error
@@ -495,6 +528,72 @@ class FastPublisher:
             self._encoder = encoder
             self._seq = 0
             self.epoch += 1
+        if self.session.generation != self._generation:
+            self._generation = self.session.generation
+            self._schedule_refreshes()
+
+    def _schedule_refreshes(self) -> None:
+        """After a connect: replace the channel at :data:`REFRESH_AFTER` (I/O thread)."""
+        if self.confirms:
+            return
+        now = time.monotonic()
+        self._refreshes = [now + delay for delay in REFRESH_AFTER]
+        if not self._timed:
+            self.session.add_timed(self)
+            self._timed = True
+
+    def _want_replacement(self) -> None:
+        """A pipelined publish was nacked: replace the channel after a backoff (I/O thread).
+
+        A quorum queue nacks while it elects a leader, and on RabbitMQ 3.10 may
+        go on nacking a channel that published during the election.
+        """
+        if self._replace_at is None:
+            self._replace_at = time.monotonic() + self._nack_backoff.next_delay()
+            if not self._timed:
+                self.session.add_timed(self)
+                self._timed = True
+
+    def tick(self, now: float) -> float | None:
+        """Replace the channel if a refresh or a replacement is due (I/O thread)."""
+        due: list[float] = []
+        if self._replace_at is not None:
+            if now >= self._replace_at:
+                self._replace_at = None
+                self._replace_nacked()
+            else:
+                due.append(self._replace_at)
+        if self._refreshes:
+            if now >= self._refreshes[0]:
+                self._refreshes.pop(0)
+                old = self.channel
+                if old is not None and old.is_open and self.session.up:
+                    self.open_channel()
+                    self._forget_channel(old)
+            if self._refreshes:
+                due.append(self._refreshes[0])
+        return min(due) if due else None
+
+    def _replace_nacked(self) -> None:
+        """Send nacked pipelined publishes again on a new confirm-mode channel (I/O thread)."""
+        old = self.channel
+        if old is None or not old.is_open or not self.session.up:
+            return  # the reconnect sends them again
+        LOG.info("pipelined publishes were refused (basic.nack); sending them on a new channel")
+        with self.session.write_lock:  # no sender may write between the books and the swap
+            self.fail_pending("the channel was replaced after a basic.nack")
+            self.open_channel()
+        self._forget_channel(old)
+        with self.session.up_cond:
+            self.session.up_cond.notify_all()
+        self.resend_unconfirmed()
+
+    def _forget_channel(self, channel: Any) -> None:
+        """Close a replaced channel; returns of calls published on it are no longer matched."""
+        try:
+            channel.close()
+        except ChannelError as exc:
+            LOG.debug("closing a replaced publish channel: %s", exc)
 
     def replace_if_closed(self) -> None:
         """The broker may have closed the channel: keep its books, open another (I/O thread)."""

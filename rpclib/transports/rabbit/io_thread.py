@@ -21,7 +21,11 @@ returns and confirms.
 
 On a connection error the loop tells every resource (subscriptions,
 inboxes, advert watches), reconnects with doubling backoff and full jitter
-across the URL's hosts, and sets every resource up again in order.
+across the URL's hosts, and sets every resource up again in order. A
+resource the broker refuses to set up again (a declaration refused, a
+queue's home node down) is retried on its own backoff until it succeeds,
+never abandoned; both the refusal and the recovery are reported as
+:class:`ConnectionEvent` to the driver's listeners.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-from amqp.exceptions import ChannelError, UnexpectedFrame
+from amqp.exceptions import AMQPError, ChannelError, UnexpectedFrame
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.rabbit.connection import (
@@ -56,6 +60,7 @@ from rpclib.transports.rabbit.connection import (
     parse_deliver,
     shutdown_socket,
 )
+from rpclib.transports.rabbit.declarations import DeclarationRefused, refusal_of, refused
 from rpclib.transports.rabbit.fast_publish import FastPublisher
 from rpclib.transports.rabbit.options import RabbitOptions
 
@@ -77,6 +82,30 @@ class Resource(Protocol):
 
     def broken(self) -> bool:
         """Whether the broker closed this resource's channel (it is then set up again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """What happened to the consumer connection or to something set up on it.
+
+    ``kind``: ``"disconnected"``, ``"reconnected"``, ``"not restored"`` (the
+    broker refused to set ``what`` up again; retried with backoff) or
+    ``"restored"`` (it was set up after all). ``detail`` quotes the broker.
+    """
+
+    kind: str
+    what: str = ""
+    detail: str = ""
+
+
+ConnectionEventHandler = Callable[[ConnectionEvent], None]
+
+
+@dataclass(eq=False)
+class _Retry:
+    backoff: Backoff
+    due: float
+    attempts: int = 0
 
 
 class Timed(Protocol):
@@ -117,6 +146,11 @@ class Session:
         self._commands_lock = threading.Lock()
         self._events: deque[Callable[[], None]] = deque()
         self._resources: list[Resource] = []
+        self._retries: dict[Resource, _Retry] = {}
+        """Resources the broker refused to set up, and when to try each again."""
+        self.listeners: list[ConnectionEventHandler] = []
+        """Called on the I/O thread with every ConnectionEvent."""
+        self._reports: deque[ConnectionEvent] = deque()
         self._timed: list[Timed] = []
         self.exchanges: set[str] = set()
         """Exchanges declared on this connection's broker (cleared on reconnect)."""
@@ -223,6 +257,40 @@ class Session:
     def unregister(self, resource: Resource) -> None:
         if resource in self._resources:
             self._resources.remove(resource)
+        self._retries.pop(resource, None)
+
+    def report(self, event: ConnectionEvent) -> None:
+        """Tell the listeners (at the top of the I/O loop, never inside a py-amqp read)."""
+        if self.listeners:
+            self._reports.append(event)
+
+    def retry_later(self, resource: Resource, exc: BaseException) -> None:
+        """The broker refused to set ``resource`` up: try again after a jittered backoff.
+
+        Reported as a "not restored" event on the first refusal and logged at
+        every one; never given up while the resource is registered.
+        """
+        retry = self._retries.get(resource)
+        if retry is None:
+            backoff = Backoff(self.options.retry_backoff, self.options.retry_backoff_max)
+            retry = self._retries[resource] = _Retry(backoff, 0.0)
+        retry.attempts += 1
+        delay = retry.backoff.next_delay()
+        retry.due = time.monotonic() + delay
+        self._next_tick = min(self._next_tick, retry.due)
+        LOG.warning(
+            "could not set up %r (attempt %d): %s; trying again in %.1fs",
+            resource,
+            retry.attempts,
+            exc,
+            delay,
+        )
+        if retry.attempts == 1:
+            self.report(ConnectionEvent("not restored", repr(resource), str(exc)))
+
+    def setup_now(self, resource: Resource) -> None:
+        """Set ``resource`` up again at once (I/O thread); a refusal schedules a retry."""
+        self._setup_resource(resource, due=True)
 
     def add_timed(self, timed: Timed) -> None:
         self._timed.append(timed)
@@ -244,9 +312,19 @@ class Session:
         return self._control
 
     def declare_exchange(self, name: str, kind: str) -> None:
-        """Declare a durable exchange once per connection (I/O thread)."""
+        """Declare a durable exchange once per connection (I/O thread).
+
+        Raises DeclarationRefused if the broker refuses (another type, no permission).
+        """
         if name not in self.exchanges:
-            self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
+            try:
+                self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
+            except AMQPError as exc:
+                if refusal_of(exc) is None:
+                    raise
+                raise refused(
+                    f"{kind} exchange {name}", exc, "exchange", self.options.queue_type_source
+                ) from exc
             self.exchanges.add(name)
 
     def is_current(self, generation: int) -> bool:
@@ -467,6 +545,8 @@ class Session:
             self._conn.heartbeat_tick()
             hb = self.options.heartbeat
             self._next_tick = now + (min(_MAX_WAIT, hb / 4) if hb else _MAX_WAIT)
+        if self._retries:
+            self._retry_due(now)
         if not self._timed:
             return
         for timed in list(self._timed):
@@ -474,8 +554,22 @@ class Session:
             if due is not None:
                 self._next_tick = min(self._next_tick, due)
 
+    def _retry_due(self, now: float) -> None:
+        for resource, retry in list(self._retries.items()):
+            if retry.due <= now and self._up:
+                self._setup_resource(resource, due=True)
+            elif resource in self._retries:
+                self._next_tick = min(self._next_tick, retry.due)
+
     def _dispatch_events(self) -> None:
         self.publisher.run_outcomes()
+        while self._reports:
+            event = self._reports.popleft()
+            for listener in list(self.listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    LOG.exception("rabbit connection event listener failed")
         while self._events:
             fn = self._events.popleft()
             try:
@@ -608,13 +702,26 @@ class Session:
             selector.register(self._wake_r, selectors.EVENT_READ, "wake")
             self._selector = selector
 
-    def _setup_resource(self, resource: Resource) -> None:
+    def _setup_resource(self, resource: Resource, *, due: bool = False) -> None:
+        """Set ``resource`` up again; a refusal schedules a retry instead of raising.
+
+        A resource waiting for its retry is left alone until it is due, even
+        across reconnects: a refusal that closes the whole connection (541)
+        then costs one reconnect per backoff step, not a loop.
+        """
+        retry = self._retries.get(resource)
+        if retry is not None and not due and retry.due > time.monotonic():
+            return
         try:
             resource.setup(self, recovering=True)
-        except ChannelError as exc:
+        except (DeclarationRefused, ChannelError) as exc:
+            self.retry_later(resource, exc)
             if not self.connection_alive():
-                raise
-            LOG.error("could not restore %r after reconnecting: %s", resource, exc)
+                raise ConnectionDown(f"the broker closed the connection: {exc}") from exc
+            return
+        if self._retries.pop(resource, None) is not None:
+            LOG.warning("set up %r again after the broker's earlier refusal", resource)
+            self.report(ConnectionEvent("restored", repr(resource)))
 
     def _repair(self) -> None:
         """Some channel was closed by the broker: replace it, keep the connection."""
@@ -625,6 +732,7 @@ class Session:
 
     def _lost(self, exc: BaseException) -> None:
         LOG.warning("RabbitMQ connection lost (%s); reconnecting", exc or type(exc).__name__)
+        self.report(ConnectionEvent("disconnected", detail=str(exc)))
         conn = self._conn
         with self.write_lock:
             self._up = False
@@ -658,6 +766,7 @@ class Session:
                 LOG.warning("reconnecting to RabbitMQ failed: %s", exc)
                 continue
             LOG.info("reconnected to RabbitMQ (connection generation %d)", self.generation)
+            self.report(ConnectionEvent("reconnected"))
             return
 
     def _shutdown(self) -> None:

@@ -19,7 +19,7 @@ from rpclib.transports.url import TransportURL
 DEFAULT_PORT: Final = 5672
 DEFAULT_TLS_PORT: Final = 5671
 DEFAULT_USER: Final = "guest"
-QUEUE_TYPES: Final = ("classic", "quorum")
+QUEUE_TYPES: Final = ("auto", "classic", "quorum")
 KNOWN_OPTIONS: Final = frozenset(
     {
         "heartbeat",
@@ -65,6 +65,7 @@ class RabbitOptions:
     heartbeat: int
     tls: ssl.SSLContext | None
     queue_type: str
+    """``classic`` or ``quorum`` for at-least-once queues (``auto`` already resolved)."""
     prefetch: int | None
     connect_timeout: float
     retry_backoff: float
@@ -72,6 +73,8 @@ class RabbitOptions:
     send_timeout: float
     advert_sync_wait: float
     confirm_window: int = 1024
+    queue_type_source: str = "queue_type=classic"
+    """How ``queue_type`` was chosen, for error messages (e.g. ``queue_type=auto with 3 hosts``)."""
 
 
 def parse_options(url: TransportURL) -> RabbitOptions:
@@ -90,11 +93,13 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         )
         for host in url.hosts
     ) or (BrokerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
-    queue_type = url.option("queue_type", "classic")
-    if queue_type not in QUEUE_TYPES:
+    queue_type_option = url.option("queue_type", "auto") or "auto"
+    if queue_type_option not in QUEUE_TYPES:
         raise InvalidTransportURL(
-            str(url), f"option queue_type={queue_type!r} must be one of {', '.join(QUEUE_TYPES)}"
+            str(url),
+            f"option queue_type={queue_type_option!r} must be one of {', '.join(QUEUE_TYPES)}",
         )
+    queue_type, queue_type_source = resolve_queue_type(queue_type_option, len(hosts))
     prefetch_text = url.option("prefetch")
     backoff = url.seconds_option("retry_backoff", 0.2)
     backoff_max = url.seconds_option("retry_backoff_max", 5.0)
@@ -107,7 +112,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         virtual_host=url.virtual_host or "/",
         heartbeat=url.int_option("heartbeat", 15, minimum=0),
         tls=build_tls_context(url) if use_tls else None,
-        queue_type=queue_type or "classic",
+        queue_type=queue_type,
         prefetch=url.int_option("prefetch", 0, minimum=1) if prefetch_text is not None else None,
         connect_timeout=url.seconds_option("connect_timeout", 5.0),
         retry_backoff=backoff,
@@ -115,4 +120,19 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         send_timeout=url.seconds_option("send_timeout", 15.0),
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
+        queue_type_source=queue_type_source,
     )
+
+
+def resolve_queue_type(option: str, host_count: int) -> tuple[str, str]:
+    """``(queue type, how it was chosen)``: ``auto`` is quorum for a cluster, else classic.
+
+    Several hosts in the URL mean a cluster, where at-least-once queues must
+    survive the loss of a node (quorum queues replicate); one host means a
+    single node, where classic queues are cheaper and quorum ones add nothing.
+    """
+    if option != "auto":
+        return option, f"queue_type={option}"
+    if host_count > 1:
+        return "quorum", f"queue_type=auto with {host_count} hosts"
+    return "classic", "queue_type=auto with one host"

@@ -33,6 +33,7 @@ from rpclib.transports.rabbit.connection import (
     connect,
     parse_confirm,
     publish,
+    within,
 )
 from rpclib.transports.rabbit.options import RabbitOptions
 
@@ -42,6 +43,15 @@ _READ_SLICE: Final = 1.0
 """Longest single socket wait while confirming, so heartbeats keep flowing."""
 _HEARTBEAT_CHECK: Final = 0.5
 """Seconds between heartbeat checks while frames keep arriving."""
+
+
+class Refused(Exception):
+    """The broker nacked a publish: it did not take the message (the connection is fine).
+
+    A quorum queue nacks while it elects a leader (a node was lost), a queue
+    with ``x-overflow=reject-publish`` while it is full: often transient, so
+    at-least-once sends try again within their deadline.
+    """
 
 
 class _Publisher:
@@ -159,7 +169,7 @@ class _Publisher:
             self._outstanding.pop(tag, None)
         returned = self._returned.pop(message_id, None)
         if outcome == "nack":
-            raise TransportError(f"the broker refused a message to {exchange!r} (basic.nack)")
+            raise Refused("the broker refused the message (basic.nack)")
         return returned
 
     def _read_one(self, deadline: float) -> None:
@@ -203,7 +213,7 @@ class _Publisher:
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise TimeoutError("send_timeout passed")
+        raise TimeoutError("the send's deadline passed")
     return left
 
 
@@ -263,8 +273,7 @@ class PublisherPool:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TransportError(
-                        f"no publisher connection became free within send_timeout "
-                        f"({self._options.send_timeout:g}s)"
+                        f"no publisher connection became free {within(self._options)}"
                     )
                 self._cond.wait(left)
 
@@ -277,19 +286,20 @@ class PublisherPool:
                     self._ring,
                     name=f"rpclib publisher {self._label}",
                     read_timeout=float(self._options.heartbeat or 60),
+                    deadline=deadline,
                 )
             except CONNECTION_ERRORS as exc:
                 delay = backoff.next_delay()
                 if time.monotonic() + delay >= deadline or self._closed:
                     raise TransportError(
-                        f"cannot connect to RabbitMQ to publish within send_timeout "
-                        f"({self._options.send_timeout:g}s): {exc}"
+                        f"cannot connect to RabbitMQ to publish {within(self._options)}: {exc}"
                     ) from exc
                 LOG.warning("publisher connection failed (%s); retrying in %.2fs", exc, delay)
                 time.sleep(delay)
                 continue
             try:
-                with conn.transport.having_timeout(self._options.connect_timeout):
+                setup = min(self._options.connect_timeout, max(0.01, deadline - time.monotonic()))
+                with conn.transport.having_timeout(setup):
                     publisher = _Publisher(conn)
             except CONNECTION_ERRORS:
                 close_quietly(conn)
@@ -330,8 +340,10 @@ class PublisherPool:
 
         Raises Undeliverable if the broker returned the message, TransportError
         if it could not be confirmed by ``deadline``. A failure after the
-        message was written is retried only if ``retry_after_write`` (at-least-once:
-        a duplicate is allowed, a loss is not).
+        message was written, and a broker's refusal (``basic.nack``), are
+        retried only if ``retry_after_write`` (at-least-once: a duplicate is
+        allowed, a loss is not): during a failover a quorum queue nacks until
+        it has a leader again.
         """
         backoff = Backoff(self._options.retry_backoff, self._options.retry_backoff_max)
         while True:
@@ -345,11 +357,20 @@ class PublisherPool:
                 returned = publisher.publish(
                     exchange, routing_key, body, properties, mandatory=True, deadline=deadline
                 )
+            except Refused as exc:
+                # The connection is fine, but a channel that a quorum queue's old leader
+                # refused can keep being refused (RabbitMQ 3.10): try again on a new one.
+                self._discard(publisher)
+                if not retry_after_write:
+                    raise TransportError(
+                        f"the broker refused a message to {target}: {exc}"
+                    ) from exc
+                error: BaseException = exc
             except NotFound as exc:
                 # The exchange was deleted behind our back: forget it and declare it again.
                 self._discard(publisher)
                 self.exchanges.discard(exchange)
-                error: BaseException = exc
+                error = exc
             except ChannelError as exc:
                 self._discard(publisher)
                 raise TransportError(f"the broker refused a message to {target}: {exc}") from exc
@@ -372,8 +393,7 @@ class PublisherPool:
             delay = backoff.next_delay()
             if time.monotonic() + delay >= deadline:
                 raise TransportError(
-                    f"could not publish to {target} within send_timeout "
-                    f"({self._options.send_timeout:g}s): {error}"
+                    f"could not publish to {target} {within(self._options)}: {error}"
                 ) from error
             LOG.warning("publishing to %s failed (%s); retrying in %.2fs", target, error, delay)
             time.sleep(delay)
