@@ -12,7 +12,8 @@ interleaved and medians reported, with CPU per operation of client, server
 and broker read from /proc.
 
 Run: ``bench/run amqp1`` (or ``bench/.venv/bin/python bench/bench_amqp1.py``);
-``--quick`` scales everything down.
+``--quick`` scales everything down; ``--base DIR`` measures rpclib's amqp1://
+a second time importing rpclib from another checkout (an A/B in one run).
 """
 
 from __future__ import annotations
@@ -28,18 +29,27 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import amqp1_workloads as wl
+import workloads_common as wc
 from rabbit_broker import BROKER, Vhost, broker_pid, enable_plugin
 
 CTX = mp.get_context("spawn")
 VARIANTS = ["proton", "amqp1", "rabbit"]
-LABELS = {"proton": "proton", "amqp1": "rpclib 1.0", "rabbit": "rpclib 091"}
+LABELS = {
+    "proton": "proton",
+    "amqp1": "rpclib 1.0",
+    "rabbit": "rpclib 091",
+    "amqp1-base": "1.0 base",
+}
+BASE = "amqp1-base"
+"""With ``--base``: rpclib over amqp1:// again, importing rpclib from that checkout."""
 
 
-def run_pair(spec: wl.Spec, broker: int) -> list[dict[str, Any]]:
+def run_pair(spec: wl.Spec, broker: int, checkout: str | None = None) -> list[dict[str, Any]]:
     ready, stop = CTX.Event(), CTX.Event()
     handled = CTX.Value("q", 0, lock=False)
     server = CTX.Process(target=wl.serve, args=(spec, ready, stop, handled), daemon=True)
-    server.start()
+    with wc.importing_from(checkout):
+        server.start()
     client = None
     try:
         if not ready.wait(60):
@@ -47,7 +57,8 @@ def run_pair(spec: wl.Spec, broker: int) -> list[dict[str, Any]]:
         results, client_end = CTX.Pipe(duplex=False)
         pids = {"server": server.pid or 0, "broker": broker}
         client = CTX.Process(target=wl.drive, args=(spec, pids, handled, client_end), daemon=True)
-        client.start()
+        with wc.importing_from(checkout):
+            client.start()
         if not results.poll(900):
             raise RuntimeError(f"{spec.system} client gave no result in 15 minutes")
         status, payload = results.recv()
@@ -106,7 +117,12 @@ def _fmt(value: float | None) -> str:
 def print_table(med: dict[str, Metrics], cols: list[str], rounds: int, threads: int) -> None:
     ratios = [
         (a, b)
-        for a, b in (("amqp1", "proton"), ("rabbit", "proton"), ("amqp1", "rabbit"))
+        for a, b in (
+            ("amqp1", "proton"),
+            ("rabbit", "proton"),
+            ("amqp1", "rabbit"),
+            ("amqp1", BASE),
+        )
         if a in cols and b in cols
     ]
     print(
@@ -137,6 +153,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a tenth of every count")
+    parser.add_argument(
+        "--base", metavar="DIR", help="also measure amqp1:// with rpclib from this checkout (A/B)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls, args.thread_calls, args.casts = (
@@ -147,6 +166,12 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown --only {sorted(unknown)}")
+    base = None
+    if args.base:
+        base = os.path.abspath(args.base)
+        if not os.path.isfile(os.path.join(base, "rpclib", "__init__.py")):
+            parser.error(f"--base {args.base}: no rpclib package there")
+        variants.append(BASE)
     enable_plugin("rabbitmq_amqp1_0")
     vhost = Vhost("rpclib-bench1-")
     try:
@@ -160,7 +185,9 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
             for variant in order:
-                scheme = {"proton": "amqp", "amqp1": "amqp1", "rabbit": "rabbit"}[variant]
+                scheme = {"proton": "amqp", "amqp1": "amqp1", "rabbit": "rabbit", BASE: "amqp1"}[
+                    variant
+                ]
                 url = f"{scheme}://guest:guest@{BROKER}"
                 spec = wl.Spec(
                     system="proton" if variant == "proton" else "rpclib",
@@ -173,7 +200,8 @@ def main() -> None:
                     casts=args.casts,
                 )
                 t0 = time.monotonic()
-                runs[variant].append(metrics(run_pair(spec, broker)))
+                checkout = base if variant == BASE else None
+                runs[variant].append(metrics(run_pair(spec, broker, checkout)))
                 print(f"  round {rnd + 1} {variant:7} {time.monotonic() - t0:6.1f}s", flush=True)
         print(f"total {time.monotonic() - t_start:.0f}s")
         med = {

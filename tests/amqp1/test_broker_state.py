@@ -1,4 +1,5 @@
-"""What the driver leaves on the broker: only the durable queues an address asked for.
+"""What the driver leaves on the broker: only the durable queues an address asked for, on
+RabbitMQ 3.10's plugin and on RabbitMQ 4 (native AMQP 1.0, deprecated features denied).
 
 RabbitMQ's AMQP 1.0 plugin declares the queues *it* creates (for ``/queue``,
 ``/exchange`` and ``/topic`` nodes) as neither exclusive nor auto-delete, so a
@@ -10,33 +11,62 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
 from rpclib.transports.base import Address, Guarantee
+from tests.support.amqp1 import GENERATIONS
 from tests.support.rabbit import list_queues
+from tests.support.rabbit_node import RabbitNode
 from tests.transports.driver_contract import AdvertCollector, Collector, InboxCollector
 
 WAIT = 10.0
 
 
-def settled_queues(vhost: str, expect: set[str]) -> set[str]:
-    """The vhost's queues once they equal ``expect`` (auto-delete happens just after a
-    consumer leaves), or as they are after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        queues = set(list_queues(vhost))
-        if queues == expect or time.monotonic() > deadline:
-            return queues
-        time.sleep(0.1)
+@dataclass(frozen=True)
+class Vhost:
+    """A vhost of the test's own on one broker generation, and how to list its queues."""
+
+    url: str
+    name: str
+    list_queues: Callable[[str], set[str]]
+
+    def queues(self) -> set[str]:
+        return self.list_queues(self.name)
+
+    def settled_queues(self, expect: set[str]) -> set[str]:
+        """The vhost's queues once they equal ``expect`` (auto-delete happens just after a
+        consumer leaves), or as they are after WAIT seconds."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            queues = self.queues()
+            if queues == expect or time.monotonic() > deadline:
+                return queues
+            time.sleep(0.2)
 
 
-@pytest.fixture
-def vhost_url(fresh_amqp1_url: str) -> Iterator[tuple[str, str]]:
-    yield fresh_amqp1_url, fresh_amqp1_url.rsplit("/", 1)[1]
+def node_queues(node: RabbitNode) -> Callable[[str], set[str]]:
+    def queues(vhost: str) -> set[str]:
+        out = node.rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name")
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    return queues
+
+
+@pytest.fixture(params=GENERATIONS)
+def vhost(request: pytest.FixtureRequest) -> Vhost:
+    """On the shared RabbitMQ 3.10's plugin, then on the RabbitMQ 4 node (listed there with
+    ``rabbit4_node.rabbitmqctl("list_queues", ...)``)."""
+    if request.param == "rabbitmq3":
+        url = str(request.getfixturevalue("fresh_amqp1_url"))
+        return Vhost(url, url.rsplit("/", 1)[1], lambda name: set(list_queues(name)))
+    url = str(request.getfixturevalue("fresh_amqp1_rabbit4_url"))
+    node = request.getfixturevalue("rabbit4_node")
+    return Vhost(url, url.rsplit("/", 1)[1], node_queues(node))
 
 
 def workout(url: str, exchange: str) -> None:
@@ -68,31 +98,28 @@ def workout(url: str, exchange: str) -> None:
 
 
 def test_closing_drivers_leaves_only_the_durable_queues_of_their_addresses(
-    vhost_url: tuple[str, str],
+    vhost: Vhost,
 ) -> None:
-    url, vhost = vhost_url
-    before = set(list_queues(vhost))
+    before = vhost.queues()
     exchange = f"x{uuid.uuid4().hex[:8]}"
-    workout(url, exchange)
+    workout(vhost.url, exchange)
     durable = {f"{exchange}.compute", f"{exchange}.compute#pool", f"{exchange}.compute@host1"}
     expected = before | durable | {"rpclib.dead-letters"}
-    assert settled_queues(vhost, expected) == expected
+    assert vhost.settled_queues(expected) == expected
 
 
-def test_nothing_of_the_plugins_own_making_is_left(vhost_url: tuple[str, str]) -> None:
-    url, vhost = vhost_url
+def test_nothing_of_the_plugins_own_making_is_left(vhost: Vhost) -> None:
     exchange = f"x{uuid.uuid4().hex[:8]}"
-    workout(url, exchange)
+    workout(vhost.url, exchange)
     durable = {f"{exchange}.compute", f"{exchange}.compute#pool", f"{exchange}.compute@host1"}
-    queues = settled_queues(vhost, durable | {"rpclib.dead-letters"})
+    queues = vhost.settled_queues(durable | {"rpclib.dead-letters"})
     assert [q for q in queues if q.startswith("amq.gen-") or q.endswith(".live")] == []
 
 
-def test_closing_a_driver_deletes_its_inbox_queues(vhost_url: tuple[str, str]) -> None:
-    url, vhost = vhost_url
-    driver = load_driver(url)
+def test_closing_a_driver_deletes_its_inbox_queues(vhost: Vhost) -> None:
+    driver = load_driver(vhost.url)
     assert isinstance(driver, Amqp1Driver)
     inbox = driver.open_inbox(lambda body: None)
-    assert inbox.address in list_queues(vhost)
+    assert inbox.address in vhost.queues()
     driver.close()
-    assert inbox.address not in list_queues(vhost)
+    assert inbox.address not in vhost.queues()

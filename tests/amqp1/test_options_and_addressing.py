@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rpclib.exceptions import InvalidTransportURL
+from rpclib.exceptions import InvalidTransportURL, TransportError
 from rpclib.transports.amqp1.addressing import (
     ArtemisAddressing,
     RabbitMQAddressing,
     Route,
     check_address,
+    pick_strategy,
     queue_name,
 )
 from rpclib.transports.amqp1.options import parse_options
@@ -25,7 +26,7 @@ def test_defaults_are_the_local_broker_as_guest_on_vhost_slash() -> None:
     opts = options("amqp1://")
     host = opts.hosts[0]
     assert (host.address, host.user, host.password) == ("localhost:5672", "guest", "guest")
-    assert (opts.virtual_host, opts.addressing) == ("/", "rabbitmq")
+    assert (opts.virtual_host, opts.addressing, opts.queue_type) == ("/", "auto", "classic")
 
 
 def test_qpid_scheme_is_an_alias() -> None:
@@ -44,7 +45,11 @@ def test_several_hosts_fail_over_in_order_with_their_own_credentials() -> None:
     ("query", "complaint"),
     [
         ("prefech=3", "unknown option(s) prefech"),
-        ("addressing=dispatch", "addressing='dispatch' must be one of rabbitmq, artemis, qpid"),
+        (
+            "addressing=dispatch",
+            "addressing='dispatch' must be one of auto, rabbitmq, rabbitmq4, artemis, qpid",
+        ),
+        ("queue_type=stream", "queue_type='stream' must be one of classic, quorum"),
         ("prefetch=0", "prefetch=0 must be >= 1"),
         ("send_timeout=0", "send_timeout=0 must be a positive"),
         ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max=1 is below retry_backoff=2"),
@@ -138,3 +143,24 @@ def test_artemis_uses_multicast_addresses_and_fully_qualified_group_queues() -> 
     assert source.node == "nova.compute::nova.compute#billing"
     [server] = strategy.prepare_listen(Address("nova", "compute", server="h1"), None)
     assert server.node == "nova.compute@h1"
+
+
+@pytest.mark.parametrize(
+    ("product", "version", "strategy"),
+    [
+        ("RabbitMQ", "3.10.8", "rabbitmq"),
+        ("RabbitMQ", "4.0.5", "rabbitmq4"),
+        ("RabbitMQ", "4.3.0", "rabbitmq4"),
+    ],
+)
+def test_auto_picks_the_strategy_from_the_peers_product_and_version(
+    product: str, version: str, strategy: str
+) -> None:
+    assert pick_strategy({"product": product, "version": version}) == strategy
+
+
+def test_auto_refuses_to_guess_for_a_peer_that_is_not_rabbitmq() -> None:
+    with pytest.raises(TransportError) as refused:
+        pick_strategy({"product": "apache-activemq-artemis", "version": "2.31.2"})
+    assert "apache-activemq-artemis" in str(refused.value)
+    assert "addressing=artemis" in str(refused.value)

@@ -7,9 +7,12 @@ a missing plugin is an environment error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -86,3 +89,103 @@ def node_tls_url(node: RabbitNode, query: str = "", host: str = "localhost") -> 
     """
     extra = f"&{query}" if query else ""
     return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{node.certs.url_query()}{extra}"
+
+
+# --- RabbitMQ 4 (native AMQP 1.0, every deprecated feature denied) -------------------------
+
+GENERATIONS = ("rabbitmq3", "rabbitmq4")
+"""The broker generations the amqp1 suites run against: the shared 3.10 broker's plugin,
+and the session's private RabbitMQ 4 node (``rabbit4_node_session``)."""
+
+
+def new_node_vhost(node: RabbitNode) -> str:
+    vhost = f"rpclib-amqp1-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    node.rabbitmqctl("add_vhost", vhost)
+    node.rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*")
+    return vhost
+
+
+@pytest.fixture
+def amqp1_rabbit4_url(rabbit4_node: RabbitNode) -> str:
+    """An amqp1:// URL (default addressing) on the RabbitMQ 4 node's default vhost."""
+    return node_url(rabbit4_node)
+
+
+@pytest.fixture
+def fresh_amqp1_rabbit4_url(rabbit4_node: RabbitNode) -> Iterator[str]:
+    """An amqp1:// URL on a vhost of this test's own on the RabbitMQ 4 node."""
+    vhost = new_node_vhost(rabbit4_node)
+    yield f"amqp1://{USER}:{PASSWORD}@127.0.0.1:{rabbit4_node.port}/{vhost}"
+    rabbit4_node.rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(params=GENERATIONS)
+def any_amqp1_url(request: pytest.FixtureRequest) -> str:
+    """The session's amqp1:// URL on each broker generation in turn."""
+    name = "amqp1_url" if request.param == "rabbitmq3" else "amqp1_rabbit4_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(params=GENERATIONS)
+def any_fresh_amqp1_url(request: pytest.FixtureRequest) -> str:
+    """A vhost of the test's own, on each broker generation in turn."""
+    name = "fresh_amqp1_url" if request.param == "rabbitmq3" else "fresh_amqp1_rabbit4_url"
+    return str(request.getfixturevalue(name))
+
+
+class CutProxy:
+    """A TCP forwarder to a broker that a test can cut: a broker that becomes unreachable.
+
+    ``cut()`` closes every forwarded connection and the listening socket, so
+    the client's connection drops and every reconnect is refused, as when a
+    broker's host goes away; the broker itself keeps serving other tests.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, name="cut-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, []
+        self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -54,10 +54,12 @@ def private_suffix() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a sender link points (``node``) and the routing key in ``subject`` (or None)."""
+    """Where a sender link points (``node``; "" = the anonymous link) and the routing key in
+    ``subject`` or the message's own address (``to``), or None."""
 
     node: str
     subject: str | None = None
+    to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,9 @@ class Addressing(abc.ABC):
     """Maps addresses to nodes and prepares the nodes (blocking calls; never on the I/O thread)."""
 
     name: str = ""
+    routes_by_outcome: bool = False
+    """Whether the peer answers ``released`` for a message nobody's node takes, so that
+    routability is learnt from sending unsettled rather than asked (:meth:`routable`)."""
     watches_adverts: bool = True
     """Whether a private node can be bound to hear a topic's adverts (``watch_adverts``)."""
 
@@ -477,12 +482,37 @@ class QpidAddressing(Addressing):
         return Source(QPID_STORED + DEAD_LETTER_QUEUE, settled=False)
 
 
-def make_addressing(options: Amqp1Options, label: str) -> Addressing:
-    """The strategy the URL's ``addressing`` option names (options.py checked the name)."""
-    if options.addressing == "artemis":
+def make_addressing(options: Amqp1Options, label: str, name: str | None = None) -> Addressing:
+    """The strategy ``name`` (default: the URL's ``addressing``), except ``rabbitmq4`` and
+    ``auto``, which need the connection (the driver makes those)."""
+    name = name or options.addressing
+    if name == "artemis":
         return ArtemisAddressing(options)
-    if options.addressing == "qpid":
+    if name == "qpid":
         return QpidAddressing(options)
-    if options.addressing == "rabbitmq":
+    if name == "rabbitmq":
         return RabbitMQAddressing(options, label)
-    raise ValueError(f"no addressing strategy named {options.addressing!r}")
+    raise ValueError(f"no addressing strategy named {name!r} here")
+
+
+def pick_strategy(properties: dict[str, str]) -> str:
+    """``addressing=auto``: the strategy for the peer whose ``open`` frame carried
+    ``properties`` (RabbitMQ sends ``product`` and ``version``). RabbitMQ 4 and later:
+    ``rabbitmq4``; 3.x (the AMQP 1.0 plugin): ``rabbitmq``; anything else is an error
+    naming the peer, since its conventions cannot be guessed."""
+    product = properties.get("product", "")
+    version = properties.get("version", "")
+    if product.lower() == "rabbitmq":
+        major = version.split(".", 1)[0]
+        if not major.isdigit():
+            raise TransportError(
+                f"addressing=auto: RabbitMQ sent no readable version ({version!r}); "
+                "set addressing=rabbitmq (3.x) or rabbitmq4 (4.x)"
+            )
+        return "rabbitmq4" if int(major) >= 4 else "rabbitmq"
+    peer = f"{product} {version}".strip() or "a peer that does not name its product"
+    raise TransportError(
+        f"addressing=auto picks a strategy for RabbitMQ only, and the peer is {peer}: "
+        "set addressing=artemis, addressing=qpid (qpidd, Qpid Dispatch, skupper) or "
+        "addressing=rabbitmq4 in the URL"
+    )

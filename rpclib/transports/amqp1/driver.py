@@ -23,11 +23,14 @@ from rpclib.transports.amqp1.addressing import (
     Source,
     check_address,
     make_addressing,
+    pick_strategy,
 )
 from rpclib.transports.amqp1.adverts import AdvertOwner, AdvertWatch, advert, withdrawal
 from rpclib.transports.amqp1.consumer import Amqp1Inbox, Amqp1Subscription
-from rpclib.transports.amqp1.io_thread import LOG, Future, Loop
+from rpclib.transports.amqp1.io_thread import LOG, REFUSED, Future, Loop
+from rpclib.transports.amqp1.management import Management
 from rpclib.transports.amqp1.options import Amqp1Options, parse_options
+from rpclib.transports.amqp1.rabbit4 import RabbitMQ4Addressing
 from rpclib.transports.amqp1.tls import ssl_domain
 from rpclib.transports.base import (
     Address,
@@ -44,6 +47,7 @@ from rpclib.transports.base import (
 from rpclib.transports.url import TransportURL
 
 _MAX_CACHE: Final = 4096
+CLOSE_WAIT: Final = 2.0
 
 
 class Amqp1Driver(Driver):
@@ -60,8 +64,11 @@ class Amqp1Driver(Driver):
         self.options: Amqp1Options = parse_options(url)
         tls_domain = ssl_domain(self.options.tls, str(url)) if self.options.tls else None
         label = f"{socket.gethostname().split('.')[0]}:{os.getpid()}:{id(self) & 0xFFFF:x}"
-        self.addressing: Addressing = make_addressing(self.options, label)
-        self._loop = Loop(self.options, self.addressing, label, tls_domain)
+        chosen = self.options.addressing
+        early = None if chosen in ("auto", "rabbitmq4") else make_addressing(self.options, label)
+        self._loop = Loop(
+            self.options, early, label, tls_domain, f"vhost:{self.options.virtual_host}"
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._routes: dict[tuple[Address, bool], Route] = {}
@@ -72,12 +79,29 @@ class Amqp1Driver(Driver):
         self._owners: dict[str, AdvertOwner] = {}
         self._resources: list[Amqp1Subscription | Amqp1Inbox | AdvertWatch] = []
         self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amqp1-check")
+        started = False
         try:
-            self._loop.start()
+            self._loop.start()  # a failed start ends the I/O thread by itself
+            started = True
+            if early is None:
+                if chosen == "auto":
+                    chosen = pick_strategy(self._call(self._loop.peer_properties, "open"))
+                self._loop.addressing = self._strategy(chosen, label)
         except BaseException:
-            self.addressing.close()
+            if early is not None:
+                early.close()
+            if started:  # connected, but no strategy fits the peer
+                self._loop.stop(lambda: None, CLOSE_WAIT)
             self._checker.shutdown(wait=False)
             raise
+        self.addressing: Addressing = self._loop.addressing
+
+    def _strategy(self, name: str, label: str) -> Addressing:
+        if name == "rabbitmq4":
+            return RabbitMQ4Addressing(
+                self.options, Management(self._loop, self.options.send_timeout)
+            )
+        return make_addressing(self.options, label, name)
 
     def __repr__(self) -> str:
         return f"<Amqp1Driver {self.url}{' closed' if self._closed else ''}>"
@@ -88,12 +112,21 @@ class Amqp1Driver(Driver):
         if self._closed or self._loop.closed:
             raise TransportError(f"amqp1 driver for {self.url} is closed")
 
-    def _wait_up(self, deadline: float) -> None:
+    def _wait_up(self, deadline: float, expires_at: float | None = None) -> None:
         if self._loop.up.is_set() or self._loop.in_io_thread():
             return
         if not self._loop.up.wait(max(0.0, deadline - time.monotonic())):
-            raise TransportError(f"amqp1 connection to {self.url} is down")
+            raise TransportError(
+                f"amqp1 connection to {self.url} is down{_by_deadline(expires_at, deadline)}"
+            )
         self._check_open()
+
+    def _deadline(self, expires_at: float | None) -> float:
+        """Monotonic time a send gives up: the send timeout, or the call's deadline if sooner."""
+        deadline = time.monotonic() + self.options.send_timeout
+        if expires_at is not None:
+            deadline = min(deadline, time.monotonic() + (expires_at - time.time()))
+        return deadline
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         return self._loop.call(fn, self.options.send_timeout, what)
@@ -111,9 +144,14 @@ class Amqp1Driver(Driver):
             return [self._loop.opened(link) for link in _links_of(owner)]
 
         futures = self._call(attach, what)
-        if not self._loop.in_io_thread():
+        if self._loop.in_io_thread():
+            return
+        try:
             for future in futures:
                 future.wait(self.options.send_timeout, what)
+        except TransportError:
+            self._loop.submit(functools.partial(_forget, self._loop, owner))
+            raise
 
     # -- messages -------------------------------------------------------------------------
 
@@ -127,37 +165,108 @@ class Amqp1Driver(Driver):
         on_undeliverable: Callable[[Undeliverable], None] | None = None,
     ) -> None:
         """Pre-settled for at-most-once (a call's routability is checked meanwhile and
-        reported through ``on_undeliverable``); at-least-once waits for ``accepted``."""
+        reported through ``on_undeliverable``); at-least-once waits for ``accepted``.
+        Never blocks past ``expires_at`` (nor ``send_timeout``): TransportError then."""
         self._check_open()
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
         key = (address, at_least_once)
+        deadline = self._deadline(expires_at)
+        self._wait_up(deadline, expires_at)
         route = self._routes.get(key) or self._route(address, at_least_once)
         message = messages.make(
             bytes(body), durable=at_least_once and not address.fanout, expires_at=expires_at
         )
-        deadline = time.monotonic() + self.options.send_timeout
-        self._wait_up(deadline)
         known = self._routable.get(key, 0.0) > time.monotonic()
+        by_outcome = self.addressing.routes_by_outcome
         if not at_least_once:
-            if on_undeliverable is not None and not known:
+            if known:
+                self._loop.submit(lambda: self._send_settled(route, message))
+            elif by_outcome:
+                self._send_probe(address, route, message, deadline, expires_at, on_undeliverable)
+            elif on_undeliverable is not None:
                 self._loop.submit(lambda: self._send_settled(route, message))
                 self._checker.submit(self._check_later, address, on_undeliverable)
-                return
-            if not known and not self._is_routable(address, False):
+            elif not self._is_routable(address, False):
                 raise Undeliverable(str(address))
-            self._loop.submit(lambda: self._send_settled(route, message))
+            else:
+                self._loop.submit(lambda: self._send_settled(route, message))
             return
         if not known and not self._is_routable(address, True):
             raise Undeliverable(str(address), "no queue was declared for this address")
         while True:
             future = Future()
             self._loop.submit(functools.partial(self._send_unsettled, route, message, future))
-            what = future.wait(max(0.1, deadline - time.monotonic()), f"sending to {address}")
+            what = self._outcome(future, address, deadline, expires_at)
             if what is None:
                 return
-            if what != "lost" or time.monotonic() > deadline:
+            if what.startswith(REFUSED):
+                raise TransportError(f"sending to {address}: {what[len(REFUSED) :]}")
+            if what != "lost":
                 raise Undeliverable(str(address), f"the peer answered {what}")
-            self._wait_up(deadline)  # retry after the reconnect (a duplicate, never a loss)
+            self._wait_up(
+                deadline, expires_at
+            )  # retry after the reconnect (a duplicate, never a loss)
+
+    def _outcome(
+        self, future: Future, address: Address, deadline: float, expires_at: float | None
+    ) -> str | None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not future.wait_for(left):
+            bound = _by_deadline(expires_at, deadline)
+            raise TransportError(f"sending to {address}: no answer from the broker{bound}")
+        return future.wait(0, "")  # type: ignore[no-any-return]
+
+    def _send_probe(
+        self,
+        address: Address,
+        route: Route,
+        message: Message,
+        deadline: float,
+        expires_at: float | None,
+        on_undeliverable: Callable[[Undeliverable], None] | None,
+    ) -> None:
+        """At-most-once to a peer that answers ``released`` when nobody takes a message:
+        sent unsettled, so its outcome says whether anyone listens (then remembered for
+        ``route_cache`` seconds, sending pre-settled). A call does not wait: a ``released``
+        reaches ``on_undeliverable``."""
+        key = (address, False)
+
+        def learn(what: str | None) -> Undeliverable | None:
+            if what is None:
+                if self.options.route_cache > 0:
+                    if len(self._routable) >= _MAX_CACHE:
+                        self._routable.clear()
+                    self._routable[key] = time.monotonic() + self.options.route_cache
+                return None
+            if what in ("released", "rejected", "modified"):
+                return Undeliverable(str(address), f"the peer answered {what}")
+            return None  # lost or refused: at-most-once, nothing more to say
+
+        if on_undeliverable is not None:
+
+            def told(what: str | None) -> None:
+                error = learn(what)
+                if error is not None:
+                    self._checker.submit(_report, on_undeliverable, error)
+
+            self._loop.submit(lambda: self._send_told(route, message, told))
+            return
+        future = Future()
+        self._loop.submit(functools.partial(self._send_unsettled, route, message, future))
+        what = self._outcome(future, address, deadline, expires_at)
+        if what is not None and what.startswith(REFUSED):
+            raise TransportError(f"sending to {address}: {what[len(REFUSED) :]}")
+        error = learn(what)
+        if error is not None:
+            raise error
+
+    def _send_told(
+        self, route: Route, message: Message, told: Callable[[str | None], None]
+    ) -> None:
+        try:
+            self._loop.send(route, message, on_outcome=told)
+        except TransportError:
+            told("lost")
 
     def _send_settled(self, route: Route, message: Message) -> None:
         try:
@@ -382,11 +491,15 @@ class Amqp1Driver(Driver):
             for owner in owners:
                 owner.end()
 
-        self._loop.stop(cleanup, self.options.send_timeout)
+        try:  # sessions end first: a queue deleted under its consumer detaches the link
+            self._call(cleanup, "closing")
+        except TransportError as exc:
+            LOG.info("closing %s: %s", self, exc)
         for name in [r.name for r in resources if isinstance(r, Amqp1Inbox | AdvertWatch)] + [
             o.name for o in owners
         ]:
-            self.addressing.delete_private(name)
+            self.addressing.delete_private(name)  # rabbitmq4: over this connection, still up
+        self._loop.stop(lambda: None, self.options.send_timeout)
         self.addressing.close()
         self._checker.shutdown(wait=False)
 
@@ -436,6 +549,15 @@ class _DeadLetterReader:
         self.session = self.link = None
 
 
+def _forget(loop: Loop, owner: Any) -> None:
+    """Drop an owner whose attach failed: end its session, never re-attach it (I/O thread)."""
+    end = getattr(owner, "_end", None) or getattr(owner, "end", None)
+    if end is not None:
+        end()
+    if owner in loop.owners:
+        loop.owners.remove(owner)
+
+
 def _links_of(owner: Any) -> list[Any]:
     if isinstance(owner, Amqp1Subscription):
         return [link for link, _ in owner.links]
@@ -443,6 +565,24 @@ def _links_of(owner: Any) -> list[Any]:
         return [owner.link] if owner.link is not None else []
     link = getattr(owner, "link", None)
     return [link] if link is not None else []
+
+
+def _by_deadline(expires_at: float | None, deadline: float) -> str:
+    """How a send that gave up names its bound: the call's deadline or the send timeout."""
+    if (
+        expires_at is not None
+        and abs((deadline - time.monotonic()) - (expires_at - time.time())) < 0.05
+    ):
+        stamp = time.strftime("%H:%M:%S", time.gmtime(expires_at))
+        return f" by the call's deadline ({stamp}.{int(expires_at % 1 * 1000):03d} UTC)"
+    return " within send_timeout"
+
+
+def _report(report: Callable[[Undeliverable], None], error: Undeliverable) -> None:
+    try:
+        report(error)
+    except Exception:
+        LOG.exception("on_undeliverable callback raised")
 
 
 def _advert_server(address: Address) -> str:

@@ -63,7 +63,22 @@ CLOSE_GRACE: Final = 2.0
 """Seconds close() waits for the peer to answer the connection's close."""
 
 Outcome = Callable[[str | None], None]
-"""Told a sent message's fate: None = accepted, else why not ("rejected", "released", "lost")."""
+"""Told a sent message's fate: None = accepted, else why not ("rejected", "released", "lost",
+or ``REFUSED`` + the peer's reason for detaching the sender)."""
+REFUSED: Final = "refused: "
+REFUSALS: Final = frozenset(
+    {
+        "amqp:unauthorized-access",
+        "amqp:not-found",
+        "amqp:not-allowed",
+        "amqp:precondition-failed",
+        "amqp:invalid-field",
+        "amqp:not-implemented",
+        "amqp:resource-locked",
+    }
+)
+"""Error conditions with which a peer refuses a request; the same request would be refused
+again, so they fail the caller rather than start a reconnect."""
 
 _OUTCOMES: Final = {
     Delivery.REJECTED: "rejected",
@@ -102,6 +117,10 @@ class Future:
     def done(self) -> bool:
         return self._event.is_set()
 
+    def wait_for(self, timeout: float) -> bool:
+        """Whether it was set (or failed) within ``timeout`` seconds."""
+        return self._event.wait(timeout)
+
     def wait(self, timeout: float, what: str) -> Any:
         if not self._event.wait(timeout):
             raise TransportError(f"{what}: no answer within {timeout:g}s")
@@ -114,11 +133,19 @@ class Loop:
     """The I/O thread of one driver: its socket, proton engine, links and queued work."""
 
     def __init__(
-        self, options: Amqp1Options, addressing: Addressing, label: str, tls_domain: Any = None
+        self,
+        options: Amqp1Options,
+        addressing: Addressing | None,
+        label: str,
+        tls_domain: Any = None,
+        hostname: str = "",
     ) -> None:
-        """``tls_domain``: proton's ``SSLDomain`` when the URL asks for TLS, else None."""
+        """``tls_domain``: proton's ``SSLDomain`` when the URL asks for TLS, else None.
+        ``addressing`` None: chosen once connected (``addressing=auto``), the open frame
+        naming ``hostname`` meanwhile."""
         self.options = options
-        self.addressing = addressing
+        self._addressing = addressing
+        self.hostname = addressing.hostname() if addressing is not None else hostname
         self.label = label
         self.conn: Any = None
         self.up = threading.Event()
@@ -138,6 +165,12 @@ class Loop:
         self._senders: dict[tuple[str, bool], Any] = {}
         self._outcomes: dict[Any, Outcome] = {}
         self._opening: dict[str, Future] = {}
+        self._attaching: dict[str, Any] = {}
+        """link name -> receiver link whose attach the peer has not answered yet."""
+        self.refusable: dict[Any, Callable[[str], None]] = {}
+        """session -> told the peer's reason when the peer refuses something by ending it."""
+        self._credit: dict[str, int] = {}
+        """link name -> credit to grant when the peer has attached it."""
         self._work: deque[Callable[[], None]] = deque()
         self._work_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -152,6 +185,23 @@ class Loop:
         self._stopping = False
         self._stop_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"amqp1-io-{label}", daemon=True)
+
+    @property
+    def addressing(self) -> Addressing:
+        if self._addressing is None:
+            raise TransportError("amqp1: no addressing strategy chosen yet")
+        return self._addressing
+
+    @addressing.setter
+    def addressing(self, strategy: Addressing) -> None:
+        self._addressing = strategy
+        self.hostname = strategy.hostname()
+
+    def peer_properties(self) -> dict[str, str]:
+        """The peer's ``open`` frame properties (product, version...), as text (I/O thread)."""
+        conn = self.conn
+        props = conn.remote_properties if conn is not None else None
+        return {str(k): str(v) for k, v in (props or {}).items()}
 
     # -- threads ------------------------------------------------------------------------
 
@@ -372,13 +422,20 @@ class Loop:
                 if kind == Event.DELIVERY:
                     self._on_delivery(event.delivery)
                 elif kind == Event.LINK_REMOTE_OPEN:
-                    future = self._opening.pop(_name(event.link), None)
-                    if future is not None:
-                        future.set()
+                    link = event.link
+                    credit = self._credit.pop(_name(link), 0)
+                    if link is not None and not _refused(link):  # a refusal's detach follows
+                        if credit:
+                            link.flow(credit)
+                        self._attaching.pop(_name(link), None)
+                        future = self._opening.pop(_name(link), None)
+                        if future is not None:
+                            future.set()
                 elif kind == Event.LINK_REMOTE_CLOSE:
-                    self._on_remote_close(event.link, f"link {_name(event.link)}")
+                    self._on_link_close(event.link)
                 elif kind == Event.SESSION_REMOTE_CLOSE:
-                    self._on_remote_close(event.session, "session")
+                    if not self._session_refused(event.session):
+                        self._on_remote_close(event.session, "session")
                 elif kind == Event.CONNECTION_REMOTE_OPEN:
                     if event.connection == self.conn:
                         self._opened()
@@ -396,6 +453,57 @@ class Loop:
             except Exception:
                 LOG.exception("amqp1: handling %s failed", kind)
             collector.pop()
+
+    def _on_link_close(self, link: Any) -> None:
+        """The peer detached a link: a refused attach (or a sender it stopped taking messages
+        on) fails what waits for it with the peer's reason; any other detach is a lost
+        connection (:meth:`_on_remote_close`)."""
+        name = _name(link)
+        self._attaching.pop(name, None)
+        future = self._opening.pop(name, None)
+        sender = [key for key, held in self._senders.items() if _name(held) == name]
+        if future is None and not (sender and link.remote_condition is not None):
+            self._on_remote_close(link, f"link {name}")
+            return
+        node = link.target.address if link.is_sender else link.source.address
+        why = refusal(node, link.remote_condition)
+        LOG.warning("amqp1 %s", why)
+        if link.state & Endpoint.LOCAL_ACTIVE:
+            link.close()
+        self.receivers.pop(name, None)
+        for key in sender:
+            del self._senders[key]
+        for delivery, tell in list(self._outcomes.items()):
+            if _name(delivery.link) == name:
+                del self._outcomes[delivery]
+                _safe(tell, f"{REFUSED}{why}")
+        if future is not None:
+            future.fail(TransportError(why))
+
+    def _session_refused(self, session: Any) -> bool:
+        """RabbitMQ 4 ends a whole session to refuse an attach or a management request
+        (permissions, a missing node): fail what waits in that session with the broker's
+        reason and keep the connection, instead of reconnecting to be refused again."""
+        condition = session.remote_condition
+        if condition is None or str(condition.name) not in REFUSALS:
+            return False
+        attaching = [name for name, link in self._attaching.items() if link.session == session]
+        told = self.refusable.pop(session, None)
+        if not attaching and told is None:
+            return False
+        if session.state & Endpoint.LOCAL_ACTIVE:
+            session.close()
+        for name in attaching:
+            link = self._attaching.pop(name)
+            self.receivers.pop(name, None)
+            self._credit.pop(name, None)
+            future = self._opening.pop(name, None)
+            if future is not None:
+                future.fail(TransportError(refusal(link.source.address, condition)))
+        if told is not None:
+            told(str(condition))
+        LOG.warning("amqp1 session refused by the peer: %s", condition)
+        return True
 
     def _on_remote_close(self, endpoint: Any, what: str) -> None:
         """The peer ended a session or link we did not close: start over on a new connection.
@@ -449,7 +557,7 @@ class Loop:
         sasl.allow_insecure_mechs = self._tls is None  # over TLS, PLAIN is never in clear
         conn = Connection()
         conn.container = f"rpclib-{self.label}"
-        conn.hostname = self.addressing.hostname()
+        conn.hostname = self.hostname
         conn.user = host.user
         conn.password = host.password
         conn.collect(self._collector)
@@ -506,6 +614,9 @@ class Loop:
         self.receivers.clear()
         self._session = None
         self._close_socket()
+        self._credit.clear()
+        self._attaching.clear()
+        self.refusable.clear()
         opening, self._opening = self._opening, {}
         for future in opening.values():
             future.fail(TransportError(f"the amqp1 connection dropped while attaching ({why})"))
@@ -515,7 +626,8 @@ class Loop:
         if self.closed:
             return
         LOG.warning("amqp1 connection %s lost (%s); reconnecting", self.label, why)
-        self.addressing.reset()
+        if self._addressing is not None:
+            self._addressing.reset()
         for owner in list(self.owners):
             try:
                 owner.connection_lost()
@@ -558,8 +670,9 @@ class Loop:
             if self._session is None:
                 self._session = self.conn.session()
                 self._session.open()
-            link = self._session.sender(self._link_name(node))
-            link.target.address = node
+            link = self._session.sender(self._link_name(node or "anonymous"))
+            if node:
+                link.target.address = node  # else anonymous: each message says where (``to``)
             if settled:
                 link.snd_settle_mode = Link.SND_SETTLED
             link.open()
@@ -574,6 +687,8 @@ class Loop:
         """
         if route.subject is not None:
             message.subject = route.subject
+        if route.to is not None:
+            message.address = route.to
         if self.conn is None and on_outcome is None and not self.closed:
             self._parked.append((time.monotonic() + self.options.send_timeout, route, message))
             return
@@ -592,8 +707,11 @@ class Loop:
         link.open()
         self.receivers[link.name] = owner
         self._opening[link.name] = Future()
+        self._attaching[link.name] = link
         if credit:
-            link.flow(credit)
+            # Granted once the peer's attach arrived: a flow sent before it counts from a
+            # delivery-count the peer never chose, and RabbitMQ 4 then over-sends.
+            self._credit[link.name] = credit
         return link
 
     def opened(self, link: Any) -> Future:
@@ -628,6 +746,28 @@ class Loop:
         owner.on_message(message, delivery)
 
 
+def _refused(link: Any) -> bool:
+    """An attach answered without the node (the peer refuses it; its detach says why)."""
+    terminus = link.remote_target if link.is_sender else link.remote_source
+    return terminus is None or terminus.address is None
+
+
+def refusal(node: str | None, condition: Any) -> str:
+    """The peer's reason for refusing ``node``, and what to change."""
+    text = str(condition or "no reason given")
+    hint = ""
+    if "amqp_address_v1_not_permitted" in text:
+        hint = (
+            " (this RabbitMQ 4 denies the v1 addresses of addressing=rabbitmq: "
+            "use addressing=rabbitmq4, or auto, the default)"
+        )
+    elif "not-found" in text or "not_found" in text:
+        hint = " (the node does not exist: an operator deleted it, or the broker lost it)"
+    elif "unauthorized" in text or "access" in text:
+        hint = " (give the URL's user permissions on the vhost)"
+    return f"the peer refused to attach to {node}: {text}{hint}"
+
+
 def _name(link: Any) -> str:
     return str(link.name) if link is not None else ""
 
@@ -645,4 +785,4 @@ def _safe(tell: Outcome, what: str | None) -> None:
         LOG.exception("amqp1 outcome callback failed")
 
 
-__all__ = ["LOG", "Future", "Loop", "Outcome"]
+__all__ = ["LOG", "REFUSED", "Future", "Loop", "Outcome", "refusal"]

@@ -20,7 +20,8 @@ TLS_SCHEME: Final = "amqps"
 DEFAULT_PORT: Final = 5672
 DEFAULT_TLS_PORT: Final = 5671
 DEFAULT_USER: Final = "guest"
-ADDRESSING: Final = ("rabbitmq", "artemis", "qpid")
+ADDRESSING: Final = ("auto", "rabbitmq", "rabbitmq4", "artemis", "qpid")
+QUEUE_TYPES: Final = ("classic", "quorum")
 KNOWN_OPTIONS: Final = frozenset(
     {
         "addressing",
@@ -32,6 +33,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "send_timeout",
         "advert_sync_wait",
         "route_cache",
+        "queue_type",
     }
     | TLS_OPTIONS
 )
@@ -70,6 +72,8 @@ class Amqp1Options:
     route_cache: float
     tls: TLSConfig | None = None
     """None: plaintext. Else every connection (AMQP 1.0 and topology) uses TLS."""
+    queue_type: str = "classic"
+    """``rabbitmq4``: the type of the durable queues (at-least-once targets, dead letters)."""
 
 
 def parse_options(url: TransportURL) -> Amqp1Options:
@@ -89,10 +93,15 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         )
         for host in url.hosts
     ) or (PeerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
-    addressing = url.option("addressing", "rabbitmq") or "rabbitmq"
+    addressing = url.option("addressing", "auto") or "auto"
     if addressing not in ADDRESSING:
         raise InvalidTransportURL(
             str(url), f"option addressing={addressing!r} must be one of {', '.join(ADDRESSING)}"
+        )
+    queue_type = url.option("queue_type", "classic") or "classic"
+    if queue_type not in QUEUE_TYPES:
+        raise InvalidTransportURL(
+            str(url), f"option queue_type={queue_type!r} must be one of {', '.join(QUEUE_TYPES)}"
         )
     backoff = url.seconds_option("retry_backoff", 0.2)
     backoff_max = url.seconds_option("retry_backoff_max", 5.0)
@@ -114,4 +123,5 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         route_cache=url.seconds_option("route_cache", 1.0, positive=False),
         tls=tls,
+        queue_type=queue_type,
     )

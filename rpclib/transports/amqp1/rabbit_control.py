@@ -31,6 +31,29 @@ T = TypeVar("T")
 NOT_FOUND = 404
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    try:
+        from amqp import exceptions as e
+    except ImportError:  # pragma: no cover - depends on the install
+        return ()
+    return (e.InternalError, e.AccessRefused, e.NotAllowed, e.PreconditionFailed)
+
+
+_REFUSALS = _refusals()
+
+
+def _hint(exc: BaseException) -> str:
+    if "deprecated" in str(exc):
+        return (
+            " (addressing=rabbitmq is for RabbitMQ 3.x's AMQP 1.0 plugin and this broker denies "
+            "a deprecated feature it needs: on RabbitMQ 4 use addressing=rabbitmq4 or auto, "
+            "the default)"
+        )
+    if "ACCESS_REFUSED" in str(exc):
+        return " (give the URL's user configure, write and read permissions on the vhost)"
+    return ""
+
+
 class RabbitControl:
     """One lazily opened 0-9-1 connection and channel, shared under a lock (blocking calls)."""
 
@@ -116,9 +139,15 @@ class RabbitControl:
             for attempt in range(attempts):
                 try:
                     return fn(self._connect())
-                except amqp.exceptions.ChannelError:
+                except amqp.exceptions.NotFound:
                     self._channel = None  # the broker closed the channel: a fresh one next time
                     raise
+                except amqp.exceptions.ChannelError as exc:
+                    self._channel = None
+                    raise TransportError(f"RabbitMQ refused to {what}: {exc}") from exc
+                except _REFUSALS as exc:  # the same request would be refused again: no retry
+                    self._drop()
+                    raise TransportError(f"RabbitMQ refused to {what}: {exc}{_hint(exc)}") from exc
                 except (OSError, amqp.exceptions.AMQPError, EOFError) as exc:
                     last = exc
                     self._drop()
