@@ -16,6 +16,7 @@ from rpclib.exceptions import (
     ConnectionLost,
     FieldNotSet,
     FieldTypeError,
+    Forbidden,
     IncompatibleObjectVersion,
     InvalidArguments,
     InvalidTransportURL,
@@ -46,6 +47,7 @@ from rpclib.listener import (
 )
 from rpclib.notifier import NotificationDriver, Notifier
 from rpclib.objects import Registry, VersionedObject, fields, register
+from rpclib.policy import Allow, Policy
 from rpclib.serializer import Serializer
 from rpclib.server import RequestInfo, RPCServer, current_request
 from rpclib.target import Target
@@ -54,11 +56,13 @@ from rpclib.transport import Transport, get_transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allow",
     "BatchNotificationListener",
     "CastFailure",
     "ConnectionLost",
     "FieldNotSet",
     "FieldTypeError",
+    "Forbidden",
     "IncompatibleObjectVersion",
     "InvalidArguments",
     "InvalidTransportURL",
@@ -76,6 +80,7 @@ __all__ = [
     "ObjectBackportEndpoint",
     "ObjectError",
     "PermanentError",
+    "Policy",
     "RPCClient",
     "RPCIndirection",
     "RPCServer",

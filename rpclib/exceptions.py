@@ -146,6 +146,35 @@ class NoSuchMethod(MessagingError, AttributeError):
         self.namespace = namespace
 
 
+class Forbidden(MessagingError, PermissionError):
+    """The server's policy does not allow this sender to call this method.
+
+    Raised for the caller (a refused cast is dead-lettered with this reason);
+    the handler never ran. ``rule`` says which rule decided (or that none allowed
+    it); ``action`` is "call", or "send" for a notification's event type.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        principal: str | None,
+        method: str,
+        namespace: str | None = None,
+        rule: str = "",
+        action: str = "call",
+    ) -> None:
+        ns = f"{namespace}." if namespace else ""
+        who = repr(principal) if principal is not None else "an unauthenticated sender"
+        because = f" ({rule})" if rule else ""
+        super().__init__(f"{who} may not {action} {ns}{method}{because}")
+        self.principal = principal
+        self.method = method
+        self.namespace = namespace
+        self.rule = rule
+        self.action = action
+
+
 class InvalidArguments(MessagingError, TypeError):
     """The arguments do not fit the method's signature or annotated types."""
 

@@ -26,6 +26,7 @@ _STRUCTURED: dict[str, tuple[tuple[str, ...], Callable[..., BaseException]]] = {
         exc_mod.UnsupportedVersion,
     ),
     "NoSuchMethod": (("method", "namespace"), exc_mod.NoSuchMethod),
+    "Forbidden": (("principal", "method", "namespace", "rule", "action"), exc_mod.Forbidden),
     "InvalidArguments": (("method", "problem"), exc_mod.InvalidArguments),
     "UnknownObject": (("name",), exc_mod.UnknownObject),
     "IncompatibleObjectVersion": (

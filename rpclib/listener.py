@@ -31,8 +31,10 @@ from typing import Any
 from rpclib import envelope
 from rpclib.consumer import Consumer, Counters
 from rpclib.envelope import Envelope, Kind
-from rpclib.exceptions import MalformedMessage, MessageTooLarge, is_retryable
+from rpclib.exceptions import Forbidden, MalformedMessage, MessageTooLarge, is_retryable
+from rpclib.logsummary import SummaryLog
 from rpclib.notify_drivers import PRIORITIES
+from rpclib.policy import Policy
 from rpclib.serializer import Serializer
 from rpclib.target import Target
 from rpclib.transport import Transport
@@ -138,6 +140,7 @@ class ListenerStats(Counters):
     dead_lettered: int = 0
     malformed: int = 0
     filtered: int = 0
+    forbidden: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,7 @@ class _ListenerBase(Consumer):
         max_attempts: int,
         serializer: Serializer | None,
         prefetch: int,
+        policy: Policy | None,
     ) -> None:
         self.targets = list(targets)
         if not self.targets:
@@ -234,6 +238,8 @@ class _ListenerBase(Consumer):
         self.stats = ListenerStats()
         self._callbacks = _callbacks(endpoints)
         self._prefetch = prefetch
+        self.policy = policy
+        self._log = SummaryLog(LOG)
 
     @property
     def addresses(self) -> list[Address]:
@@ -262,6 +268,9 @@ class _ListenerBase(Consumer):
             ", ".join(str(a) for a in self.addresses),
         )
 
+    def _on_closed(self) -> None:
+        self._log.flush()
+
     # hook for the two listeners
     def _accept(self, received: _Received) -> None:
         raise NotImplementedError
@@ -283,9 +292,32 @@ class _ListenerBase(Consumer):
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
             self.stats.add("dead_lettered")
-            LOG.error("dead-lettering a malformed notification on %s: %s", address, exc)
+            self._log.log(
+                logging.ERROR,
+                "malformed notifications",
+                "dead-lettering a malformed notification on %s: %s",
+                address,
+                exc,
+            )
             incoming.dead_letter(f"malformed notification: {exc}")
             return
+        if self.policy is not None:
+            decision = self.policy.check_notification(incoming.sender, received.event_type)
+            if not decision.allowed:
+                refused = Forbidden(
+                    incoming.sender, received.event_type, None, decision.rule, action="send"
+                )
+                self.stats.add("forbidden")
+                self.stats.add("dead_lettered")
+                self._log.log(
+                    logging.WARNING,
+                    "forbidden notifications",
+                    "dead-lettering a notification on %s: %s",
+                    address,
+                    refused,
+                )
+                incoming.dead_letter(f"Forbidden: {refused}")
+                return
         received.callbacks = [
             cb
             for cb in self._callbacks.get(priority, [])
@@ -325,6 +357,7 @@ class _ListenerBase(Consumer):
             "timestamp": float(sent_at),
             "priority": priority,
             "attempts": incoming.attempts,
+            "sender": incoming.sender,
         }
         return _Received(incoming, env, priority, event_type, publisher_id, ctx, metadata)
 
@@ -337,7 +370,9 @@ class _ListenerBase(Consumer):
         except Exception as exc:
             self.stats.add("malformed")
             self.stats.add("dead_lettered")
-            LOG.error(
+            self._log.log(
+                logging.ERROR,
+                "malformed notifications",
                 "dead-lettering notification %s %s: undecodable payload: %s",
                 received.event_type,
                 received.metadata["message_id"],
@@ -420,7 +455,10 @@ class NotificationListener(_ListenerBase):
 
     ``metadata`` holds ``message_id`` (hex, stable across redeliveries),
     ``timestamp`` (when it was sent, ``time.time()``), ``priority`` and
-    ``attempts`` (1 on first delivery). Endpoint methods run on a pool of
+    ``attempts`` (1 on first delivery) and ``sender`` (the principal the
+    transport authenticated, or None). With a ``policy``, a notification
+    whose sender may not send its event type is dead-lettered with the
+    reason and never reaches an endpoint. Endpoint methods run on a pool of
     ``executor_threads``; return None, :attr:`NotificationResult.HANDLED` or
     :attr:`NotificationResult.REQUEUE`. A REQUEUE (with ``allow_requeue``)
     or an exception requeues the notification, and after ``max_attempts``
@@ -440,6 +478,7 @@ class NotificationListener(_ListenerBase):
         max_attempts: int = 5,
         serializer: Serializer | None = None,
         prefetch: int | None = None,
+        policy: Policy | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -451,6 +490,7 @@ class NotificationListener(_ListenerBase):
             max_attempts=max_attempts,
             serializer=serializer,
             prefetch=prefetch or executor_threads * 2,
+            policy=policy,
         )
 
     def _accept(self, received: _Received) -> None:
@@ -516,6 +556,7 @@ class BatchNotificationListener(_ListenerBase):
         max_attempts: int = 5,
         serializer: Serializer | None = None,
         prefetch: int | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
@@ -536,6 +577,7 @@ class BatchNotificationListener(_ListenerBase):
             max_attempts=max_attempts,
             serializer=serializer,
             prefetch=prefetch or max(2 * batch_size, executor_threads * 2),
+            policy=policy,
         )
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout

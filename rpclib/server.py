@@ -31,6 +31,7 @@ from rpclib.directory import encode_advert
 from rpclib.dispatcher import Dispatcher, MethodEntry
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
+    Forbidden,
     MalformedMessage,
     MessageTooLarge,
     MessagingError,
@@ -41,6 +42,8 @@ from rpclib.exceptions import (
     is_retryable,
 )
 from rpclib.failures import to_failure
+from rpclib.logsummary import SummaryLog
+from rpclib.policy import Policy
 from rpclib.serializer import Serializer
 from rpclib.target import Target
 from rpclib.transport import Transport
@@ -60,6 +63,8 @@ class RequestInfo:
     attempts: int
     at_least_once: bool
     deadline: float | None
+    sender: str | None = None
+    """The principal the transport authenticated as the request's sender (None: it can't)."""
 
 
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
@@ -87,6 +92,7 @@ class ServerStats(Counters):
     expired: int = 0
     requeued: int = 0
     dead_lettered: int = 0
+    forbidden: int = 0
 
 
 class _Heartbeats:
@@ -160,7 +166,11 @@ class RPCServer(Consumer):
 
     Listens on the topic (competing with other servers), on its own server
     address and on the topic's fanout, and advertises its interfaces so that
-    clients with ``version_cap="auto"`` can follow it.
+    clients with ``version_cap="auto"`` can follow it. With a ``policy``
+    (:class:`rpclib.Policy`), a request whose authenticated sender the policy
+    does not allow is refused before anything else is looked at: a call gets
+    :class:`rpclib.Forbidden`, a cast is dead-lettered with the reason, and
+    the handler never runs.
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class RPCServer(Consumer):
         serializer: Serializer | None = None,
         advert_interval: float = 10.0,
         prefetch: int | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if not target.topic or not target.server:
             raise ValueError(f"an RPC server needs a topic and a server name, got {target!r}")
@@ -186,7 +197,9 @@ class RPCServer(Consumer):
         self.serializer = serializer or Serializer()
         self.max_attempts = max_attempts
         self.advert_interval = advert_interval
+        self.policy = policy
         self.stats = ServerStats()
+        self._log = SummaryLog(LOG)
         self._exchange = target.exchange or transport.default_exchange
         self._prefetch = prefetch or executor_threads * 2
         self._heartbeats = _Heartbeats(self._send_progress)
@@ -229,6 +242,7 @@ class RPCServer(Consumer):
             LOG.warning("could not withdraw advert of %s: %s", self.target.server, exc)
 
     def _on_closed(self) -> None:
+        self._log.flush()
         self._advert_stop.set()
         self._heartbeats.stop()
 
@@ -262,12 +276,23 @@ class RPCServer(Consumer):
             env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
-            LOG.error("dead-lettering a malformed message on %s: %s", self.target.topic, exc)
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a malformed message on %s: %s",
+                self.target.topic,
+                exc,
+            )
             incoming.dead_letter(f"malformed message: {exc}")
             return
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
             self.stats.add("malformed")
-            LOG.error("dead-lettering a %s envelope sent to an RPC server", env.kind.name)
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a %s envelope sent to an RPC server",
+                env.kind.name,
+            )
             incoming.dead_letter(f"unexpected {env.kind.name} envelope at an RPC server")
             return
         method = env.header[envelope.METHOD]
@@ -278,6 +303,8 @@ class RPCServer(Consumer):
             return
         if deadline is not None and time.time() > deadline:
             self._expired(env, incoming, deadline)
+            return
+        if self.policy is not None and not self._allowed(env, incoming):
             return
         try:
             entry = self.dispatcher.lookup(
@@ -295,17 +322,38 @@ class RPCServer(Consumer):
         if not self._pool.submit(lambda: self._handle(env, entry, incoming)):
             incoming.requeue()  # shutting down: another server takes it
 
+    def _allowed(self, env: Envelope, incoming: Incoming) -> bool:
+        """Apply the policy (before lookup, so a refused sender learns nothing of the API)."""
+        assert self.policy is not None
+        method, namespace = env.header[envelope.METHOD], env.get(envelope.NAMESPACE)
+        if type(method) is not str or (namespace is not None and type(namespace) is not str):
+            return True  # malformed: the lookup rejects it with the reason
+        decision = self.policy.check_call(incoming.sender, namespace, method)
+        if decision.allowed:
+            return True
+        self.stats.add("forbidden")
+        self._reject(env, incoming, Forbidden(incoming.sender, method, namespace, decision.rule))
+        return False
+
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
         self.stats.add("expired")
         late = time.time() - deadline
         method = env.header[envelope.METHOD]
         if env.kind is Kind.CAST and env.get(envelope.AT_LEAST_ONCE):
             reason = f"deadline passed {late:.3f}s before {method!r} could start"
-            LOG.warning("dead-lettering expired cast %s: %s", env.message_id.hex(), reason)
+            self._log.log(
+                logging.WARNING,
+                "expired casts",
+                "dead-lettering expired cast %s: %s",
+                env.message_id.hex(),
+                reason,
+            )
             incoming.dead_letter(reason)
             self.stats.add("dead_lettered")
         else:
-            LOG.warning(
+            self._log.log(
+                logging.WARNING,
+                "expired requests",
                 "dropping %s %s for %r: its deadline passed %.3fs ago (the caller gave up)",
                 env.kind.name.lower(),
                 env.message_id.hex(),
@@ -317,11 +365,19 @@ class RPCServer(Consumer):
     def _reject(self, env: Envelope, incoming: Incoming, exc: MessagingError) -> None:
         """Answer a call, or dead-letter (and report) a cast, with ``exc``."""
         if env.kind is Kind.CALL:
-            LOG.warning("rejected call %s: %s", env.message_id.hex(), exc)
+            self._log.log(
+                logging.WARNING, "rejected calls", "rejected call %s: %s", env.message_id.hex(), exc
+            )
             incoming.ack()
             self._reply(env, to_failure(exc, with_traceback=False), failed=True)
             return
-        LOG.error("rejected cast %s, dead-lettering it: %s", env.message_id.hex(), exc)
+        self._log.log(
+            logging.ERROR,
+            "rejected casts",
+            "rejected cast %s, dead-lettering it: %s",
+            env.message_id.hex(),
+            exc,
+        )
         incoming.dead_letter(f"{type(exc).__name__}: {exc}")
         self.stats.add("dead_lettered")
         self._report_cast_failure(env, exc)
@@ -358,6 +414,7 @@ class RPCServer(Consumer):
             attempts=incoming.attempts,
             at_least_once=at_least_once,
             deadline=env.get(envelope.DEADLINE),
+            sender=incoming.sender,
         )
         token = _current.set(info)
         beating = self._start_heartbeats(env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rpclib.directory import Directory
 from rpclib.envelope import DEFAULT_MAX_SIZE
@@ -14,6 +15,9 @@ from rpclib.replies import ReplyRouter
 from rpclib.transports import load_driver
 from rpclib.transports.base import Driver
 from rpclib.transports.url import TransportURL
+
+if TYPE_CHECKING:
+    from rpclib.signing import Signing
 
 
 class Transport:
@@ -122,15 +126,24 @@ def get_transport(
     *,
     default_exchange: str = "rpclib",
     max_message_size: int = DEFAULT_MAX_SIZE,
+    signing: Signing | None = None,
 ) -> Transport:
     """Connect to the transport named by ``url``; its scheme picks the driver.
 
     ``memory://`` (in-process), ``rabbit://``, ``amqp1://``, ``etcd://`` or any
     scheme a third-party driver registers. A bad URL or unknown scheme raises
-    an error naming it.
+    an error naming it. ``signing`` (:class:`rpclib.signing.Signing`, the
+    ``signing`` extra) seals every message sent with this process's key and
+    accepts only messages signed by keys its trust store holds, each with its
+    signer as the authenticated sender (docs/security.md).
     """
+    driver = load_driver(url)
+    if signing is not None:
+        from rpclib.signing import SigningDriver
+
+        driver = SigningDriver(driver, signing)
     return Transport(
-        load_driver(url),
+        driver,
         default_exchange=default_exchange,
         max_message_size=max_message_size,
     )

@@ -132,6 +132,15 @@ class Incoming(Protocol):
         """1 on first delivery, incremented on every redelivery."""
         ...
 
+    @property
+    def sender(self) -> str | None:
+        """The principal that sent it, as the transport authenticated it; None if it can't.
+
+        Established by the transport (a broker-verified user, an account of the
+        bus), never read from the message body: authorization relies on it.
+        """
+        ...
+
     def ack(self) -> None:
         """Done with it: remove it from the queue."""
 

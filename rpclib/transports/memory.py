@@ -51,6 +51,17 @@ debug). Called from inside the handler, close requeues the message being
 handled at once. Messages whose ``expires_at`` (``time.time()``) passes
 before hand-over are discarded and counted in :meth:`MemoryDriver.stats`.
 
+Accounts
+========
+
+A bus may hold accounts (:func:`add_account`, :func:`remove_account`), as a
+broker does: then every driver must name one in its URL
+(``memory://user:password@NAME``), and every message it sends carries that
+user as its authenticated sender (``Incoming.sender``), set by the bus, not by
+the message. A bus without accounts takes no credentials and its messages
+have no sender. Removing an account refuses new drivers for it; drivers
+already connected keep their identity, as broker connections do.
+
 Adverts live in a per-bus table. Every ``advertise`` (new body or plain
 refresh) is reported as ``(server, body)``, ``withdraw`` and TTL expiry as
 ``(server, None)``; a per-bus clock thread fires expiries on time. Each watch
@@ -97,6 +108,7 @@ Choices where the contract is silent
 from __future__ import annotations
 
 import heapq
+import hmac
 import itertools
 import logging
 import math
@@ -158,6 +170,26 @@ def _get_bus(name: str) -> _Bus:
         return bus
 
 
+def add_account(bus: str, user: str, password: str) -> None:
+    """Create or change an account on bus ``bus``: drivers must then authenticate."""
+    if not user or not password or ":" in user or "@" in user:
+        raise ValueError(f"an account needs a user (without ':' or '@') and a password: {user!r}")
+    target = _get_bus(bus.lower())
+    with target.lock:
+        if target.accounts is None:
+            target.accounts = {}
+        target.accounts[user] = password
+
+
+def remove_account(bus: str, user: str) -> None:
+    """Remove ``user`` from bus ``bus`` (KeyError if it has no such account)."""
+    target = _get_bus(bus.lower())
+    with target.lock:
+        if target.accounts is None or user not in target.accounts:
+            raise KeyError(f"memory bus {bus!r} has no account {user!r}")
+        del target.accounts[user]
+
+
 def reset_bus(name: str = DEFAULT_BUS) -> None:
     """Drop bus ``name``: stop its threads and forget its queues, adverts and dead letters.
 
@@ -181,12 +213,15 @@ def reset_all_buses() -> None:
 class _Message:
     """One copy of a message in one queue."""
 
-    __slots__ = ("attempts", "body", "expires_at")
+    __slots__ = ("attempts", "body", "expires_at", "sender")
 
-    def __init__(self, body: bytes, expires_at: float | None, attempts: int) -> None:
+    def __init__(
+        self, body: bytes, expires_at: float | None, attempts: int, sender: str | None = None
+    ) -> None:
         self.body = body
         self.expires_at = expires_at
         self.attempts = attempts
+        self.sender = sender
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -217,6 +252,7 @@ class _Bus:
         self.adverts: dict[tuple[str, str], dict[str, _Advert]] = {}
         self.watches: dict[tuple[str, str], list[_Watch]] = {}
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTER_LIMIT)
+        self.accounts: dict[str, str] | None = None
         self.expired = 0
         self.resources: set[_Resource] = set()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -445,6 +481,11 @@ class _Delivery:
     @property
     def attempts(self) -> int:
         return self._attempts
+
+    @property
+    def sender(self) -> str | None:
+        """The account of the driver that sent it (None on a bus without accounts)."""
+        return self._msg.sender
 
     def ack(self) -> None:
         """Done with it: remove it from the queue."""
@@ -871,7 +912,7 @@ def _probability(url: TransportURL, name: str) -> float:
 
 
 def _bus_name(url: TransportURL) -> str:
-    """The bus a ``memory://`` URL names; anything a broker URL would add is an error."""
+    """The bus a ``memory://`` URL names; a port, path or host list is an error."""
     if len(url.hosts) > 1:
         raise InvalidTransportURL(str(url), "memory:// names one bus, not a host list")
     if url.virtual_host.strip("/"):
@@ -883,9 +924,34 @@ def _bus_name(url: TransportURL) -> str:
     host = url.hosts[0]
     if host.port is not None:
         raise InvalidTransportURL(str(url), "memory:// takes no port")
-    if host.username is not None or host.password is not None:
-        raise InvalidTransportURL(str(url), "memory:// takes no credentials")
     return host.hostname
+
+
+def _authenticate(url: TransportURL, bus: _Bus) -> str | None:
+    """The account this driver sends as (None on a bus without accounts)."""
+    host = url.hosts[0] if url.hosts else None
+    user = host.username if host else None
+    password = host.password if host else None
+    with bus.lock:
+        accounts = None if bus.accounts is None else dict(bus.accounts)
+    if accounts is None:
+        if user is not None or password is not None:
+            raise TransportError(
+                f"memory bus {bus.name!r} has no accounts: drop the credentials from the URL, "
+                "or create accounts with rpclib.transports.memory.add_account()"
+            )
+        return None
+    if not user:
+        raise TransportError(
+            f"memory bus {bus.name!r} requires authentication: "
+            "name an account as memory://user:password@bus"
+        )
+    known = accounts.get(user)
+    if known is None or not hmac.compare_digest(known.encode(), (password or "").encode()):
+        raise TransportError(
+            f"memory bus {bus.name!r} refused user {user!r}: unknown user or wrong password"
+        )
+    return user
 
 
 # --- the driver -------------------------------------------------------------------
@@ -902,6 +968,7 @@ class MemoryDriver(Driver):
         if self._faults.active:
             _LOG.debug("fault injection on %s with seed %d", url, self._faults.seed)
         self._bus = _get_bus(self.bus_name)
+        self.user = _authenticate(url, self._bus)
         self._lock = threading.Lock()
         self._closed = False
         self._resources: set[_Resource] = set()
@@ -1148,7 +1215,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         for sink in sinks:
             for _ in range(copies):
-                msg = _Message(body, expires_at, attempts)
+                msg = _Message(body, expires_at, attempts, self.user)
                 if delay > 0:
                     bus.schedule(delay, _deferred_put(sink, msg, hold))
                 else:

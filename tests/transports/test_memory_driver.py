@@ -719,7 +719,6 @@ class TestUrlOptions:
             ("memory://bus:5672", "port"),
             ("memory://a,b", "host list"),
             ("memory://bus/vhost", "path"),
-            ("memory://user:secret@bus", "credentials"),
         ],
     )
     def test_bad_url_is_rejected_naming_the_problem(self, url: str, named: str) -> None:

@@ -73,6 +73,11 @@ class Amqp1Incoming:
         "props",
     )
 
+    @property
+    def sender(self) -> str | None:
+        """None: this transport does not authenticate senders yet (docs/security.md)."""
+        return None
+
     def __init__(
         self,
         sub: Amqp1Subscription,

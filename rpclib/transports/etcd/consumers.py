@@ -86,6 +86,11 @@ class Delivery:
         "settled",
     )
 
+    @property
+    def sender(self) -> str | None:
+        """None: this transport does not authenticate senders yet (docs/security.md)."""
+        return None
+
     def __init__(
         self,
         consumer: Consumer,

@@ -168,6 +168,11 @@ class RabbitIncoming:
         "attempts",
     )
 
+    @property
+    def sender(self) -> str | None:
+        """None: this transport does not authenticate senders yet (docs/security.md)."""
+        return None
+
     def __init__(
         self, sub: RabbitSubscription, epoch: int, generation: int, queue: str, message: Any
     ) -> None:

@@ -1,0 +1,137 @@
+"""What authentication and authorization cost: calls and casts with them on and off.
+
+Side by side in one run, interleaved rounds, on ``memory://`` (so the cost of
+the mechanisms is not hidden behind a broker's): *off* (no accounts, no
+policy), *accounts + policy* (the bus authenticates each driver and the server
+checks a policy per request) and *signed + policy* (every message sealed with
+Ed25519 and opened against a trust store; needs the ``signing`` extra).
+
+Run: ``bench/run security`` (or ``python bench/bench_security.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import rpclib
+from rpclib.transports.memory import add_account, reset_bus
+
+PAYLOAD = {"instance_uuid": str(uuid.uuid4()), "name": "vm-0001", "vcpus": 2, "tags": ["a", "b"]}
+POLICY = rpclib.Policy(
+    [rpclib.Allow("role:caller", namespace="*", methods=["echo", "note"])],
+    roles={"caller": ["client-*"]},
+)
+
+
+class Endpoint:
+    def __init__(self, expected: int) -> None:
+        self.casts = 0
+        self.expected = expected
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    def echo(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    def note(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        with self._lock:
+            self.casts += 1
+            if self.casts == self.expected:
+                self.done.set()
+
+
+Pair = tuple[rpclib.Transport, rpclib.Transport, rpclib.Policy | None, Callable[[], None]]
+
+
+def plain() -> Pair:
+    bus = f"bench-{uuid.uuid4().hex}"
+    server, client = (rpclib.get_transport(f"memory://{bus}") for _ in range(2))
+    return server, client, None, lambda: reset_bus(bus)
+
+
+def accounts() -> Pair:
+    bus = f"bench-{uuid.uuid4().hex}"
+    add_account(bus, "server", "s")
+    add_account(bus, "client-1", "c")
+    server = rpclib.get_transport(f"memory://server:s@{bus}")
+    client = rpclib.get_transport(f"memory://client-1:c@{bus}")
+    return server, client, POLICY, lambda: reset_bus(bus)
+
+
+def signed() -> Pair:
+    from rpclib.signing import Signing, SigningKey, TrustStore
+
+    bus = f"bench-{uuid.uuid4().hex}"
+    folder = tempfile.TemporaryDirectory()
+    trust = TrustStore(directory=folder.name)
+    keys = {name: SigningKey.generate(name) for name in ("server", "client-1")}
+    for key in keys.values():
+        trust.write(key)
+    server = rpclib.get_transport(f"memory://{bus}", signing=Signing(keys["server"], trust))
+    client = rpclib.get_transport(f"memory://{bus}", signing=Signing(keys["client-1"], trust))
+
+    def cleanup() -> None:
+        reset_bus(bus)
+        folder.cleanup()
+
+    return server, client, POLICY, cleanup
+
+
+def run(make: Callable[[], Pair], calls: int, casts: int) -> tuple[float, float]:
+    server_t, client_t, policy, cleanup = make()
+    endpoint = Endpoint(casts)
+    server = rpclib.RPCServer(
+        server_t, rpclib.Target(topic="b", server="s"), [endpoint], policy=policy
+    )
+    server.start()
+    client = rpclib.RPCClient(client_t, rpclib.Target(topic="b"), timeout=30)
+    client.call({}, "echo", payload=PAYLOAD)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        client.call({}, "echo", payload=PAYLOAD)
+    call_rate = calls / (time.perf_counter() - t0)
+    caster = client.prepare(at_least_once=True)
+    t0 = time.perf_counter()
+    for _ in range(casts):
+        caster.cast({}, "note", payload=PAYLOAD)
+    if not endpoint.done.wait(120):
+        raise SystemExit(f"only {endpoint.casts} of {casts} casts were handled")
+    cast_rate = casts / (time.perf_counter() - t0)
+    server.stop()
+    server.wait()
+    client_t.close()
+    server_t.close()
+    cleanup()
+    return call_rate, cast_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--casts", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(args.rounds):  # interleaved, so machine noise hits each alike
+        for name, make in variants.items():
+            rates[name].append(run(make, args.calls, args.casts))
+    med = statistics.median
+    off_calls = med(r[0] for r in rates["off"])
+    off_casts = med(r[1] for r in rates["off"])
+    print(f"memory://, {args.rounds} interleaved rounds, medians (ratio: of 'off')")
+    print(f"{'':22}{'calls/s':>10}{'ratio':>7}{'casts/s':>10}{'ratio':>7}")
+    for name, samples in rates.items():
+        c, k = med(r[0] for r in samples), med(r[1] for r in samples)
+        print(f"{name:22}{c:10.0f}{c / off_calls:7.2f}{k:10.0f}{k / off_casts:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

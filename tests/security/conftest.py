@@ -1,0 +1,38 @@
+"""A memory bus with accounts, one per principal, and a transport per principal."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import rpclib
+from rpclib.transports.memory import add_account, reset_bus
+
+PRINCIPALS = ("conductor", "scheduler", "compute-1", "compute-2", "cli")
+
+
+@pytest.fixture
+def secure_bus() -> Iterator[str]:
+    """A bus whose every driver must log in; one account per principal (password = name*2)."""
+    name = f"sec{uuid.uuid4().hex[:12]}"
+    for principal in PRINCIPALS:
+        add_account(name, principal, principal * 2)
+    yield name
+    reset_bus(name)
+
+
+@pytest.fixture
+def as_principal(secure_bus: str) -> Iterator[Callable[[str], rpclib.Transport]]:
+    """A transport logged in as the given principal (closed after the test)."""
+    opened: list[rpclib.Transport] = []
+
+    def login(principal: str) -> rpclib.Transport:
+        transport = rpclib.get_transport(f"memory://{principal}:{principal * 2}@{secure_bus}")
+        opened.append(transport)
+        return transport
+
+    yield login
+    for transport in opened:
+        transport.close()
