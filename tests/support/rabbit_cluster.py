@@ -18,9 +18,7 @@ import atexit
 import contextlib
 import json
 import secrets
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -33,8 +31,8 @@ from tests.support.rabbit_node import (
     NodeError,
     RabbitNode,
     _port_open,
-    _sbin,
-    free_ports,
+    start_epmd,
+    stop_process,
 )
 
 SIZE = 3
@@ -108,30 +106,12 @@ class RabbitCluster:
                     node.close()
         finally:
             if self._epmd is not None:
-                self._epmd.terminate()
-                try:
-                    self._epmd.wait(5)
-                except subprocess.TimeoutExpired:
-                    self._epmd.kill()
-                    self._epmd.wait()
+                stop_process(self._epmd)
             atexit.unregister(self.close)
 
     def _start_epmd(self) -> int:
         """An epmd of our own on a free port (no system one runs); stopped by its pid."""
-        epmd = shutil.which("epmd") or _sbin("epmd")
-        port = free_ports(1)[0]
-        self._epmd = subprocess.Popen(
-            [epmd, "-port", str(port), "-address", HOST],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while not _port_open(port):
-            if time.monotonic() > deadline or self._epmd.poll() is not None:
-                raise NodeError(f"epmd did not come up on port {port}")
-            time.sleep(0.05)
+        self._epmd, port = start_epmd()
         return port
 
     def __repr__(self) -> str:

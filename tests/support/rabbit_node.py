@@ -98,6 +98,40 @@ def _port_open(port: int, timeout: float = 1.0) -> bool:
 # --- processes, by pid ----------------------------------------------------------
 
 
+def start_epmd(
+    user: int | None = None, group: int | None = None, extra_groups: list[int] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """An epmd of our own on a free 127.0.0.1 port (when no system one runs): (process, port)."""
+    epmd = shutil.which("epmd") or _sbin("epmd")
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [epmd, "-port", str(port), "-address", HOST],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        user=user,
+        group=group,
+        extra_groups=extra_groups,
+    )
+    deadline = time.monotonic() + 10
+    while not _port_open(port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise NodeError(f"epmd did not come up on port {port}")
+        time.sleep(0.05)
+    return proc, port
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started, by its pid: SIGTERM, then SIGKILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, start time) of ``pid``, or None if it is gone (or a zombie)."""
     try:
@@ -431,12 +465,7 @@ class RabbitNode:
             self.stop()
         finally:
             if self._epmd is not None:
-                self._epmd.terminate()
-                try:
-                    self._epmd.wait(5)
-                except subprocess.TimeoutExpired:
-                    self._epmd.kill()
-                    self._epmd.wait()
+                stop_process(self._epmd)
                 self._epmd = None
             if os.environ.get("RPCLIB_KEEP_TEST_NODE"):
                 print(f"private RabbitMQ node files kept in {self.dir}")
@@ -561,23 +590,9 @@ class RabbitNode:
         if self._epmd is None and _port_open(SYSTEM_EPMD_PORT):
             self._epmd_port = SYSTEM_EPMD_PORT
             return
-        epmd = shutil.which("epmd") or _sbin("epmd")
-        self._epmd_port = free_ports(1)[0]
-        self._epmd = subprocess.Popen(
-            [epmd, "-port", str(self._epmd_port), "-address", HOST],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            user=self._uid,
-            group=self._gid,
-            extra_groups=self._groups,
+        self._epmd, self._epmd_port = start_epmd(
+            user=self._uid, group=self._gid, extra_groups=self._groups
         )
-        deadline = time.monotonic() + 10
-        while not _port_open(self._epmd_port):
-            if time.monotonic() > deadline or self._epmd.poll() is not None:
-                raise NodeError(f"epmd did not come up on port {self._epmd_port}")
-            time.sleep(0.05)
 
     def _wait_ready(self, timeout: float) -> None:
         import kombu

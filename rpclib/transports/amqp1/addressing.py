@@ -156,10 +156,12 @@ class Addressing(abc.ABC):
         """Create the durable node of a topic group or server without consuming."""
         return None
 
-    @abc.abstractmethod
     def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
         """A private node (inbox, advert watch) named ``<kind>.<suffix>``, reachable by
         :meth:`private_route` and through ``binds`` (exchange, key) pairs; its name."""
+        name = f"{kind}.{private_suffix()}"
+        self.recreate_private(name, binds)
+        return name
 
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         """Declare private node ``name`` again (it was lost with the broker)."""
@@ -299,11 +301,6 @@ class RabbitMQAddressing(Addressing):
 
     # private nodes
 
-    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
-        name = f"{kind}.{private_suffix()}"
-        self.recreate_private(name, binds)
-        return name
-
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         self.control.queue(name, durable=False, arguments={"x-expires": 3_600_000})
         self.control.bind_queue(name, "amq.direct", name)
@@ -383,9 +380,6 @@ class ArtemisAddressing(Addressing):
     def declare(self, address: Address, group: str | None) -> None:
         pass  # Artemis creates the queue when the first receiver attaches
 
-    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
-        return f"{kind}.{private_suffix()}"
-
     def private_route(self, name: str) -> Route:
         return Route(name)
 
@@ -462,9 +456,6 @@ class QpidAddressing(Addressing):
         """Only checks: the stored node appears when a sender or receiver attaches to it."""
         self._refuse_group(address, group)
         self._node(QPID_STORED, queue_name(address))
-
-    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
-        return f"{kind}.{private_suffix()}"
 
     def private_route(self, name: str) -> Route:
         return Route(self._node(QPID_UNICAST, name))

@@ -190,11 +190,6 @@ class RabbitMQ4Addressing(Addressing):
 
     # -- private nodes ------------------------------------------------------------------
 
-    def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
-        name = f"{kind}.{private_suffix()}"
-        self.recreate_private(name, binds)
-        return name
-
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         if name.startswith(REPLY_PREFIX):
             self._queue(name, expires_ms=INBOX_EXPIRES_MS)  # replies wait over a reconnect
