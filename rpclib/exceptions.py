@@ -8,6 +8,7 @@ handler raised, the message itself was bad.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 
@@ -79,6 +80,27 @@ class Undeliverable(MessagingError):
 
 class MessagingTimeout(MessagingError, TimeoutError):
     """Base class of deadline failures."""
+
+
+class SendTimedOut(TransportError, MessagingTimeout):
+    """The transport did not take a message before the message's own deadline.
+
+    A call's deadline bounds its send too: whatever the broker does (down,
+    electing a leader, not confirming), a send given a deadline gives up at it
+    with this error, rather than block past the time its caller waits.
+    """
+
+
+def past_deadline(exc: TransportError, what: str, expires_at: float | None) -> SendTimedOut | None:
+    """A SendTimedOut for ``exc`` if the message's deadline passed (None if not, or if it is one).
+
+    Drivers raise it ``from exc`` so that a send that failed because its time
+    ran out says so, whatever broke underneath.
+    """
+    if isinstance(exc, SendTimedOut) or expires_at is None or time.time() < expires_at - 0.05:
+        return None
+    late = time.time() - expires_at
+    return SendTimedOut(f"{what}: not taken before its deadline ({late:+.3f}s): {exc}")
 
 
 class ReplyTimeout(MessagingTimeout):

@@ -43,7 +43,8 @@ import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 
-from rpclib.exceptions import MessagingTimeout, TransportError
+from rpclib import exceptions
+from rpclib.exceptions import TransportError
 from rpclib.transports.etcd.endpoints import Endpoints
 from rpclib.transports.etcd.lean_http import LeanSession, TLSFailure
 from rpclib.transports.etcd.naming import prefix_end
@@ -66,7 +67,7 @@ class Unreachable(TransportError):
     """No etcd member answered within the deadline."""
 
 
-class SendTimedOut(Unreachable, MessagingTimeout):
+class SendTimedOut(Unreachable, exceptions.SendTimedOut):
     """etcd did not take a message before the message's own deadline (a call's timeout)."""
 
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from amqp import spec
 
-from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.exceptions import TransportError, Undeliverable, past_deadline
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -119,8 +119,24 @@ class RabbitDriver(Driver):
         """Publish ``body`` by the path the guarantee picks (see the doc's three paths).
 
         Never blocks past ``send_timeout``, nor past ``expires_at`` if given (a
-        call's deadline): TransportError then.
+        call's deadline): TransportError then (SendTimedOut past the deadline).
         """
+        try:
+            self._send(address, body, guarantee, expires_at, on_undeliverable)
+        except TransportError as exc:
+            timed_out = past_deadline(exc, f"sending to {address}", expires_at)
+            if timed_out is None:
+                raise
+            raise timed_out from exc
+
+    def _send(
+        self,
+        address: Address,
+        body: bytes,
+        guarantee: Guarantee,
+        expires_at: float | None,
+        on_undeliverable: Callable[[Undeliverable], None] | None,
+    ) -> None:
         self._check_open()
         body = bytes(body)
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
