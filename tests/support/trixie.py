@@ -11,7 +11,9 @@ mistaken for a finished one.
 
 RabbitMQ runs through ``chroot`` (see ``RabbitNode(chroot=...)`` in
 ``tests/support/rabbit_node.py``), with ``/proc`` and ``/dev`` mounted into the
-root; etcd is a Go binary that runs from the root as it is.
+root while the tests run (unmounted when the process that mounted them exits;
+nothing is ever removed with a mount under it); etcd is a Go binary that runs
+from the root as it is.
 
 Standard library only: ``python3 tests/support/trixie.py`` builds the root
 before a virtualenv exists. Building needs root and ``debootstrap``; anything
@@ -21,6 +23,7 @@ never a skip).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -59,10 +62,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _mounted(target: Path) -> bool:
-    wanted = str(target.resolve())
+def _mount_points() -> list[str]:
     with open("/proc/self/mountinfo") as info:
-        return any(line.split()[4] == wanted for line in info)
+        return [line.split()[4] for line in info]
+
+
+def _mounted(target: Path) -> bool:
+    return str(target.resolve()) in _mount_points()
+
+
+_OURS: list[Path] = []
+"""Mounts this process made, unmounted when it exits."""
 
 
 def _mount(args: list[str], target: Path) -> None:
@@ -71,6 +81,24 @@ def _mount(args: list[str], target: Path) -> None:
     result = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
     if result.returncode != 0 and not _mounted(target):
         raise TrixieError(f"mount {' '.join(args)} {target} failed: {result.stderr.strip()}")
+    if not _OURS:
+        atexit.register(_unmount_ours)
+    _OURS.append(target)
+
+
+def _unmount_ours() -> None:
+    while _OURS:
+        subprocess.run(["umount", "--lazy", str(_OURS.pop())], capture_output=True)
+
+
+def _remove(path: Path) -> None:
+    """rm -rf ``path``, never into a mount under it (a bind-mounted /dev would go with it)."""
+    prefix = str(path.resolve()) + "/"
+    for point in sorted((p for p in _mount_points() if p.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+    if any(p.startswith(prefix) for p in _mount_points()):
+        raise TrixieError(f"cannot remove {path}: something is still mounted under it")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _build(root: Path) -> None:
@@ -83,7 +111,7 @@ def _build(root: Path) -> None:
     if not os.access(debootstrap, os.X_OK):
         raise TrixieError("debootstrap is not installed: apt-get install debootstrap")
     work = root.with_name(f"{root.name}.building-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    _remove(work)
     log = root.with_name(f"{root.name}.build.log")
     cmd = [
         debootstrap, "--variant=minbase", f"--include={','.join(PACKAGES)}",
@@ -98,12 +126,12 @@ def _build(root: Path) -> None:
             raise TrixieError(f"debootstrap took over {BUILD_TIMEOUT:.0f}s; see {log}") from None
     if result.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
         raise TrixieError(f"debootstrap failed ({result.returncode}); {log}:\n" + "\n".join(tail))
     for needed in (f"{RABBITMQ_BIN}/rabbitmq-server", ETCD_BIN, "/usr/bin/setpriv"):
         if not (work / needed.lstrip("/")).exists():
             raise TrixieError(f"debootstrap finished but {needed} is missing in {work}")
-    shutil.rmtree(root, ignore_errors=True)
+    _remove(root)
     work.rename(root)
     (root / READY).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
