@@ -29,6 +29,21 @@ def test_defaults_are_the_local_broker_as_guest_on_vhost_slash() -> None:
     assert (opts.virtual_host, opts.addressing, opts.queue_type) == ("/", "auto", "classic")
 
 
+@pytest.mark.parametrize(
+    ("url", "queue_type"),
+    [
+        ("amqp1://h1/v", "classic"),
+        ("amqp1://h1,h2,h3/v", "quorum"),
+        ("amqp1://h1,h2/v?queue_type=classic", "classic"),
+        ("amqp1://h1/v?queue_type=quorum", "quorum"),
+    ],
+)
+def test_queue_type_auto_is_quorum_for_several_hosts_else_classic(
+    url: str, queue_type: str
+) -> None:
+    assert options(url).queue_type == queue_type
+
+
 def test_qpid_scheme_is_an_alias() -> None:
     assert options("qpid://u:p@h:5673/v").hosts[0].address == "h:5673"
 
@@ -49,7 +64,7 @@ def test_several_hosts_fail_over_in_order_with_their_own_credentials() -> None:
             "addressing=dispatch",
             "addressing='dispatch' must be one of auto, rabbitmq, rabbitmq4, artemis, qpid",
         ),
-        ("queue_type=stream", "queue_type='stream' must be one of classic, quorum"),
+        ("queue_type=stream", "queue_type='stream' must be one of auto, classic, quorum"),
         ("prefetch=0", "prefetch=0 must be >= 1"),
         ("send_timeout=0", "send_timeout=0 must be a positive"),
         ("retry_backoff=2&retry_backoff_max=1", "retry_backoff_max=1 is below retry_backoff=2"),

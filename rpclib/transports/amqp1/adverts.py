@@ -21,11 +21,12 @@ from proton import Message
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import SYNC
-from rpclib.transports.amqp1.consumer import run_blocking
+from rpclib.transports.amqp1.consumer import end_session, wait_attached
+from rpclib.transports.amqp1.restore import check_current
 from rpclib.transports.base import AdvertHandler
 
 if TYPE_CHECKING:
-    from rpclib.transports.amqp1.io_thread import Loop
+    from rpclib.transports.amqp1.io_thread import Future, Loop
 
 LOG = logging.getLogger("rpclib.transports.amqp1")
 
@@ -50,6 +51,10 @@ class _Reader:
         self.session: Any = None
         self.link: Any = None
         self.closed = False
+        self.timeout = loop.options.send_timeout
+
+    def __repr__(self) -> str:
+        return f"<amqp1 {type(self).__name__} {self.name}>"
 
     def attach(self) -> None:
         if self.closed or self.loop.conn is None:
@@ -66,12 +71,23 @@ class _Reader:
     def connection_lost(self) -> None:
         self.session = self.link = None
 
-    def reconnected(self) -> None:
-        def again() -> None:
-            self.loop.addressing.recreate_private(self.name, list(self.binds))
-            self.loop.submit(self.attach)
+    def restore(self, generation: int) -> None:
+        """After a reconnect: declare and bind the node again, attach (blocking: a restore
+        thread); raises what the broker refused."""
+        self.loop.addressing.recreate_private(self.name, list(self.binds))
+        futures = self.loop.call(
+            lambda: self._reattach(generation), self.timeout, f"re-attaching {self!r}"
+        )
+        wait_attached(futures, self.timeout, f"re-attaching {self!r}")
 
-        run_blocking("advert-reader", again, lambda: not self.closed and not self.loop.closed)
+    def _reattach(self, generation: int) -> list[Future]:
+        check_current(self.loop, generation)
+        if self.closed:
+            return []
+        end_session(self.loop, self.session, [self.link] if self.link is not None else [])
+        self.session = self.link = None
+        self.attach()
+        return [self.loop.opened(self.link)] if self.link is not None else []
 
     def on_message(self, message: Message, delivery: Any) -> None:
         delivery.settle()

@@ -16,40 +16,36 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from proton import Delivery, Message
+from proton import Delivery, Endpoint, Message
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import Route, Source
+from rpclib.transports.amqp1.restore import check_current
 from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
 
 if TYPE_CHECKING:
-    from rpclib.transports.amqp1.io_thread import Loop
+    from rpclib.transports.amqp1.io_thread import Future, Loop
 
 LOG = logging.getLogger("rpclib.transports.amqp1")
 INBOX_CREDIT: Final = 1024
 
 
-def run_blocking(what: str, fn: Callable[[], None], wanted: Callable[[], bool]) -> None:
-    """Run blocking set-up work (declarations after a reconnect) off the I/O thread,
-    retrying with backoff while ``wanted()`` (the broker may still be starting)."""
+def end_session(loop: Loop, session: Any, links: list[Any]) -> None:
+    """End an earlier attempt's session and forget its receivers (I/O thread): a retried
+    restore starts over, so no node is ever consumed twice by one owner."""
+    for link in links:
+        loop.receivers.pop(link.name, None)
+    if session is not None and session.state & Endpoint.LOCAL_ACTIVE:
+        session.close()
 
-    def run() -> None:
-        delay = 0.2
-        while wanted():
-            try:
-                fn()
-                return
-            except Exception as exc:
-                LOG.warning("amqp1: %s failed (%s); retrying in %.1fs", what, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
-    threading.Thread(target=run, name=f"amqp1-{what}", daemon=True).start()
+def wait_attached(futures: list[Future], timeout: float, what: str) -> None:
+    """Wait (off the I/O thread) until the peer attached every link; its refusal raises."""
+    for future in futures:
+        future.wait(timeout, what)
 
 
 class Amqp1Incoming:
@@ -169,21 +165,25 @@ class Amqp1Subscription:
             )
             self.links.append((link, source))
 
-    def reconnected(self) -> None:
-        """After a reconnect: declare the nodes again (off the I/O thread), then attach."""
+    def restore(self, generation: int) -> None:
+        """After a reconnect: declare the nodes again, attach, wait for the peer's attach
+        (blocking: a restore thread); raises what the broker refused."""
+        sources = self.loop.addressing.prepare_listen(self.address, self.group)
+        futures = self.loop.call(
+            lambda: self._reattach(sources, generation), self.timeout, f"re-attaching {self}"
+        )
+        wait_attached(futures, self.timeout, f"re-attaching {self}")
 
-        def declare() -> None:
-            sources = self.loop.addressing.prepare_listen(self.address, self.group)
-            self.loop.submit(lambda: self._attach_sources(sources))
-
-        run_blocking("re-subscribe", declare, lambda: not self.closed and not self.loop.closed)
-
-    def _attach_sources(self, sources: list[Source]) -> None:
-        if self.loop.conn is None or self.closed:
-            return
+    def _reattach(self, sources: list[Source], generation: int) -> list[Future]:
+        check_current(self.loop, generation)
+        if self.closed:
+            return []
+        end_session(self.loop, self.session, [link for link, _ in self.links])
+        self.session = None
+        self._unsettled.clear()
         self.sources = sources
-        self.links = []
         self.attach()
+        return [self.loop.opened(link) for link, _ in self.links]
 
     def connection_lost(self) -> None:
         self.session = None
@@ -374,6 +374,8 @@ class Amqp1Inbox:
         self.link: Any = None
         self.closed = False
         self._lost = False
+        self._replies_lost = False
+        """A restore found the node gone or emptied (told as "lost" once it is back)."""
 
     @property
     def address(self) -> str:
@@ -386,24 +388,32 @@ class Amqp1Inbox:
         if not self.closed:
             self._open()
 
-    def reconnected(self) -> None:
+    def restore(self, generation: int) -> None:
+        """After a reconnect: check (or declare again) the node, attach, then tell the
+        handler whether replies survived (blocking: a restore thread)."""
+        if self.loop.addressing.private_exists(self.name) is False:
+            self._replies_lost = True
+            self.loop.addressing.recreate_private(self.name, [])
+        futures = self.loop.call(
+            lambda: self._reopen(generation), self.timeout, f"re-attaching {self}"
+        )
+        wait_attached(futures, self.timeout, f"re-attaching {self}")
+        self.loop.submit(lambda: self._restored(generation))
+
+    def _reopen(self, generation: int) -> list[Future]:
+        check_current(self.loop, generation)
         if self.closed:
-            return
-
-        def check() -> None:
-            survived = self.loop.addressing.private_exists(self.name)
-            if survived is False:
-                self.loop.addressing.recreate_private(self.name, [])
-            self.loop.submit(lambda: self._reopened(survived is not False))
-
-        run_blocking("inbox-check", check, lambda: not self.closed and not self.loop.closed)
-
-    def _reopened(self, survived: bool) -> None:
-        if self.closed or self.loop.conn is None:
-            return
+            return []
+        end_session(self.loop, self.session, [self.link] if self.link is not None else [])
         self._open()
+        return [self.loop.opened(self.link)]
+
+    def _restored(self, generation: int) -> None:
+        if self.closed or self.loop.generation != generation or not self._lost:
+            return
         self._lost = False
-        self._event("reconnected" if survived else "lost")
+        lost, self._replies_lost = self._replies_lost, False
+        self._event("lost" if lost else "reconnected")
 
     def _open(self) -> None:
         self.session = self.loop.conn.session()

@@ -31,6 +31,7 @@ from rpclib.transports.amqp1.io_thread import LOG, REFUSED, Future, Loop
 from rpclib.transports.amqp1.management import Management
 from rpclib.transports.amqp1.options import Amqp1Options, parse_options
 from rpclib.transports.amqp1.rabbit4 import RabbitMQ4Addressing
+from rpclib.transports.amqp1.restore import ConnectionEventHandler
 from rpclib.transports.amqp1.tls import ssl_domain
 from rpclib.transports.base import (
     Address,
@@ -460,6 +461,13 @@ class Amqp1Driver(Driver):
         return watch
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    def add_event_listener(self, listener: ConnectionEventHandler) -> None:
+        """Call ``listener`` (on the I/O thread) with every ConnectionEvent: disconnected,
+        reconnected, and subscriptions, inboxes or advert readers the broker refused to set
+        up again after a reconnect ("not restored", retried with backoff) and later
+        "restored" (as ``rabbit://``)."""
+        self._loop.listeners.append(listener)
 
     def close(self) -> None:
         """Withdraw this driver's adverts, end its sessions, delete its private nodes."""

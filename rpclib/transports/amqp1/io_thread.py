@@ -19,7 +19,8 @@ and the host.
 
 When the connection drops, every owner (subscription, inbox, advert reader)
 hears ``connection_lost``; the thread reconnects with doubling backoff and
-full jitter across the URL's hosts and calls each owner's ``reconnected``.
+full jitter across the URL's hosts and restores each owner, retrying what the
+broker refuses until it is allowed (:mod:`rpclib.transports.amqp1.restore`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 from proton import (
     Collector,
@@ -53,6 +54,7 @@ from proton import (
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1.addressing import Addressing, Route
 from rpclib.transports.amqp1.options import Amqp1Options, PeerHost
+from rpclib.transports.amqp1.restore import ConnectionEvent, ConnectionEventHandler, Owner, restore
 from rpclib.transports.amqp1.tls import failure as tls_failure
 from rpclib.transports.amqp1.tls import start_tls
 
@@ -85,14 +87,6 @@ _OUTCOMES: Final = {
     Delivery.RELEASED: "released",
     Delivery.MODIFIED: "modified",
 }
-
-
-class Owner(Protocol):
-    """Something with links on the connection, set up again after a reconnect."""
-
-    def reconnected(self) -> None: ...
-
-    def connection_lost(self) -> None: ...
 
 
 class Future:
@@ -151,6 +145,10 @@ class Loop:
         self.up = threading.Event()
         self.closed = False
         self.owners: list[Owner] = []
+        self.generation = 0
+        """Counts the connections made: a restore belongs to one of them."""
+        self.listeners: list[ConnectionEventHandler] = []
+        """Called on the I/O thread with every ConnectionEvent."""
         self.receivers: dict[str, Any] = {}
         """link name -> owner with ``on_message(message, delivery)``."""
         self._collector = Collector()
@@ -244,6 +242,24 @@ class Loop:
 
         self.submit(run)
         return future.wait(timeout, what)  # type: ignore[no-any-return]
+
+    def report(self, event: ConnectionEvent) -> None:
+        """Tell the listeners about ``event`` (on the I/O thread; any thread may report)."""
+        if not self.listeners:
+            return
+
+        def tell() -> None:
+            for listener in list(self.listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    LOG.exception("amqp1 connection event listener raised")
+
+        if self.in_io_thread():
+            tell()
+        elif not self.closed:
+            with contextlib.suppress(TransportError):
+                self.submit(tell)
 
     def schedule(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread after ``delay`` seconds (I/O thread only)."""
@@ -578,19 +594,18 @@ class Loop:
     def _opened(self) -> None:
         was_reconnect = self._first.done
         self._attempt = 0
+        self.generation += 1
         self.up.set()
         if was_reconnect:
             LOG.warning("amqp1 connection %s re-established", self.label)
+            self.report(ConnectionEvent("reconnected"))
         parked, self._parked = self._parked, []
         now = time.monotonic()
         for deadline, route, message in parked:
             if deadline > now:
                 self.send(route, message)
         for owner in list(self.owners):
-            try:
-                owner.reconnected()
-            except Exception:
-                LOG.exception("re-attaching %r failed", owner)
+            restore(self, owner, self.generation)  # retried on its own until it succeeds
         if not was_reconnect:
             self._first.set()
 
@@ -626,6 +641,7 @@ class Loop:
         if self.closed:
             return
         LOG.warning("amqp1 connection %s lost (%s); reconnecting", self.label, why)
+        self.report(ConnectionEvent("disconnected", detail=why))
         if self._addressing is not None:
             self._addressing.reset()
         for owner in list(self.owners):

@@ -76,6 +76,7 @@ class Management:
         self._waiting: dict[str, Future] = {}
         """message id -> the future of its response (I/O thread only)."""
         self._lock = threading.Lock()
+        self.closed = False
 
     def __repr__(self) -> str:
         return "<amqp1 RabbitMQ management node>"
@@ -160,10 +161,11 @@ class Management:
         for future in waiting.values():
             future.set(None)  # lost: the caller sends it again after the reconnect
 
-    def reconnected(self) -> None:
+    def restore(self, generation: int) -> None:
         return None  # attached again on the next request
 
     def end(self) -> None:
+        self.closed = True
         session, self.session, self.sender, self.receiver = self.session, None, None, None
         if session is not None:
             session.close()

@@ -21,7 +21,7 @@ DEFAULT_PORT: Final = 5672
 DEFAULT_TLS_PORT: Final = 5671
 DEFAULT_USER: Final = "guest"
 ADDRESSING: Final = ("auto", "rabbitmq", "rabbitmq4", "artemis", "qpid")
-QUEUE_TYPES: Final = ("classic", "quorum")
+QUEUE_TYPES: Final = ("auto", "classic", "quorum")
 KNOWN_OPTIONS: Final = frozenset(
     {
         "addressing",
@@ -73,7 +73,8 @@ class Amqp1Options:
     tls: TLSConfig | None = None
     """None: plaintext. Else every connection (AMQP 1.0 and topology) uses TLS."""
     queue_type: str = "classic"
-    """``rabbitmq4``: the type of the durable queues (at-least-once targets, dead letters)."""
+    """``rabbitmq4``: the type of the durable queues (at-least-once targets, dead letters),
+    ``classic`` or ``quorum`` (``auto`` already resolved: :func:`resolve_queue_type`)."""
 
 
 def parse_options(url: TransportURL) -> Amqp1Options:
@@ -98,7 +99,7 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         raise InvalidTransportURL(
             str(url), f"option addressing={addressing!r} must be one of {', '.join(ADDRESSING)}"
         )
-    queue_type = url.option("queue_type", "classic") or "classic"
+    queue_type = url.option("queue_type", "auto") or "auto"
     if queue_type not in QUEUE_TYPES:
         raise InvalidTransportURL(
             str(url), f"option queue_type={queue_type!r} must be one of {', '.join(QUEUE_TYPES)}"
@@ -123,5 +124,17 @@ def parse_options(url: TransportURL) -> Amqp1Options:
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         route_cache=url.seconds_option("route_cache", 1.0, positive=False),
         tls=tls,
-        queue_type=queue_type,
+        queue_type=resolve_queue_type(queue_type, len(hosts)),
     )
+
+
+def resolve_queue_type(option: str, host_count: int) -> str:
+    """``auto`` (the default) is ``quorum`` when the URL lists several hosts, else ``classic``.
+
+    Several hosts mean a cluster, where at-least-once queues must survive the
+    loss of a node (quorum queues replicate); on one node classic queues are
+    cheaper and quorum ones add nothing. As ``rabbit://`` does.
+    """
+    if option != "auto":
+        return option
+    return "quorum" if host_count > 1 else "classic"
