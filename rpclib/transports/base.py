@@ -157,6 +157,26 @@ InboxEventHandler = Callable[[str], None]
 """Called with "disconnected", "reconnected" or "lost" (see the module docstring)."""
 SendOutcomeHandler = Callable[["BaseException | None"], None]
 """Called once with None (stored) or the error (Undeliverable, TransportError) that ended a send."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """What happened to a driver's connection or to something set up on it.
+
+    ``kind``: ``"disconnected"``, ``"reconnected"``, ``"not restored"`` (the
+    broker refused to set ``what`` up again; retried with backoff, never
+    abandoned) or ``"restored"`` (it was set up after all). ``detail`` quotes
+    the broker. Drivers that reconnect report these to the listeners given to
+    their ``add_event_listener`` (on their I/O thread: listeners must not block).
+    """
+
+    kind: str
+    what: str = ""
+    detail: str = ""
+
+
+ConnectionEventHandler = Callable[[ConnectionEvent], None]
+
 AdvertHandler = Callable[[str, "bytes | None"], None]
 """Called with (server, body) for a new or refreshed advert, (server, None) when withdrawn."""
 

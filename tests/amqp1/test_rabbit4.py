@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpclib.exceptions import TransportError
+from rpclib.exceptions import SendTimedOut, TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
 from rpclib.transports.base import Address, Guarantee
@@ -142,7 +142,7 @@ def test_an_at_least_once_send_fails_at_its_deadline_while_the_broker_is_unreach
 ) -> None:
     driver, address = cut_driver
     expires_at = time.time() + 1.0
-    with pytest.raises(TransportError) as late:
+    with pytest.raises(SendTimedOut) as late:
         driver.send(address, b"x", guarantee=Guarantee.AT_LEAST_ONCE, expires_at=expires_at)
     assert time.time() < expires_at + 30  # bounded by the deadline, not by send_timeout=60
     assert "deadline" in str(late.value)

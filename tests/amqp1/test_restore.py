@@ -20,8 +20,7 @@ import pytest
 
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
-from rpclib.transports.amqp1.restore import ConnectionEvent
-from rpclib.transports.base import Address, Guarantee
+from rpclib.transports.base import Address, ConnectionEvent, Guarantee
 from tests.support.amqp1 import new_node_vhost
 from tests.support.rabbit_node import RabbitNode
 from tests.transports.driver_contract import Collector

@@ -31,9 +31,8 @@ import pytest
 import rpclib
 from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
 from rpclib.transports import load_driver
-from rpclib.transports.base import Address, Guarantee, Incoming
+from rpclib.transports.base import Address, ConnectionEvent, Guarantee, Incoming
 from rpclib.transports.rabbit import RabbitDriver, naming
-from rpclib.transports.rabbit.io_thread import ConnectionEvent
 from rpclib.transports.rabbit.options import parse_options
 from rpclib.transports.url import parse_url
 from tests.support.rabbit import BROKER, list_queues, rabbitmqctl

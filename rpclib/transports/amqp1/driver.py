@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from proton import Message
 
-from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.exceptions import TransportError, Undeliverable, past_deadline
 from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import (
     REPLY_PREFIX,
@@ -31,11 +31,11 @@ from rpclib.transports.amqp1.io_thread import LOG, REFUSED, Future, Loop
 from rpclib.transports.amqp1.management import Management
 from rpclib.transports.amqp1.options import Amqp1Options, parse_options
 from rpclib.transports.amqp1.rabbit4 import RabbitMQ4Addressing
-from rpclib.transports.amqp1.restore import ConnectionEventHandler
 from rpclib.transports.amqp1.tls import ssl_domain
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
+    ConnectionEventHandler,
     DeadLetter,
     Driver,
     Guarantee,
@@ -167,7 +167,24 @@ class Amqp1Driver(Driver):
     ) -> None:
         """Pre-settled for at-most-once (a call's routability is checked meanwhile and
         reported through ``on_undeliverable``); at-least-once waits for ``accepted``.
-        Never blocks past ``expires_at`` (nor ``send_timeout``): TransportError then."""
+        Never blocks past ``expires_at`` (nor ``send_timeout``): TransportError then
+        (SendTimedOut when the deadline ended it)."""
+        try:
+            self._send(address, body, guarantee, expires_at, on_undeliverable)
+        except TransportError as exc:
+            timed_out = past_deadline(exc, f"sending to {address}", expires_at)
+            if timed_out is None:
+                raise
+            raise timed_out from exc
+
+    def _send(
+        self,
+        address: Address,
+        body: bytes,
+        guarantee: Guarantee,
+        expires_at: float | None,
+        on_undeliverable: Callable[[Undeliverable], None] | None,
+    ) -> None:
         self._check_open()
         at_least_once = guarantee is Guarantee.AT_LEAST_ONCE
         key = (address, at_least_once)

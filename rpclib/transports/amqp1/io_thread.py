@@ -54,9 +54,10 @@ from proton import (
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1.addressing import Addressing, Route
 from rpclib.transports.amqp1.options import Amqp1Options, PeerHost
-from rpclib.transports.amqp1.restore import ConnectionEvent, ConnectionEventHandler, Owner, restore
+from rpclib.transports.amqp1.restore import Owner, restore
 from rpclib.transports.amqp1.tls import failure as tls_failure
 from rpclib.transports.amqp1.tls import start_tls
+from rpclib.transports.base import ConnectionEvent, ConnectionEventHandler
 
 LOG = logging.getLogger("rpclib.transports.amqp1")
 T = TypeVar("T")

@@ -22,31 +22,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from rpclib.transports.base import ConnectionEvent, ConnectionEventHandler
 
 if TYPE_CHECKING:
     from rpclib.transports.amqp1.io_thread import Loop
 
 LOG = logging.getLogger("rpclib.transports.amqp1")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionEvent:
-    """What happened to the driver's connection or to something set up on it.
-
-    ``kind``: ``"disconnected"``, ``"reconnected"``, ``"not restored"`` (the
-    broker refused to set ``what`` up again; retried with backoff) or
-    ``"restored"`` (it was set up after all). ``detail`` quotes the broker.
-    """
-
-    kind: str
-    what: str = ""
-    detail: str = ""
-
-
-ConnectionEventHandler = Callable[[ConnectionEvent], None]
 
 
 class Owner(Protocol):

@@ -16,6 +16,7 @@ from rpclib.exceptions import TransportError, Undeliverable, past_deadline
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
+    ConnectionEventHandler,
     DeadLetter,
     Driver,
     Guarantee,
@@ -45,7 +46,7 @@ from rpclib.transports.rabbit.consumer import (
     Settler,
 )
 from rpclib.transports.rabbit.declarations import QueueSpec, declare_queue
-from rpclib.transports.rabbit.io_thread import ConnectionEventHandler, Session
+from rpclib.transports.rabbit.io_thread import Session
 from rpclib.transports.rabbit.options import RabbitOptions, parse_options
 from rpclib.transports.rabbit.publisher import PublisherPool
 from rpclib.transports.url import TransportURL

@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol, TypeVar
 from amqp.exceptions import AMQPError, ChannelError, UnexpectedFrame
 
 from rpclib.exceptions import TransportError
+from rpclib.transports.base import ConnectionEvent, ConnectionEventHandler
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
@@ -82,23 +83,6 @@ class Resource(Protocol):
 
     def broken(self) -> bool:
         """Whether the broker closed this resource's channel (it is then set up again)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionEvent:
-    """What happened to the consumer connection or to something set up on it.
-
-    ``kind``: ``"disconnected"``, ``"reconnected"``, ``"not restored"`` (the
-    broker refused to set ``what`` up again; retried with backoff) or
-    ``"restored"`` (it was set up after all). ``detail`` quotes the broker.
-    """
-
-    kind: str
-    what: str = ""
-    detail: str = ""
-
-
-ConnectionEventHandler = Callable[[ConnectionEvent], None]
 
 
 @dataclass(eq=False)
