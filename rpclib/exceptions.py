@@ -91,16 +91,36 @@ class SendTimedOut(TransportError, MessagingTimeout):
     """
 
 
-def past_deadline(exc: TransportError, what: str, expires_at: float | None) -> SendTimedOut | None:
-    """A SendTimedOut for ``exc`` if the message's deadline passed (None if not, or if it is one).
+class sending_before:
+    """Around a driver's send: a TransportError once the message's deadline passed is SendTimedOut.
 
-    Drivers raise it ``from exc`` so that a send that failed because its time
-    ran out says so, whatever broke underneath.
+    Drivers bound every phase of a send by the message's ``expires_at``; when
+    that bound is what ended it, the caller learns so, whatever broke underneath.
     """
-    if isinstance(exc, SendTimedOut) or expires_at is None or time.time() < expires_at - 0.05:
+
+    __slots__ = ("destination", "expires_at")
+
+    def __init__(self, destination: object, expires_at: float | None) -> None:
+        self.destination = destination
+        self.expires_at = expires_at
+
+    def __enter__(self) -> None:
         return None
-    late = time.time() - expires_at
-    return SendTimedOut(f"{what}: not taken before its deadline ({late:+.3f}s): {exc}")
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        expires_at = self.expires_at
+        if (
+            isinstance(exc, TransportError)
+            and not isinstance(exc, SendTimedOut)
+            and expires_at is not None
+            and time.time() >= expires_at - 0.05
+        ):
+            late = time.time() - expires_at
+            raise SendTimedOut(
+                f"sending to {self.destination}: not taken before its deadline "
+                f"({late:+.3f}s): {exc}"
+            ) from exc
+        return None
 
 
 class ReplyTimeout(MessagingTimeout):

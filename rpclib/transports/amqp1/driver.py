@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from proton import Message
 
-from rpclib.exceptions import TransportError, Undeliverable, past_deadline
+from rpclib.exceptions import TransportError, Undeliverable, sending_before
 from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import (
     REPLY_PREFIX,
@@ -169,13 +169,8 @@ class Amqp1Driver(Driver):
         reported through ``on_undeliverable``); at-least-once waits for ``accepted``.
         Never blocks past ``expires_at`` (nor ``send_timeout``): TransportError then
         (SendTimedOut when the deadline ended it)."""
-        try:
+        with sending_before(address, expires_at):
             self._send(address, body, guarantee, expires_at, on_undeliverable)
-        except TransportError as exc:
-            timed_out = past_deadline(exc, f"sending to {address}", expires_at)
-            if timed_out is None:
-                raise
-            raise timed_out from exc
 
     def _send(
         self,

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from amqp import spec
 
-from rpclib.exceptions import TransportError, Undeliverable, past_deadline
+from rpclib.exceptions import TransportError, Undeliverable, sending_before
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -122,13 +122,8 @@ class RabbitDriver(Driver):
         Never blocks past ``send_timeout``, nor past ``expires_at`` if given (a
         call's deadline): TransportError then (SendTimedOut past the deadline).
         """
-        try:
+        with sending_before(address, expires_at):
             self._send(address, body, guarantee, expires_at, on_undeliverable)
-        except TransportError as exc:
-            timed_out = past_deadline(exc, f"sending to {address}", expires_at)
-            if timed_out is None:
-                raise
-            raise timed_out from exc
 
     def _send(
         self,
