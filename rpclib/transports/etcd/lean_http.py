@@ -32,11 +32,12 @@ import contextlib
 import http.client
 import json as jsonlib
 import os
+import select
 import socket
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import requests
@@ -96,7 +97,7 @@ class LeanSession:
                 raise requests.exceptions.InvalidURL(
                     f"https://{host}:{port}: this session has no TLS context"
                 )
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.tls)
+            return _TLSConnection(host, port, timeout=timeout, context=self.tls)
         if scheme != "http":
             raise requests.exceptions.InvalidURL(f"unsupported scheme {scheme!r}")
         return http.client.HTTPConnection(host, port, timeout=timeout)
@@ -288,6 +289,43 @@ def _target(url: str) -> tuple[_Key, str]:
     port = parts.port or (443 if scheme == "https" else 80)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     return (scheme, parts.hostname or "localhost", port), path
+
+
+_SETTLE_WAIT: Final = 0.25
+"""Seconds a new TLS 1.3 connection waits for what the server sends after the handshake."""
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    """HTTPS that reads the server's first records before the first request.
+
+    In TLS 1.3 the client's handshake ends before the server has checked the
+    client certificate. A server that refuses it sends an alert and closes; a
+    client that already wrote its request then often reads a reset instead of
+    the alert, which looks like a network fault and is retried. Reading first
+    (session tickets arrive at once; an alert too) makes the refusal the alert
+    it is: a clear, permanent error.
+    """
+
+    def connect(self) -> None:
+        super().connect()
+        sock = self.sock
+        if not isinstance(sock, ssl.SSLSocket) or sock.version() != "TLSv1.3":
+            return
+        timeout = sock.gettimeout()
+        wait = _SETTLE_WAIT if timeout is None else min(_SETTLE_WAIT, timeout)
+        ready, _, _ = select.select([sock], [], [], wait)
+        if not ready:
+            return
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1)
+        except ssl.SSLWantReadError:
+            return  # only session tickets: the server took us
+        finally:
+            sock.settimeout(timeout)
+        if not data:
+            raise ConnectionResetError("the server closed the connection after the TLS handshake")
+        raise ConnectionError(f"the server sent {data!r} before any request")
 
 
 def _body(json: Any, data: Any) -> bytes | None:
