@@ -179,16 +179,17 @@ class TrustStore:
         return set(self._static) | set(self._loaded)
 
     def _reload(self, force: bool = False) -> None:
-        assert self.directory is not None or not force
         if self.directory is None:
             return
         now = time.monotonic()
+        if not force and now - self._checked < self.reload_interval:
+            return  # the common case, on every message: no lock
         with self._lock:
             if not force and now - self._checked < self.reload_interval:
                 return
             self._checked = now
             files = sorted(self.directory.glob("*.pub"))
-            stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+            stamp = tuple(_file_stamp(p) for p in files)
             if stamp == self._stamp and not force:
                 return
             loaded: dict[str, dict[str, Ed25519PublicKey]] = {}
@@ -213,6 +214,12 @@ class TrustStore:
         path.write_bytes(key.public_pem())
         self._reload(force=True)
         return path
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int]:
+    """What tells a changed key file: name, modification time and size (one stat)."""
+    st = path.stat()
+    return path.name, st.st_mtime_ns, st.st_size
 
 
 @dataclass(frozen=True)

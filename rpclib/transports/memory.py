@@ -933,8 +933,9 @@ def _authenticate(url: TransportURL, bus: _Bus) -> str | None:
     user = host.username if host else None
     password = host.password if host else None
     with bus.lock:
-        accounts = None if bus.accounts is None else dict(bus.accounts)
-    if accounts is None:
+        has_accounts = bus.accounts is not None
+        known = bus.accounts.get(user) if bus.accounts is not None and user else None
+    if not has_accounts:
         if user is not None or password is not None:
             raise TransportError(
                 f"memory bus {bus.name!r} has no accounts: drop the credentials from the URL, "
@@ -946,7 +947,6 @@ def _authenticate(url: TransportURL, bus: _Bus) -> str | None:
             f"memory bus {bus.name!r} requires authentication: "
             "name an account as memory://user:password@bus"
         )
-    known = accounts.get(user)
     if known is None or not hmac.compare_digest(known.encode(), (password or "").encode()):
         raise TransportError(
             f"memory bus {bus.name!r} refused user {user!r}: unknown user or wrong password"

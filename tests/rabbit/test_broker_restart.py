@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,10 @@ import rpclib
 from tests.support.processes import PeerScript, read_records
 from tests.support.rabbit_node import RabbitNode
 
-HERE = Path(__file__).parent
 CASTS = 5000
 PIPELINED_CASTS = 20000  # pipelined casts go out far faster: a longer stream, still mid-way
 DISRUPT_AFTER = 2000  # casts sent before the broker goes away
 CALL_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def peers(tmp_path: Path) -> Iterator[Callable[..., PeerScript]]:
-    """Start peer scripts; every one is stopped after the test."""
-    started: list[PeerScript] = []
-
-    def start(script: str, *args: str) -> PeerScript:
-        log = tmp_path / f"{script}.{len(started)}.err"
-        started.append(p := PeerScript(HERE / script, *args, log=log))
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 def cast_stream_survives(

@@ -27,7 +27,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,6 @@ import rpclib
 from tests.support.processes import PeerScript
 from tests.support.rabbit_cluster import RabbitCluster
 
-HERE = Path(__file__).parent
 CASTS = 20_000
 CASTERS = 4
 KILL_AFTER = 5_000
@@ -51,20 +50,6 @@ CALLS_AFTER = 20
 SLACK = 2.0
 """Allowed beyond a call's deadline on a loaded machine."""
 WAIT = 180.0
-
-
-@pytest.fixture
-def peers(tmp_path: Path) -> Iterator[Callable[..., PeerScript]]:
-    started: list[PeerScript] = []
-
-    def start(script: str, *args: str) -> PeerScript:
-        log = tmp_path / f"{script}.{len(started)}.err"
-        started.append(p := PeerScript(HERE / script, *args, log=log))
-        return p
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 @dataclass

@@ -26,6 +26,7 @@ from rpclib.exceptions import SendTimedOut, TransportError, Undeliverable
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee
 from rpclib.transports.rabbit import RabbitDriver, naming
+from tests.rpc.helpers import wait_until
 from tests.support.rabbit import BROKER, PASSWORD, USER
 from tests.support.rabbit_node import RabbitNode
 
@@ -66,14 +67,6 @@ def full_queue(vhost: str, address: Address) -> amqp.Connection:
     return conn
 
 
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_at_least_once_send_retries_a_broker_refusal_until_it_is_taken(
     rabbit_url: str,
     rabbit_vhost: str,
@@ -97,7 +90,9 @@ def test_at_least_once_send_retries_a_broker_refusal_until_it_is_taken(
 
         sender = threading.Thread(target=send_second)
         sender.start()
-        wait_for(lambda: "basic.nack" in caplog.text or bool(outcome), "the broker's refusal")
+        wait_until(
+            lambda: "basic.nack" in caplog.text or bool(outcome), WAIT, "the broker's refusal"
+        )
         assert not outcome, f"the refused send ended instead of retrying: {outcome}"
         queue = naming.queue_name(address, None)
         channel = admin.channel()
@@ -125,8 +120,10 @@ def test_a_refused_pipelined_send_is_sent_again_until_it_is_taken(
         driver.send(address, b"first", guarantee=Guarantee.AT_LEAST_ONCE)
         outcomes: queue.Queue[BaseException | None] = queue.Queue()
         driver.send_pipelined(address, b"second", on_outcome=outcomes.put)
-        wait_for(
-            lambda: "basic.nack" in caplog.text or not outcomes.empty(), "the broker's refusal"
+        wait_until(
+            lambda: "basic.nack" in caplog.text or not outcomes.empty(),
+            WAIT,
+            "the broker's refusal",
         )
         assert outcomes.empty(), f"the refused send ended instead of retrying: {outcomes.get()}"
         name = naming.queue_name(address, None)
@@ -192,7 +189,7 @@ def test_a_send_never_blocks_past_its_expiry_while_reconnecting(
     events: list[str] = []
     driver.open_inbox(lambda body: None, events.append)
     broker_down()
-    wait_for(lambda: "disconnected" in events, "the driver to see the broker gone")
+    wait_until(lambda: "disconnected" in events, WAIT, "the driver to see the broker gone")
     expiry = 1.5
     started = time.monotonic()
     # A call waits out its deadline (SendTimedOut); an at-least-once send may give up
