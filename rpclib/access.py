@@ -160,7 +160,9 @@ def _priorities(priorities: Iterable[str]) -> tuple[str, ...]:
     out = tuple(priorities)
     unknown = [p for p in out if p not in PRIORITIES]
     if unknown or not out:
-        raise ValueError(f"notification priorities must be among {PRIORITIES}, not {unknown or out}")
+        raise ValueError(
+            f"notification priorities must be among {PRIORITIES}, not {unknown or out}"
+        )
     return out
 
 
@@ -187,7 +189,7 @@ def access_from_mapping(entry: Mapping[str, Any], exchange: str = DEFAULT_EXCHAN
     name = entry.get("name")
     where = f"principal {name!r}"
     if not isinstance(name, str):
-        raise ValueError("every [[principal]] needs name = \"...\"")
+        raise ValueError('every [[principal]] needs name = "..."')
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {sorted(known)})")
