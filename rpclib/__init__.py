@@ -10,6 +10,7 @@
 See the README for a tour and ``docs/architecture.md`` for the design.
 """
 
+from rpclib.access import Access, Account
 from rpclib.client import CastFailure, RPCClient
 from rpclib.compat import Method
 from rpclib.exceptions import (
@@ -57,6 +58,8 @@ from rpclib.transport import Transport, get_transport
 __version__ = "0.1.0"
 
 __all__ = [
+    "Access",
+    "Account",
     "Allow",
     "BatchNotificationListener",
     "CastFailure",
