@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import rpclib
+from rpclib.access import Access, Account, provision, render
 from rpclib.signing import SigningKey
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee, Incoming
@@ -24,9 +25,9 @@ from rpclib.transports.etcd import EtcdDriver
 from rpclib.transports.etcd import client as ops
 from rpclib.transports.etcd.client import NotAuthorized
 from rpclib.transports.etcd.wire import Message
-from tests.etcd.secure_cloud import EXCHANGE, SecureEtcd, start_secure_etcd
+from tests.etcd.secure_cloud import EXCHANGE, SecureEtcd, accesses, start_secure_etcd
 from tests.rpc.helpers import wait_until
-from tests.support.etcd import GENERATIONS, generation_binary
+from tests.support.etcd import GENERATIONS, ROOT_PASSWORD, ROOT_USER, generation_binary
 
 COMPUTE_1 = Address(EXCHANGE, "compute", server="compute-1")
 CONDUCTOR = Address(EXCHANGE, "conductor", server="conductor")
@@ -260,3 +261,46 @@ def test_a_principals_private_keys_start_with_its_name(cloud: SecureEtcd) -> Non
     finally:
         subscription.close()
         inbox.close()
+
+
+# --- provisioning ----------------------------------------------------------------------
+
+
+def role_permissions(cloud: SecureEtcd, role: str) -> list[tuple[str, str, str]]:
+    perms = cloud.server.request("auth/role/get", {"role": role}).get("perm", [])
+    return sorted(
+        (p.get("permType", "READ"), ops.unb64(p["key"]).decode(), p.get("range_end", ""))
+        for p in perms
+    )
+
+
+def test_provisioning_again_changes_nothing_and_a_narrower_access_revokes(
+    cloud: SecureEtcd,
+) -> None:
+    prefix = f"/prov{uuid.uuid4().hex[:6]}/"
+    admin = cloud.server.url(prefix.strip("/"), user=ROOT_USER, password=ROOT_PASSWORD)
+    wide = Access("compute-9").serve(rpclib.Target(topic="compute", server="compute-9"))
+    wide = wide.call(rpclib.Target(topic="conductor"))
+    provision(admin, [Account(wide, "first")])
+    role = f"compute-9@{prefix.strip('/')}"
+    first = role_permissions(cloud, role)
+    provision(admin, [Account(wide, "second")])
+    assert role_permissions(cloud, role) == first
+    cloud.server.authenticate("compute-9", "second")  # the password was changed
+    narrow = Access("compute-9").serve(rpclib.Target(topic="compute", server="compute-9"))
+    provision(admin, [Account(narrow, "second")])
+    kept = role_permissions(cloud, role)
+    assert set(kept) < set(first)
+    assert not [p for p in kept if "/conductor/" in p[1]]
+
+
+def test_render_prints_the_etcdctl_commands_of_each_role(cloud: SecureEtcd) -> None:
+    accounts = [Account(a, "pw") for a in accesses()]
+    text = render(cloud.admin_url, accounts)
+    prefix = f"/{cloud.prefix}/"
+    role = f"compute-1@{cloud.prefix}"
+    assert "etcdctl user add compute-1 --new-user-password=pw" in text
+    assert f"etcdctl role grant-permission {role} readwrite {prefix}box/compute-1. " in text
+    assert f"etcdctl user grant-role compute-1 {role}" in text
+    mine = [line for line in text.splitlines() if f" {role} " in line]
+    assert not [line for line in mine if "compute-2" in line], "compute-1 may touch compute-2"
