@@ -1,8 +1,9 @@
 """A private etcd with authentication on and least-privilege accounts from rpclib.access.
 
 The accounts are the reference services' shape: a conductor that serves
-``conductor`` and casts to ``compute``, and compute nodes that serve
-``compute`` as themselves and call ``conductor``. :func:`start_secure_etcd`
+``conductor``, casts to ``compute`` and emits ``notifications``; compute
+nodes that serve ``compute`` as themselves and call ``conductor``; billing,
+which reads ``notifications`` as pool ``billing``. :func:`start_secure_etcd`
 starts etcd, adds ``root`` and turns authentication on, then provisions the
 accounts through ``rpclib.access.provision`` (so the roles tested are the
 ones rpclib derives). Every principal also has an Ed25519 signing key; the
@@ -25,6 +26,7 @@ from tests.support.etcd import ROOT_PASSWORD, ROOT_USER, EtcdServer
 
 EXCHANGE = "rpclib"
 COMPUTES = ("compute-1", "compute-2")
+NOTIFICATIONS = "notifications"
 
 
 def accesses() -> list[Access]:
@@ -33,6 +35,8 @@ def accesses() -> list[Access]:
         Access("conductor")
         .serve(rpclib.Target(topic="conductor", server="conductor"))
         .call(rpclib.Target(topic="compute"))
+        .notify(NOTIFICATIONS),
+        Access("billing").listen(NOTIFICATIONS, "billing"),
     ]
     for host in COMPUTES:
         out.append(

@@ -25,7 +25,7 @@ from rpclib.transports.etcd import EtcdDriver
 from rpclib.transports.etcd import client as ops
 from rpclib.transports.etcd.client import NotAuthorized
 from rpclib.transports.etcd.wire import Message
-from tests.etcd.secure_cloud import EXCHANGE, SecureEtcd, accesses, start_secure_etcd
+from tests.etcd.secure_cloud import EXCHANGE, NOTIFICATIONS, SecureEtcd, accesses, start_secure_etcd
 from tests.rpc.helpers import wait_until
 from tests.support.etcd import GENERATIONS, ROOT_PASSWORD, ROOT_USER, generation_binary
 
@@ -261,6 +261,55 @@ def test_a_principals_private_keys_start_with_its_name(cloud: SecureEtcd) -> Non
     finally:
         subscription.close()
         inbox.close()
+
+
+# --- notifications -------------------------------------------------------------------
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.seen: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def info(self, ctx: Any, publisher: str, event_type: str, payload: Any, meta: Any) -> None:
+        self.seen.put((event_type, meta.get("sender")))
+
+
+def test_billing_counts_the_conductors_notifications_as_the_conductors(
+    cloud: SecureEtcd,
+) -> None:
+    ledger = Ledger()
+    listener = rpclib.NotificationListener(
+        cloud.transport("billing"),
+        [rpclib.Target(topic=NOTIFICATIONS)],
+        [ledger],
+        "billing",
+        policy=rpclib.Policy([rpclib.Allow("conductor", events=["instance.*"])]),
+    )
+    listener.start()
+    try:
+        conductor = cloud.transport("conductor")
+        notifier = rpclib.Notifier(
+            conductor, "conductor", topics=[NOTIFICATIONS], ensure_pools=["billing"]
+        )
+        notifier.info({}, "instance.create.end", {"vcpus": 2})
+        notifier.close()
+        assert ledger.seen.get(timeout=15) == ("instance.create.end", "conductor")
+    finally:
+        listener.stop()
+        listener.wait()
+
+
+def test_a_rogue_cannot_emit_notifications(cloud: SecureEtcd) -> None:
+    cloud.transport("billing").driver.declare(
+        Address(EXCHANGE, f"{NOTIFICATIONS}.info"), group="billing"
+    )
+    rogue = cloud.transport("compute-2")
+    with pytest.raises(NotAuthorized, match="permission denied"):
+        rogue.driver.send(
+            Address(EXCHANGE, f"{NOTIFICATIONS}.info"),
+            b"instance.create.end: 720,000 vcpus",
+            guarantee=Guarantee.AT_LEAST_ONCE,
+        )
 
 
 # --- provisioning ----------------------------------------------------------------------

@@ -130,7 +130,8 @@ def permissions(prefix: str, grants: Grants, everyone: Iterable[Grants]) -> dict
                 them = name(other.principal) + "."
                 allow(KeyRange.prefix(f"{prefix}box/{them}"), Perm.WRITE)
 
-    served = {(c.address.exchange, c.address.topic) for c in grants.consume}
+    # RPC queues (server, topic, fanout) answer calls; listener pools (a group) never reply
+    served = {(c.address.exchange, c.address.topic) for c in grants.consume if c.group is None}
     for other in everyone:
         if other.principal != grants.principal and served & set(other.send):
             them = name(other.principal) + "."
