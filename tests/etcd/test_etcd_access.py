@@ -9,7 +9,11 @@ conductor's Policy decides what that sender may call.
 
 from __future__ import annotations
 
+import os
 import queue
+import shlex
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +27,7 @@ from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee, Incoming
 from rpclib.transports.etcd import EtcdDriver
 from rpclib.transports.etcd import client as ops
+from rpclib.transports.etcd.access import permissions
 from rpclib.transports.etcd.client import NotAuthorized
 from rpclib.transports.etcd.wire import Message
 from tests.etcd.secure_cloud import EXCHANGE, NOTIFICATIONS, SecureEtcd, accesses, start_secure_etcd
@@ -318,7 +323,11 @@ def test_a_rogue_cannot_emit_notifications(cloud: SecureEtcd) -> None:
 def role_permissions(cloud: SecureEtcd, role: str) -> list[tuple[str, str, str]]:
     perms = cloud.server.request("auth/role/get", {"role": role}).get("perm", [])
     return sorted(
-        (p.get("permType", "READ"), ops.unb64(p["key"]).decode(), p.get("range_end", ""))
+        (
+            p.get("permType", "READ"),
+            ops.unb64(p["key"]).decode(),
+            ops.unb64(p.get("range_end", "")).decode(),
+        )
         for p in perms
     )
 
@@ -353,3 +362,51 @@ def test_render_prints_the_etcdctl_commands_of_each_role(cloud: SecureEtcd) -> N
     assert f"etcdctl user grant-role compute-1 {role}" in text
     mine = [line for line in text.splitlines() if f" {role} " in line]
     assert not [line for line in mine if "compute-2" in line], "compute-1 may touch compute-2"
+
+
+def expected_roles(prefix: str, accounts: list[Account]) -> dict[str, list[tuple[str, str, str]]]:
+    """Role name -> what :func:`permissions` derives, as role_permissions() reads it back."""
+    everyone = [a.access.grants() for a in accounts]
+    return {
+        f"{g.principal}@{prefix.strip('/')}": sorted(
+            (perm.name, r.key, r.end or "") for r, perm in permissions(prefix, g, everyone).items()
+        )
+        for g in everyone
+    }
+
+
+def test_provision_gives_each_role_exactly_the_derived_ranges(cloud: SecureEtcd) -> None:
+    accounts = [Account(a, "unused") for a in accesses()]
+    for role, wanted in expected_roles(f"/{cloud.prefix}/", accounts).items():
+        assert role_permissions(cloud, role) == wanted
+
+
+def test_the_rendered_etcdctl_commands_make_the_same_roles(cloud: SecureEtcd) -> None:
+    etcdctl = shutil.which("etcdctl")
+    if etcdctl is None:
+        pytest.fail("etcdctl is not installed (Debian: etcd-client); render() is checked with it")
+    prefix = f"ctl{uuid.uuid4().hex[:6]}"
+    accounts = [Account(Access(f"r-{a.principal}", **_shape(a)), "pw") for a in accesses()]
+    admin = cloud.server.url(prefix, user=ROOT_USER, password=ROOT_PASSWORD)
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    for line in render(admin, accounts).splitlines():
+        if not line or line.startswith("#"):
+            continue
+        words = shlex.split(line)
+        words[0] = etcdctl
+        words[1:1] = [f"--endpoints={cloud.server.endpoint}", f"--user={ROOT_USER}:{ROOT_PASSWORD}"]
+        done = subprocess.run(words, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+    for role, wanted in expected_roles(f"/{prefix}/", accounts).items():
+        assert role_permissions(cloud, role) == wanted
+    cloud.server.authenticate("r-compute-1", "pw")
+
+
+def _shape(access: Access) -> dict[str, Any]:
+    """An Access's fields but its principal (to provision the same shape under another name)."""
+    return {
+        "serves": access.serves,
+        "calls": access.calls,
+        "notifies": access.notifies,
+        "listens": access.listens,
+    }
