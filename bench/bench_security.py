@@ -6,6 +6,12 @@ policy), *accounts + policy* (the bus authenticates each driver and the server
 checks a policy per request) and *signed + policy* (every message sealed with
 Ed25519 and opened against a trust store; needs the ``signing`` extra).
 
+``etcd://`` (section below; ``--etcd-rounds 0`` skips it): two private etcd
+servers of this run, one without authentication, one with auth on and the
+least-privilege roles of ``rpclib.access``: *off*, *signed + policy* (no
+etcd auth) and *auth + signed + policy* (each driver an etcd user confined to
+its keys: how etcd deployments get a verified sender).
+
 Run: ``bench/run security`` (or ``python bench/bench_security.py``).
 """
 
@@ -112,11 +118,99 @@ def run(make: Callable[[], Pair], calls: int, casts: int) -> tuple[float, float]
     return call_rate, cast_rate
 
 
+# --- etcd:// ---------------------------------------------------------------------------
+
+
+def _etcd_signed(url: str, server_url: str) -> Pair:
+    """Server and client transports on etcd ``url``/``server_url``, signed, with the policy."""
+    from rpclib.signing import Signing, SigningKey, TrustStore
+
+    keys = {name: SigningKey.generate(name) for name in ("server", "client-1")}
+    trust = TrustStore({name: [key.public_key] for name, key in keys.items()})
+    server = rpclib.get_transport(server_url, signing=Signing(keys["server"], trust))
+    client = rpclib.get_transport(url, signing=Signing(keys["client-1"], trust))
+    return server, client, POLICY, lambda: None
+
+
+def etcd_targets() -> tuple[dict[str, Callable[[], Pair]], Callable[[], None]]:
+    """The etcd variants, each making a fresh pair; and how to stop both etcd servers."""
+    from bench_etcd import PrivateEtcd
+
+    from rpclib.access import Access, Account, provision
+
+    plain_etcd, auth_etcd = PrivateEtcd(), PrivateEtcd()
+    auth_etcd.request("auth/user/add", {"name": "root", "password": "root-pw"})
+    auth_etcd.request("auth/role/add", {"name": "root"})
+    auth_etcd.request("auth/user/grant", {"user": "root", "role": "root"})
+    auth_etcd.request("auth/enable", {})
+    accesses = [
+        Account(Access("server").serve(rpclib.Target(topic="b", server="s")), "server-pw"),
+        Account(Access("client-1").call(rpclib.Target(topic="b")), "client-pw"),
+    ]
+    provision(f"etcd://root:root-pw@{auth_etcd.endpoint}/bench", accesses)
+
+    def off() -> Pair:
+        prefix = f"b{uuid.uuid4().hex[:8]}"
+        url = f"etcd://{plain_etcd.endpoint}/{prefix}"
+        server, client = (rpclib.get_transport(url) for _ in range(2))
+        return server, client, None, lambda: None
+
+    def signed_only() -> Pair:
+        url = f"etcd://{plain_etcd.endpoint}/b{uuid.uuid4().hex[:8]}"
+        return _etcd_signed(url, url)
+
+    def auth_signed() -> Pair:
+        # one deployment prefix (the roles are granted on it); queues drain every round
+        return _etcd_signed(
+            f"etcd://client-1:client-pw@{auth_etcd.endpoint}/bench",
+            f"etcd://server:server-pw@{auth_etcd.endpoint}/bench",
+        )
+
+    def stop() -> None:
+        plain_etcd.stop()
+        auth_etcd.stop()
+
+    variants = {
+        "off": off,
+        "signed + policy": signed_only,
+        "auth + signed + policy": auth_signed,
+    }
+    return variants, stop
+
+
+def bench_etcd(rounds: int, calls: int, casts: int) -> None:
+    """etcd://: the variants of :func:`etcd_targets`, interleaved, medians and ratios."""
+    variants, stop = etcd_targets()
+    try:
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, make in variants.items():
+                rates[name].append(run(make, calls, casts))
+    finally:
+        stop()
+    report(f"etcd:// (at-most-once calls, at-least-once casts), {rounds} rounds", rates)
+
+
+def report(title: str, rates: dict[str, list[tuple[float, float]]]) -> None:
+    """Print medians of calls/s and casts/s per variant, with ratios to the first ('off')."""
+    med = statistics.median
+    base = next(iter(rates.values()))
+    off_calls, off_casts = med(r[0] for r in base), med(r[1] for r in base)
+    print(f"{title}, medians (ratio: of 'off')")
+    print(f"{'':24}{'calls/s':>10}{'ratio':>7}{'casts/s':>10}{'ratio':>7}")
+    for name, samples in rates.items():
+        c, k = med(r[0] for r in samples), med(r[1] for r in samples)
+        print(f"{name:24}{c:10.0f}{c / off_calls:7.2f}{k:10.0f}{k / off_casts:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--casts", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--etcd-calls", type=int, default=500)
+    parser.add_argument("--etcd-casts", type=int, default=1000)
+    parser.add_argument("--etcd-rounds", type=int, default=3, help="0: skip etcd://")
     args = parser.parse_args()
     variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
@@ -131,6 +225,8 @@ def main() -> None:
     for name, samples in rates.items():
         c, k = med(r[0] for r in samples), med(r[1] for r in samples)
         print(f"{name:22}{c:10.0f}{c / off_calls:7.2f}{k:10.0f}{k / off_casts:7.2f}")
+    if args.etcd_rounds:
+        bench_etcd(args.etcd_rounds, args.etcd_calls, args.etcd_casts)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_running_keys_have_leases_except_declarations_and_stored_messages(
             f"/{prefix}/q/ex/queue/g/@/m/{message_id}",  # the message, until acked
         ]
         assert f"/{prefix}/q/ex/queue/g/@/c/{message_id}" in keys  # claimed, with a lease
-        assert {key.split("/")[2] for key in keys} == {"decl", "live", "q", "n", "box", "adv"}
+        assert {key.split("/")[2] for key in keys} == {"decl", "live", "q", "n", "inbox", "adv"}
     finally:
         consumer.close()
         sender.close()

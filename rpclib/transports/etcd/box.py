@@ -3,14 +3,19 @@
 One watch per driver covers ``box/DRIVER/``: ``d/CONSUMER/ID`` goes to that
 consumer, ``r/INBOX/ID`` to that inbox's handler (then the reply key is
 deleted, batched by the settler). An inbox exists while its marker
-``i/INBOX`` does; senders write a reply only if the marker exists (one
-transaction), so a reply to a closed inbox is Undeliverable at once. Every
-key in a box carries the owner's lease: a dead process's box empties itself.
+``inbox/DRIVER/INBOX`` does (with the owner's lease); senders write a reply
+only if the marker exists (one transaction), so a reply to a closed inbox
+is Undeliverable at once. The marker lives outside the box so a replier's
+role may read markers without reading the box.
 
-Inbox addresses are ``DRIVER/INBOX/LEASE`` (the lease in hex, so a sender
-can put the reply with it). The box is watched without delete events; keys
-handed over are remembered until their deletion is applied, so a resync
-after compaction never hands anything over twice.
+Pushes and replies carry their writer's lease: etcd lets a user attach a
+key to a lease only if it may write every key on that lease, and least
+privilege gives a sender write access to the receiver's box, nothing more.
+What a dead receiver left unread goes when its writer's lease does.
+
+Inbox addresses are ``DRIVER/INBOX``. The box is watched without delete
+events; keys handed over are remembered until their deletion is applied, so
+a resync after compaction never hands anything over twice.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable, Sequence
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import InboxEventHandler, InboxHandler
 from rpclib.transports.etcd import client as ops
-from rpclib.transports.etcd.client import KV, EtcdClient, Json, LeaseNotFound
+from rpclib.transports.etcd.client import KV, EtcdClient, Json
 from rpclib.transports.etcd.naming import Keys
 from rpclib.transports.etcd.settler import Settler
 from rpclib.transports.etcd.watch import Event
@@ -50,7 +55,7 @@ class EtcdInbox:
 
     @property
     def address(self) -> str:
-        return f"{self._box.driver_id}/{self.id}/{self._box.lease():x}"
+        return f"{self._box.driver_id}/{self.id}"
 
     def register(self, lease: int) -> None:
         marker = self._box.keys.inbox_marker(self._box.driver_id, self.id)
@@ -137,11 +142,9 @@ class Box:
 
     def send_to_inbox(self, address: str, body: bytes, message_id: str) -> None:
         """Put a reply into the inbox at ``address`` if it is open; else Undeliverable."""
-        try:
-            driver_id, inbox_id, lease_hex = address.split("/")
-            lease = int(lease_hex, 16)
-        except ValueError:
-            raise Undeliverable(f"{address!r} is not an etcd inbox address") from None
+        driver_id, _, inbox_id = address.partition("/")
+        if not driver_id or not inbox_id or "/" in inbox_id:
+            raise Undeliverable(f"{address!r} is not an etcd inbox address")
         marker = self.keys.inbox_marker(driver_id, inbox_id)
         key = self.keys.reply(driver_id, inbox_id, message_id)
         riders = self.settler.take()  # pending settlements ride along, in both branches
@@ -149,13 +152,10 @@ class Box:
         # No "not there yet" guard: a retried reply is the same key, which the
         # owner's box hands over once (and rpclib drops replies it no longer awaits).
         request = ops.txn(
-            [ops.exists(marker)], [ops.put(key, body, lease), *settlements], settlements
+            [ops.exists(marker)], [ops.put(key, body, self.lease()), *settlements], settlements
         )
         try:
             response = self.client.txn(request)
-        except LeaseNotFound:
-            self.settler.give_back(riders)
-            raise Undeliverable(f"inbox {address} is closed (its owner is gone)") from None
         except BaseException:
             self.settler.give_back(riders)
             raise

@@ -34,7 +34,7 @@ from rpclib.transports.etcd.client import (
 )
 from rpclib.transports.etcd.consumers import Consumer, QueueState
 from rpclib.transports.etcd.lease import DriverLease
-from rpclib.transports.etcd.naming import Keys, QueueName
+from rpclib.transports.etcd.naming import Keys, QueueName, name
 from rpclib.transports.etcd.options import EtcdOptions, parse_options
 from rpclib.transports.etcd.routing import Router
 from rpclib.transports.etcd.settler import Settler
@@ -65,23 +65,30 @@ class _AdvertWatch:
 class EtcdDriver(Driver):
     """The ``etcd[s]://[user:password@]host:2379[,host2:2379]/prefix`` transport.
 
-    Building it authenticates (with credentials), reads the prefix once (so
+    Building it authenticates (with credentials), reads its own box once (so
     missing credentials or a role without access to the prefix fail here,
-    not at the first send) and grants the driver's lease.
+    not at the first send) and grants the driver's lease. With credentials
+    the driver's id starts with the user (``USER.RANDOM``), so a role can be
+    granted a principal's private keys by prefix (see access.py).
     """
 
     def __init__(self, url: TransportURL) -> None:
         super().__init__(url)
         self.options: EtcdOptions = parse_options(url)
         self.keys = Keys(self.options.prefix)
-        self.driver_id = uuid.uuid4().hex[:16]
+        credentials = self.options.credentials
+        self.principal = credentials.user if credentials is not None else None
+        owner = "" if self.principal is None else f"{name(self.principal)}."
+        self.driver_id = f"{owner}{uuid.uuid4().hex[:16]}"
+        self._owner = owner
         self.client = EtcdClient(self.options, str(url))
         self._lock = threading.Lock()
         self._closed = False
         self._ids = itertools.count(1)
         try:
             self.client.authenticate()
-            self.client.call("kv/range", {"key": ops.b64(self.options.prefix), "keys_only": True})
+            own = self.keys.box_prefix(self.driver_id)
+            self.client.call("kv/range", {**ops.range_prefix(own)["request_range"], "limit": "1"})
             self._lease = DriverLease(self.client, self.options.lease_ttl, self._lease_renewed)
         except (AuthenticationFailed, NotAuthorized, TLSRefused):
             self.client.close()
@@ -90,7 +97,7 @@ class EtcdDriver(Driver):
             self.client.close()
             raise TransportError(f"cannot reach etcd at {url}: {exc}") from exc
         self.settler = Settler(self.client)
-        self.router = Router(self.client, self.keys, self.settler)
+        self.router = Router(self.client, self.keys, self.settler, owner, lambda: self.lease_id)
         self.box = Box(self.client, self.keys, self.settler, self.driver_id, lambda: self.lease_id)
         self._box_watch: PrefixWatch | None = None
         self._consumers: dict[str, Consumer] = {}
@@ -130,7 +137,8 @@ class EtcdDriver(Driver):
         record = json.dumps(
             {"address": address, "reason": reason, "attempts": attempts, "body": ops.b64(body)}
         ).encode()
-        key = f"{self.keys.dead_prefix()}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        key = f"{self.keys.dead_prefix()}{self._owner}{stamp}"
         try:
             lease = self._dead_letter_lease()
             self.client.txn(ops.txn([], [ops.put(key, record, lease)]))

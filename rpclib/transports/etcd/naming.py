@@ -13,12 +13,22 @@ docs/transports/etcd.md for the full picture)::
     P/q/EX/TOPIC/{g/GROUP|s/SERVER}/m/ID at-least-once message, until settled  (no lease)
                                  .../c/ID claim of the consumer handling it     (claimant's lease)
     P/n/EX/TOPIC/{g/GROUP|s/SERVER}/ID   delivery counter (its version)         (deleted with m)
-    P/box/DRIVER/d/CONSUMER/ID           message pushed to one consumer         (owner's lease)
-    P/box/DRIVER/i/INBOX                 an open inbox                          (owner's lease)
-    P/box/DRIVER/r/INBOX/ID              a reply                                (owner's lease)
+    P/box/DRIVER/d/CONSUMER/ID           message pushed to one consumer         (sender's lease)
+    P/box/DRIVER/r/INBOX/ID              a reply                                (replier's lease)
+    P/inbox/DRIVER/INBOX                 an open inbox                          (owner's lease)
     P/adv/EX/TOPIC/s/SERVER              an advertisement                       (its own lease)
-    P/dead/TIME-ID                       a dead letter                          (dead-letter lease)
+    P/dead/PRINCIPAL.TIME-ID             a dead letter                          (dead-letter lease)
     <watched prefix>/h/WATCH             liveness echo of a watch stream        (driver lease)
+
+Least privilege (see access.py) needs keys a principal owns to share a prefix
+it can be granted: with credentials, DRIVER is ``PRINCIPAL.RANDOM`` (so
+consumers ``live/.../PRINCIPAL.RANDOM-cN`` too), a stored message's ID is
+``PRINCIPAL.RANDOM`` of its sender, and a dead letter starts with the
+principal that stored it. Principals never contain ``.``, so ``box/a.``
+never covers ``box/ab.``. Inbox markers live outside the box so a replier
+may read them (to refuse a reply to a closed inbox) without reading the
+box; pushes and replies carry the writer's own lease because etcd lets a
+user attach a key to a lease only if it may write every key on that lease.
 """
 
 from __future__ import annotations
@@ -116,8 +126,11 @@ class Keys:
     def delivery(self, driver: str, consumer: str, message: str) -> str:
         return f"{self.box_prefix(driver)}d/{consumer}/{message}"
 
+    def inbox_prefix(self, driver: str) -> str:
+        return f"{self.prefix}inbox/{driver}/"
+
     def inbox_marker(self, driver: str, inbox: str) -> str:
-        return f"{self.box_prefix(driver)}i/{inbox}"
+        return f"{self.inbox_prefix(driver)}{inbox}"
 
     def reply(self, driver: str, inbox: str, message: str) -> str:
         return f"{self.box_prefix(driver)}r/{inbox}/{message}"

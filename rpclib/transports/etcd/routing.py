@@ -15,10 +15,16 @@ send is one transaction that
     does not exist yet", so the sender's own retry after an ambiguous failure
     never stores a message twice;
   * at-most-once to a topic or server: pushed to one live consumer per group
-    (round robin) into that consumer's box, leased with the consumer's lease,
-    guarded by "that consumer is still live" (a consumer that left makes the
-    sender re-read and pick another);
+    (round robin) into that consumer's box, guarded by "that consumer is
+    still live" (a consumer that left makes the sender re-read and pick
+    another);
   * fanout (either guarantee): pushed to every live fanout listener's box.
+
+Pushes carry the sender's own lease (etcd lets a user attach a key to a
+lease only if it may write every key on it, and a sender may not write the
+receiver's other keys) and are not guarded by "not there yet": that compare
+would need read access to the receiver's box. A stored copy's ID starts with
+the sender's principal, so its "not there yet" guard reads only its own keys.
 
 Nothing routable raises Undeliverable naming the address. A steady stream
 of messages to one topic costs exactly one round trip each.
@@ -30,9 +36,8 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.base import Address, Guarantee
@@ -61,7 +66,7 @@ RouteKey = tuple[str, "str | None"]  # ("g", group) / ("s", server) / ("f", None
 
 @dataclass(frozen=True, slots=True)
 class LiveConsumer:
-    """A consumer listening now: its ``live`` key, where to push, and the lease to push with."""
+    """A consumer listening now: its ``live`` key, where to push, and its owner's lease."""
 
     key: str
     box: str
@@ -97,10 +102,21 @@ def _route_of(rest: str) -> tuple[RouteKey, str]:
 
 
 class Router:
-    def __init__(self, client: EtcdClient, keys: Keys, settler: Settler) -> None:
+    def __init__(
+        self,
+        client: EtcdClient,
+        keys: Keys,
+        settler: Settler,
+        owner: str = "",
+        lease: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.settler = settler
+        self.owner = owner
+        """Stored message IDs start with this (``PRINCIPAL.`` with credentials)."""
+        self.lease = lease
+        """The sender's own lease, which its pushes carry."""
         self._views: dict[tuple[str, str], TopicView] = {}
         self._lock = threading.Lock()
         self._turns: dict[tuple[str, str, RouteKey], itertools.count[int]] = {}
@@ -158,7 +174,7 @@ class Router:
         Retries until ``send_timeout``, or until ``expires_at`` (``time.time()``)
         when that comes first: then SendTimedOut, never later.
         """
-        message_id = message_id or uuid.uuid4().hex
+        message_id = message_id or f"{self.owner}{uuid.uuid4().hex}"
         now = time.monotonic()
         deadline = now + self.client.options.send_timeout
         expiring = expires_at is not None and now + (expires_at - time.time()) < deadline
@@ -281,7 +297,7 @@ class Router:
                     delivered += 1
                     break
                 continue
-            pushes = [self._push_op(c, value, message_id) for _, c in targets]
+            pushes = [self._push_op(c, value, message_id, self.lease()) for _, c in targets]
             batches = _batches(pushes, len(value))
             response = self._guarded(address, view, batches[0] if batches else [], deadline)
             if response is None:
@@ -292,7 +308,7 @@ class Router:
                 results += [r["response_txn"] for r in more.get("responses", ())]
             gone = False
             for (target, _), result in zip(targets, results, strict=True):
-                if result.get("succeeded") or _still_live(result):
+                if result.get("succeeded"):
                     delivered += 1
                     done.add(target)
                 else:
@@ -313,28 +329,14 @@ class Router:
         deadline: float,
     ) -> bool:
         """Push to one consumer; False (view refreshed) if it is gone or the view was stale."""
-        key = consumer.box + message_id
-        put = [ops.put(key, value, consumer.lease)]
-        guards = [ops.exists(consumer.key), ops.absent(key)]
-        if self._guarded(address, view, put, deadline, guards) is not None:
-            return True
-        (already,) = self.refresh(address, deadline, key)
-        return bool(already)  # there from a try whose answer we did not see
+        put = [ops.put(consumer.box + message_id, value, self.lease())]
+        return self._guarded(address, view, put, deadline, [ops.exists(consumer.key)]) is not None
 
     @staticmethod
-    def _push_op(consumer: LiveConsumer, value: bytes, message_id: str) -> Json:
-        key = consumer.box + message_id
+    def _push_op(consumer: LiveConsumer, value: bytes, message_id: str, lease: int) -> Json:
         return ops.nested(
-            [ops.exists(consumer.key), ops.absent(key)],
-            [ops.put(key, value, consumer.lease)],
-            [ops.range_key(consumer.key)],
+            [ops.exists(consumer.key)], [ops.put(consumer.box + message_id, value, lease)]
         )
-
-
-def _still_live(result: dict[str, Any]) -> bool:
-    """A failed push whose consumer is still live: the copy was already there (our retry)."""
-    responses = result.get("responses", ())
-    return bool(responses and responses[0].get("response_range", {}).get("kvs"))
 
 
 def _chunks(keys: list[str], size: int) -> list[list[str]]:
