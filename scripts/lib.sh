@@ -25,7 +25,7 @@ SERVICE_PACKAGES=(qemu-utils libvirt-dev pkg-config gcc python3-dev)
 # What the tests use beyond that: openssl for the RabbitMQ TLS test certificates; a
 # libvirtd with QEMU, its default network and busybox for the real VM boot test; etcd;
 # debootstrap for the Debian trixie root that holds RabbitMQ 4 and etcd 3.5.
-TEST_PACKAGES=(openssl etcd-server debootstrap libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-network
+TEST_PACKAGES=(openssl etcd-server etcd-client debootstrap libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-network
     qemu-system-x86 dnsmasq-base iptables busybox-static)
 
 find_python() {
