@@ -27,7 +27,7 @@ def running_cloud(url: str, state_dir: Path) -> Iterator[tuple[Cloud, Path]]:
     """
     procs = Processes(url, state_dir, "test:///default")
     procs.start()
-    transport = rpclib.get_transport(url)
+    transport = rpclib.get_transport(procs.admin_url)
     cloud = Cloud(transport, out=io.StringIO())
     try:
         wait_until(
