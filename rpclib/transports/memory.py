@@ -129,7 +129,6 @@ from typing import Final, Literal
 
 from rpclib.access import Grants
 from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
-from rpclib.transports import memory_grants as grants_check
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -142,6 +141,7 @@ from rpclib.transports.base import (
     MessageHandler,
     Subscription,
 )
+from rpclib.transports.memory_grants import Guard
 from rpclib.transports.url import TransportURL
 
 __all__ = ["FaultDecision", "MemoryDriver", "reset_all_buses", "reset_bus"]
@@ -272,6 +272,7 @@ class _Bus:
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTER_LIMIT)
         self.accounts: dict[str, str] | None = None
         self.grants: dict[str, Grants] = {}
+        self.guard = Guard(name)
         self.expired = 0
         self.resources: set[_Resource] = set()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -1042,7 +1043,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
-            grants_check.check_send(self._grants(), address)
+            self._bus.guard.send(self._grants(), address)
             queues = bus.route(address, guarantee)
             self._put(
                 queues,
@@ -1068,7 +1069,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
-            grants_check.check_consume(self._grants(), address, group)
+            bus.guard.consume(self._grants(), address, group)
             if address.fanout:
                 queue = _Queue(bus, str(address), fanout_key=(address.exchange, address.topic))
                 bus.fanouts.setdefault((address.exchange, address.topic), []).append(queue)
@@ -1088,7 +1089,7 @@ class MemoryDriver(Driver):
         _check_group(address, group)
         with self._bus.lock:
             self._check_open()
-            grants_check.check_declare(self._grants(), address, group)
+            self._bus.guard.declare(self._grants(), address, group)
             self._bus.queue_for(address, group)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -1140,7 +1141,7 @@ class MemoryDriver(Driver):
         key = (address.exchange, address.topic)
         with bus.lock:
             self._check_open()
-            grants_check.check_advertise(self._grants(), address)
+            bus.guard.advertise(self._grants(), address)
             table = bus.adverts.setdefault(key, {})
             previous = table.get(server)
             generation = previous.generation + 1 if previous is not None else 0
@@ -1154,7 +1155,7 @@ class MemoryDriver(Driver):
         server = _advert_server(address)
         with self._bus.lock:
             self._check_open()
-            grants_check.check_advertise(self._grants(), address)
+            self._bus.guard.advertise(self._grants(), address)
             _remove_advert(self._bus, (address.exchange, address.topic), server)
 
     def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
@@ -1167,7 +1168,7 @@ class MemoryDriver(Driver):
         key = (exchange, topic)
         with bus.lock:
             self._check_open()
-            grants_check.check_watch(self._grants(), exchange, topic)
+            bus.guard.watch(self._grants(), exchange, topic)
             snapshot = [
                 (server, ad.body) for server, ad in sorted(bus.adverts.get(key, {}).items())
             ]

@@ -82,6 +82,18 @@ def test_consuming_a_queue_not_granted_is_refused_naming_principal_and_address(
     assert str(address) in str(refused.value)
 
 
+def test_a_refusal_is_logged_with_principal_and_address(
+    login: Callable[[str], rpclib.Transport], caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(AccessRefused):
+        login("compute-1").driver.listen(Address(EX, "conductor"), lambda m: m.ack())
+    assert any(
+        r.levelname == "WARNING"
+        and "'compute-1' may not consume from rpclib/conductor" in r.message
+        for r in caplog.records
+    )
+
+
 def test_declaring_a_queue_not_granted_is_refused(
     login: Callable[[str], rpclib.Transport],
 ) -> None:
