@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rpclib
 from rpclib.transports.url import parse_url
@@ -39,6 +40,9 @@ from services.compute.service import ComputeService
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
 from services.scheduler.service import SchedulerService
+
+if TYPE_CHECKING:
+    from rpclib.signing import Signing  # the signing extra, needed only to sign
 
 COMPUTE_HOSTS = ("compute1", "compute2")
 HOSTS = CloudHosts("conductor1", "scheduler1", "billing1", COMPUTE_HOSTS)
@@ -68,13 +72,13 @@ def make_image(directory: Path) -> Path:
     return image
 
 
-def login_urls(url: str, hosts: CloudHosts, authorization: bool) -> dict[str, str]:
-    """The URL each principal logs in with: its own account, or (insecure) ``url`` for all."""
-    if authorization:
+def login_urls(url: str, hosts: CloudHosts, accounts: bool) -> dict[str, str]:
+    """The URL each principal logs in with: its own new account, or ``url`` for all."""
+    if accounts:
         return provision_cloud(url, hosts)
     LOG.warning(
-        "INSECURE: authorization is off and every service shares the account of %s; "
-        "any process on the bus can act as any service",
+        "no per-service accounts: every service shares the account of %s, so the bus "
+        "cannot tell them apart (only signatures can)",
         parse_url(url),
     )
     return {a.principal: url for a in hosts.accesses()}
@@ -90,9 +94,15 @@ class Embedded:
         libvirt_uri: str,
         *,
         authorization: bool = True,
+        accounts: bool | None = None,
+        signing: Callable[[str], Signing] | None = None,
         hosts: CloudHosts = HOSTS,
     ) -> None:
-        self.urls = login_urls(url, hosts, authorization)
+        """``accounts`` (default: as ``authorization``) provisions one per service;
+        ``signing`` gives each principal's :class:`~rpclib.signing.Signing` (to sign
+        on a bus without accounts)."""
+        self.urls = login_urls(url, hosts, authorization if accounts is None else accounts)
+        self.signing = signing
         self.transports: dict[str, rpclib.Transport] = {}
         on = authorization
 
@@ -138,7 +148,8 @@ class Embedded:
     def login(self, principal: str) -> rpclib.Transport:
         """``principal``'s transport (opened once, closed by stop())."""
         if principal not in self.transports:
-            self.transports[principal] = rpclib.get_transport(self.urls[principal])
+            signing = self.signing(principal) if self.signing is not None else None
+            self.transports[principal] = rpclib.get_transport(self.urls[principal], signing=signing)
         return self.transports[principal]
 
     def start(self) -> None:

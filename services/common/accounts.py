@@ -12,6 +12,7 @@ work (``rpclib.transports.<scheme>.access``).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -66,12 +67,16 @@ def admin_url_for(url: str) -> str:
 
 
 def provision_cloud(url: str, hosts: CloudHosts) -> dict[str, str]:
-    """Create the cloud's accounts on the bus ``url`` names; each principal's login URL.
+    """Create the cloud's accounts on the bus ``url`` names; each principal's login URL."""
+    return provision_accesses(url, hosts.accesses())
+
+
+def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
+    """An account with a fresh random password per access; each principal's login URL.
 
     Raises :class:`ProvisioningUnavailable` (one line) if this transport cannot
     create accounts here.
     """
-    accesses = hosts.accesses()
     accounts = [Account(a, secrets.token_urlsafe(24)) for a in accesses]
     admin = admin_url_for(url)
     try:

@@ -37,6 +37,7 @@ from services.conductor.db import (
     VmState,
 )
 from services.conductor.db import Instance as InstanceRecord
+from services.conductor.errors import WrongHost
 from services.conductor.rpcapi import NAMESPACE, VERSION
 from services.objects import Flavor, Instance
 
@@ -162,7 +163,13 @@ class ConductorManager:
         Emits instance.create.end / instance.delete.end on those transitions.
         """
         host = self._acting_host("instance_update", host)
-        applied, previous = self.db.apply_instance_transition(instance_uuid, host, sequence, state)
+        try:
+            applied, previous = self.db.apply_instance_transition(
+                instance_uuid, host, sequence, state
+            )
+        except WrongHost as exc:
+            LOG.warning("refused instance_update from compute %s: %s", host, exc)
+            raise
         if not applied:
             LOG.debug("stale or duplicate update %d for %s ignored", sequence, instance_uuid)
             return False
