@@ -81,12 +81,12 @@ def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
     admin = admin_url_for(url)
     try:
         provision(admin, accounts)
-    except ModuleNotFoundError as exc:
+    except (ModuleNotFoundError, ValueError) as exc:
+        why = f"{exc.name} is not available" if isinstance(exc, ModuleNotFoundError) else exc
         raise ProvisioningUnavailable(
-            f"cannot create per-service accounts on {parse_url(url).scheme}:// "
-            f"({exc.name} is not available); create them yourself (rpclib.access) and start "
-            "each service with its own credentials, or pass --insecure to share one account "
-            "without authorization"
+            f"cannot create per-service accounts on {parse_url(url).scheme}:// ({why}); "
+            "create them yourself (rpclib.access) and start each service with its own "
+            "credentials, or pass --insecure to share one account without authorization"
         ) from None
     base = url if parse_url(url).scheme != "memory" else admin
     return {

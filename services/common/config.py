@@ -9,6 +9,10 @@ config file is TOML: top-level keys for every service, a table per service
     transport_url = "rabbit://guest:guest@127.0.0.1:5672/"
     [conductor]
     db_url = "postgresql+psycopg://postgres@127.0.0.1/nova"
+
+``authorization`` (default true) makes each service check who sent each
+request (services.common.identities); ``false`` is only for a bus that cannot
+authenticate senders, and every service logs that it is off.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
         help_text, kind = _OPTIONS[name]
         flag = f"--{name.replace('_', '-')}"
         if kind is bool:
-            parser.add_argument(flag, type=_boolean, metavar="true|false", help=help_text)
+            parser.add_argument(flag, type=parse_boolean, metavar="true|false", help=help_text)
         else:
             parser.add_argument(flag, type=kind, help=help_text)
 
@@ -152,7 +156,7 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 
-def _boolean(value: Any) -> bool:
+def parse_boolean(value: Any) -> bool:
     """``true``/``false`` (also yes/no, on/off, 1/0); anything else is a ValueError."""
     if isinstance(value, bool):
         return value
@@ -166,7 +170,7 @@ def _convert(name: str, value: Any, where: str) -> Any:
     kind = _OPTIONS[name][1]
     if kind is bool:
         try:
-            return _boolean(value)
+            return parse_boolean(value)
         except ValueError:
             raise SystemExit(f"{where}: {name} must be true or false, got {value!r}") from None
     try:

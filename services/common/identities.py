@@ -52,6 +52,8 @@ def principal(service: str, host: str) -> str:
         raise ValueError(f"unknown service {service!r} (known: {', '.join(SERVICES)})")
     name = f"{service}-{host}"
     try:
+        if not host:
+            raise ValueError("empty host")
         return check_principal(name)
     except ValueError:
         raise BadHost(
