@@ -114,13 +114,8 @@ def test_heartbeating_as_another_host_is_refused(
     cloud: AttackedCloud, logged: pytest.LogCaptureFixture
 ) -> None:
     before = cloud.snapshot()
-    beats = {s.host: s.last_heartbeat for s in cloud.db.list_services()}
-    conductor_of(cloud).heartbeat(CTX, "compute1", "compute")
-    cloud.admin.conductor.list_instances(cloud.admin.ctx)  # the cast was handled before this
-    assert refusal_logged(logged, "heartbeat", ROGUE, "compute1")
-    assert {s.host: s.last_heartbeat for s in cloud.db.list_services()}["compute1"] == beats[
-        "compute1"
-    ]
+    conductor_of(cloud).heartbeat(CTX, "compute1", "compute")  # an at-most-once cast: logged
+    wait_until(lambda: refusal_logged(logged, "heartbeat", ROGUE, "compute1"), 30, "the refusal")
     assert cloud.snapshot() == before
 
 
