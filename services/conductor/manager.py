@@ -25,6 +25,7 @@ import logging
 from typing import Any
 
 import rpclib
+from rpclib.logsummary import SummaryLog
 from services import notifications
 from services.common import identities
 from services.conductor.db import (
@@ -95,6 +96,12 @@ class ConductorManager:
         self.db = db
         self.notifier = notifier
         self.authorization = authorization
+        self._refusals = SummaryLog(
+            LOG
+        )  # a node sending nothing but refused requests floods no log
+
+    def _refused(self, who: str | None, msg: str, *args: object) -> None:
+        self._refusals.log(logging.WARNING, f"refusals of {who!r}", msg, *args)
 
     def _acting_host(self, method: str, claimed: str | None) -> str:
         """The compute host the request acts for: its authenticated sender's.
@@ -113,7 +120,9 @@ class ConductorManager:
         if host is not None and claimed in (None, host):
             return host
         rule = "a compute node acts only as its own host"
-        LOG.warning("refused %s from %r: it claimed host %r (%s)", method, sender, claimed, rule)
+        self._refused(
+            sender, "refused %s from %r: it claimed host %r (%s)", method, sender, claimed, rule
+        )
         raise rpclib.Forbidden(sender, method, NAMESPACE, f"{rule}, not as {claimed!r}")
 
     # --- compute nodes -------------------------------------------------------------
@@ -143,7 +152,7 @@ class ConductorManager:
     def heartbeat(self, ctx: dict[str, Any], host: str, binary: str) -> None:
         host = self._acting_host("heartbeat", host)
         if self.authorization and binary != "compute":
-            LOG.warning("refused heartbeat from compute %s for binary %r", host, binary)
+            self._refused(host, "refused heartbeat from compute %s for binary %r", host, binary)
             raise rpclib.Forbidden(
                 f"compute-{host}", "heartbeat", NAMESPACE, f"a compute node is not {binary!r}"
             )
@@ -168,7 +177,7 @@ class ConductorManager:
                 instance_uuid, host, sequence, state
             )
         except WrongHost as exc:
-            LOG.warning("refused instance_update from compute %s: %s", host, exc)
+            self._refused(host, "refused instance_update from compute %s: %s", host, exc)
             raise
         if not applied:
             LOG.debug("stale or duplicate update %d for %s ignored", sequence, instance_uuid)
@@ -189,7 +198,8 @@ class ConductorManager:
             if held is None:
                 return False
             if held.provider != host:
-                LOG.warning(
+                self._refused(
+                    host,
                     "refused release_allocation from compute %s: instance %s is held on %s",
                     host,
                     instance_uuid,
