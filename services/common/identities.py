@@ -24,7 +24,6 @@ import logging
 
 import rpclib
 from rpclib.access import Access, check_principal
-from rpclib.indirection import NAMESPACE as OBJECTS_NAMESPACE
 from services import notifications
 
 LOG = logging.getLogger("services.identities")
@@ -108,6 +107,7 @@ def _topic(service: str) -> str:
 # --- the services: who may call what ------------------------------------------------
 
 _EVERYONE = ("role:compute", "role:scheduler", "role:admin")
+OBJECTS_NAMESPACE = rpclib.ObjectBackportEndpoint.target.namespace
 
 CONDUCTOR_POLICY = rpclib.Policy(
     [
