@@ -7,8 +7,8 @@ into driver-level :class:`Grants` (the addresses it consumes from, the
 topics it sends to, the adverts it writes and reads), which each transport
 renders into its broker's own permissions:
 
-- ``memory://``: :func:`rpclib.transports.memory.add_account` takes ``access=``
-  and the bus enforces it;
+- ``memory://``: :func:`rpclib.transports.memory.add_account` takes ``grants=``
+  and the bus enforces them (``rpclib.transports.memory_access``);
 - ``rabbit://`` and ``amqp1://``: RabbitMQ configure/write/read regexes and
   topic permissions (``rpclib.transports.rabbit.access``);
 - ``etcd://``: etcd roles over key ranges (``rpclib.transports.etcd.access``).

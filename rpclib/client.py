@@ -28,6 +28,7 @@ from rpclib.exceptions import (
     TransportError,
     Undeliverable,
     VersionCapError,
+    is_retryable,
 )
 from rpclib.failures import DEFAULT_ALLOWED_MODULES, from_failure
 from rpclib.serializer import Serializer
@@ -307,6 +308,8 @@ class RPCClient:
                 send()
                 return
             except TransportError as exc:
+                if not is_retryable(exc):
+                    raise  # e.g. the account may not send there: no retry can fix it
                 attempt += 1
                 pause = min(RETRY_BACKOFF * 2 ** (attempt - 1), RETRY_BACKOFF_MAX)
                 out_of_time = deadline is not None and time.time() + pause >= deadline

@@ -41,7 +41,7 @@ from typing import Any
 
 from rpclib import envelope
 from rpclib.envelope import Kind
-from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.exceptions import TransportError, Undeliverable, is_retryable
 from rpclib.serializer import Serializer
 from rpclib.transport import Transport
 from rpclib.transports.base import Address, Guarantee
@@ -422,7 +422,7 @@ class MessagingDriver(NotificationDriver):
                         total,
                     )
                 except TransportError as exc:
-                    if self.retry is not None and retries >= self.retry:
+                    if not is_retryable(exc) or (self.retry is not None and retries >= self.retry):
                         self._counters.add("failed")
                         LOG.error(
                             "giving up on notification %s %s to %s after %d retries: %s",

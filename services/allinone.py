@@ -6,6 +6,13 @@ process. With a broker URL (``--transport-url rabbit://...``) each service runs
 as its own process, started here and stopped by its pid. Either way the story
 is the same: boot several instances, show them ACTIVE with their hosts,
 delete one, and print the usage report billing kept.
+
+Every service instance logs in as itself (services.common.identities): on
+``memory://`` this creates one account per service on the bus, with exactly
+the grants it needs; on a broker it creates them through the broker's
+``rpclib.access`` module with random passwords, using the URL's credentials as
+the administrator's. ``--insecure`` skips both and turns authorization off
+(everyone shares the URL's account and senders are not checked), loudly.
 """
 
 from __future__ import annotations
@@ -21,16 +28,25 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rpclib
+from rpclib.transports.url import parse_url
 from services.billing.service import BillingService
 from services.cli import Cloud
+from services.common import identities
+from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_cloud
 from services.compute.service import ComputeService
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
 from services.scheduler.service import SchedulerService
 
+if TYPE_CHECKING:
+    from rpclib.signing import Signing  # the signing extra, needed only to sign
+
 COMPUTE_HOSTS = ("compute1", "compute2")
+HOSTS = CloudHosts("conductor1", "scheduler1", "billing1", COMPUTE_HOSTS)
+LOG = logging.getLogger("services.allinone")
 BOOTS = (
     ("web1", "acme", 1, 256, 1),
     ("web2", "acme", 1, 256, 1),
@@ -56,23 +72,85 @@ def make_image(directory: Path) -> Path:
     return image
 
 
-class Embedded:
-    """Every service in this process, on one in-memory bus."""
+def login_urls(url: str, hosts: CloudHosts, accounts: bool) -> dict[str, str]:
+    """The URL each principal logs in with: its own new account, or ``url`` for all."""
+    if accounts:
+        return provision_cloud(url, hosts)
+    LOG.warning(
+        "no per-service accounts: every service shares the account of %s, so the bus "
+        "cannot tell them apart (only signatures can)",
+        parse_url(url),
+    )
+    return {a.principal: url for a in hosts.accesses()}
 
-    def __init__(self, transport: rpclib.Transport, state: Path, libvirt_uri: str) -> None:
-        self.conductor = ConductorService(transport, host="conductor1", state_dir=state)
+
+class Embedded:
+    """Every service in this process on one in-memory bus, each logged in as itself."""
+
+    def __init__(
+        self,
+        url: str,
+        state: Path,
+        libvirt_uri: str,
+        *,
+        authorization: bool = True,
+        accounts: bool | None = None,
+        signing: Callable[[str], Signing] | None = None,
+        hosts: CloudHosts = HOSTS,
+    ) -> None:
+        """``accounts`` (default: as ``authorization``) provisions one per service;
+        ``signing`` gives each principal's :class:`~rpclib.signing.Signing` (to sign
+        on a bus without accounts)."""
+        self.urls = login_urls(url, hosts, authorization if accounts is None else accounts)
+        self.signing = signing
+        self.transports: dict[str, rpclib.Transport] = {}
+        on = authorization
+
+        def login(service: str, host: str) -> rpclib.Transport:
+            return self.login(identities.principal(service, host))
+
+        self.conductor = ConductorService(
+            login("conductor", hosts.conductor),
+            host=hosts.conductor,
+            state_dir=state,
+            authorization=on,
+        )
         self.services: list[ConductorService | SchedulerService | BillingService | ComputeService]
         self.services = [
             self.conductor,
-            SchedulerService(transport, host="scheduler1"),
-            BillingService(transport, host="billing1", state_dir=state),
+            SchedulerService(
+                login("scheduler", hosts.scheduler), host=hosts.scheduler, authorization=on
+            ),
+            BillingService(
+                login("billing", hosts.billing),
+                host=hosts.billing,
+                state_dir=state,
+                authorization=on,
+            ),
             *(
                 ComputeService(
-                    transport, host=h, libvirt_uri=libvirt_uri, state_dir=state, image_dirs=[state]
+                    login("compute", h),
+                    host=h,
+                    libvirt_uri=libvirt_uri,
+                    state_dir=state,
+                    image_dirs=[state],
+                    authorization=on,
                 )
-                for h in COMPUTE_HOSTS
+                for h in hosts.computes
             ),
         ]
+
+    @property
+    def admin_url(self) -> str:
+        """The URL the user command logs in with (as ``admin``)."""
+        return self.urls[identities.ADMIN]
+
+    def login(self, principal: str) -> rpclib.Transport:
+        """``principal``'s transport (opened once, closed by stop())."""
+        if principal not in self.transports:
+            signing = self.signing(principal) if self.signing is not None else None
+            self.transports[principal] = rpclib.get_transport(self.urls[principal], signing=signing)
+        return self.transports[principal]
 
     def start(self) -> None:
         for service in self.services:
@@ -84,33 +162,69 @@ class Embedded:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+        for transport in self.transports.values():
+            transport.close()
 
 
 class Processes:
     """Every service as its own process on a broker."""
 
-    def __init__(self, url: str, state: Path, libvirt_uri: str) -> None:
-        common = ["--transport-url", url, "--log-level", "WARNING"]
+    def __init__(
+        self,
+        url: str,
+        state: Path,
+        libvirt_uri: str,
+        *,
+        authorization: bool = True,
+        hosts: CloudHosts = HOSTS,
+    ) -> None:
+        self.urls = login_urls(url, hosts, authorization)
+        common = ["--log-level", "WARNING", "--authorization", str(authorization).lower()]
         files = ["--state-dir", str(state)]
+        # (principal, module, arguments); each process gets its own URL in its environment,
+        # so no password shows in the process list.
         self.commands = [
-            ["services.conductor.service", "--host", "conductor1", "--audit-interval", "2", *files],
-            ["services.scheduler.service", "--host", "scheduler1"],
-            ["services.billing.service", "--host", "billing1", *files],
+            (
+                identities.principal("conductor", hosts.conductor),
+                "services.conductor.service",
+                ["--host", hosts.conductor, "--audit-interval", "2", *files],
+            ),
+            (
+                identities.principal("scheduler", hosts.scheduler),
+                "services.scheduler.service",
+                ["--host", hosts.scheduler],
+            ),
+            (
+                identities.principal("billing", hosts.billing),
+                "services.billing.service",
+                ["--host", hosts.billing, *files],
+            ),
             *(
-                [
+                (
+                    identities.principal("compute", h),
                     "services.compute.service",
-                    *("--host", h, "--libvirt-uri", libvirt_uri, "--image-dirs", str(state)),
-                    *files,
-                ]
-                for h in COMPUTE_HOSTS
+                    [
+                        *("--host", h, "--libvirt-uri", libvirt_uri, "--image-dirs", str(state)),
+                        *files,
+                    ],
+                )
+                for h in hosts.computes
             ),
         ]
         self.common = common
         self.procs: list[subprocess.Popen[bytes]] = []
 
+    @property
+    def admin_url(self) -> str:
+        """The URL the user command logs in with (as ``admin``)."""
+        return self.urls[identities.ADMIN]
+
     def start(self) -> None:
-        for module, *args in self.commands:
-            self.procs.append(subprocess.Popen([sys.executable, "-m", module, *args, *self.common]))
+        for principal, module, args in self.commands:
+            env = os.environ | {"RPCLIB_TRANSPORT_URL": self.urls[principal]}
+            self.procs.append(
+                subprocess.Popen([sys.executable, "-m", module, *args, *self.common], env=env)
+            )
             time.sleep(0.5 if module.endswith("conductor.service") else 0)
 
     def audit(self) -> None:
@@ -150,20 +264,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--libvirt-uri", default="test:///default")
     parser.add_argument("--state-dir", type=Path, help="default: a fresh temporary directory")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no per-service accounts and no authorization (one shared account, senders "
+        "unchecked): only for a bus that cannot authenticate",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="   [%(levelname)s] %(name)s: %(message)s")
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="rpclib-cloud-"))
     image = make_image(state)
     embedded = args.transport_url.startswith("memory:")
-    transport = rpclib.get_transport(args.transport_url)
-    cloud_services = (
-        Embedded(transport, state, args.libvirt_uri)
-        if embedded
-        else Processes(args.transport_url, state, args.libvirt_uri)
-    )
+    kind = Embedded if embedded else Processes
+    try:
+        cloud_services = kind(
+            args.transport_url, state, args.libvirt_uri, authorization=not args.insecure
+        )
+    except (ProvisioningUnavailable, identities.BadHost) as exc:
+        print(f"rpclib-allinone: {exc}", file=sys.stderr)
+        return 2
+    transport = rpclib.get_transport(cloud_services.admin_url)
     mode = "in this process" if embedded else "as separate processes"
     say(f"== starting conductor, scheduler, billing, {', '.join(COMPUTE_HOSTS)} {mode}")
     say(f"   transport {transport.url}, libvirt {args.libvirt_uri}, state in {state}")
+    accounts = "no accounts, authorization OFF" if args.insecure else "one account per service"
+    say(f"   identities: {accounts} ({', '.join(cloud_services.urls)})")
     started = dt.datetime.now(dt.UTC)
     cloud_services.start()
     cloud = Cloud(transport)

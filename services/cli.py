@@ -4,8 +4,10 @@
     rpclib-cloud list
     rpclib-cloud usage --since 2030-01-01T00:00:00+00:00
 
-Add ``--transport-url rabbit://...`` (or set RPCLIB_TRANSPORT_URL) to reach
-services running as separate processes.
+Add ``--transport-url rabbit://admin:PASSWORD@host/`` (or set
+RPCLIB_TRANSPORT_URL) to reach services running as separate processes. The
+command logs in as the ``admin`` principal: the services serve it only the
+methods a user needs (services.common.identities).
 """
 
 from __future__ import annotations

@@ -62,6 +62,12 @@ the message. A bus without accounts takes no credentials and its messages
 have no sender. Removing an account refuses new drivers for it; drivers
 already connected keep their identity, as broker connections do.
 
+An account may also carry :class:`~rpclib.access.Grants` (``grants=`` or
+:func:`rpclib.access.provision` on ``memory://NAME``): the bus then refuses,
+with :class:`~rpclib.transports.memory_grants.AccessRefused`, what they do not
+allow (see :mod:`rpclib.transports.memory_grants`). Grants are looked up on
+every operation, so changing them applies to connected drivers at once.
+
 Adverts live in a per-bus table. Every ``advertise`` (new body or plain
 refresh) is reported as ``(server, body)``, ``withdraw`` and TTL expiry as
 ``(server, None)``; a per-bus clock thread fires expiries on time. Each watch
@@ -121,6 +127,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from rpclib.access import Grants
 from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
 from rpclib.transports.base import (
     Address,
@@ -134,6 +141,7 @@ from rpclib.transports.base import (
     MessageHandler,
     Subscription,
 )
+from rpclib.transports.memory_grants import Guard
 from rpclib.transports.url import TransportURL
 
 __all__ = ["FaultDecision", "MemoryDriver", "reset_all_buses", "reset_bus"]
@@ -170,15 +178,24 @@ def _get_bus(name: str) -> _Bus:
         return bus
 
 
-def add_account(bus: str, user: str, password: str) -> None:
-    """Create or change an account on bus ``bus``: drivers must then authenticate."""
+def add_account(bus: str, user: str, password: str, *, grants: Grants | None = None) -> None:
+    """Create or change an account on bus ``bus``: drivers must then authenticate.
+
+    With ``grants`` the account may do only what they allow; without, anything.
+    """
     if not user or not password or ":" in user or "@" in user:
         raise ValueError(f"an account needs a user (without ':' or '@') and a password: {user!r}")
+    if grants is not None and grants.principal != user:
+        raise ValueError(f"grants for {grants.principal!r} given to account {user!r}")
     target = _get_bus(bus.lower())
     with target.lock:
         if target.accounts is None:
             target.accounts = {}
         target.accounts[user] = password
+        if grants is None:
+            target.grants.pop(user, None)
+        else:
+            target.grants[user] = grants
 
 
 def remove_account(bus: str, user: str) -> None:
@@ -188,6 +205,7 @@ def remove_account(bus: str, user: str) -> None:
         if target.accounts is None or user not in target.accounts:
             raise KeyError(f"memory bus {bus!r} has no account {user!r}")
         del target.accounts[user]
+        target.grants.pop(user, None)
 
 
 def reset_bus(name: str = DEFAULT_BUS) -> None:
@@ -253,6 +271,8 @@ class _Bus:
         self.watches: dict[tuple[str, str], list[_Watch]] = {}
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTER_LIMIT)
         self.accounts: dict[str, str] | None = None
+        self.grants: dict[str, Grants] = {}
+        self.guard = Guard(name)
         self.expired = 0
         self.resources: set[_Resource] = set()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -911,7 +931,7 @@ def _probability(url: TransportURL, name: str) -> float:
     return value
 
 
-def _bus_name(url: TransportURL) -> str:
+def bus_name(url: TransportURL) -> str:
     """The bus a ``memory://`` URL names; a port, path or host list is an error."""
     if len(url.hosts) > 1:
         raise InvalidTransportURL(str(url), "memory:// names one bus, not a host list")
@@ -963,7 +983,7 @@ class MemoryDriver(Driver):
     def __init__(self, url: TransportURL) -> None:
         super().__init__(url)
         url.reject_unknown_options(set(_KNOWN_OPTIONS))
-        self.bus_name = _bus_name(url)
+        self.bus_name = bus_name(url)
         self._faults = _Faults(url)
         if self._faults.active:
             _LOG.debug("fault injection on %s with seed %d", url, self._faults.seed)
@@ -1023,6 +1043,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
+            self._bus.guard.send(self._grants(), address)
             queues = bus.route(address, guarantee)
             self._put(
                 queues,
@@ -1048,6 +1069,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
+            bus.guard.consume(self._grants(), address, group)
             if address.fanout:
                 queue = _Queue(bus, str(address), fanout_key=(address.exchange, address.topic))
                 bus.fanouts.setdefault((address.exchange, address.topic), []).append(queue)
@@ -1067,6 +1089,7 @@ class MemoryDriver(Driver):
         _check_group(address, group)
         with self._bus.lock:
             self._check_open()
+            self._bus.guard.declare(self._grants(), address, group)
             self._bus.queue_for(address, group)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -1118,6 +1141,7 @@ class MemoryDriver(Driver):
         key = (address.exchange, address.topic)
         with bus.lock:
             self._check_open()
+            bus.guard.advertise(self._grants(), address)
             table = bus.adverts.setdefault(key, {})
             previous = table.get(server)
             generation = previous.generation + 1 if previous is not None else 0
@@ -1131,6 +1155,7 @@ class MemoryDriver(Driver):
         server = _advert_server(address)
         with self._bus.lock:
             self._check_open()
+            self._bus.guard.advertise(self._grants(), address)
             _remove_advert(self._bus, (address.exchange, address.topic), server)
 
     def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
@@ -1143,6 +1168,7 @@ class MemoryDriver(Driver):
         key = (exchange, topic)
         with bus.lock:
             self._check_open()
+            bus.guard.watch(self._grants(), exchange, topic)
             snapshot = [
                 (server, ad.body) for server, ad in sorted(bus.adverts.get(key, {}).items())
             ]
@@ -1178,6 +1204,10 @@ class MemoryDriver(Driver):
         if self._closed:
             raise TransportError(f"memory driver for {self.url} is closed")
         self._bus.check_open()
+
+    def _grants(self) -> Grants | None:
+        """This driver's account's grants now (None: unrestricted; bus lock held)."""
+        return None if self.user is None else self._bus.grants.get(self.user)
 
     def _adopt(self, resource: _Resource) -> None:
         """Track a new subscription/inbox/watch so close() and reset_bus() can stop it."""

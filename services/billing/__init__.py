@@ -27,11 +27,13 @@ def make_listener(
     topic: str = "notifications",
     executor_threads: int = 4,
     max_attempts: int = 5,
+    policy: rpclib.Policy | None = None,
 ) -> rpclib.NotificationListener:
     """A listener (not started) feeding ``ledger`` from ``topic`` in consumer pool ``pool``.
 
     A notification that keeps failing is dead-lettered after ``max_attempts``
-    deliveries.
+    deliveries. With ``policy``, notifications from senders it does not allow
+    are dead-lettered uncounted.
     """
     return rpclib.NotificationListener(
         transport,
@@ -40,6 +42,7 @@ def make_listener(
         pool=pool,
         executor_threads=executor_threads,
         max_attempts=max_attempts,
+        policy=policy,
     )
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import rpclib
 from services.billing import Ledger, make_listener
+from services.common import identities
 from services.common.process import run_service
 
 TOPIC = "billing"
 NAMESPACE = "billing"
 VERSION = "1.0"
-OPTIONS = ("transport_url", "host", "log_level", "state_dir")
+OPTIONS = ("transport_url", "host", "log_level", "state_dir", "authorization")
 
 
 class BillingAPIEndpoint:
@@ -38,12 +39,28 @@ class BillingAPIEndpoint:
 class BillingService:
     """Keeps the usage ledger in ``<state_dir>/billing.sqlite``."""
 
-    def __init__(self, transport: rpclib.Transport, *, host: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        transport: rpclib.Transport,
+        *,
+        host: str,
+        state_dir: Path,
+        authorization: bool = True,
+    ) -> None:
+        identities.principal(identities.BILLING, host)  # a host that cannot name one fails here
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(state_dir / "billing.sqlite")
-        self.listener = make_listener(transport, self.ledger)
+        policy = identities.server_policy(identities.BILLING, authorization)
+        self.listener = make_listener(
+            transport,
+            self.ledger,
+            policy=identities.BILLING_LISTENER_POLICY if policy is not None else None,
+        )
         self.server = rpclib.RPCServer(
-            transport, rpclib.Target(topic=TOPIC, server=host), [BillingAPIEndpoint(self.ledger)]
+            transport,
+            rpclib.Target(topic=TOPIC, server=host),
+            [BillingAPIEndpoint(self.ledger)],
+            policy=policy,
         )
 
     def start(self) -> None:
@@ -82,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         OPTIONS,
         __doc__,
-        lambda c, t: BillingService(t, host=c.host, state_dir=c.state_dir),
+        lambda c, t: BillingService(
+            t, host=c.host, state_dir=c.state_dir, authorization=c.authorization
+        ),
     )
 
 

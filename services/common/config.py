@@ -9,6 +9,10 @@ config file is TOML: top-level keys for every service, a table per service
     transport_url = "rabbit://guest:guest@127.0.0.1:5672/"
     [conductor]
     db_url = "postgresql+psycopg://postgres@127.0.0.1/nova"
+
+``authorization`` (default true) makes each service check who sent each
+request (services.common.identities); ``false`` is only for a bus that cannot
+authenticate senders, and every service logs that it is off.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class ServiceConfig:
     audit_interval: float = 3600.0
     heartbeat_interval: float = 10.0
     image_dirs: str | None = None
+    authorization: bool = True
 
     def image_dir_list(self) -> list[Path] | None:
         """``image_dirs`` split on the path separator (None: no local image paths allowed)."""
@@ -81,6 +86,11 @@ _OPTIONS: dict[str, tuple[str, type]] = {
         "(default: none, so only http(s) URLs are accepted)",
         str,
     ),
+    "authorization": (
+        "check who sends each request (true, the default); false only for a bus that "
+        "cannot authenticate senders (logged loudly)",
+        bool,
+    ),
 }
 
 
@@ -89,7 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
     parser.add_argument("--config", type=Path, help="TOML config file")
     for name in names:
         help_text, kind = _OPTIONS[name]
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            parser.add_argument(flag, type=parse_boolean, metavar="true|false", help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, help=help_text)
 
 
 def load(
@@ -138,8 +152,27 @@ def _from_file(path: Path, service: str, names: Sequence[str]) -> dict[str, Any]
     return out
 
 
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def parse_boolean(value: Any) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0); anything else is a ValueError."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _convert(name: str, value: Any, where: str) -> Any:
     kind = _OPTIONS[name][1]
+    if kind is bool:
+        try:
+            return parse_boolean(value)
+        except ValueError:
+            raise SystemExit(f"{where}: {name} must be true or false, got {value!r}") from None
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import rpclib
 from services.common import config as cfg
+from services.common import identities
 
 LOG = logging.getLogger("services")
 
@@ -46,6 +47,14 @@ def run_service(
     cfg.add_arguments(parser, options)
     config = cfg.load(name, parser.parse_args(argv), options)
     config.setup_logging()
+    try:
+        identities.principal(name, config.host)
+    except identities.BadHost as exc:
+        raise SystemExit(f"rpclib-{name}: {exc} (pass --host)") from None
+    if not config.authorization:
+        LOG.warning(
+            "rpclib-%s runs with authorization = false: it trusts whatever senders claim", name
+        )
     transport = rpclib.get_transport(config.transport_url)
     try:
         return serve_forever(build(config, transport), name)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import rpclib
+from services.common import identities
 from services.common.process import run_service
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
@@ -30,6 +31,7 @@ OPTIONS = (
     "libvirt_uri",
     "heartbeat_interval",
     "image_dirs",
+    "authorization",
 )
 
 
@@ -47,7 +49,9 @@ class ComputeService:
         resources: HostResources | None = None,
         register_timeout: float = 600.0,
         image_dirs: Sequence[Path] | None = None,
+        authorization: bool = True,
     ) -> None:
+        identities.principal(identities.COMPUTE, host)  # a host that cannot name one fails here
         self.host = host
         self.conductor = ConductorAPI(transport)
         self.driver = LibvirtDriver(libvirt_uri, instances_dir=state_dir / "instances" / host)
@@ -61,7 +65,10 @@ class ComputeService:
             )
         self.manager = ComputeManager(host, self.driver, self.images, self.conductor)
         self.server = rpclib.RPCServer(
-            transport, rpclib.Target(topic=TOPIC, server=host), [self.manager]
+            transport,
+            rpclib.Target(topic=TOPIC, server=host),
+            [self.manager],
+            policy=identities.server_policy(identities.COMPUTE, authorization),
         )
         self.heartbeat_interval = heartbeat_interval
         self.register_timeout = register_timeout
@@ -120,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=c.state_dir,
             heartbeat_interval=c.heartbeat_interval,
             image_dirs=c.image_dir_list(),
+            authorization=c.authorization,
         ),
     )
 

@@ -8,6 +8,13 @@ and claims here; the user command lists here. Interface version history
   create_instance, allocation_candidates, claim, fail_unplaced, get_instance,
   list_instances, list_services.
 
+Who may call what is :data:`services.common.identities.CONDUCTOR_POLICY`. With
+authorization on (the default), the compute host of register_compute,
+heartbeat, instance_update and release_allocation is the authenticated
+sender's (``compute-<host>``), never the arguments: a ``host`` argument
+naming another host is refused with :class:`rpclib.Forbidden`, so the wire
+format (and version) is unchanged and honest nodes keep working.
+
 The conductor also emits the instance notifications billing relies on.
 """
 
@@ -18,7 +25,9 @@ import logging
 from typing import Any
 
 import rpclib
+from rpclib.logsummary import SummaryLog
 from services import notifications
+from services.common import identities
 from services.conductor.db import (
     DISK_GB,
     MEMORY_MB,
@@ -29,6 +38,7 @@ from services.conductor.db import (
     VmState,
 )
 from services.conductor.db import Instance as InstanceRecord
+from services.conductor.errors import WrongHost
 from services.conductor.rpcapi import NAMESPACE, VERSION
 from services.objects import Flavor, Instance
 
@@ -80,9 +90,40 @@ class ConductorManager:
 
     target = rpclib.Target(namespace=NAMESPACE, version=VERSION)
 
-    def __init__(self, db: ConductorDB, notifier: rpclib.Notifier) -> None:
+    def __init__(
+        self, db: ConductorDB, notifier: rpclib.Notifier, *, authorization: bool = True
+    ) -> None:
         self.db = db
         self.notifier = notifier
+        self.authorization = authorization
+        self._refusals = SummaryLog(
+            LOG
+        )  # a node sending nothing but refused requests floods no log
+
+    def _refused(self, who: str | None, msg: str, *args: object) -> None:
+        self._refusals.log(logging.WARNING, f"refusals of {who!r}", msg, *args)
+
+    def _acting_host(self, method: str, claimed: str | None) -> str:
+        """The compute host the request acts for: its authenticated sender's.
+
+        Raises :class:`rpclib.Forbidden` (and logs it) if the sender is no
+        compute node or ``claimed`` names another host. Without authorization
+        the claimed host is taken as it is (an unauthenticated bus).
+        """
+        if not self.authorization:
+            if claimed is None:
+                raise ValueError(f"{method} needs a host when authorization is off")
+            return claimed
+        request = rpclib.current_request()
+        sender = request.sender if request is not None else None
+        host = identities.compute_host(sender)
+        if host is not None and claimed in (None, host):
+            return host
+        rule = "a compute node acts only as its own host"
+        self._refused(
+            sender, "refused %s from %r: it claimed host %r (%s)", method, sender, claimed, rule
+        )
+        raise rpclib.Forbidden(sender, method, NAMESPACE, f"{rule}, not as {claimed!r}")
 
     # --- compute nodes -------------------------------------------------------------
 
@@ -96,6 +137,7 @@ class ConductorManager:
         versions: dict[str, str],
     ) -> None:
         """A compute node reports itself and what it has (its resource provider)."""
+        host = self._acting_host("register_compute", host)
         self.db.register_service(host, "compute", versions)
         self.db.ensure_provider(
             host,
@@ -108,6 +150,12 @@ class ConductorManager:
         LOG.info("compute %s registered: %d vCPU, %d MB, %d GB", host, vcpus, memory_mb, disk_gb)
 
     def heartbeat(self, ctx: dict[str, Any], host: str, binary: str) -> None:
+        host = self._acting_host("heartbeat", host)
+        if self.authorization and binary != "compute":
+            self._refused(host, "refused heartbeat from compute %s for binary %r", host, binary)
+            raise rpclib.Forbidden(
+                f"compute-{host}", "heartbeat", NAMESPACE, f"a compute node is not {binary!r}"
+            )
         self.db.service_heartbeat(host, binary)
 
     def instance_update(
@@ -123,7 +171,14 @@ class ConductorManager:
         Refuses (WrongHost) an update for an instance not placed on ``host``.
         Emits instance.create.end / instance.delete.end on those transitions.
         """
-        applied, previous = self.db.apply_instance_transition(instance_uuid, host, sequence, state)
+        host = self._acting_host("instance_update", host)
+        try:
+            applied, previous = self.db.apply_instance_transition(
+                instance_uuid, host, sequence, state
+            )
+        except WrongHost as exc:
+            self._refused(host, "refused instance_update from compute %s: %s", host, exc)
+            raise
         if not applied:
             LOG.debug("stale or duplicate update %d for %s ignored", sequence, instance_uuid)
             return False
@@ -136,6 +191,26 @@ class ConductorManager:
         return True
 
     def release_allocation(self, ctx: dict[str, Any], instance_uuid: str) -> bool:
+        """Free what the instance holds; a compute node may free only what is on its host."""
+        if self.authorization:
+            host = self._acting_host("release_allocation", None)
+            held = self.db.get_allocation(instance_uuid)
+            if held is None:
+                return False
+            if held.provider != host:
+                self._refused(
+                    host,
+                    "refused release_allocation from compute %s: instance %s is held on %s",
+                    host,
+                    instance_uuid,
+                    held.provider,
+                )
+                raise rpclib.Forbidden(
+                    f"compute-{host}",
+                    "release_allocation",
+                    NAMESPACE,
+                    "a compute node releases only what is allocated on its own host",
+                )
         return self.db.release(instance_uuid)
 
     # --- the scheduler ---------------------------------------------------------------------

@@ -10,13 +10,22 @@ from pathlib import Path
 
 import rpclib
 from services import notifications
+from services.common import identities
 from services.common.process import run_service
 from services.conductor.db import ConductorDB, create_engine, migrations
 from services.conductor.manager import ConductorManager
 from services.conductor.rpcapi import TOPIC
 
 LOG = logging.getLogger("services.conductor")
-OPTIONS = ("transport_url", "host", "log_level", "state_dir", "db_url", "audit_interval")
+OPTIONS = (
+    "transport_url",
+    "host",
+    "log_level",
+    "state_dir",
+    "db_url",
+    "audit_interval",
+    "authorization",
+)
 
 
 class ConductorService:
@@ -30,9 +39,12 @@ class ConductorService:
         db_url: str | None = None,
         state_dir: Path | None = None,
         audit_interval: float = 3600.0,
+        authorization: bool = True,
     ) -> None:
+        identities.principal(identities.CONDUCTOR, host)  # a host that cannot name one fails here
         self.transport = transport
         self.host = host
+        self.authorization = authorization
         self.engine = create_engine(db_url, state_dir=state_dir)
         self.audit_interval = audit_interval
         self.db: ConductorDB | None = None
@@ -50,11 +62,12 @@ class ConductorService:
     def start(self) -> None:
         migrations.upgrade(self.engine)
         self.db = ConductorDB(self.engine)
-        self.manager = ConductorManager(self.db, self.notifier)
+        self.manager = ConductorManager(self.db, self.notifier, authorization=self.authorization)
         self.server = rpclib.RPCServer(
             self.transport,
             rpclib.Target(topic=TOPIC, server=self.host),
             [self.manager, rpclib.ObjectBackportEndpoint()],
+            policy=identities.server_policy(identities.CONDUCTOR, self.authorization),
         )
         self.server.start()
         threading.Thread(target=self._audit_loop, name="conductor-audit", daemon=True).start()
@@ -90,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         OPTIONS,
         __doc__,
         lambda c, t: ConductorService(
-            t, host=c.host, db_url=c.db_url, state_dir=c.state_dir, audit_interval=c.audit_interval
+            t,
+            host=c.host,
+            db_url=c.db_url,
+            state_dir=c.state_dir,
+            audit_interval=c.audit_interval,
+            authorization=c.authorization,
         ),
     )
 

@@ -5,24 +5,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import rpclib
+from services.common import identities
 from services.common.process import run_service
 from services.compute.rpcapi import ComputeAPI
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.manager import SchedulerManager
 from services.scheduler.rpcapi import TOPIC
 
-OPTIONS = ("transport_url", "host", "log_level", "strategy")
+OPTIONS = ("transport_url", "host", "log_level", "strategy", "authorization")
 
 
 class SchedulerService:
     """Serves the scheduler interface on ``scheduler.<host>``."""
 
-    def __init__(self, transport: rpclib.Transport, *, host: str, strategy: str = "spread"):
+    def __init__(
+        self,
+        transport: rpclib.Transport,
+        *,
+        host: str,
+        strategy: str = "spread",
+        authorization: bool = True,
+    ):
+        identities.principal(identities.SCHEDULER, host)  # a host that cannot name one fails here
         manager = SchedulerManager(
             ConductorAPI(transport), ComputeAPI(transport), strategy=strategy
         )
         self.server = rpclib.RPCServer(
-            transport, rpclib.Target(topic=TOPIC, server=host), [manager]
+            transport,
+            rpclib.Target(topic=TOPIC, server=host),
+            [manager],
+            policy=identities.server_policy(identities.SCHEDULER, authorization),
         )
 
     def start(self) -> None:
@@ -39,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         OPTIONS,
         __doc__,
-        lambda c, t: SchedulerService(t, host=c.host, strategy=c.strategy),
+        lambda c, t: SchedulerService(
+            t, host=c.host, strategy=c.strategy, authorization=c.authorization
+        ),
     )
 
 

@@ -43,6 +43,9 @@ def test_two_conductor_processes_apply_updates_in_order(
                 str(tmp_path),
                 "--log-level",
                 "WARNING",
+                # one shared account, hosts from the arguments: this test is about ordering
+                "--authorization",
+                "false",
             ],
             cwd=ROOT,
         )

@@ -26,6 +26,7 @@ import rpclib
 from rpclib.transports.memory import reset_bus
 from services.billing.service import BillingService
 from services.cli import Cloud
+from services.common.accounts import CloudHosts, provision_cloud
 from services.compute.manager import CMDLINE_KEY, INITRD_KEY, KERNEL_KEY
 from services.compute.service import ComputeService
 from services.conductor.service import ConductorService
@@ -55,21 +56,25 @@ def cloud_services(
 ) -> Iterator[tuple[Cloud, ComputeService]]:
     """The services on a fresh bus, with one compute node on the session's libvirtd.
 
-    Compute takes local images from ``tmp_path`` and the guest's directory only.
+    Each service logs in with its own account; compute takes local images from
+    ``tmp_path`` and the guest's directory only.
     """
     bus = f"realvm{uuid.uuid4().hex[:12]}"
-    transport = rpclib.get_transport(f"memory://{bus}")
+    urls = provision_cloud(
+        f"memory://{bus}", CloudHosts("conductor1", "scheduler1", "billing1", (HOST,))
+    )
+    transports = {p: rpclib.get_transport(url) for p, url in urls.items()}
     compute = ComputeService(
-        transport,
+        transports[f"compute-{HOST}"],
         host=HOST,
         libvirt_uri=libvirtd,
         state_dir=tmp_path,
         image_dirs=[tmp_path, guest.kernel.parent],
     )
     services: list[ConductorService | SchedulerService | BillingService | ComputeService] = [
-        ConductorService(transport, host="conductor1", state_dir=tmp_path),
-        SchedulerService(transport, host="scheduler1"),
-        BillingService(transport, host="billing1", state_dir=tmp_path),
+        ConductorService(transports["conductor-conductor1"], host="conductor1", state_dir=tmp_path),
+        SchedulerService(transports["scheduler-scheduler1"], host="scheduler1"),
+        BillingService(transports["billing-billing1"], host="billing1", state_dir=tmp_path),
         compute,
     ]
     started: list[ConductorService | SchedulerService | BillingService | ComputeService] = []
@@ -77,11 +82,12 @@ def cloud_services(
         for service in services:
             service.start()
             started.append(service)
-        yield Cloud(transport, out=io.StringIO()), compute
+        yield Cloud(transports["admin"], out=io.StringIO()), compute
     finally:
         for service in reversed(started):
             service.stop()
-        transport.close()
+        for transport in transports.values():
+            transport.close()
         reset_bus(bus)
 
 

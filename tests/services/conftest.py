@@ -1,4 +1,9 @@
-"""A conductor on memory:// with a real SQLite database, for service tests."""
+"""A conductor on memory:// with a real SQLite database, for service tests.
+
+These tests are about the conductor's database semantics over RPC, on a bus
+without accounts, so the conductor runs with authorization off (it takes
+hosts from the arguments). Who may do what is tested in tests/security.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def conductor(tmp_path: Path, transport: rpclib.Transport) -> Iterator[Conductor
     server = rpclib.RPCServer(
         transport,
         rpclib.Target(topic="conductor", server="c1"),
-        [ConductorManager(db, notifier), rpclib.ObjectBackportEndpoint()],
+        [ConductorManager(db, notifier, authorization=False), rpclib.ObjectBackportEndpoint()],
     )
     server.start()
     yield Conductor(db, server, notifier)

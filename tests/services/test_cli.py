@@ -15,13 +15,12 @@ from services.conductor.rpcapi import ConductorAPI
 
 @pytest.fixture
 def services(tmp_path: Path, bus_url: str) -> Iterator[tuple[str, Path]]:
-    transport = rpclib.get_transport(bus_url)
-    running = Embedded(transport, tmp_path, "test:///default")
+    running = Embedded(bus_url, tmp_path, "test:///default")
     running.start()
-    wait_until(lambda: registered_computes(ConductorAPI(transport)) == 2, 30, "compute nodes")
-    yield bus_url, make_image(tmp_path)
+    admin = running.login("admin")
+    wait_until(lambda: registered_computes(ConductorAPI(admin)) == 2, 30, "compute nodes")
+    yield running.admin_url, make_image(tmp_path)
     running.stop()
-    transport.close()
 
 
 def test_boot_list_show_delete_and_usage(

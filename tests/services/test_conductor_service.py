@@ -32,7 +32,10 @@ def test_audit_emits_exists_for_running_instances(
         transport, [rpclib.Target(topic="notifications")], [Audit()], pool="audit"
     )
     listener.start()
-    service = ConductorService(transport, host="c1", state_dir=tmp_path, audit_interval=3600)
+    # A bus without accounts: authorization off (who may call is tested in tests/security).
+    service = ConductorService(
+        transport, host="c1", state_dir=tmp_path, audit_interval=3600, authorization=False
+    )
     service.start()
     try:
         api = ConductorAPI(transport, timeout=10)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import rpclib
 from services.allinone import Embedded, make_image, registered_computes, wait_until
 from services.cli import Cloud
 from services.scheduler.manager import NoValidHost
@@ -17,10 +16,9 @@ from services.scheduler.manager import NoValidHost
 
 @pytest.fixture
 def cloud(tmp_path: Path, bus_url: str) -> Iterator[tuple[Cloud, Embedded, Path]]:
-    transport = rpclib.get_transport(bus_url)
-    services = Embedded(transport, tmp_path, "test:///default")
+    services = Embedded(bus_url, tmp_path, "test:///default")
     services.start()
-    cloud = Cloud(transport, out=io.StringIO())
+    cloud = Cloud(services.login("admin"), out=io.StringIO())
     wait_until(
         lambda: registered_computes(cloud.conductor) == 2,
         30,
@@ -28,7 +26,6 @@ def cloud(tmp_path: Path, bus_url: str) -> Iterator[tuple[Cloud, Embedded, Path]
     )
     yield cloud, services, make_image(tmp_path)
     services.stop()
-    transport.close()
 
 
 def test_instances_boot_to_active_spread_over_both_nodes(

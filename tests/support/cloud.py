@@ -19,15 +19,21 @@ from services.cli import Cloud
 
 
 @contextlib.contextmanager
-def running_cloud(url: str, state_dir: Path) -> Iterator[tuple[Cloud, Path]]:
+def running_cloud(
+    url: str, state_dir: Path, *, authorization: bool = False
+) -> Iterator[tuple[Cloud, Path]]:
     """Scheduler, conductor, billing and two computes, each its own process, over ``url``.
 
     Yields a CLI-level client and an image the computes may use; every process
-    is stopped (and must have exited) afterwards.
+    is stopped (and must have exited) afterwards. With ``authorization`` each
+    service gets its own account through ``rpclib.access.provision`` (the URL's
+    credentials are the administrator's) and checks its senders; without, they
+    share the URL's account, as before the broker transports could provision
+    accounts and authenticate senders.
     """
-    procs = Processes(url, state_dir, "test:///default")
+    procs = Processes(url, state_dir, "test:///default", authorization=authorization)
     procs.start()
-    transport = rpclib.get_transport(url)
+    transport = rpclib.get_transport(procs.admin_url)
     cloud = Cloud(transport, out=io.StringIO())
     try:
         wait_until(

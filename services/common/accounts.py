@@ -1,0 +1,94 @@
+"""One bus account per service instance, provisioned for a whole cloud.
+
+:func:`provision_cloud` creates (through ``rpclib.access.provision``) an
+account per principal of :mod:`services.common.identities`, each with a
+fresh random password and exactly its grants, and returns the transport URL
+each service logs in with. On ``memory://NAME`` the accounts live on the bus
+in this process; on a broker the admin credentials come from the URL given
+(``rabbit://admin:secret@host/``) and the broker's access module does the
+work (``rpclib.transports.<scheme>.access``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from rpclib.access import Access, Account, provision
+from rpclib.transports.url import parse_url
+from services.common import identities
+
+
+class ProvisioningUnavailable(RuntimeError):
+    """The transport has no least-privilege provisioning (yet); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CloudHosts:
+    """The hosts of one cloud's service instances."""
+
+    conductor: str
+    scheduler: str
+    billing: str
+    computes: tuple[str, ...]
+
+    def accesses(self) -> list[Access]:
+        """Every service instance's access, and the admin's."""
+        return [
+            identities.access(identities.CONDUCTOR, self.conductor),
+            identities.access(identities.SCHEDULER, self.scheduler),
+            identities.access(identities.BILLING, self.billing),
+            *(identities.access(identities.COMPUTE, h) for h in self.computes),
+            identities.admin_access(),
+        ]
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` logging in as ``user`` (every host of a failover list; other parts kept)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a transport URL: {parse_url(url)}")
+    rest, q, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    creds = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    hosts = [creds + part.rpartition("@")[2] for part in netloc.split(",")] if netloc else [creds]
+    return f"{scheme}://{','.join(hosts)}{slash}{path}{q}{query}"
+
+
+def admin_url_for(url: str) -> str:
+    """The admin URL of the bus ``url`` names (a memory bus takes no credentials)."""
+    parsed = parse_url(url)
+    if parsed.scheme == "memory":
+        host = parsed.hosts[0].hostname if parsed.hosts else "default"
+        return f"memory://{host}"
+    return url
+
+
+def provision_cloud(url: str, hosts: CloudHosts) -> dict[str, str]:
+    """Create the cloud's accounts on the bus ``url`` names; each principal's login URL."""
+    return provision_accesses(url, hosts.accesses())
+
+
+def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
+    """An account with a fresh random password per access; each principal's login URL.
+
+    Raises :class:`ProvisioningUnavailable` (one line) if this transport cannot
+    create accounts here.
+    """
+    accounts = [Account(a, secrets.token_urlsafe(24)) for a in accesses]
+    admin = admin_url_for(url)
+    try:
+        provision(admin, accounts)
+    except (ModuleNotFoundError, ValueError) as exc:
+        why = f"{exc.name} is not available" if isinstance(exc, ModuleNotFoundError) else exc
+        raise ProvisioningUnavailable(
+            f"cannot create per-service accounts on {parse_url(url).scheme}:// ({why}); "
+            "create them yourself (rpclib.access) and start each service with its own "
+            "credentials, or pass --insecure to share one account without authorization"
+        ) from None
+    base = url if parse_url(url).scheme != "memory" else admin
+    return {
+        a.access.principal: with_credentials(base, a.access.principal, a.password) for a in accounts
+    }
