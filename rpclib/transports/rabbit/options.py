@@ -76,6 +76,12 @@ class RabbitOptions:
     queue_type_source: str = "queue_type=classic"
     """How ``queue_type`` was chosen, for error messages (e.g. ``queue_type=auto with 3 hosts``)."""
 
+    @property
+    def principal(self) -> str:
+        """The broker user every host logs in as: the ``user_id`` of all this driver sends,
+        and the first part of the names of its private queues (docs/transports/rabbit.md)."""
+        return self.hosts[0].userid
+
 
 def parse_options(url: TransportURL) -> RabbitOptions:
     """Read a ``rabbit://`` or ``rabbits://`` URL; InvalidTransportURL names what is wrong."""
@@ -93,6 +99,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         )
         for host in url.hosts
     ) or (BrokerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
+    check_principal_user(str(url), hosts)
     queue_type_option = url.option("queue_type", "auto") or "auto"
     if queue_type_option not in QUEUE_TYPES:
         raise InvalidTransportURL(
@@ -122,6 +129,34 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
         queue_type_source=queue_type_source,
     )
+
+
+MAX_USER_BYTES: Final = 64
+"""Room left in a 255-byte queue name for ``rpclib.reply.<user>.<host>.<pid>.<n>``."""
+_NAME_RESERVED: Final = ("#", "*", "@", ".")
+
+
+def check_principal_user(url: str, hosts: tuple[BrokerHost, ...]) -> None:
+    """Every host logs in as one user, whose name can start private queue names.
+
+    The broker stamps that user on every message as its verified sender, and
+    permissions grant a principal its queues by that name prefix; a ``.`` in
+    it would let one user's prefix match another's queues.
+    """
+    users = sorted({host.userid for host in hosts})
+    if len(users) > 1:
+        raise InvalidTransportURL(
+            url,
+            f"all hosts must log in as the same user (the driver's principal), not {users}",
+        )
+    user = users[0]
+    bad = [c for c in _NAME_RESERVED if c in user]
+    if not user or bad or len(user.encode()) > MAX_USER_BYTES:
+        raise InvalidTransportURL(
+            url,
+            f"user {user!r} cannot name this driver's private queues: use 1-{MAX_USER_BYTES} "
+            f"bytes without {' '.join(_NAME_RESERVED)}",
+        )
 
 
 def resolve_queue_type(option: str, host_count: int) -> tuple[str, str]:
