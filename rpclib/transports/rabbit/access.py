@@ -316,14 +316,14 @@ def apply(admin_url: str, accounts: list[Account], *, run: Runner | None = None)
     _check_unique(accounts)
     if admin.management is not None:
         api = _Management(admin)
-        api.ensure_vhost()
+        api.ensure_vhost(admin.user)
         for account in accounts:
             api.put_user(account.access.principal, account.password)
             perms = permissions(account.access.grants())
             api.put_permissions(perms)
     else:
         ctl = run or _cli(admin)
-        _ensure_vhost_cli(ctl, admin.vhost)
+        _ensure_vhost_cli(ctl, admin.vhost, admin.user)
         users = set(ctl(["list_users", "-q", "--no-table-headers"]).split())
         for account in accounts:
             user, password = account.access.principal, account.password
@@ -367,9 +367,11 @@ def _cli(admin: Admin) -> Runner:
     return run
 
 
-def _ensure_vhost_cli(ctl: Runner, vhost: str) -> None:
+def _ensure_vhost_cli(ctl: Runner, vhost: str, admin: str) -> None:
+    """Create the vhost if missing, and let ``admin`` declare the shared exchanges in it."""
     if vhost not in ctl(["list_vhosts", "-q", "--no-table-headers"]).splitlines():
         ctl(["add_vhost", vhost])
+        ctl(["set_permissions", "-p", vhost, admin, ".*", ".*", ".*"])
 
 
 def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
@@ -410,7 +412,8 @@ class _Management:
         token = base64.b64encode(f"{admin.user}:{admin.password}".encode()).decode()
         self._auth = f"Basic {token}"
 
-    def _call(self, method: str, path: str, body: Any = None) -> None:
+    def _call(self, method: str, path: str, body: Any = None) -> bool:
+        """Whether it succeeded; False for a GET or DELETE of something that is not there."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self._base + path,
@@ -421,9 +424,10 @@ class _Management:
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 response.read()
+            return True
         except urllib.error.HTTPError as exc:
-            if method == "DELETE" and exc.code == 404:
-                return
+            if method in ("GET", "DELETE") and exc.code == 404:
+                return False
             detail = exc.read().decode(errors="replace")[:300]
             raise RuntimeError(
                 f"management API {method} {path.split('/')[2]} failed: {exc.code} {detail}"
@@ -434,8 +438,12 @@ class _Management:
     def _user(self, user: str) -> str:
         return urllib.parse.quote(user, safe="")
 
-    def ensure_vhost(self) -> None:
-        self._call("PUT", f"/api/vhosts/{self._vhost}", {})
+    def ensure_vhost(self, admin: str) -> None:
+        """Create the vhost if missing, and let ``admin`` declare the shared exchanges in it."""
+        if not self._call("GET", f"/api/vhosts/{self._vhost}"):
+            self._call("PUT", f"/api/vhosts/{self._vhost}", {})
+            everything = {"configure": ".*", "write": ".*", "read": ".*"}
+            self._call("PUT", f"/api/permissions/{self._vhost}/{self._user(admin)}", everything)
 
     def put_user(self, user: str, password: str) -> None:
         self._call("PUT", f"/api/users/{self._user(user)}", {"password": password, "tags": ""})
