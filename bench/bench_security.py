@@ -6,13 +6,23 @@ policy), *accounts + policy* (the bus authenticates each driver and the server
 checks a policy per request) and *signed + policy* (every message sealed with
 Ed25519 and opened against a trust store; needs the ``signing`` extra).
 
-Run: ``bench/run security`` (or ``python bench/bench_security.py``).
+``--transport rabbit`` does the same on the shared RabbitMQ broker, in a vhost
+of the run's own: *off* (both ends log in as ``guest``, no policy) against
+*accounts + policy* (each end has its own least-privilege account from
+``rpclib.transports.rabbit.access.apply``; the server authorizes every request
+by the broker-verified ``user_id``). rpclib stamps ``user_id`` on every
+publish in both (it is not optional), so *off* measures the accounts and the
+policy, not the stamp. Needs root (``rabbitmqctl``).
+
+Run: ``bench/run security`` (or ``python bench/bench_security.py [--transport rabbit]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -84,6 +94,49 @@ def signed() -> Pair:
     return server, client, POLICY, cleanup
 
 
+class RabbitSetup:
+    """A vhost on the shared broker with a least-privilege account per end (rabbit://)."""
+
+    PASSWORDS = {"server": uuid.uuid4().hex, "client-1": uuid.uuid4().hex}
+
+    def __init__(self) -> None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from rabbit_broker import BROKER, Vhost, rabbitmqctl
+
+        from rpclib.access import Access, Account
+        from rpclib.transports.rabbit import access
+
+        self.broker = BROKER
+        self.vhost = Vhost("rpclib-bench-security-")
+        self.rabbitmqctl = rabbitmqctl
+        accounts = [
+            Account(
+                Access("server").serve(rpclib.Target(topic="b", server="s")),
+                self.PASSWORDS["server"],
+            ),
+            Account(Access("client-1").call(rpclib.Target(topic="b")), self.PASSWORDS["client-1"]),
+        ]
+        access.apply(f"{self.vhost.url('rabbit')}", accounts)
+
+    def url(self, user: str) -> str:
+        password = "guest" if user == "guest" else self.PASSWORDS[user]
+        return f"rabbit://{user}:{password}@{self.broker}/{self.vhost.name}"
+
+    def guest(self) -> Pair:
+        server, client = (rpclib.get_transport(self.url("guest")) for _ in range(2))
+        return server, client, None, lambda: None
+
+    def accounts(self) -> Pair:
+        server = rpclib.get_transport(self.url("server"))
+        client = rpclib.get_transport(self.url("client-1"))
+        return server, client, POLICY, lambda: None
+
+    def close(self) -> None:
+        self.vhost.delete()
+        for user in self.PASSWORDS:
+            self.rabbitmqctl("delete_user", user)
+
+
 def run(make: Callable[[], Pair], calls: int, casts: int) -> tuple[float, float]:
     server_t, client_t, policy, cleanup = make()
     endpoint = Endpoint(casts)
@@ -117,16 +170,28 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--casts", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transport", choices=("memory", "rabbit"), default="memory")
     args = parser.parse_args()
-    variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
+    setup: RabbitSetup | None = None
+    variants: dict[str, Callable[[], Pair]]
+    if args.transport == "rabbit":
+        setup = RabbitSetup()
+        variants = {"off (guest)": setup.guest, "accounts + policy": setup.accounts}
+    else:
+        variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(args.rounds):  # interleaved, so machine noise hits each alike
-        for name, make in variants.items():
-            rates[name].append(run(make, args.calls, args.casts))
+    try:
+        for _ in range(args.rounds):  # interleaved, so machine noise hits each alike
+            for name, make in variants.items():
+                rates[name].append(run(make, args.calls, args.casts))
+    finally:
+        if setup is not None:
+            setup.close()
     med = statistics.median
-    off_calls = med(r[0] for r in rates["off"])
-    off_casts = med(r[1] for r in rates["off"])
-    print(f"memory://, {args.rounds} interleaved rounds, medians (ratio: of 'off')")
+    off = next(iter(rates.values()))
+    off_calls = med(r[0] for r in off)
+    off_casts = med(r[1] for r in off)
+    print(f"{args.transport}://, {args.rounds} interleaved rounds, medians (ratio: of 'off')")
     print(f"{'':22}{'calls/s':>10}{'ratio':>7}{'casts/s':>10}{'ratio':>7}")
     for name, samples in rates.items():
         c, k = med(r[0] for r in samples), med(r[1] for r in samples)

@@ -78,8 +78,9 @@ class RabbitOptions:
 
     @property
     def principal(self) -> str:
-        """The broker user every host logs in as: the ``user_id`` of all this driver sends,
-        and the first part of the names of its private queues (docs/transports/rabbit.md)."""
+        """The first host's user: the first part of the names of this driver's private
+        queues (docs/transports/rabbit.md). The ``user_id`` of what it sends is always
+        the user of the connection it goes out on."""
         return self.hosts[0].userid
 
 
@@ -137,26 +138,22 @@ _NAME_RESERVED: Final = ("#", "*", "@", ".")
 
 
 def check_principal_user(url: str, hosts: tuple[BrokerHost, ...]) -> None:
-    """Every host logs in as one user, whose name can start private queue names.
+    """Every user of the URL can start private queue names.
 
-    The broker stamps that user on every message as its verified sender, and
-    permissions grant a principal its queues by that name prefix; a ``.`` in
-    it would let one user's prefix match another's queues.
+    The broker stamps the connection's user on every message as its verified
+    sender, and permissions grant a principal its queues by name prefix; a
+    ``.`` in it would let one user's prefix match another's queues. (Private
+    queues are named after the first host's user: hosts that log in as
+    another user need permissions for that name.)
     """
-    users = sorted({host.userid for host in hosts})
-    if len(users) > 1:
-        raise InvalidTransportURL(
-            url,
-            f"all hosts must log in as the same user (the driver's principal), not {users}",
-        )
-    user = users[0]
-    bad = [c for c in _NAME_RESERVED if c in user]
-    if not user or bad or len(user.encode()) > MAX_USER_BYTES:
-        raise InvalidTransportURL(
-            url,
-            f"user {user!r} cannot name this driver's private queues: use 1-{MAX_USER_BYTES} "
-            f"bytes without {' '.join(_NAME_RESERVED)}",
-        )
+    for user in sorted({host.userid for host in hosts}):
+        bad = [c for c in _NAME_RESERVED if c in user]
+        if not user or bad or len(user.encode()) > MAX_USER_BYTES:
+            raise InvalidTransportURL(
+                url,
+                f"user {user!r} cannot name this driver's private queues: use 1-"
+                f"{MAX_USER_BYTES} bytes without {' '.join(_NAME_RESERVED)}",
+            )
 
 
 def resolve_queue_type(option: str, host_count: int) -> tuple[str, str]:
