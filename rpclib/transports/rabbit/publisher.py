@@ -119,10 +119,13 @@ class _Publisher:
         with self.conn.transport.having_timeout(_remaining(deadline)):
             try:
                 self.channel.exchange_declare(name, kind, durable=True, auto_delete=False)
-            except AccessRefused:
+            except AccessRefused as refusal:
                 # Declared by the admin for least-privilege accounts (see Session.declare_exchange).
                 self.open_channel()
-                self.channel.exchange_declare(name, kind, passive=True)
+                try:
+                    self.channel.exchange_declare(name, kind, passive=True)
+                except NotFound:
+                    raise refusal from None
         self.exchanges.add(name)
 
     def ensure_queue(self, name: str, arguments: dict[str, Any] | None, deadline: float) -> None:
