@@ -22,7 +22,7 @@ from amqp.exceptions import AccessRefused, PreconditionFailed
 
 import rpclib
 from rpclib.access import Access, Account
-from rpclib.exceptions import TransportError
+from rpclib.exceptions import InvalidTransportURL, TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee, Incoming
 from rpclib.transports.rabbit import RabbitDriver, naming
@@ -378,3 +378,39 @@ def test_apply_is_idempotent_and_the_cli_path_sets_the_same_permissions(
     assert listed() == before
     rabbit_access.apply(broker["admin"], ACCOUNTS)
     assert listed() == before
+
+
+def test_private_queue_names_start_with_the_principal(driver_of: Any) -> None:
+    inbox = driver_of(ROGUE).open_inbox(lambda body: None)
+    assert inbox.address.startswith(f"{naming.REPLY_PREFIX}{ROGUE}.")
+    assert naming.fanout_queue(COMPUTE_1, ROGUE).startswith(f"rpclib.compute.fanout.{ROGUE}.")
+    assert naming.adverts_queue("rpclib", ROGUE).startswith(f"rpclib.adverts.{ROGUE}.")
+
+
+def test_a_compute_nodes_permissions_name_only_its_own_queues_and_keys() -> None:
+    import re
+
+    perms = rabbit_access.permissions(compute("compute-1").grants())
+    readable = re.compile(perms.read)
+    assert readable.match("rpclib.compute@compute-1")
+    assert readable.match("rpclib.compute@compute-1.live")
+    assert readable.match("rpclib.compute")  # the topic's shared queue it serves
+    assert readable.match("rpclib.reply.compute-1.host.1.1")
+    for other in ("rpclib.compute@compute-2", "rpclib.conductor", "rpclib.reply.compute-2.h.1.1"):
+        assert not readable.match(other), other
+    assert not re.compile(perms.configure).match("rpclib")  # no shared exchange
+    topics = {exchange: (write, read) for exchange, write, read in perms.topics}
+    write, read = topics["rpclib"]
+    assert re.match(write, "conductor@conductor-1") and not re.match(write, "compute@compute-2")
+    assert re.match(read, "compute@compute-1") and not re.match(read, "compute@compute-2")
+
+
+def test_a_bad_management_option_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidTransportURL, match="management="):
+        rabbit_access.render("rabbit://guest:guest@h/?management=ftp://h", ACCOUNTS)
+
+
+def test_render_prints_the_commands_apply_runs() -> None:
+    text = rabbit_access.render("rabbit://guest:guest@h/v", ACCOUNTS[:1])
+    assert "rabbitmqctl set_permissions -p v conductor " in text
+    assert "rabbitmqctl set_topic_permissions -p v conductor rpclib " in text
