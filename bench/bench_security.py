@@ -181,8 +181,9 @@ def main() -> None:
         variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     try:
-        for _ in range(args.rounds):  # interleaved, so machine noise hits each alike
-            for name, make in variants.items():
+        for i in range(args.rounds):  # interleaved, so machine noise hits each alike
+            order = list(variants.items())
+            for name, make in order if i % 2 == 0 else reversed(order):  # and no order bias
                 rates[name].append(run(make, args.calls, args.casts))
     finally:
         if setup is not None:
