@@ -6,19 +6,29 @@ policy), *accounts + policy* (the bus authenticates each driver and the server
 checks a policy per request) and *signed + policy* (every message sealed with
 Ed25519 and opened against a trust store; needs the ``signing`` extra).
 
-``etcd://`` (section below; ``--etcd-rounds 0`` skips it): two private etcd
+``--transport etcd`` (section below): two private etcd
 servers of this run, one without authentication, one with auth on and the
 least-privilege roles of ``rpclib.access``: *off*, *signed + policy* (no
 etcd auth) and *auth + signed + policy* (each driver an etcd user confined to
 its keys: how etcd deployments get a verified sender).
 
-Run: ``bench/run security`` (or ``python bench/bench_security.py``).
+``--transport rabbit`` does the same on the shared RabbitMQ broker, in a vhost
+of the run's own: *off* (both ends log in as ``guest``, no policy) against
+*accounts + policy* (each end has its own least-privilege account from
+``rpclib.transports.rabbit.access.apply``; the server authorizes every request
+by the broker-verified ``user_id``). rpclib stamps ``user_id`` on every
+publish in both (it is not optional), so *off* measures the accounts and the
+policy, not the stamp. Needs root (``rabbitmqctl``).
+
+Run: ``bench/run security`` (or ``python bench/bench_security.py --transport memory|rabbit|etcd``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -88,6 +98,49 @@ def signed() -> Pair:
         folder.cleanup()
 
     return server, client, POLICY, cleanup
+
+
+class RabbitSetup:
+    """A vhost on the shared broker with a least-privilege account per end (rabbit://)."""
+
+    PASSWORDS = {"server": uuid.uuid4().hex, "client-1": uuid.uuid4().hex}
+
+    def __init__(self) -> None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from rabbit_broker import BROKER, Vhost, rabbitmqctl
+
+        from rpclib.access import Access, Account
+        from rpclib.transports.rabbit import access
+
+        self.broker = BROKER
+        self.vhost = Vhost("rpclib-bench-security-")
+        self.rabbitmqctl = rabbitmqctl
+        accounts = [
+            Account(
+                Access("server").serve(rpclib.Target(topic="b", server="s")),
+                self.PASSWORDS["server"],
+            ),
+            Account(Access("client-1").call(rpclib.Target(topic="b")), self.PASSWORDS["client-1"]),
+        ]
+        access.apply(f"{self.vhost.url('rabbit')}", accounts)
+
+    def url(self, user: str) -> str:
+        password = "guest" if user == "guest" else self.PASSWORDS[user]
+        return f"rabbit://{user}:{password}@{self.broker}/{self.vhost.name}"
+
+    def guest(self) -> Pair:
+        server, client = (rpclib.get_transport(self.url("guest")) for _ in range(2))
+        return server, client, None, lambda: None
+
+    def accounts(self) -> Pair:
+        server = rpclib.get_transport(self.url("server"))
+        client = rpclib.get_transport(self.url("client-1"))
+        return server, client, POLICY, lambda: None
+
+    def close(self) -> None:
+        self.vhost.delete()
+        for user in self.PASSWORDS:
+            self.rabbitmqctl("delete_user", user)
 
 
 def run(make: Callable[[], Pair], calls: int, casts: int) -> tuple[float, float]:
@@ -210,23 +263,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--etcd-calls", type=int, default=500)
     parser.add_argument("--etcd-casts", type=int, default=1000)
-    parser.add_argument("--etcd-rounds", type=int, default=3, help="0: skip etcd://")
+    parser.add_argument("--transport", choices=("memory", "rabbit", "etcd"), default="memory")
     args = parser.parse_args()
-    variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
+    if args.transport == "etcd":
+        bench_etcd(args.rounds, args.etcd_calls, args.etcd_casts)
+        return
+    setup: RabbitSetup | None = None
+    variants: dict[str, Callable[[], Pair]]
+    if args.transport == "rabbit":
+        setup = RabbitSetup()
+        variants = {"off (guest)": setup.guest, "accounts + policy": setup.accounts}
+    else:
+        variants = {"off": plain, "accounts + policy": accounts, "signed + policy": signed}
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(args.rounds):  # interleaved, so machine noise hits each alike
-        for name, make in variants.items():
-            rates[name].append(run(make, args.calls, args.casts))
+    try:
+        for i in range(args.rounds):  # interleaved, so machine noise hits each alike
+            order = list(variants.items())
+            for name, make in order if i % 2 == 0 else reversed(order):  # and no order bias
+                rates[name].append(run(make, args.calls, args.casts))
+    finally:
+        if setup is not None:
+            setup.close()
     med = statistics.median
-    off_calls = med(r[0] for r in rates["off"])
-    off_casts = med(r[1] for r in rates["off"])
-    print(f"memory://, {args.rounds} interleaved rounds, medians (ratio: of 'off')")
+    off = next(iter(rates.values()))
+    off_calls = med(r[0] for r in off)
+    off_casts = med(r[1] for r in off)
+    print(f"{args.transport}://, {args.rounds} interleaved rounds, medians (ratio: of 'off')")
     print(f"{'':22}{'calls/s':>10}{'ratio':>7}{'casts/s':>10}{'ratio':>7}")
     for name, samples in rates.items():
         c, k = med(r[0] for r in samples), med(r[1] for r in samples)
         print(f"{name:22}{c:10.0f}{c / off_calls:7.2f}{k:10.0f}{k / off_casts:7.2f}")
-    if args.etcd_rounds:
-        bench_etcd(args.etcd_rounds, args.etcd_calls, args.etcd_casts)
 
 
 if __name__ == "__main__":

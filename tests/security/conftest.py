@@ -36,3 +36,22 @@ def as_principal(secure_bus: str) -> Iterator[Callable[[str], rpclib.Transport]]
     yield login
     for transport in opened:
         transport.close()
+
+
+# --- rabbit:// accounts on a private RabbitMQ node ------------------------------------------
+
+RABBIT_VHOST = "rpclib-security"
+
+
+@pytest.fixture(scope="session", params=["3.10", "4.x"])
+def rabbit_security_node(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A private RabbitMQ node of each generation (4.x: every deprecated feature denied)
+    with the management API on a free 127.0.0.1 port."""
+    from tests.support.rabbit_node import free_ports, node_for_session
+
+    (management_port,) = free_ports(1)
+    config = f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+    generation = 4 if request.param == "4.x" else 3
+    for node in node_for_session(("rabbitmq_management",), generation=generation, config=config):
+        node.management_port = management_port  # type: ignore[attr-defined]
+        yield node

@@ -64,7 +64,7 @@ class AdvertOwner:
     def __init__(self, session: Session, exchange: str) -> None:
         self.session = session
         self.exchange = naming.adverts_exchange(exchange)
-        self.queue = naming.adverts_queue(exchange)
+        self.queue = naming.adverts_queue(exchange, session.options.principal)
         self.lock = threading.Lock()
         self.adverts: dict[tuple[str, str], _Owned] = {}
         self.topics: set[str] = set()
@@ -183,7 +183,7 @@ class AdvertWatch:
         self.exchange = naming.adverts_exchange(exchange)
         self.topic = topic
         self.handler = handler
-        self.queue = naming.adverts_queue(exchange)
+        self.queue = naming.adverts_queue(exchange, session.options.principal)
         self.known: dict[str, float] = {}
         """server -> monotonic expiry of its last advert (I/O thread only)."""
         self.channel: Any = None

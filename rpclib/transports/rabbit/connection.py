@@ -192,6 +192,8 @@ class BrokerConnection(amqp.Connection):  # type: ignore[misc]
         )
         self.rpclib_tls = options.tls
         self.rpclib_hostname = host.hostname
+        self.rpclib_user = host.userid
+        """The user this connection logs in as: the ``user_id`` of everything it publishes."""
 
     def Transport(
         self,
@@ -357,7 +359,13 @@ def publish(
     *,
     mandatory: bool,
 ) -> None:
-    """Write one basic.publish (method + header + body frames); never reads the socket."""
+    """Write one basic.publish (method + header + body frames); never reads the socket.
+
+    ``user_id`` is always the connection's user: RabbitMQ refuses any other, so
+    receivers can trust it as the sender (a copy of a received message's
+    properties must not carry its original ``user_id`` here).
+    """
+    properties = {**properties, "user_id": channel.connection.rpclib_user}
     channel.send_method(
         spec.Basic.Publish,
         PUBLISH_ARGS,
@@ -389,6 +397,8 @@ def _shortstr(value: str) -> bytes:
 
 _PROPERTY_BITS: Final = {key: (bit, kind) for key, bit, kind in _BASIC_PROPERTIES}
 _MESSAGE_ID_FLAG: Final = _PROPERTY_BITS["message_id"][0]
+_USER_ID_FLAG: Final = _PROPERTY_BITS["user_id"][0]
+_MESSAGE_ID_AND_USER_ID: Final = _MESSAGE_ID_FLAG | _USER_ID_FLAG
 _PACK_DOUBLE_ENTRY = struct.Struct(">Bd").pack
 
 
@@ -402,12 +412,18 @@ def _encode_table(table: Any) -> bytes:
     return dumps("F", [table])  # type: ignore[no-any-return]
 
 
-def _encode_properties(properties: dict[str, Any], message_id: str | None) -> tuple[int, bytes]:
-    """Property flags and property list of a content header (py-amqp's encoding, less work)."""
+def _encode_properties(
+    properties: dict[str, Any], message_id: str | None, user_id: str
+) -> tuple[int, bytes]:
+    """Property flags and property list of a content header (py-amqp's encoding, less work).
+
+    ``user_id`` replaces any in ``properties`` (see :func:`publish`).
+    """
     present = []
     for key, value in properties.items():
-        if value is not None and key in _PROPERTY_BITS:
+        if value is not None and key in _PROPERTY_BITS and key != "user_id":
             present.append((_PROPERTY_BITS[key][0], key, value))
+    present.append((_USER_ID_FLAG, "user_id", user_id))
     if message_id is not None:
         present = [entry for entry in present if entry[1] != "message_id"]
         present.append((_MESSAGE_ID_FLAG, "message_id", message_id))
@@ -434,15 +450,18 @@ class PublishEncoder:
     The method frame of an (exchange, routing key) pair is encoded once per
     channel; properties are encoded directly instead of through py-amqp's
     generic ``Message``. Bodies that need several body frames are not
-    encoded (``None``): py-amqp's writer splits them.
+    encoded (``None``): py-amqp's writer splits them. Every publish carries
+    ``user_id``, the connection's user (see :func:`publish`).
     """
 
     _CACHE_LIMIT: Final = 512
 
-    def __init__(self, channel_id: int, frame_max: int) -> None:
+    def __init__(self, channel_id: int, frame_max: int, user_id: str) -> None:
         self.channel_id = channel_id
         self._max_body = frame_max - 8
         self._methods: dict[tuple[str, str, bool], bytes] = {}
+        self.user_id = user_id
+        self._user_id = _shortstr(user_id)
 
     def encode(
         self,
@@ -459,11 +478,12 @@ class PublishEncoder:
         method = self._methods.get((exchange, routing_key, mandatory))
         if method is None:
             method = self._method(exchange, routing_key, mandatory)
-        flags, props = (
-            _encode_properties(properties, message_id)
-            if properties or message_id is None
-            else (_MESSAGE_ID_FLAG, _shortstr(message_id))
-        )
+        if properties:
+            flags, props = _encode_properties(properties, message_id, self.user_id)
+        elif message_id is None:
+            flags, props = _USER_ID_FLAG, self._user_id
+        else:  # message_id comes before user_id on the wire
+            flags, props = _MESSAGE_ID_AND_USER_ID, _shortstr(message_id) + self._user_id
         channel = self.channel_id
         size = len(body)
         header = _PACK_CONTENT_HEADER(2, channel, 14 + len(props), _BASIC_CLASS, 0, size, flags)
@@ -505,6 +525,8 @@ _BASIC_DELIVER: Final = struct.pack(">HH", *spec.Basic.Deliver)
 _UNPACK_TAG_BIT = struct.Struct(">QB").unpack_from
 _UNPACK_BODY_SIZE = struct.Struct(">Q").unpack_from
 _MESSAGE_ID_ONLY: Final = struct.pack(">H", _MESSAGE_ID_FLAG)
+_USER_ID_ONLY: Final = struct.pack(">H", _USER_ID_FLAG)
+_MESSAGE_AND_USER_ID: Final = struct.pack(">H", _MESSAGE_ID_AND_USER_ID)
 _NO_PROPERTIES: Final = b"\x00\x00"
 
 
@@ -530,7 +552,18 @@ class Delivery:
         """Take the content header; whether the delivery is complete (empty body)."""
         (self.body_size,) = _UNPACK_BODY_SIZE(payload, 4)
         flags = payload[12:14]
-        if flags == _MESSAGE_ID_ONLY:
+        if flags == _MESSAGE_AND_USER_ID:  # a call or cast without a deadline
+            end = 15 + payload[14]
+            self.properties = {
+                "message_id": payload[15:end].decode("utf-8", "surrogatepass"),
+                "user_id": payload[end + 1 : end + 1 + payload[end]].decode(
+                    "utf-8", "surrogatepass"
+                ),
+            }
+        elif flags == _USER_ID_ONLY:  # a reply
+            user_id = payload[15 : 15 + payload[14]]
+            self.properties = {"user_id": user_id.decode("utf-8", "surrogatepass")}
+        elif flags == _MESSAGE_ID_ONLY:
             message_id = payload[15 : 15 + payload[14]]
             self.properties = {"message_id": message_id.decode("utf-8", "surrogatepass")}
         elif flags != _NO_PROPERTIES:

@@ -55,6 +55,9 @@ ATTEMPTS: Final = "x-rpclib-attempts"
 EXPIRES_AT: Final = "x-rpclib-expires-at"
 REASON: Final = "x-rpclib-reason"
 SOURCE: Final = "x-rpclib-source"
+SENDER: Final = "x-rpclib-sender"
+"""The original sender of a message this driver put back into its queue (requeue) or
+into the dead-letter queue; trusted only as :func:`sender_of` says."""
 DELIVERY_COUNT: Final = "x-delivery-count"
 PERSISTENT: Final = 2
 _QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
@@ -62,11 +65,11 @@ _QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
 queue refused so is replaced by one of a fresh name."""
 
 
-def queues_for(address: Address, group: str | None) -> list[QueueSpec]:
+def queues_for(address: Address, group: str | None, principal: str) -> list[QueueSpec]:
     """The queues a subscription to ``address`` consumes (names per docs/transports/rabbit.md)."""
     if address.fanout:
         exchange = naming.fanout_exchange(address)
-        return [QueueSpec(naming.fanout_queue(address), exchange, "", "private")]
+        return [QueueSpec(naming.fanout_queue(address, principal), exchange, "", "private")]
     return [
         QueueSpec(
             naming.queue_name(address, group),
@@ -144,6 +147,33 @@ def attempts_of(headers: dict[str, Any], redelivered: bool) -> int:
     return previous + crashes + 1
 
 
+def sender_of(properties: dict[str, Any], own_user: str) -> str | None:
+    """The authenticated sender of a delivery with ``properties``, for a consumer logged in
+    as ``own_user``.
+
+    RabbitMQ refuses a publish whose ``user_id`` is not the publishing
+    connection's user, and this driver sets it on every publish, so ``user_id``
+    is the sender. The one exception is a copy this driver republished to
+    requeue a message (classic queues count attempts no other way): its
+    ``user_id`` is the republisher's, and the original sender travels in
+    :data:`SENDER`. That header is believed only when the republisher is this
+    consumer's own user; from anyone else a copy carrying it is unauthenticated
+    (None), so a peer that requeues (or a rogue that forges the header) can
+    never make a message look like it came from someone other than its
+    publisher — at worst it looks like it came from nobody.
+    """
+    user = properties.get("user_id")
+    if user is None:
+        return None
+    headers = properties.get("application_headers")
+    if not headers or SENDER not in headers:
+        return str(user)
+    if user != own_user:
+        return None
+    original = headers[SENDER]
+    return original if type(original) is str and original else None
+
+
 def _as_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return 0
@@ -166,12 +196,8 @@ class RabbitIncoming:
         "_sub",
         "_tag",
         "attempts",
+        "sender",
     )
-
-    @property
-    def sender(self) -> str | None:
-        """None: this transport does not authenticate senders yet (docs/security.md)."""
-        return None
 
     def __init__(
         self, sub: RabbitSubscription, epoch: int, generation: int, queue: str, message: Any
@@ -184,6 +210,8 @@ class RabbitIncoming:
         self._tag: int = message.delivery_info["delivery_tag"]
         self._body = body_of(message)
         self.attempts = attempts_of(headers_of(message), message.delivery_info["redelivered"])
+        self.sender: str | None = sender_of(message.properties, sub.session.options.principal)
+        """The broker-verified sender (see :func:`sender_of`); None if unauthenticated."""
         self._settled: str | None = None
 
     @property
@@ -262,11 +290,20 @@ class RabbitIncoming:
             props["expiration"] = expiration_ms(expires_at - time.time())
         return props
 
+    def _carry_sender(self, headers: dict[str, Any]) -> None:
+        """Record the original sender in a copy this driver publishes (its user_id is ours).
+
+        An unauthenticated message's copy says so (an empty sender): without
+        the header its copy would pass for one of ours.
+        """
+        headers[SENDER] = self.sender or ""
+
     def _republish(self) -> bool:
         """Put a copy with attempts recorded at the tail of the queue; False if it fell back."""
         headers = headers_of(self._message)
         headers.pop(DELIVERY_COUNT, None)
         headers[ATTEMPTS] = self.attempts
+        self._carry_sender(headers)
         try:
             self._sub.settler.republish(self._queue, self._body, self._copy_properties(headers))
         except (Undeliverable, TransportError) as exc:
@@ -288,6 +325,7 @@ class RabbitIncoming:
         headers.pop(DELIVERY_COUNT, None)
         headers.pop(EXPIRES_AT, None)
         headers.update({REASON: reason, SOURCE: self._queue, ATTEMPTS: self.attempts})
+        self._carry_sender(headers)
         props = self._copy_properties(headers)
         props.pop("expiration", None)
         props["delivery_mode"] = PERSISTENT
@@ -331,7 +369,7 @@ class RabbitSubscription:
         self.group = group
         self.handler = handler
         self.prefetch = prefetch
-        self.queues = queues_for(address, group)
+        self.queues = queues_for(address, group, session.options.principal)
         self.lock = threading.RLock()
         self.channel: Any = None
         self.epoch = 0
@@ -589,7 +627,7 @@ class RabbitInbox:
         self.session = session
         self.handler = handler
         self.on_event = on_event
-        self.queue = naming.reply_queue()
+        self.queue = naming.reply_queue(session.options.principal)
         self.channel: Any = None
         self.epoch = 0
         self.closed = False
@@ -622,7 +660,7 @@ class RabbitInbox:
             except DeclarationRefused as exc:
                 if exc.code not in _QUEUE_REFUSALS or not session.connection_alive():
                     raise  # not about this queue (no permission...): retried as it is
-                fresh = naming.reply_queue()
+                fresh = naming.reply_queue(session.options.principal)
                 LOG.warning(
                     "reply queue %s cannot be declared again (%s); replies go to %s from now on",
                     self.queue,

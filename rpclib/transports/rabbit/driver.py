@@ -70,6 +70,7 @@ class RabbitDriver(Driver):
     def __init__(self, url: TransportURL) -> None:
         super().__init__(url)
         self.options: RabbitOptions = parse_options(url)
+        self._principal = self.options.principal
         label = f"{socket.gethostname().split('.')[0]}:{os.getpid()}"
         ring = HostRing(self.options.hosts)
         self._pool = PublisherPool(self.options, ring, label)
@@ -234,7 +235,7 @@ class RabbitDriver(Driver):
 
     def _route(self, address: Address, at_least_once: bool) -> tuple[str, str, str, str]:
         """Check ``address`` once; its exchange, routing key, exchange type and name."""
-        naming.check_address(address)
+        naming.check_address(address, principal=self._principal)
         if address.fanout:
             exchange, key, kind = naming.fanout_exchange(address), "", "fanout"
         else:
@@ -267,7 +268,7 @@ class RabbitDriver(Driver):
         """Consume both queues of ``address`` (a private one for fanout); handlers run on
         the I/O thread. The URL's ``prefetch`` option, if given, overrides ``prefetch``."""
         self._check_open()
-        naming.check_address(address, group)
+        naming.check_address(address, group, self._principal)
         prefetch = self.options.prefetch or prefetch
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
@@ -283,7 +284,7 @@ class RabbitDriver(Driver):
         if address.fanout:
             raise ValueError(f"cannot declare {address}: fanout queues exist only while subscribed")
         self._check_open()
-        naming.check_address(address, group)
+        naming.check_address(address, group, self._principal)
         spec = QueueSpec(
             naming.queue_name(address, group),
             address.exchange,
@@ -392,7 +393,7 @@ class RabbitDriver(Driver):
         if not (ttl > 0 and math.isfinite(ttl)):
             raise ValueError(f"advert ttl must be a positive number of seconds, got {ttl!r}")
         self._check_open()
-        naming.check_address(address)
+        naming.check_address(address, principal=self._principal)
         body = bytes(body)
         owner = self._owner(address.exchange)
         owner.record(address.topic, server, body, ttl)
@@ -414,7 +415,7 @@ class RabbitDriver(Driver):
         """Remove the advert of ``address.server``; watchers get ``(server, None)``."""
         server = _advert_server(address)
         self._check_open()
-        naming.check_address(address)
+        naming.check_address(address, principal=self._principal)
         with self._lock:
             owner = self._owners.get(address.exchange)
         if owner is not None:
@@ -439,7 +440,7 @@ class RabbitDriver(Driver):
         thread) it cannot wait for the answers, which then arrive later.
         """
         self._check_open()
-        naming.check_address(Address(exchange, topic))
+        naming.check_address(Address(exchange, topic), principal=self._principal)
         watch = AdvertWatch(self._session, exchange, topic, handler)
         self._call(watch.start)
         self._adopt(watch)

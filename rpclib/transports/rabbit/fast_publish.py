@@ -522,7 +522,8 @@ class FastPublisher:
             channel.events["basic_nack"].add(
                 lambda tag, multiple: self.on_confirm(tag, multiple, nack=True)
             )
-        encoder = PublishEncoder(channel.channel_id, channel.connection.frame_max)
+        connection = channel.connection
+        encoder = PublishEncoder(channel.channel_id, connection.frame_max, connection.rpclib_user)
         with self.session.write_lock:
             self.channel = channel
             self._encoder = encoder

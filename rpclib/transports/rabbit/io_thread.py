@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-from amqp.exceptions import AMQPError, ChannelError, UnexpectedFrame
+from amqp.exceptions import AccessRefused, AMQPError, ChannelError, NotFound, UnexpectedFrame
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.base import ConnectionEvent, ConnectionEventHandler
@@ -302,7 +302,16 @@ class Session:
         """
         if name not in self.exchanges:
             try:
-                self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
+                try:
+                    self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
+                except AccessRefused as refusal:
+                    # A least-privilege account may not declare (or delete) shared exchanges:
+                    # the admin declared them (rabbit/access.py); a passive declare needs no
+                    # permission and says whether it exists. If not, the refusal stands.
+                    try:
+                        self.control().exchange_declare(name, kind, passive=True)
+                    except NotFound:
+                        raise refusal from None
             except AMQPError as exc:
                 if refusal_of(exc) is None:
                     raise

@@ -27,7 +27,8 @@ MAX_NAME_BYTES: Final = 255
 """AMQP short strings (queue, exchange and routing-key names) are at most 255 bytes."""
 
 _PRIVATE_SUFFIX_ROOM: Final = 80
-"""Bytes kept free for ``<host>.<pid>.<n>`` when checking fanout name lengths."""
+"""Bytes kept free for ``<host>.<pid>.<n>`` when checking fanout name lengths
+(plus the principal's, which the driver passes to :func:`check_address`)."""
 _counter = itertools.count(1)
 _RESERVED_TOPIC_CHARS: Final = ("@", "#", "*")
 _RESERVED_CHARS: Final = ("#", "*")
@@ -41,6 +42,16 @@ def _host() -> str:
 def private_suffix() -> str:
     """``<host>.<pid>.<n>``: unique among every process sharing the broker."""
     return f"{_host()}.{os.getpid()}.{next(_counter)}"
+
+
+def private_name(principal: str) -> str:
+    """``<principal>.<host>.<pid>.<n>``: a private queue's own part, its owner first.
+
+    The principal (the broker user the driver logs in as, which contains no
+    ``.``) comes first so an account's permissions can grant its private
+    queues by name prefix (:mod:`rpclib.transports.rabbit.access`).
+    """
+    return f"{principal}.{private_suffix()}"
 
 
 # --- checks ---------------------------------------------------------------------
@@ -66,8 +77,11 @@ def check_exchange(exchange: str) -> None:
         raise ValueError(f"exchange name {exchange!r}: the 'amq.' prefix is reserved by RabbitMQ")
 
 
-def check_address(address: Address, group: str | None = None) -> None:
-    """Refuse addresses whose names would collide with another address's names."""
+def check_address(address: Address, group: str | None = None, principal: str = "") -> None:
+    """Refuse addresses whose names would collide with another address's names.
+
+    ``principal`` starts the names of private (fanout) queues: it counts towards their length.
+    """
     if group is not None and (address.fanout or address.server is not None):
         raise ValueError(f"consumer groups apply to topics only, not to {address}")
     check_exchange(address.exchange)
@@ -84,7 +98,8 @@ def check_address(address: Address, group: str | None = None) -> None:
             f"driver's own {DEAD_LETTER_QUEUE} / {REPLY_PREFIX}* queues"
         )
     if address.fanout:
-        longest = f"{fanout_exchange(address)}.{'x' * _PRIVATE_SUFFIX_ROOM}"
+        room = _PRIVATE_SUFFIX_ROOM + (len(principal.encode()) + 1 if principal else 0)
+        longest = f"{fanout_exchange(address)}.{'x' * room}"
     else:
         longest = queue_name(address, group, live=True)
     if len(longest.encode()) > MAX_NAME_BYTES:
@@ -114,12 +129,14 @@ def fanout_exchange(address: Address) -> str:
     return f"{address.exchange}.{address.topic}.fanout"
 
 
-def fanout_queue(address: Address) -> str:
-    return f"{fanout_exchange(address)}.{private_suffix()}"
+def fanout_queue(address: Address, principal: str) -> str:
+    """``X.T.fanout.<principal>.<host>.<pid>.<n>``."""
+    return f"{fanout_exchange(address)}.{private_name(principal)}"
 
 
-def reply_queue() -> str:
-    return REPLY_PREFIX + private_suffix()
+def reply_queue(principal: str) -> str:
+    """``rpclib.reply.<principal>.<host>.<pid>.<n>``."""
+    return REPLY_PREFIX + private_name(principal)
 
 
 def is_reply_queue(name: str) -> bool:
@@ -131,8 +148,9 @@ def adverts_exchange(exchange: str) -> str:
     return f"{exchange}.adverts"
 
 
-def adverts_queue(exchange: str) -> str:
-    return f"{adverts_exchange(exchange)}.{private_suffix()}"
+def adverts_queue(exchange: str, principal: str) -> str:
+    """``X.adverts.<principal>.<host>.<pid>.<n>``."""
+    return f"{adverts_exchange(exchange)}.{private_name(principal)}"
 
 
 def sync_key(topic: str) -> str:

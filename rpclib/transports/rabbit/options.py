@@ -76,6 +76,13 @@ class RabbitOptions:
     queue_type_source: str = "queue_type=classic"
     """How ``queue_type`` was chosen, for error messages (e.g. ``queue_type=auto with 3 hosts``)."""
 
+    @property
+    def principal(self) -> str:
+        """The first host's user: the first part of the names of this driver's private
+        queues (docs/transports/rabbit.md). The ``user_id`` of what it sends is always
+        the user of the connection it goes out on."""
+        return self.hosts[0].userid
+
 
 def parse_options(url: TransportURL) -> RabbitOptions:
     """Read a ``rabbit://`` or ``rabbits://`` URL; InvalidTransportURL names what is wrong."""
@@ -93,6 +100,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         )
         for host in url.hosts
     ) or (BrokerHost("localhost", port, DEFAULT_USER, DEFAULT_USER),)
+    check_principal_user(str(url), hosts)
     queue_type_option = url.option("queue_type", "auto") or "auto"
     if queue_type_option not in QUEUE_TYPES:
         raise InvalidTransportURL(
@@ -122,6 +130,30 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
         queue_type_source=queue_type_source,
     )
+
+
+MAX_USER_BYTES: Final = 64
+"""Room left in a 255-byte queue name for ``rpclib.reply.<user>.<host>.<pid>.<n>``."""
+_NAME_RESERVED: Final = ("#", "*", "@", ".")
+
+
+def check_principal_user(url: str, hosts: tuple[BrokerHost, ...]) -> None:
+    """Every user of the URL can start private queue names.
+
+    The broker stamps the connection's user on every message as its verified
+    sender, and permissions grant a principal its queues by name prefix; a
+    ``.`` in it would let one user's prefix match another's queues. (Private
+    queues are named after the first host's user: hosts that log in as
+    another user need permissions for that name.)
+    """
+    for user in sorted({host.userid for host in hosts}):
+        bad = [c for c in _NAME_RESERVED if c in user]
+        if not user or bad or len(user.encode()) > MAX_USER_BYTES:
+            raise InvalidTransportURL(
+                url,
+                f"user {user!r} cannot name this driver's private queues: use 1-"
+                f"{MAX_USER_BYTES} bytes without {' '.join(_NAME_RESERVED)}",
+            )
 
 
 def resolve_queue_type(option: str, host_count: int) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from typing import Any, Final
 
-from amqp.exceptions import ChannelError, NotFound
+from amqp.exceptions import AccessRefused, ChannelError, NotFound
 
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.rabbit.connection import (
@@ -87,7 +87,9 @@ class _Publisher:
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         self.channel = channel
-        self._encoder = PublishEncoder(channel.channel_id, self.conn.frame_max)
+        self._encoder = PublishEncoder(
+            channel.channel_id, self.conn.frame_max, self.conn.rpclib_user
+        )
         self._seq = 0
         self._epoch += 1
         self._outstanding.clear()
@@ -115,7 +117,15 @@ class _Publisher:
 
     def declare_exchange(self, name: str, kind: str, deadline: float) -> None:
         with self.conn.transport.having_timeout(_remaining(deadline)):
-            self.channel.exchange_declare(name, kind, durable=True, auto_delete=False)
+            try:
+                self.channel.exchange_declare(name, kind, durable=True, auto_delete=False)
+            except AccessRefused as refusal:
+                # Declared by the admin for least-privilege accounts (see Session.declare_exchange).
+                self.open_channel()
+                try:
+                    self.channel.exchange_declare(name, kind, passive=True)
+                except NotFound:
+                    raise refusal from None
         self.exchanges.add(name)
 
     def ensure_queue(self, name: str, arguments: dict[str, Any] | None, deadline: float) -> None:

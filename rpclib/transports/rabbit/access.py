@@ -1,0 +1,464 @@
+"""Least-privilege RabbitMQ accounts for ``rabbit://``, derived from the driver's names.
+
+For each :class:`~rpclib.access.Account` this makes a broker user with that
+password and, on the admin URL's vhost, exactly what its
+:class:`~rpclib.access.Grants` need (names as in docs/transports/rabbit.md;
+``X`` is an exchange, ``T`` a topic, ``P`` the principal):
+
+==========================  ===================================================
+operation (driver)          permission needed (RabbitMQ's access-control table)
+==========================  ===================================================
+queue.declare (own queues)  configure on the queue: ``X.T@S``, ``X.T``,
+                            ``X.T#G`` (each with ``.live``) it consumes, and its
+                            private ``rpclib.reply.P.*``, ``X.T.fanout.P.*``,
+                            ``X.adverts.P.*`` queues
+queue.bind                  write on the queue, read on the exchange, and for
+                            topic exchanges a *topic* read permission on the
+                            binding key: only the keys of its own queues
+basic.consume / get         read on the queue: only its own queues
+basic.publish               write on the exchange: ``X`` and ``X.T.fanout`` for
+                            the topics it sends to, ``X.adverts``, and
+                            ``amq.default`` (replies, dead letters, requeues);
+                            for topic exchanges a topic write permission on the
+                            routing key: only ``T``/``T@*`` (``.live``) of the
+                            topics it sends to, ``T`` of the adverts it owns,
+                            ``T.sync`` of those it watches
+exchange.declare            none: :func:`apply` declares every exchange (and the
+                            dead-letter queue) as the admin; the driver then
+                            finds them with a passive declare, which needs no
+                            permission. No account can delete a shared exchange.
+==========================  ===================================================
+
+A user with no topic permission on a topic exchange may use any routing key,
+so every account gets one on ``X`` and ``X.adverts``, matching nothing if it
+needs nothing there.
+
+What remains open (docs/security.md): write on ``amq.default`` lets an
+account put a message into any queue by name (the broker still stamps its own
+user on it, so receivers and policies see who sent it); and the advert
+exchange's routing key is the topic, so an account that advertises on ``T``
+can publish adverts naming other servers of ``T``.
+
+:func:`apply` sets users and permissions through the management HTTP API when
+the admin URL has ``?management=http://HOST:PORT`` (its user and password
+log in), else through ``rabbitmqctl`` (``?rabbitmqctl=PATH``, default the one
+on PATH; ``?node=NAME`` for ``-n``); it declares exchanges over AMQP with the
+admin URL's credentials. :func:`render` prints the same as commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from rpclib.exceptions import InvalidTransportURL
+from rpclib.transports.base import Address
+from rpclib.transports.rabbit import naming
+from rpclib.transports.url import TransportURL, parse_url
+
+if TYPE_CHECKING:
+    from rpclib.access import Account, Grants
+
+ADMIN_OPTIONS: Final = frozenset({"management", "rabbitmqctl", "node"})
+"""Options of the admin URL that say how to reach the broker's administration."""
+NOTHING: Final = "^$"
+DEFAULT_EXCHANGE_PERMISSION: Final = "amq.default"
+"""RabbitMQ checks publishes to the default exchange ("") against this name."""
+
+Runner = Callable[[Sequence[str]], str]
+"""Runs ``rabbitmqctl`` with these arguments; returns its output, raises on failure."""
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """One account's vhost permissions and topic permissions, as RabbitMQ regexes."""
+
+    user: str
+    configure: str
+    write: str
+    read: str
+    topics: tuple[tuple[str, str, str], ...]
+    """(topic exchange, write regex, read regex)."""
+
+
+def _alternatives(patterns: Iterable[str]) -> str:
+    """One anchored regex matching any of ``patterns`` (each already a regex), or nothing."""
+    unique = sorted(set(patterns))
+    if not unique:
+        return NOTHING
+    return "^(" + "|".join(unique) + ")$"
+
+
+def _name(text: str) -> str:
+    return re.escape(text)
+
+
+def _queues(address: Address, group: str | None) -> list[str]:
+    """Regexes of the durable and ``.live`` queues of a subscription to ``address``."""
+    base = _name(naming.queue_name(address, group))
+    return [base, base + _name(naming.LIVE_SUFFIX)]
+
+
+def _keys(address: Address) -> list[str]:
+    return [_name(naming.routing_key(address)), _name(naming.routing_key(address, live=True))]
+
+
+def _private(prefix: str, principal: str) -> str:
+    """A private queue of ``principal`` under ``prefix`` (principals hold no ``.``)."""
+    return _name(f"{prefix}{principal}.") + ".+"
+
+
+def permissions(grants: Grants) -> Permissions:
+    """What ``grants`` needs on the broker; see the module docstring."""
+    p = grants.principal
+    configure: set[str] = {_private(naming.REPLY_PREFIX, p)}
+    write: set[str] = {_private(naming.REPLY_PREFIX, p), _name(DEFAULT_EXCHANGE_PERMISSION)}
+    read: set[str] = {_private(naming.REPLY_PREFIX, p)}
+    topic_write: dict[str, set[str]] = {}
+    topic_read: dict[str, set[str]] = {}
+    exchanges: set[str] = set()
+
+    def topic(exchange: str) -> None:
+        exchanges.add(exchange)
+        topic_write.setdefault(exchange, set())
+        topic_read.setdefault(exchange, set())
+        topic_write.setdefault(naming.adverts_exchange(exchange), set())
+        topic_read.setdefault(naming.adverts_exchange(exchange), set())
+
+    for consume in grants.consume:
+        address = consume.address
+        topic(address.exchange)
+        if address.fanout:
+            fanout = naming.fanout_exchange(address)
+            queue = _private(fanout + ".", p)
+            configure.add(queue)
+            write.add(queue)
+            read.update((queue, _name(fanout)))
+            continue
+        for queue in _queues(address, consume.group):
+            configure.add(queue)
+            write.add(queue)
+            read.add(queue)
+        read.add(_name(address.exchange))
+        topic_read[address.exchange].update(_keys(address))
+    for exchange, name in grants.send:
+        topic(exchange)
+        write.update((_name(exchange), _name(naming.fanout_exchange(Address(exchange, name)))))
+        server_key = _name(f"{name}@") + "[^@#*]+"
+        live = _name(naming.LIVE_SUFFIX)
+        topic_write[exchange].update(
+            (_name(name), _name(name) + live, server_key, server_key + live)
+        )
+    adverts_queues: set[str] = set()
+    for address in grants.advertise:
+        topic(address.exchange)
+        adverts = naming.adverts_exchange(address.exchange)
+        adverts_queues.add(adverts)
+        topic_write[adverts].add(_name(address.topic))
+        topic_read[adverts].add(_name(naming.sync_key(address.topic)))
+    for exchange, name in grants.watch:
+        topic(exchange)
+        adverts = naming.adverts_exchange(exchange)
+        adverts_queues.add(adverts)
+        topic_write[adverts].add(_name(naming.sync_key(name)))
+        topic_read[adverts].add(_name(name))
+    for adverts in adverts_queues:
+        queue = _private(adverts + ".", p)
+        configure.add(queue)
+        write.update((queue, _name(adverts)))
+        read.update((queue, _name(adverts)))
+    topics = tuple(
+        (exchange, _alternatives(topic_write[exchange]), _alternatives(topic_read[exchange]))
+        for exchange in sorted(topic_write)
+    )
+    return Permissions(
+        p, _alternatives(configure), _alternatives(write), _alternatives(read), topics
+    )
+
+
+def exchanges_of(accounts: Iterable[Account]) -> list[tuple[str, str]]:
+    """(name, type) of every exchange the accounts use: declared by :func:`apply`."""
+    found: set[tuple[str, str]] = set()
+    for account in accounts:
+        grants = account.access.grants()
+        topics = {(c.address.exchange, c.address.topic) for c in grants.consume}
+        topics |= set(grants.send)
+        topics |= {(a.exchange, a.topic) for a in grants.advertise} | set(grants.watch)
+        for exchange, name in topics:
+            found.add((exchange, "topic"))
+            found.add((naming.adverts_exchange(exchange), "topic"))
+            found.add((naming.fanout_exchange(Address(exchange, name)), "fanout"))
+    return sorted(found)
+
+
+# --- the admin URL ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Where and how to administer: the vhost, the AMQP URL, and the management API or CLI."""
+
+    vhost: str
+    amqp_url: str
+    """The admin URL without the admin options: the driver's own URL syntax."""
+    management: str | None
+    rabbitmqctl: str
+    node: str | None
+    user: str
+    password: str
+
+
+def admin_of(admin_url: str) -> Admin:
+    """Read the admin URL; InvalidTransportURL names a bad option."""
+    url = parse_url(admin_url)
+    if url.scheme not in ("rabbit", "rabbits"):
+        raise InvalidTransportURL(str(url), f"scheme {url.scheme!r} is not rabbit or rabbits")
+    management = url.option("management")
+    if management is not None:
+        parts = urllib.parse.urlsplit(management)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
+            raise InvalidTransportURL(
+                str(url),
+                f"option management={management!r} must be the management API's base URL, "
+                "e.g. http://127.0.0.1:15672",
+            )
+        management = management.rstrip("/")
+    node = url.option("node")
+    if node is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+@[A-Za-z0-9_.\-]+", node):
+        raise InvalidTransportURL(str(url), f"option node={node!r} is not NAME@HOST")
+    ctl = url.option("rabbitmqctl") or "rabbitmqctl"
+    rest = {k: v for k, v in url.options.items() if k not in ADMIN_OPTIONS}
+    amqp_url = _without_options(url, rest)
+    host = url.hosts[0] if url.hosts else None
+    user = (host.username if host and host.username is not None else None) or "guest"
+    password = (host.password if host and host.password is not None else None) or "guest"
+    return Admin(url.virtual_host or "/", amqp_url, management, ctl, node, user, password)
+
+
+def _without_options(url: TransportURL, options: dict[str, str]) -> str:
+    base = url.raw.partition("?")[0]
+    return base + ("?" + urllib.parse.urlencode(options) if options else "")
+
+
+# --- render ------------------------------------------------------------------------------
+
+
+def _ctl(args: Sequence[str]) -> str:
+    return "rabbitmqctl " + " ".join(shlex.quote(a) for a in args)
+
+
+def commands(admin: Admin, accounts: Sequence[Account]) -> list[list[str]]:
+    """The ``rabbitmqctl`` arguments that set the accounts' permissions (after their users)."""
+    out: list[list[str]] = []
+    for account in accounts:
+        perms = permissions(account.access.grants())
+        out.append(
+            [
+                "set_permissions",
+                "-p",
+                admin.vhost,
+                perms.user,
+                perms.configure,
+                perms.write,
+                perms.read,
+            ]
+        )
+        out.append(["clear_topic_permissions", "-p", admin.vhost, perms.user])
+        for exchange, write, read in perms.topics:
+            out.append(
+                ["set_topic_permissions", "-p", admin.vhost, perms.user, exchange, write, read]
+            )
+    return out
+
+
+def render(admin_url: str, accounts: list[Account]) -> str:
+    """The rabbitmqctl commands :func:`apply` amounts to. It holds the passwords: keep it secret."""
+    admin = admin_of(admin_url)
+    lines = [f"# rabbit:// accounts on vhost {admin.vhost!r}"]
+    lines.append("# exchanges and the dead-letter queue, declared over AMQP by the admin:")
+    for name, kind in exchanges_of(accounts):
+        lines.append(f"#   {kind} exchange {name} (durable)")
+    lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable)")
+    for account in accounts:
+        user = account.access.principal
+        lines.append(
+            f"rabbitmqctl add_user {shlex.quote(user)} {shlex.quote(account.password)} || "
+            f"rabbitmqctl change_password {shlex.quote(user)} {shlex.quote(account.password)}"
+        )
+    lines.extend(_ctl(args) for args in commands(admin, accounts))
+    return "\n".join(lines) + "\n"
+
+
+# --- apply -------------------------------------------------------------------------------
+
+
+def apply(admin_url: str, accounts: list[Account], *, run: Runner | None = None) -> None:
+    """Create or update each account with exactly its permissions; idempotent.
+
+    ``run`` replaces how ``rabbitmqctl`` is invoked (tests pass their private
+    node's); ignored when the admin URL names a management API.
+    """
+    admin = admin_of(admin_url)
+    _check_unique(accounts)
+    if admin.management is not None:
+        api = _Management(admin)
+        api.ensure_vhost(admin.user)
+        for account in accounts:
+            api.put_user(account.access.principal, account.password)
+            perms = permissions(account.access.grants())
+            api.put_permissions(perms)
+    else:
+        ctl = run or _cli(admin)
+        _ensure_vhost_cli(ctl, admin.vhost, admin.user)
+        users = set(ctl(["list_users", "-q", "--no-table-headers"]).split())
+        for account in accounts:
+            user, password = account.access.principal, account.password
+            if user in users:
+                ctl(["change_password", user, password])
+            else:
+                ctl(["add_user", user, password])
+        for args in commands(admin, accounts):
+            ctl(args)
+    declare_shared(admin, accounts)
+
+
+def _check_unique(accounts: Sequence[Account]) -> None:
+    names = [a.access.principal for a in accounts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"principal(s) given twice: {twice}")
+
+
+def _cli(admin: Admin) -> Runner:
+    program = shutil.which(admin.rabbitmqctl)
+    if program is None:
+        raise RuntimeError(
+            f"{admin.rabbitmqctl} not found: install RabbitMQ's CLI, or give the admin URL "
+            "?management=http://HOST:PORT"
+        )
+    prefix = [program, *(("-n", admin.node) if admin.node else ())]
+
+    def run(args: Sequence[str]) -> str:
+        result = subprocess.run(
+            [*prefix, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            # The arguments may hold a password: name the command only.
+            raise RuntimeError(
+                f"rabbitmqctl {args[0]} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result.stdout
+
+    return run
+
+
+def _ensure_vhost_cli(ctl: Runner, vhost: str, admin: str) -> None:
+    """Create the vhost if missing, and let ``admin`` declare the shared exchanges in it."""
+    if vhost not in ctl(["list_vhosts", "-q", "--no-table-headers"]).splitlines():
+        ctl(["add_vhost", vhost])
+        ctl(["set_permissions", "-p", vhost, admin, ".*", ".*", ".*"])
+
+
+def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
+    """Declare the accounts' exchanges and the dead-letter queue over AMQP, as the admin."""
+    from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
+    from rpclib.transports.rabbit.declarations import durable_queue_arguments
+    from rpclib.transports.rabbit.options import parse_options
+
+    options = parse_options(parse_url(admin.amqp_url))
+    conn = connect(
+        replace(options, heartbeat=0),
+        HostRing(options.hosts),
+        name="rpclib access",
+        read_timeout=None,
+    )
+    try:
+        channel = conn.channel()
+        for name, kind in exchanges_of(accounts):
+            channel.exchange_declare(name, kind, durable=True, auto_delete=False)
+        channel.queue_declare(
+            naming.DEAD_LETTER_QUEUE,
+            durable=True,
+            auto_delete=False,
+            arguments=durable_queue_arguments(options.queue_type),
+        )
+        conn.close()
+    finally:
+        close_quietly(conn)
+
+
+class _Management:
+    """The few management HTTP API calls :func:`apply` needs."""
+
+    def __init__(self, admin: Admin) -> None:
+        assert admin.management is not None
+        self._base = admin.management
+        self._vhost = urllib.parse.quote(admin.vhost, safe="")
+        token = base64.b64encode(f"{admin.user}:{admin.password}".encode()).decode()
+        self._auth = f"Basic {token}"
+
+    def _call(self, method: str, path: str, body: Any = None) -> bool:
+        """Whether it succeeded; False for a GET or DELETE of something that is not there."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self._base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": self._auth, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+            return True
+        except urllib.error.HTTPError as exc:
+            if method in ("GET", "DELETE") and exc.code == 404:
+                return False
+            detail = exc.read().decode(errors="replace")[:300]
+            raise RuntimeError(
+                f"management API {method} {path.split('/')[2]} failed: {exc.code} {detail}"
+            ) from None
+        except urllib.error.URLError as exc:
+            raise RuntimeError(f"management API at {self._base}: {exc.reason}") from None
+
+    def _user(self, user: str) -> str:
+        return urllib.parse.quote(user, safe="")
+
+    def ensure_vhost(self, admin: str) -> None:
+        """Create the vhost if missing, and let ``admin`` declare the shared exchanges in it."""
+        if not self._call("GET", f"/api/vhosts/{self._vhost}"):
+            self._call("PUT", f"/api/vhosts/{self._vhost}", {})
+            everything = {"configure": ".*", "write": ".*", "read": ".*"}
+            self._call("PUT", f"/api/permissions/{self._vhost}/{self._user(admin)}", everything)
+
+    def put_user(self, user: str, password: str) -> None:
+        self._call("PUT", f"/api/users/{self._user(user)}", {"password": password, "tags": ""})
+
+    def put_permissions(self, perms: Permissions) -> None:
+        user = self._user(perms.user)
+        self._call(
+            "PUT",
+            f"/api/permissions/{self._vhost}/{user}",
+            {"configure": perms.configure, "write": perms.write, "read": perms.read},
+        )
+        self._call("DELETE", f"/api/topic-permissions/{self._vhost}/{user}")
+        for exchange, write, read in perms.topics:
+            self._call(
+                "PUT",
+                f"/api/topic-permissions/{self._vhost}/{user}",
+                {"exchange": exchange, "write": write, "read": read},
+            )

@@ -1,0 +1,416 @@
+"""Attacks on rabbit:// by a compute node holding its own valid credentials.
+
+A private RabbitMQ node gets one least-privilege account per principal from
+``rpclib.transports.rabbit.access.apply`` (through the management API). The
+rogue, ``compute-9``, is a real compute node: it serves its own queue and may
+call the conductor. It talks to the broker with rpclib and with a plain
+py-amqp client (whatever a compromised node could run).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import amqp
+import pytest
+from amqp.exceptions import AccessRefused, PreconditionFailed
+
+import rpclib
+from rpclib.access import Access, Account
+from rpclib.exceptions import InvalidTransportURL, TransportError
+from rpclib.transports import load_driver
+from rpclib.transports.base import Address, Guarantee, Incoming
+from rpclib.transports.rabbit import RabbitDriver, naming
+from rpclib.transports.rabbit import access as rabbit_access
+from rpclib.transports.rabbit.consumer import SENDER
+from tests.security.conftest import RABBIT_VHOST
+
+ROGUE = "compute-9"
+WAIT = 15.0
+
+
+def compute(name: str) -> Access:
+    return (
+        Access(name)
+        .serve(rpclib.Target(topic="compute", server=name))
+        .call(rpclib.Target(topic="conductor"))
+    )
+
+
+ACCESS = [
+    Access("conductor")
+    .serve(rpclib.Target(topic="conductor", server="conductor-1"))
+    .call(rpclib.Target(topic="compute")),
+    Access("scheduler").call(rpclib.Target(topic="conductor")),
+    compute("compute-1"),
+    compute("compute-2"),
+    compute(ROGUE),
+]
+ACCOUNTS = [Account(a, f"{a.principal}-{uuid.uuid4().hex[:8]}") for a in ACCESS]
+PASSWORDS = {a.access.principal: a.password for a in ACCOUNTS}
+
+POLICY = rpclib.Policy(
+    [
+        rpclib.Allow("role:compute", namespace="conductor", methods=["heartbeat"]),
+        rpclib.Allow("scheduler", namespace="conductor", methods=["*"]),
+    ],
+    roles={"compute": ["compute-*"]},
+)
+
+
+def _wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def broker(rabbit_security_node: Any) -> dict[str, Any]:
+    """The node, with every account applied; what tests need to log in."""
+    node = rabbit_security_node
+    _wait_port(node.management_port)
+    admin = (
+        f"rabbit://guest:guest@127.0.0.1:{node.port}/{RABBIT_VHOST}"
+        f"?management=http://127.0.0.1:{node.management_port}"
+    )
+    rabbit_access.apply(admin, ACCOUNTS)
+    return {"node": node, "port": node.port, "admin": admin}
+
+
+def url_of(broker: dict[str, Any], principal: str) -> str:
+    return f"rabbit://{principal}:{PASSWORDS[principal]}@127.0.0.1:{broker['port']}/{RABBIT_VHOST}"
+
+
+@pytest.fixture
+def driver_of(broker: dict[str, Any]) -> Iterator[Callable[[str], RabbitDriver]]:
+    opened: list[RabbitDriver] = []
+
+    def login(principal: str) -> RabbitDriver:
+        driver = load_driver(url_of(broker, principal))
+        assert isinstance(driver, RabbitDriver)
+        opened.append(driver)
+        return driver
+
+    yield login
+    for driver in opened:
+        driver.close()
+
+
+@pytest.fixture
+def raw(broker: dict[str, Any]) -> Iterator[Callable[[str], Any]]:
+    """A plain py-amqp connection logged in as a principal (what a rogue can run)."""
+    opened: list[amqp.Connection] = []
+
+    def login(principal: str) -> Any:
+        conn = amqp.Connection(
+            host=f"127.0.0.1:{broker['port']}",
+            userid=principal,
+            password=PASSWORDS[principal],
+            virtual_host=RABBIT_VHOST,
+        )
+        conn.connect()
+        opened.append(conn)
+        return conn
+
+    yield login
+    for conn in opened:
+        try:
+            conn.close()
+        except Exception:
+            conn.collect()
+
+
+class Inbox:
+    """Collects Incoming messages (acked at once) for assertions."""
+
+    def __init__(self) -> None:
+        self.got: list[Incoming] = []
+        self._event = threading.Condition()
+
+    def __call__(self, incoming: Incoming) -> None:
+        with self._event:
+            self.got.append(incoming)
+            self._event.notify_all()
+        incoming.ack()
+
+    def get(self) -> Incoming:
+        with self._event:
+            assert self._event.wait_for(lambda: self.got, WAIT), "nothing delivered"
+            return self.got.pop(0)
+
+
+def _messages(broker: dict[str, Any], queue: str) -> int:
+    out = broker["node"].rabbitmqctl(
+        "list_queues", "-p", RABBIT_VHOST, "-q", "--no-table-headers", "name", "messages"
+    )
+    for line in out.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"queue {queue} does not exist")
+
+
+COMPUTE_1 = Address("rpclib", "compute", server="compute-1")
+CONDUCTOR = Address("rpclib", "conductor", server="conductor-1")
+
+
+# --- (a) the sender is the broker-verified user ------------------------------------------
+
+
+def test_the_receiver_sees_the_broker_verified_user(driver_of: Any) -> None:
+    inbox = Inbox()
+    driver_of("conductor").listen(CONDUCTOR, inbox)
+    driver_of("compute-1").send(CONDUCTOR, b"hello", guarantee=Guarantee.AT_LEAST_ONCE)
+    driver_of(ROGUE).send(CONDUCTOR, b"me too", guarantee=Guarantee.AT_MOST_ONCE)
+    assert {(m.body, m.sender) for m in (inbox.get(), inbox.get())} == {
+        (b"hello", "compute-1"),
+        (b"me too", ROGUE),
+    }
+
+
+def test_a_publish_with_a_forged_user_id_is_refused_by_the_broker(raw: Any, driver_of: Any) -> None:
+    inbox = Inbox()
+    driver_of("conductor").listen(CONDUCTOR, inbox)
+    channel = raw(ROGUE).channel()
+    with pytest.raises(PreconditionFailed, match="user_id"):
+        channel.basic_publish_confirm(
+            amqp.Message(b"as the scheduler", user_id="scheduler"),
+            exchange="rpclib",
+            routing_key=naming.routing_key(CONDUCTOR),
+        )
+    driver_of("scheduler").send(CONDUCTOR, b"the real one", guarantee=Guarantee.AT_LEAST_ONCE)
+    real = inbox.get()
+    assert (real.body, real.sender) == (b"the real one", "scheduler")
+    assert inbox.got == []
+
+
+def test_a_forged_user_id_through_the_driver_is_a_clear_transport_error(
+    driver_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rpclib.transports.rabbit import connection
+
+    real_init = connection.PublishEncoder.__init__
+
+    def forging(self: Any, channel_id: int, frame_max: int, user_id: str) -> None:
+        real_init(self, channel_id, frame_max, "scheduler")
+
+    driver_of("conductor").declare(CONDUCTOR)
+    monkeypatch.setattr(connection.PublishEncoder, "__init__", forging)
+    rogue = driver_of(ROGUE)
+    with pytest.raises(TransportError, match="user_id"):
+        rogue.send(CONDUCTOR, b"as the scheduler", guarantee=Guarantee.AT_LEAST_ONCE)
+
+
+def test_a_forged_sender_header_is_not_believed(raw: Any, driver_of: Any) -> None:
+    """Only a consumer's own requeued copies may name another sender (x-rpclib-sender)."""
+    inbox = Inbox()
+    driver_of("conductor").listen(CONDUCTOR, inbox)
+    channel = raw(ROGUE).channel()
+    channel.basic_publish(
+        amqp.Message(b"requeued, honest", user_id=ROGUE, application_headers={SENDER: "scheduler"}),
+        exchange="rpclib",
+        routing_key=naming.routing_key(CONDUCTOR),
+    )
+    forged = inbox.get()
+    assert (forged.body, forged.sender) == (b"requeued, honest", None)
+
+
+def test_a_requeued_message_keeps_its_original_sender(driver_of: Any) -> None:
+    got: list[Incoming] = []
+    ready = threading.Event()
+
+    def requeue_first(incoming: Incoming) -> None:
+        got.append(incoming)
+        if incoming.attempts == 1:
+            incoming.requeue()
+        else:
+            incoming.ack()
+            ready.set()
+
+    driver_of("conductor").listen(CONDUCTOR, requeue_first)
+    driver_of("compute-1").send(CONDUCTOR, b"again", guarantee=Guarantee.AT_LEAST_ONCE)
+    assert ready.wait(WAIT)
+    assert [(m.attempts, m.sender) for m in got] == [(1, "compute-1"), (2, "compute-1")]
+
+
+# --- (b) another principal's server and reply queues --------------------------------------
+
+
+def test_a_rogue_cannot_consume_another_nodes_server_queue(raw: Any, driver_of: Any) -> None:
+    driver_of("compute-1").declare(COMPUTE_1)
+    channel = raw(ROGUE).channel()
+    with pytest.raises(AccessRefused):
+        channel.basic_consume(naming.queue_name(COMPUTE_1), callback=lambda m: None)
+
+
+def test_a_rogue_cannot_declare_another_nodes_server_queue(raw: Any) -> None:
+    channel = raw(ROGUE).channel()
+    with pytest.raises(AccessRefused):
+        channel.queue_declare(
+            naming.queue_name(Address("rpclib", "compute", server="compute-2")),
+            durable=True,
+            auto_delete=False,
+        )
+
+
+def test_a_rogue_cannot_bind_its_own_queue_to_another_nodes_key(raw: Any) -> None:
+    conn = raw(ROGUE)
+    channel = conn.channel()
+    mine = naming.reply_queue(ROGUE)
+    channel.queue_declare(mine, durable=False, exclusive=True, auto_delete=True)
+    with pytest.raises(AccessRefused):
+        channel.queue_bind(mine, "rpclib", naming.routing_key(COMPUTE_1))
+
+
+def test_a_rogue_cannot_listen_as_another_node_through_rpclib(driver_of: Any) -> None:
+    with pytest.raises(TransportError, match="403"):
+        driver_of(ROGUE).listen(COMPUTE_1, Inbox())
+
+
+def test_a_rogue_cannot_consume_another_principals_reply_queue(raw: Any, driver_of: Any) -> None:
+    inbox = driver_of("conductor").open_inbox(lambda body: None)
+    channel = raw(ROGUE).channel()
+    with pytest.raises(AccessRefused):
+        channel.basic_consume(inbox.address, callback=lambda m: None)
+
+
+# --- (c) another node's builds -------------------------------------------------------------
+
+
+def test_a_rogue_cannot_read_another_nodes_build_queue(
+    raw: Any, driver_of: Any, broker: dict[str, Any]
+) -> None:
+    driver_of("compute-1").declare(COMPUTE_1)
+    queue = naming.queue_name(COMPUTE_1)
+    before = _messages(broker, queue)
+    driver_of("conductor").send(
+        COMPUTE_1, b"build: image url with token", guarantee=Guarantee.AT_LEAST_ONCE
+    )
+    assert _messages(broker, queue) == before + 1
+    channel = raw(ROGUE).channel()
+    with pytest.raises(AccessRefused):
+        channel.basic_get(queue, no_ack=True)
+    assert _messages(broker, queue) == before + 1
+
+
+# --- (d) a server's policy over rabbit:// --------------------------------------------------
+
+
+class Conductor:
+    target = rpclib.Target(namespace="conductor", version="1.0")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def heartbeat(self, ctx: dict[str, Any]) -> str | None:
+        info = rpclib.current_request()
+        assert info is not None
+        self.calls.append(("heartbeat", info.sender))
+        return info.sender
+
+    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
+        self.calls.append(("list_instances", None))
+        return ["every project's instances"]
+
+
+def test_a_policy_refuses_the_rogue_and_serves_allowed_principals(broker: dict[str, Any]) -> None:
+    transports = {
+        p: rpclib.get_transport(url_of(broker, p)) for p in ("conductor", "compute-1", ROGUE)
+    }
+    endpoint = Conductor()
+    server = rpclib.RPCServer(
+        transports["conductor"],
+        rpclib.Target(topic="conductor", server="conductor-1"),
+        [endpoint],
+        policy=POLICY,
+    )
+    server.start()
+    try:
+
+        def client(principal: str) -> rpclib.RPCClient:
+            target = rpclib.Target(topic="conductor", namespace="conductor", version="1.0")
+            return rpclib.RPCClient(transports[principal], target, timeout=WAIT)
+
+        assert client("compute-1").call({"host": ROGUE}, "heartbeat") == "compute-1"
+        with pytest.raises(rpclib.Forbidden) as refused:
+            client(ROGUE).call({"host": "compute-1"}, "list_instances")
+        assert (refused.value.principal, refused.value.method) == (ROGUE, "list_instances")
+        assert client(ROGUE).call({"host": "compute-1"}, "heartbeat") == ROGUE
+        assert endpoint.calls == [("heartbeat", "compute-1"), ("heartbeat", ROGUE)]
+    finally:
+        server.stop()
+        server.wait()
+        for transport in transports.values():
+            transport.close()
+
+
+# --- the accounts themselves ---------------------------------------------------------------
+
+
+def test_apply_is_idempotent_and_the_cli_path_sets_the_same_permissions(
+    broker: dict[str, Any],
+) -> None:
+    node = broker["node"]
+
+    def listed() -> list[str]:
+        permissions = node.rabbitmqctl(
+            "list_permissions", "-p", RABBIT_VHOST, "-q", "--no-table-headers"
+        )
+        topics = node.rabbitmqctl(
+            "list_topic_permissions", "-p", RABBIT_VHOST, "-q", "--no-table-headers"
+        )
+        return sorted(permissions.splitlines() + topics.splitlines())
+
+    before = listed()
+    cli_admin = f"rabbit://guest:guest@127.0.0.1:{broker['port']}/{RABBIT_VHOST}"
+    rabbit_access.apply(cli_admin, ACCOUNTS, run=lambda args: node.rabbitmqctl(*args))
+    assert listed() == before
+    rabbit_access.apply(broker["admin"], ACCOUNTS)
+    assert listed() == before
+
+
+def test_private_queue_names_start_with_the_principal(driver_of: Any) -> None:
+    inbox = driver_of(ROGUE).open_inbox(lambda body: None)
+    assert inbox.address.startswith(f"{naming.REPLY_PREFIX}{ROGUE}.")
+    assert naming.fanout_queue(COMPUTE_1, ROGUE).startswith(f"rpclib.compute.fanout.{ROGUE}.")
+    assert naming.adverts_queue("rpclib", ROGUE).startswith(f"rpclib.adverts.{ROGUE}.")
+
+
+def test_a_compute_nodes_permissions_name_only_its_own_queues_and_keys() -> None:
+    import re
+
+    perms = rabbit_access.permissions(compute("compute-1").grants())
+    readable = re.compile(perms.read)
+    assert readable.match("rpclib.compute@compute-1")
+    assert readable.match("rpclib.compute@compute-1.live")
+    assert readable.match("rpclib.compute")  # the topic's shared queue it serves
+    assert readable.match("rpclib.reply.compute-1.host.1.1")
+    for other in ("rpclib.compute@compute-2", "rpclib.conductor", "rpclib.reply.compute-2.h.1.1"):
+        assert not readable.match(other), other
+    assert not re.compile(perms.configure).match("rpclib")  # no shared exchange
+    topics = {exchange: (write, read) for exchange, write, read in perms.topics}
+    write, read = topics["rpclib"]
+    assert re.match(write, "conductor@conductor-1") and not re.match(write, "compute@compute-2")
+    assert re.match(read, "compute@compute-1") and not re.match(read, "compute@compute-2")
+
+
+def test_a_bad_management_option_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidTransportURL, match="management="):
+        rabbit_access.render("rabbit://guest:guest@h/?management=ftp://h", ACCOUNTS)
+
+
+def test_render_prints_the_commands_apply_runs() -> None:
+    text = rabbit_access.render("rabbit://guest:guest@h/v", ACCOUNTS[:1])
+    assert "rabbitmqctl set_permissions -p v conductor " in text
+    assert "rabbitmqctl set_topic_permissions -p v conductor rpclib " in text
