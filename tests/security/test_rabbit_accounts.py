@@ -45,7 +45,9 @@ def compute(name: str) -> Access:
 ACCESS = [
     Access("conductor")
     .serve(rpclib.Target(topic="conductor", server="conductor-1"))
-    .call(rpclib.Target(topic="compute")),
+    .call(rpclib.Target(topic="compute"))
+    .notify("notifications"),
+    Access("billing").listen("notifications", "billing"),
     Access("scheduler").call(rpclib.Target(topic="conductor")),
     compute("compute-1"),
     compute("compute-2"),
@@ -353,6 +355,54 @@ def test_a_policy_refuses_the_rogue_and_serves_allowed_principals(broker: dict[s
         server.wait()
         for transport in transports.values():
             transport.close()
+
+
+class Usage:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+        self.event = threading.Event()
+
+    def info(self, ctx: Any, publisher: str, event: str, payload: Any, metadata: Any) -> None:
+        self.seen.append((event, metadata["sender"]))
+        self.event.set()
+
+
+def test_a_notifier_that_may_only_send_finds_its_listeners_pool_kept_for_it(
+    broker: dict[str, Any],
+) -> None:
+    conductor = rpclib.get_transport(url_of(broker, "conductor"))
+    billing = rpclib.get_transport(url_of(broker, "billing"))
+    try:
+        notifier = rpclib.Notifier(conductor, "conductor.1", ensure_pools=["billing"], retry=0)
+        notifier.info({}, "instance.create.end", {"n": 1})  # before billing ever listened
+        notifier.close()
+        usage = Usage()
+        listener = rpclib.NotificationListener(
+            billing, [rpclib.Target(topic="notifications")], [usage], pool="billing"
+        )
+        listener.start()
+        try:
+            assert usage.event.wait(WAIT), "the notification kept for the pool never arrived"
+        finally:
+            listener.stop()
+            listener.wait()
+        assert usage.seen == [("instance.create.end", "conductor")]
+    finally:
+        conductor.close()
+        billing.close()
+
+
+def test_a_rogue_cannot_emit_notifications(broker: dict[str, Any]) -> None:
+    rogue = rpclib.get_transport(url_of(broker, ROGUE))
+    try:
+        with pytest.raises(TransportError, match="ACCESS_REFUSED|refused"):
+            rogue.driver.send(
+                Address("rpclib", "notifications.info"),
+                b"forged",
+                guarantee=Guarantee.AT_LEAST_ONCE,
+            )
+    finally:
+        rogue.close()
 
 
 # --- the accounts themselves ---------------------------------------------------------------

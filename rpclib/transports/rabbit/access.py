@@ -218,6 +218,27 @@ class Admin:
     password: str
 
 
+def pool_queues_of(accounts: Iterable[Account]) -> list[tuple[str, str, str]]:
+    """(queue, exchange, routing key) of every listener pool the accounts read.
+
+    Declared and bound by :func:`apply` as the admin, so that a notifier whose
+    account may only send there finds its listeners' queues already kept.
+    """
+    found = set()
+    for account in accounts:
+        for consume in account.access.grants().consume:
+            if consume.group is not None:
+                address = consume.address
+                found.add(
+                    (
+                        naming.queue_name(address, consume.group),
+                        address.exchange,
+                        naming.routing_key(address),
+                    )
+                )
+    return sorted(found)
+
+
 def admin_of(admin_url: str) -> Admin:
     """Read the admin URL; InvalidTransportURL names a bad option."""
     url = parse_url(admin_url)
@@ -293,6 +314,8 @@ def render(admin_url: str, accounts: list[Account]) -> str:
     for name, kind in exchanges_of(accounts):
         lines.append(f"#   {kind} exchange {name} (durable)")
     lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable)")
+    for name, exchange, key in pool_queues_of(accounts):
+        lines.append(f"#   queue {name} (durable, listener pool), bound to {exchange} by {key}")
     for account in accounts:
         user = account.access.principal
         lines.append(
@@ -391,6 +414,14 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
         channel = conn.channel()
         for name, kind in exchanges_of(accounts):
             channel.exchange_declare(name, kind, durable=True, auto_delete=False)
+        for name, exchange, key in pool_queues_of(accounts):
+            channel.queue_declare(
+                name,
+                durable=True,
+                auto_delete=False,
+                arguments=durable_queue_arguments(options.queue_type),
+            )
+            channel.queue_bind(name, exchange, key)
         channel.queue_declare(
             naming.DEAD_LETTER_QUEUE,
             durable=True,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from amqp.exceptions import AMQPError, PreconditionFailed
+from amqp.exceptions import AccessRefused, AMQPError, NotFound, PreconditionFailed
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.rabbit.connection import LOG
@@ -153,6 +153,18 @@ def declare_queue(session: Session, spec: QueueSpec) -> None:
                 auto_delete=auto_delete,
                 arguments=args or None,
             )
+        except AccessRefused as refusal:
+            # A least-privilege account may not declare a queue it only sends to (a
+            # notifier and its listeners' pools): the admin declared and bound it
+            # (rabbit/access.py). A passive declare needs no permission and says whether
+            # it exists; if not, the refusal stands.
+            if spec.kind != "durable":
+                raise
+            try:
+                session.control().queue_declare(spec.name, passive=True)
+            except NotFound:
+                raise refusal from None
+            return
         except PreconditionFailed as exc:
             if spec.kind != "shared-live":
                 raise
