@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rpclib.notifier import PRIORITIES
 from rpclib.target import Target
@@ -273,6 +274,31 @@ def _module(admin_url: str) -> Any:
             f"(known: {', '.join(sorted(_ACCESS_MODULES))})"
         )
     return importlib.import_module(_ACCESS_MODULES[scheme])
+
+
+def login_url(admin_url: str, account: Account) -> str:
+    """The URL ``account`` logs in with: ``admin_url``'s hosts, vhost and connection
+    options, ``account``'s credentials, and none of the admin-only options its
+    transport's access module names (``ADMIN_OPTIONS``, e.g. ``management``)."""
+    drop = frozenset(getattr(_module(admin_url), "ADMIN_OPTIONS", ()))
+    return with_credentials(admin_url, account.access.principal, account.password, drop=drop)
+
+
+def with_credentials(
+    url: str, user: str, password: str, *, drop: frozenset[str] = frozenset()
+) -> str:
+    """``url`` logging in as ``user`` on every host of its failover list, without the
+    query options in ``drop``; everything else kept as written."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a transport URL: {url!r}")
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    creds = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    hosts = [creds + part.rpartition("@")[2] for part in netloc.split(",")] if netloc else [creds]
+    kept = [p for p in query.split("&") if p and p.partition("=")[0] not in drop]
+    tail = "?" + "&".join(kept) if kept else ""
+    return f"{scheme}://{','.join(hosts)}{slash}{path}{tail}"
 
 
 def render(admin_url: str, accounts: Iterable[Account]) -> str:

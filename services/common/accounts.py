@@ -14,9 +14,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
-from rpclib.access import Access, Account, provision
+from rpclib.access import Access, Account, login_url, provision
 from rpclib.transports.url import parse_url
 from services.common import identities
 
@@ -43,18 +42,6 @@ class CloudHosts:
             *(identities.access(identities.COMPUTE, h) for h in self.computes),
             identities.admin_access(),
         ]
-
-
-def with_credentials(url: str, user: str, password: str) -> str:
-    """``url`` logging in as ``user`` (every host of a failover list; other parts kept)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"not a transport URL: {parse_url(url)}")
-    rest, q, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    creds = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-    hosts = [creds + part.rpartition("@")[2] for part in netloc.split(",")] if netloc else [creds]
-    return f"{scheme}://{','.join(hosts)}{slash}{path}{q}{query}"
 
 
 def admin_url_for(url: str) -> str:
@@ -88,7 +75,4 @@ def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
             "create them yourself (rpclib.access) and start each service with its own "
             "credentials, or pass --insecure to share one account without authorization"
         ) from None
-    base = url if parse_url(url).scheme != "memory" else admin
-    return {
-        a.access.principal: with_credentials(base, a.access.principal, a.password) for a in accounts
-    }
+    return {a.access.principal: login_url(admin, a) for a in accounts}

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_instances_boot_across_processes_and_are_billed(
-    tmp_path: Path, fresh_broker_url: str
+    tmp_path: Path, fresh_broker_admin_url: str
 ) -> None:
-    with running_cloud(fresh_broker_url, tmp_path) as (cloud, image):
+    """Each service its own process with its own least-privilege account, checking senders."""
+    with running_cloud(fresh_broker_admin_url, tmp_path, authorization=True) as (cloud, image):
         boot_delete_and_bill(cloud, image)
 
 

@@ -129,3 +129,11 @@ def test_a_secret_is_created_once_private_and_then_kept(tmp_path: Path) -> None:
     assert first == again and first is not None and len(first) >= 24
     assert (tmp_path / "s" / "compute-1").stat().st_mode & 0o777 == 0o600
     assert access_cli.password_for(tmp_path / "s", "compute-2", create=False) is None
+
+
+def test_a_login_url_has_the_accounts_credentials_and_no_admin_only_options() -> None:
+    account = rpclib.Account(Access("compute-1"), "p/w")
+    admin = "rabbit://guest:guest@h1:5672,guest:guest@h2/v?management=http://h1:15672&heartbeat=5"
+    assert rpclib.access.login_url(admin, account) == (
+        "rabbit://compute-1:p%2Fw@h1:5672,compute-1:p%2Fw@h2/v?heartbeat=5"
+    )

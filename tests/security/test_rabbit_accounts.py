@@ -430,6 +430,17 @@ def test_apply_is_idempotent_and_the_cli_path_sets_the_same_permissions(
     assert listed() == before
 
 
+def test_a_password_that_looks_like_an_option_is_set_through_the_cli(
+    broker: dict[str, Any],
+) -> None:
+    node = broker["node"]
+    account = Account(Access("dash-user").call(rpclib.Target(topic="conductor")), "-p-secret")
+    admin = f"rabbit://guest:guest@127.0.0.1:{broker['port']}/{RABBIT_VHOST}"
+    for _ in range(2):  # add_user, then change_password
+        rabbit_access.apply(admin, [account], run=lambda args: node.rabbitmqctl(*args))
+        node.rabbitmqctl("authenticate_user", "--", "dash-user", "-p-secret")
+
+
 def test_private_queue_names_start_with_the_principal(driver_of: Any) -> None:
     inbox = driver_of(ROGUE).open_inbox(lambda body: None)
     assert inbox.address.startswith(f"{naming.REPLY_PREFIX}{ROGUE}.")

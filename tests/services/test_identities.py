@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import rpclib
+from rpclib.access import with_credentials
 from rpclib.transports.base import Address
 from services.allinone import HOSTS
 from services.common import identities
-from services.common.accounts import ProvisioningUnavailable, provision_cloud, with_credentials
+from services.common.accounts import ProvisioningUnavailable, provision_cloud
 from services.common.config import parse_boolean
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService

@@ -119,3 +119,18 @@ def fresh_broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield _url(node, vhost)
     if node.running:
         ctl("delete_vhost", vhost)
+
+
+@pytest.fixture(params=GENERATIONS)
+def fresh_broker_admin_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like ``fresh_broker_url``, with the options rpclib.access needs to administer it
+    (``rpclib.access.login_url`` drops them for the accounts it makes)."""
+    if request.param == "3.10":
+        yield request.getfixturevalue("fresh_rabbit_url")  # the rabbitmqctl on PATH
+        return
+    node = running(request.getfixturevalue("rabbit4_node_session"))
+    ctl = _node_ctl(node)
+    vhost = _new_vhost(ctl)
+    yield f"{_url(node, vhost)}?rabbitmqctl={node.ctl_script()}"
+    if node.running:
+        ctl("delete_vhost", vhost)

@@ -24,6 +24,7 @@ import contextlib
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -494,6 +495,22 @@ class RabbitNode:
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return str(result.stdout)
+
+    def ctl_script(self) -> Path:
+        """An executable running this node's ``rabbitmqctl -n NODE`` with its arguments, for
+        tools that take a rabbitmqctl path (rpclib.transports.rabbit.access's ``?rabbitmqctl=``)."""
+        path = self.dir / "rabbitmqctl-node"
+        as_user: list[str] = []
+        if self._uid is not None:
+            as_user = ["setpriv", f"--reuid={self._uid}", f"--regid={self._gid}", "--clear-groups"]
+            as_user.append("--")
+        env = [f"{k}={v}" for k, v in self._env().items()]
+        command = ["env", "-i", *env, *as_user, *self._prefix, self._ctl, "-n", self.nodename]
+        path.write_text(
+            f'#!/bin/sh\ncd {shlex.quote(str(self.dir))} && exec {shlex.join(command)} "$@"\n'
+        )
+        path.chmod(0o755)
+        return path
 
     def close_all_connections(self, reason: str = "closed by the test") -> None:
         """Have the broker close every client connection (the node keeps running)."""

@@ -319,8 +319,8 @@ def render(admin_url: str, accounts: list[Account]) -> str:
     for account in accounts:
         user = account.access.principal
         lines.append(
-            f"rabbitmqctl add_user {shlex.quote(user)} {shlex.quote(account.password)} || "
-            f"rabbitmqctl change_password {shlex.quote(user)} {shlex.quote(account.password)}"
+            f"rabbitmqctl add_user -- {shlex.quote(user)} {shlex.quote(account.password)} || "
+            f"rabbitmqctl change_password -- {shlex.quote(user)} {shlex.quote(account.password)}"
         )
     lines.extend(_ctl(args) for args in commands(admin, accounts))
     return "\n".join(lines) + "\n"
@@ -351,9 +351,9 @@ def apply(admin_url: str, accounts: list[Account], *, run: Runner | None = None)
         for account in accounts:
             user, password = account.access.principal, account.password
             if user in users:
-                ctl(["change_password", user, password])
+                ctl(["change_password", "--", user, password])
             else:
-                ctl(["add_user", user, password])
+                ctl(["add_user", "--", user, password])
         for args in commands(admin, accounts):
             ctl(args)
     declare_shared(admin, accounts)
