@@ -14,6 +14,7 @@ from rpclib.access import Access, Account
 from rpclib.client import CastFailure, RPCClient
 from rpclib.compat import Method
 from rpclib.exceptions import (
+    AccessRefused,
     ConnectionLost,
     FieldNotSet,
     FieldTypeError,
@@ -59,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Access",
+    "AccessRefused",
     "Account",
     "Allow",
     "BatchNotificationListener",

@@ -65,6 +65,18 @@ class TransportError(MessagingError):
     """The transport failed to move a message (connection, broker, I/O)."""
 
 
+class AccessRefused(TransportError):
+    """The broker refused what this account is not permitted to do (its grants or
+    permissions). Not retryable: it fails again until an operator changes them.
+
+    Deliberately not an OSError (PermissionError): drivers treat OSErrors as a
+    connection failing, and a refusal is an answer, not a lost connection."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class ConnectionLost(TransportError):
     """The connection dropped while a call was waiting for its reply."""
 

@@ -364,16 +364,22 @@ class RPCServer(Consumer):
 
     def _reject(self, env: Envelope, incoming: Incoming, exc: MessagingError) -> None:
         """Answer a call, or dead-letter (and report) a cast, with ``exc``."""
+        # Refusals are summarised per sender: one flooding node hides only its own.
+        who = f" from {exc.principal}" if isinstance(exc, Forbidden) else ""
         if env.kind is Kind.CALL:
             self._log.log(
-                logging.WARNING, "rejected calls", "rejected call %s: %s", env.message_id.hex(), exc
+                logging.WARNING,
+                "rejected calls" + who,
+                "rejected call %s: %s",
+                env.message_id.hex(),
+                exc,
             )
             incoming.ack()
             self._reply(env, to_failure(exc, with_traceback=False), failed=True)
             return
         self._log.log(
             logging.ERROR,
-            "rejected casts",
+            "rejected casts" + who,
             "rejected cast %s, dead-lettering it: %s",
             env.message_id.hex(),
             exc,

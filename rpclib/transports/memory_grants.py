@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 
+import rpclib.exceptions
 from rpclib.access import Grants
-from rpclib.exceptions import TransportError
 from rpclib.logsummary import SummaryLog
 from rpclib.transports.base import Address
 
@@ -33,14 +33,8 @@ __all__ = ["AccessRefused", "Guard"]
 LOG = logging.getLogger("rpclib.transports.memory")
 
 
-class AccessRefused(TransportError, PermissionError):
-    """The bus refused an operation the account's grants do not allow.
-
-    Not retryable: the same operation fails again until an operator changes
-    the account's grants.
-    """
-
-    retryable = False
+class AccessRefused(rpclib.exceptions.AccessRefused):
+    """The bus refused an operation the account's grants do not allow."""
 
     def __init__(self, principal: str, operation: str, target: str) -> None:
         super().__init__(

@@ -14,12 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import rpclib
+import rpclib.transports.url
 from rpclib.transports.base import DeadLetter
 from services.allinone import HOSTS, Embedded, make_image, registered_computes, wait_until
 from services.billing.service import BillingService
@@ -28,6 +30,7 @@ from services.common import identities
 from services.common.accounts import provision_accesses
 from services.conductor.db import ConductorDB
 from services.objects import Instance
+from tests.support.rabbit import rabbitmqctl
 
 ROGUE_HOST = "rogue"
 ROGUE = identities.principal(identities.COMPUTE, ROGUE_HOST)
@@ -51,6 +54,20 @@ class AttackedCloud:
     keys: dict[str, Any] = field(default_factory=dict)
     """Each principal's signing key (signed clouds only)."""
     closing: list[Callable[[], None]] = field(default_factory=list)
+    _admin: rpclib.Transport | None = None
+    rogue_principal: str = ROGUE
+    """Who the rogue is now (a fresh compute node per attack: see :meth:`new_rogue`)."""
+
+    def new_rogue(self) -> None:
+        """Replace the rogue by a new compute node with its own valid account, so each
+        attack's refusals are its first (logs summarise a sender's repeated refusals)."""
+        host = f"rogue{uuid.uuid4().hex[:6]}"
+        principal = identities.principal(identities.COMPUTE, host)
+        login = provision_accesses(self.url, [identities.access(identities.COMPUTE, host)])
+        old, self.rogue = self.rogue, rpclib.get_transport(login[principal])
+        self.rogue_principal = principal
+        old.close()
+        self.closing.append(self.rogue.close)
 
     @property
     def db(self) -> ConductorDB:
@@ -79,14 +96,32 @@ class AttackedCloud:
             "queued": self._queued(),
         }
 
-    def _queued(self) -> int:
-        """Messages waiting in the bus's queues (memory://: the bus counts them)."""
-        stats = getattr(self.services.login(identities.ADMIN).driver, "stats", None)
-        return int(stats()["ready"]) if stats is not None else -1
+    def _queued(self) -> object:
+        """Messages waiting in the bus's queues: memory:// counts them; on RabbitMQ, the
+        ready messages of each durable queue (dead letters apart, which attacks may add)."""
+        if self.url.startswith("memory://"):
+            stats = getattr(self.services.login(identities.ADMIN).driver, "stats", None)
+            return int(stats()["ready"]) if stats is not None else -1  # a signing wrapper: -1
+        vhost = rpclib.transports.url.parse_url(self.url).virtual_host or "/"
+        out = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers",
+                          "name", "durable", "messages_ready")  # fmt: skip
+        rows = (line.split() for line in out.splitlines() if line.strip())
+        return sorted(
+            (name, int(ready))
+            for name, durable, ready in rows
+            if durable == "true" and not name.startswith(("rpclib.dead-letters", "rpclib.reply."))
+        )
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter on the bus so far (memory://: the bus keeps them)."""
-        return self.services.login(identities.ADMIN).driver.dead_letters(limit=100_000)
+        """Every dead letter on the bus so far (memory://: the bus keeps them; a broker: read
+        with the admin URL's own account, since no service account may)."""
+        if self.url.startswith("memory://"):
+            driver = self.services.login(identities.ADMIN).driver
+            return driver.dead_letters(limit=100_000)
+        if self._admin is None:
+            self._admin = rpclib.get_transport(self.url)
+            self.closing.append(self._admin.close)
+        return self._admin.driver.dead_letters(limit=100_000)
 
     def wait_for_dead_letter(self, *words: str, timeout: float = 30.0) -> DeadLetter:
         """The first dead letter whose reason holds every one of ``words``."""

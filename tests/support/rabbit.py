@@ -7,11 +7,14 @@ missing broker is an environment error, never a skip.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +69,13 @@ def fresh_rabbit_url() -> Iterator[str]:
     rabbitmqctl("set_permissions", "-p", vhost, USER, ".*", ".*", ".*")
     yield f"rabbit://{USER}:{PASSWORD}@{BROKER}/{vhost}"
     rabbitmqctl("delete_vhost", vhost)
+
+
+@functools.lru_cache(maxsize=1)
+def broker_log_path() -> Path:
+    """The shared broker's main log file (where it logs the access it refuses)."""
+    out = rabbitmqctl("eval", "rabbit:log_locations().")
+    for path in re.findall(r'"(/[^"]+\.log)"', out):
+        if not path.endswith("_upgrade.log"):
+            return Path(path)
+    raise RuntimeError(f"the shared RabbitMQ broker names no log file: {out!r}")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from amqp.exceptions import AccessRefused, AMQPError, NotFound, PreconditionFailed
 
+from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError
 from rpclib.transports.rabbit.connection import LOG
 
@@ -39,6 +40,7 @@ REPLY_QUEUE_EXPIRES_MS: Final = 3_600_000
 LIVE_QUEUE_EXPIRES_MS: Final = 10_000
 """A shared ``.live`` queue unused this long is deleted (the only removal on quorum)."""
 
+ACCESS_REFUSED: Final = 403
 REFUSAL_CODES: Final = frozenset({403, 404, 405, 406, 530, 540, 541})
 """Broker replies to a declaration that mean "not this", not "the connection broke"."""
 RETRYABLE_CODES: Final = frozenset({404, 405})
@@ -122,12 +124,17 @@ def advice(kind: str, code: int, text: str, queue_type_source: str) -> str:
     return "see the broker's log"
 
 
+class DeclarationAccessRefused(DeclarationRefused, AccessRefusedError):
+    """The account may not declare or bind it (403): its permissions say no."""
+
+
 def refused(what: str, exc: BaseException, kind: str, queue_type_source: str) -> DeclarationRefused:
     """A DeclarationRefused for ``exc`` (a refusal, see :func:`refusal_of`) naming ``what``."""
     refusal = refusal_of(exc)
     assert refusal is not None
     code, text = refusal
-    return DeclarationRefused(
+    cls = DeclarationAccessRefused if code == ACCESS_REFUSED else DeclarationRefused
+    return cls(
         f"RabbitMQ refused to declare {what}: ({code}) {text} -- "
         f"{advice(kind, code, text, queue_type_source)}",
         code,

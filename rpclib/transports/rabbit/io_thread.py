@@ -42,6 +42,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from amqp.exceptions import AccessRefused, AMQPError, ChannelError, NotFound, UnexpectedFrame
 
+from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError
 from rpclib.transports.base import ConnectionEvent, ConnectionEventHandler
 from rpclib.transports.rabbit.connection import (
@@ -592,7 +593,8 @@ class Session:
             try:
                 command.result = command.fn()
             except ChannelError as exc:
-                command.error = TransportError(f"the broker refused: {exc}")
+                refusal = AccessRefusedError if isinstance(exc, AccessRefused) else TransportError
+                command.error = refusal(f"the broker refused: {exc}")
                 command.error.__cause__ = exc
                 command.done.set()
                 if self.connection_alive():

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from amqp.exceptions import AccessRefused, ChannelError, NotFound
 
+from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError, Undeliverable
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
@@ -383,7 +384,8 @@ class PublisherPool:
                 error = exc
             except ChannelError as exc:
                 self._discard(publisher)
-                raise TransportError(f"the broker refused a message to {target}: {exc}") from exc
+                refusal = AccessRefusedError if isinstance(exc, AccessRefused) else TransportError
+                raise refusal(f"the broker refused a message to {target}: {exc}") from exc
             except (*CONNECTION_ERRORS, TimeoutError) as exc:
                 self._discard(publisher)
                 if written and not retry_after_write:
