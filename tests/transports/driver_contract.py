@@ -48,7 +48,14 @@ from typing import ClassVar, Generic, TypeVar
 import pytest
 
 from rpclib.exceptions import TransportError, Undeliverable
-from rpclib.transports.base import Address, Driver, Guarantee, Incoming, Subscription
+from rpclib.transports.base import (
+    Address,
+    DeadLetter,
+    Driver,
+    Guarantee,
+    Incoming,
+    Subscription,
+)
 
 MakeDriver = Callable[[], Driver]
 
@@ -206,6 +213,14 @@ class DriverContract:
 
     def collector(self, *, ack: bool = True) -> Collector:
         return Collector(self.wait, ack=ack)
+
+    def wait_for(self, predicate: Callable[[], bool], what: str) -> None:
+        """Poll ``predicate`` for up to ``wait`` seconds; fail naming ``what``."""
+        deadline = time.monotonic() + self.wait
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {self.wait}s waiting for {what}")
+            time.sleep(0.05)
 
     def assert_all_quiet(self, *collectors: Collector) -> None:
         """Fail if any collector gets a delivery within one quiet period."""
@@ -471,14 +486,18 @@ class DriverContract:
                 incoming.requeue()
                 incoming = got.get()
             incoming.dead_letter(f"reason {i}")
-        ours = [
-            d for d in make_driver().dead_letters(self.dead_letter_scan_limit) if d.body in bodies
-        ]
-        assert [(d.body, d.reason, d.attempts) for d in ours] == [
+        reader = make_driver()
+
+        def ours() -> list[DeadLetter]:
+            return [d for d in reader.dead_letters(self.dead_letter_scan_limit) if d.body in bodies]
+
+        # dead_letter() may return before the copy is stored (it must not wait for the broker)
+        self.wait_for(lambda: len(ours()) == 2, "both dead letters")
+        assert [(d.body, d.reason, d.attempts) for d in ours()] == [
             (bodies[0], "reason 0", 1),
             (bodies[1], "reason 1", 2),
         ]
-        assert all(topic.topic in d.address for d in ours)
+        assert all(topic.topic in d.address for d in ours())
 
     def test_prefetch_bounds_unsettled_messages(
         self, make_driver: MakeDriver, address_factory: AddressFactory
