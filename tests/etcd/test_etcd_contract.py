@@ -13,14 +13,16 @@ from tests.transports.driver_contract import DriverContract, MakeDriver
 
 class TestEtcdContract(DriverContract):
     """Everything on: etcd expires adverts (leases), detects closed inboxes (marker keys)
-    and keeps dead letters (under a long lease)."""
+    and keeps dead letters (under a long lease, at most ``dead_letter_limit``)."""
+
+    dead_letter_bound = 30
 
     @pytest.fixture
     def make_driver(self, any_etcd_url: str) -> Iterator[MakeDriver]:
         drivers: list[Driver] = []
 
         def make() -> Driver:
-            drivers.append(driver := load_driver(any_etcd_url))
+            drivers.append(driver := load_driver(f"{any_etcd_url}?dead_letter_limit=30"))
             return driver
 
         yield make

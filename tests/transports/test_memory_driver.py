@@ -76,6 +76,7 @@ def names() -> AddressFactory:
 
 class TestMemoryDriverContract(DriverContract):
     quiet_period = QUIET
+    dead_letter_bound = 10_000
 
     @pytest.fixture
     def make_driver(self, drivers: Callable[..., MemoryDriver]) -> MakeDriver:
