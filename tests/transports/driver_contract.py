@@ -490,17 +490,20 @@ class DriverContract:
                 incoming = got.get()
             incoming.dead_letter(f"reason {i}")
         reader = make_driver()
+        ours: list[DeadLetter] = []
 
-        def ours() -> list[DeadLetter]:
-            return [d for d in reader.dead_letters(self.dead_letter_scan_limit) if d.body in bodies]
+        def found_both() -> bool:
+            scan = reader.dead_letters(self.dead_letter_scan_limit)
+            ours[:] = [d for d in scan if d.body in bodies]
+            return len(ours) == 2
 
         # dead_letter() may return before the copy is stored (it must not wait for the broker)
-        self.wait_for(lambda: len(ours()) == 2, "both dead letters")
-        assert [(d.body, d.reason, d.attempts) for d in ours()] == [
+        self.wait_for(found_both, "both dead letters")
+        assert [(d.body, d.reason, d.attempts) for d in ours] == [
             (bodies[0], "reason 0", 1),
             (bodies[1], "reason 1", 2),
         ]
-        assert all(topic.topic in d.address for d in ours())
+        assert all(topic.topic in d.address for d in ours)
 
     def test_dead_letters_are_bounded_keeping_the_newest(
         self, make_driver: MakeDriver, address_factory: AddressFactory
