@@ -22,6 +22,7 @@ Run: ``bench/run flood`` (or ``python bench/bench_flood.py``); ``--quick`` for a
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing as mp
 import os
 import statistics
@@ -239,7 +240,8 @@ def _server_process(url: str, keys: str | None, ready: Any, stop: Any) -> None:
     server.wait()
     stats = server.stats
     print(
-        f"  rabbit:// server: malformed {stats.malformed}, forbidden {stats.forbidden}, "
+        f"  rabbit:// server (rpclib from {os.path.dirname(os.path.dirname(rpclib.__file__))}): "
+        f"malformed {stats.malformed}, forbidden {stats.forbidden}, "
         f"dead-lettered {stats.dead_lettered}",
         flush=True,
     )
@@ -254,7 +256,10 @@ def _rogue_process(url: str, keys: str | None, rate: float, stop: Any, sent: Any
     transport.close()
 
 
-def rabbit_rounds(rounds: int, calls: int, rates: dict[str, float], signed: bool) -> Phases:
+def rabbit_rounds(
+    rounds: int, calls: int, rates: dict[str, float], signed: bool, base: str | None = None
+) -> Phases:
+    """The rabbit:// rounds; with ``base``, the server runs rpclib from that checkout."""
     from rabbit_broker import BROKER, Vhost, rabbitmqctl
 
     from rpclib.signing import SigningKey, TrustStore
@@ -264,6 +269,12 @@ def rabbit_rounds(rounds: int, calls: int, rates: dict[str, float], signed: bool
     for user in users.values():
         rabbitmqctl("add_user", user, "secret")
         rabbitmqctl("set_permissions", "-p", vhost.name, user, ".*", ".*", ".*")
+
+    def delete_users() -> None:
+        for user in users.values():
+            rabbitmqctl("delete_user", user)
+
+    atexit.register(delete_users)  # also when the run is interrupted
 
     def url(principal: str) -> str:
         return f"rabbit://{users[principal]}:secret@{BROKER}/{vhost.name}"
@@ -301,21 +312,32 @@ def rabbit_rounds(rounds: int, calls: int, rates: dict[str, float], signed: bool
 
     ready, stop_server = CTX.Event(), CTX.Event()
     server = CTX.Process(target=_server_process, args=(url("server"), key_dir, ready, stop_server))
-    server.start()
+    saved = os.environ.get("PYTHONPATH")
+    if base is not None:  # a spawned process reads PYTHONPATH as it starts
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [base, saved]))
+    try:
+        server.start()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
     caller = None
     try:
         if not ready.wait(60):
             raise SystemExit("the rabbit:// server did not start")
         caller = _signed(url("caller"), key_dir, "caller")
         label = "rabbit:// signed" if signed else "rabbit://"
+        if base is not None:
+            label += " base"
         return run_phases(caller, start_rogue, drained, rounds, calls, rates, label)
     finally:
         if caller is not None:
             caller.close()
         stop_server.set()
         server.join(60)
-        for user in users.values():
-            rabbitmqctl("delete_user", user)
+        atexit.unregister(delete_users)
+        delete_users()
         vhost.delete()
         keys.cleanup()
 
@@ -336,6 +358,12 @@ def main() -> None:
         "--rate", type=float, default=2000, help="messages/s of the paced flood (default 2000)"
     )
     parser.add_argument("--quick", action="store_true", help="200 calls, 2 rounds")
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="also run the rabbit:// server from the rpclib in DIR (a checkout of an older "
+        "commit: git archive COMMIT rpclib | tar -x -C DIR), in the same run",
+    )
     parser.add_argument("--only", choices=["memory", "rabbit", "rabbit-signed"], action="append")
     args = parser.parse_args()
     if args.quick:
@@ -347,6 +375,10 @@ def main() -> None:
         results["memory://"] = memory_rounds(args.rounds, args.calls, rates)
     if "rabbit" in which:
         results["rabbit://"] = rabbit_rounds(args.rounds, args.calls, rates, signed=False)
+    if args.base and "rabbit" in which:
+        results["rabbit:// base"] = rabbit_rounds(
+            args.rounds, args.calls, rates, signed=False, base=args.base
+        )
     if "rabbit-signed" in which:
         results["rabbit:// signed"] = rabbit_rounds(args.rounds, args.calls, rates, signed=True)
     print(
