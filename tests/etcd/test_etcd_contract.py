@@ -28,3 +28,27 @@ class TestEtcdContract(DriverContract):
         yield make
         for driver in drivers:
             driver.close()
+
+
+def test_at_most_once_dead_letters_are_never_written_to_etcd(any_etcd_url: str) -> None:
+    import queue
+
+    from rpclib.transports.base import Address, Guarantee, Incoming
+    from rpclib.transports.etcd import client as ops
+    from rpclib.transports.etcd.driver import EtcdDriver
+
+    driver = load_driver(any_etcd_url)
+    assert isinstance(driver, EtcdDriver)
+    try:
+        got: queue.Queue[Incoming] = queue.Queue()
+        driver.listen(Address("x", "t"), got.put)
+        driver.send(Address("x", "t"), b"garbage", guarantee=Guarantee.AT_MOST_ONCE)
+        got.get(timeout=10).dead_letter("garbage")
+        assert [(d.body, d.reason) for d in driver.dead_letters()] == [(b"garbage", "garbage")]
+        stored = driver.client.call(
+            "kv/range",
+            {**ops.range_prefix(driver.keys.dead_prefix())["request_range"], "count_only": True},
+        )
+        assert int(stored.get("count", 0)) == 0
+    finally:
+        driver.close()
