@@ -36,6 +36,7 @@ def test_at_most_once_dead_letters_are_never_written_to_etcd(any_etcd_url: str) 
     from rpclib.transports.base import Address, Guarantee, Incoming
     from rpclib.transports.etcd import client as ops
     from rpclib.transports.etcd.driver import EtcdDriver
+    from tests.rpc.helpers import wait_until
 
     driver = load_driver(any_etcd_url)
     assert isinstance(driver, EtcdDriver)
@@ -44,7 +45,10 @@ def test_at_most_once_dead_letters_are_never_written_to_etcd(any_etcd_url: str) 
         driver.listen(Address("x", "t"), got.put)
         driver.send(Address("x", "t"), b"garbage", guarantee=Guarantee.AT_MOST_ONCE)
         got.get(timeout=10).dead_letter("garbage")
-        assert [(d.body, d.reason) for d in driver.dead_letters()] == [(b"garbage", "garbage")]
+        wait_until(
+            lambda: [(d.body, d.reason) for d in driver.dead_letters()] == [(b"garbage", "garbage")],
+            what="the dead letter",
+        )
         stored = driver.client.call(
             "kv/range",
             {**ops.range_prefix(driver.keys.dead_prefix())["request_range"], "count_only": True},
