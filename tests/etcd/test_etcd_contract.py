@@ -45,8 +45,9 @@ def test_at_most_once_dead_letters_are_never_written_to_etcd(any_etcd_url: str) 
         driver.listen(Address("x", "t"), got.put)
         driver.send(Address("x", "t"), b"garbage", guarantee=Guarantee.AT_MOST_ONCE)
         got.get(timeout=10).dead_letter("garbage")
+        expected = [(b"garbage", "garbage")]
         wait_until(
-            lambda: [(d.body, d.reason) for d in driver.dead_letters()] == [(b"garbage", "garbage")],
+            lambda: [(d.body, d.reason) for d in driver.dead_letters()] == expected,
             what="the dead letter",
         )
         stored = driver.client.call(
