@@ -26,6 +26,7 @@ import atexit
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -231,21 +232,54 @@ def _signed(url: str, keys: str | None, principal: str) -> rpclib.Transport:
     return rpclib.get_transport(url, signing=Signing(key, TrustStore(directory=keys + "/trust")))
 
 
-def _server_process(url: str, keys: str | None, ready: Any, stop: Any) -> None:
+def _serve_main(url: str, keys: str | None) -> None:
+    """``--serve``: run the server until stdin closes (a process of its own, see ServerProcess)."""
     transport = _signed(url, keys, "server")
     server = start_server(transport, POLICY if keys else None)
-    ready.set()
-    stop.wait()
+    print("ready", flush=True)
+    sys.stdin.read()
     server.stop()
     server.wait()
     stats = server.stats
     print(
         f"  rabbit:// server (rpclib from {os.path.dirname(os.path.dirname(rpclib.__file__))}): "
-        f"malformed {stats.malformed}, forbidden {stats.forbidden}, "
+        f"malformed {stats.malformed}, rejected {stats.rejected}, forbidden {stats.forbidden}, "
         f"dead-lettered {stats.dead_lettered}",
         flush=True,
     )
     transport.close()
+
+
+class ServerProcess:
+    """The server, a process of its own started from this script with ``--serve``.
+
+    A subprocess rather than multiprocessing: with ``base`` it must import rpclib
+    from that directory, which a spawned child (given this process's sys.path)
+    would not.
+    """
+
+    def __init__(self, url: str, keys: str | None, base: str | None) -> None:
+        env = dict(os.environ)
+        if base is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [base, env.get("PYTHONPATH")]))
+        args = [sys.executable, os.path.abspath(__file__), "--serve", url]
+        if keys is not None:
+            args += ["--keys", keys]
+        pipe = subprocess.PIPE
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=base or None, stdin=pipe, stdout=pipe, text=True
+        )
+
+    def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the rabbit:// server did not start")
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        print(self.proc.stdout.read(), end="", flush=True)
+        self.proc.wait(60)
 
 
 def _rogue_process(url: str, keys: str | None, rate: float, stop: Any, sent: Any) -> None:
@@ -310,22 +344,10 @@ def rabbit_rounds(
             if q.startswith("rpclib.svc")
         )
 
-    ready, stop_server = CTX.Event(), CTX.Event()
-    server = CTX.Process(target=_server_process, args=(url("server"), key_dir, ready, stop_server))
-    saved = os.environ.get("PYTHONPATH")
-    if base is not None:  # a spawned process reads PYTHONPATH as it starts
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [base, saved]))
-    try:
-        server.start()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    server = ServerProcess(url("server"), key_dir, base)
     caller = None
     try:
-        if not ready.wait(60):
-            raise SystemExit("the rabbit:// server did not start")
+        server.wait_ready()
         caller = _signed(url("caller"), key_dir, "caller")
         label = "rabbit:// signed" if signed else "rabbit://"
         if base is not None:
@@ -334,8 +356,7 @@ def rabbit_rounds(
     finally:
         if caller is not None:
             caller.close()
-        stop_server.set()
-        server.join(60)
+        server.stop()
         atexit.unregister(delete_users)
         delete_users()
         vhost.delete()
@@ -365,7 +386,12 @@ def main() -> None:
         "commit: git archive COMMIT rpclib | tar -x -C DIR), in the same run",
     )
     parser.add_argument("--only", choices=["memory", "rabbit", "rabbit-signed"], action="append")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--keys", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        _serve_main(args.serve, args.keys)
+        return
     if args.quick:
         args.calls, args.rounds = 200, 2
     rates = {f"flood {args.rate:g}/s": args.rate, "flood max": 0.0}
