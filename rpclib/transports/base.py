@@ -46,6 +46,15 @@ stops new deliveries while delivered messages stay settleable (a server
 finishing its in-flight work on shutdown); ``Subscription.close()`` cancels and
 requeues whatever is still unsettled, as does a dead connection.
 
+*Dead letters* are bounded: a driver keeps at most a configured number (the
+oldest go first), so a node flooding a server with garbage cannot grow the
+broker's storage without end, and it never persists the dead letter of a
+message that came at-most-once (nothing was promised for it). ``dead_letter()``
+must not wait for the broker on the thread that calls it (servers refuse bad
+messages on the driver's delivery thread): the copy may become readable
+through :meth:`Driver.dead_letters` a little later, and an at-least-once
+message whose copy cannot be stored is redelivered rather than lost.
+
 *Pipelined sends.* :meth:`Driver.send_pipelined` is an AT_LEAST_ONCE send
 that may return before the message is stored, reporting the outcome later
 through a callback; the driver keeps the message until the broker has it
@@ -148,7 +157,7 @@ class Incoming(Protocol):
         """Give it back for redelivery (to this or another consumer)."""
 
     def dead_letter(self, reason: str) -> None:
-        """Move it to the dead-letter place with ``reason``; it will not be redelivered."""
+        """Move it to the (bounded) dead-letter place with ``reason``; it is not redelivered."""
 
 
 MessageHandler = Callable[[Incoming], None]

@@ -153,6 +153,8 @@ _REORDER_RELEASE: Final = 0.05
 """Seconds a reordered message waits for a successor before it is released anyway."""
 _DEAD_LETTER_LIMIT: Final = 10_000
 """Dead letters kept per bus (oldest are forgotten first)."""
+_DEAD_LETTER_BYTES: Final = 64 * 1024 * 1024
+"""Bodies kept at most among a bus's dead letters, whatever their count (as rabbit://)."""
 _FAULT_LOG_LIMIT: Final = 10_000
 _KNOWN_OPTIONS: Final = frozenset({"drop", "duplicate", "reorder", "delay", "seed", "faults"})
 _FAULT_SCOPES: Final = {
@@ -270,6 +272,7 @@ class _Bus:
         self.adverts: dict[tuple[str, str], dict[str, _Advert]] = {}
         self.watches: dict[tuple[str, str], list[_Watch]] = {}
         self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTER_LIMIT)
+        self.dead_bytes = 0
         self.accounts: dict[str, str] | None = None
         self.grants: dict[str, Grants] = {}
         self.guard = Guard(name)
@@ -279,6 +282,15 @@ class _Bus:
         self._timer_seq = itertools.count()
         self._clock = threading.Condition(self.lock)
         self._clock_thread: threading.Thread | None = None
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep ``letter``; forget the oldest beyond the count and byte bounds (lock held)."""
+        if len(self.dead) == self.dead.maxlen:
+            self.dead_bytes -= len(self.dead[0].body)
+        self.dead.append(letter)
+        self.dead_bytes += len(letter.body)
+        while self.dead_bytes > _DEAD_LETTER_BYTES and len(self.dead) > 1:
+            self.dead_bytes -= len(self.dead.popleft().body)
 
     def check_open(self) -> None:
         """Raise if the bus was reset (call with the lock held)."""
@@ -560,7 +572,9 @@ class _Delivery:
         if how == "requeue":
             queue.requeue([self._msg])
         elif how == "dead_letter":
-            queue.bus.dead.append(DeadLetter(queue.label, self._msg.body, reason, self._attempts))
+            queue.bus.add_dead_letter(
+                DeadLetter(queue.label, self._msg.body, reason, self._attempts)
+            )
             _LOG.debug("dead-lettered a message from %s: %s", queue.label, reason)
         queue.dispatch()
 

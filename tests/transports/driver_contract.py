@@ -48,7 +48,14 @@ from typing import ClassVar, Generic, TypeVar
 import pytest
 
 from rpclib.exceptions import TransportError, Undeliverable
-from rpclib.transports.base import Address, Driver, Guarantee, Incoming, Subscription
+from rpclib.transports.base import (
+    Address,
+    DeadLetter,
+    Driver,
+    Guarantee,
+    Incoming,
+    Subscription,
+)
 
 MakeDriver = Callable[[], Driver]
 
@@ -199,6 +206,9 @@ class DriverContract:
     detectable")."""
     dead_letter_scan_limit: ClassVar[int] = 10_000
     """How many dead letters to read when looking for the test's own."""
+    dead_letter_bound: ClassVar[int | None] = None
+    """The most dead letters the driver keeps (``make_driver``'s configuration), if the
+    contract run should check it; None where filling the bound is tested elsewhere."""
 
     @pytest.fixture
     def address_factory(self) -> AddressFactory:
@@ -206,6 +216,14 @@ class DriverContract:
 
     def collector(self, *, ack: bool = True) -> Collector:
         return Collector(self.wait, ack=ack)
+
+    def wait_for(self, predicate: Callable[[], bool], what: str) -> None:
+        """Poll ``predicate`` for up to ``wait`` seconds; fail naming ``what``."""
+        deadline = time.monotonic() + self.wait
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {self.wait}s waiting for {what}")
+            time.sleep(0.05)
 
     def assert_all_quiet(self, *collectors: Collector) -> None:
         """Fail if any collector gets a delivery within one quiet period."""
@@ -471,14 +489,57 @@ class DriverContract:
                 incoming.requeue()
                 incoming = got.get()
             incoming.dead_letter(f"reason {i}")
-        ours = [
-            d for d in make_driver().dead_letters(self.dead_letter_scan_limit) if d.body in bodies
-        ]
+        reader = make_driver()
+        ours: list[DeadLetter] = []
+
+        def found_both() -> bool:
+            scan = reader.dead_letters(self.dead_letter_scan_limit)
+            ours[:] = [d for d in scan if d.body in bodies]
+            return len(ours) == 2
+
+        # dead_letter() may return before the copy is stored (it must not wait for the broker)
+        self.wait_for(found_both, "both dead letters")
         assert [(d.body, d.reason, d.attempts) for d in ours] == [
             (bodies[0], "reason 0", 1),
             (bodies[1], "reason 1", 2),
         ]
         assert all(topic.topic in d.address for d in ours)
+
+    def test_dead_letters_are_bounded_keeping_the_newest(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        bound = self.dead_letter_bound
+        if bound is None or not self.supports_dead_letter_inspection:
+            pytest.skip("this run does not fill the dead-letter bound (dead_letter_bound)")
+        topic = address_factory()
+        got = self.collector(ack=False)
+        make_driver().listen(topic, got)
+        sender = make_driver()
+        total = bound + 50
+        for i in range(total):
+            sender.send(topic, b"%d" % i, guarantee=Guarantee.AT_LEAST_ONCE)
+        for _ in range(total):
+            got.get().dead_letter("flood")
+        reader = make_driver()
+        self.wait_for(
+            lambda: len(reader.dead_letters(total)) <= bound, f"at most {bound} dead letters"
+        )
+        kept = reader.dead_letters(total)
+        assert kept[-1].body == b"%d" % (total - 1)  # the newest are kept, the oldest dropped
+
+    def test_dead_lettering_at_most_once_messages_settles_them_for_good(
+        self, make_driver: MakeDriver, address_factory: AddressFactory
+    ) -> None:
+        topic = address_factory()
+        got = self.collector(ack=False)
+        make_driver().listen(topic, got)
+        sender = make_driver()
+        for i in range(20):
+            sender.send(topic, b"garbage %d" % i, guarantee=Guarantee.AT_MOST_ONCE)
+            got.get().dead_letter("garbage")
+        sender.send(topic, b"next", guarantee=Guarantee.AT_MOST_ONCE)
+        assert got.get().body == b"next"
+        got.assert_nothing(self.quiet_period)
 
     def test_prefetch_bounds_unsettled_messages(
         self, make_driver: MakeDriver, address_factory: AddressFactory

@@ -76,6 +76,7 @@ def names() -> AddressFactory:
 
 class TestMemoryDriverContract(DriverContract):
     quiet_period = QUIET
+    dead_letter_bound = 10_000
 
     @pytest.fixture
     def make_driver(self, drivers: Callable[..., MemoryDriver]) -> MakeDriver:
@@ -377,6 +378,21 @@ class TestSettlement:
         assert driver.dead_letters(0) == []
         assert driver.dead_letters()[0].address == f"{topic} [group g]"
         assert driver.stats()["dead_letters"] == 3
+
+    def test_dead_letters_keep_at_most_64_mib_of_bodies_newest_first(
+        self, drivers: Callable[..., MemoryDriver], names: AddressFactory
+    ) -> None:
+        topic = names()
+        got = Collector(WAIT, ack=False)
+        driver = drivers()
+        driver.listen(topic, got)
+        mib = 1024 * 1024
+        for i in range(70):
+            driver.send(topic, b"%02d" % i + b"x" * (mib - 2), guarantee=Guarantee.AT_LEAST_ONCE)
+            got.get().dead_letter("big")
+        kept = driver.dead_letters(100)
+        assert sum(len(d.body) for d in kept) <= 64 * mib
+        assert [d.body[:2] for d in kept] == [b"%02d" % i for i in range(70 - len(kept), 70)]
 
 
 class TestRouting:

@@ -520,6 +520,8 @@ class TestNames:
             (Address("ex", "t"), "g#1", "'#'"),
             (Address("amq.topic", "t"), None, "amq."),
             (Address("rpclib", "reply.x"), None, "collide"),
+            (Address("rpclib", "dead-letters"), None, "collide"),
+            (Address("rpclib", "dead-letters.bounded"), None, "collide"),
             (Address("ex", "t" * 300), None, "255 bytes"),
         ],
     )

@@ -248,7 +248,10 @@ class Amqp1Subscription:
             )
             props.pop(messages.EXPIRES_AT, None)
             route = self.loop.addressing.dead_letter_route()
-        copy = messages.make(incoming.body, durable=True, properties=props)
+        # A pre-settled delivery came at-most-once: its dead letter is not made durable
+        # (nothing was promised; a flood of garbage must not fill the broker's disk).
+        durable = kind == "requeue" or not incoming.presettled
+        copy = messages.make(incoming.body, durable=durable, properties=props)
 
         def outcome(what: str | None) -> None:
             if what is None:

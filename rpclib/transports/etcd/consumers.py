@@ -66,7 +66,9 @@ class Host(Protocol):
 
     def make_watch(self, prefix: str, sink: QueueState, name: str) -> PrefixWatch: ...
 
-    def dead_letter(self, address: str, body: bytes, reason: str, attempts: int) -> None: ...
+    def dead_letter(
+        self, address: str, body: bytes, reason: str, attempts: int, *, kept: bool
+    ) -> None: ...
 
     def unregister(self, consumer: Consumer) -> None: ...
 
@@ -478,7 +480,13 @@ class Consumer:
             self._cond.notify_all()
         settler = self.host.settler
         if action == "dead_letter":
-            self.host.dead_letter(str(self.address), delivery.body, reason, delivery.attempts)
+            self.host.dead_letter(
+                str(self.address),
+                delivery.body,
+                reason,
+                delivery.attempts,
+                kept=not delivery.pushed,
+            )
             action = "ack"
         if delivery.pushed:
             if action == "ack":

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 from rpclib.exceptions import TransportError, Undeliverable
@@ -44,6 +45,10 @@ from rpclib.transports.url import TransportURL
 
 LOG = logging.getLogger("rpclib.transports.etcd")
 TICK = 0.25
+TRIM_EVERY = 100
+"""Stored dead letters written between two checks of ``dead_letter_limit``."""
+TRANSIENT_DEAD_LETTERS = 1000
+"""Dead letters of at-most-once messages each driver keeps in memory (never in etcd)."""
 """Seconds between the ticker's rounds (lease keepalive, watch liveness)."""
 
 
@@ -104,6 +109,10 @@ class EtcdDriver(Driver):
         self._watches: list[PrefixWatch] = []
         self._advertiser = Advertiser(self.client, self.keys)
         self._dead_lease: tuple[int, float] | None = None
+        self._dead_written = 0
+        self._trim_period = max(1, self.options.dead_letter_limit // 2)
+        self._trim_due = False
+        self._transient_dead: deque[tuple[int, DeadLetter]] = deque(maxlen=TRANSIENT_DEAD_LETTERS)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="etcd-ticker", daemon=True)
         self._ticker.start()
@@ -132,8 +141,24 @@ class EtcdDriver(Driver):
         if consumer._watch is not None:
             self._forget_watch(consumer._watch)
 
-    def dead_letter(self, address: str, body: bytes, reason: str, attempts: int) -> None:
-        """Store a dead letter under its own long lease (``dead_letter_ttl``)."""
+    def dead_letter(
+        self, address: str, body: bytes, reason: str, attempts: int, *, kept: bool
+    ) -> None:
+        """Set a message aside with ``reason``, bounded, never waiting for etcd.
+
+        ``kept`` (it came from an at-least-once queue): stored under the prefix
+        with its own long lease (``dead_letter_ttl``), written by the settler
+        in the same batch as the ack that follows; past ``dead_letter_limit``
+        the ticker deletes the oldest. Otherwise (at-most-once: nothing was
+        promised) it is kept only in this driver's memory, the last
+        :data:`TRANSIENT_DEAD_LETTERS` of them, and never written to etcd.
+        """
+        if not kept:
+            with self._lock:
+                self._transient_dead.append(
+                    (time.time_ns(), DeadLetter(address, body, reason, attempts))
+                )
+            return
         record = json.dumps(
             {"address": address, "reason": reason, "attempts": attempts, "body": ops.b64(body)}
         ).encode()
@@ -141,9 +166,35 @@ class EtcdDriver(Driver):
         key = f"{self.keys.dead_prefix()}{self._owner}{stamp}"
         try:
             lease = self._dead_letter_lease()
-            self.client.txn(ops.txn([], [ops.put(key, record, lease)]))
         except TransportError as exc:
             LOG.error("could not store dead letter from %s (%s): %s", address, reason, exc)
+            return
+        self.settler.submit(ops.put(key, record, lease))
+        with self._lock:
+            self._dead_written += 1
+            if self._dead_written % min(TRIM_EVERY, self._trim_period) == 0:
+                self._trim_due = True
+
+    def _trim_dead_letters(self) -> None:
+        """Delete the oldest stored dead letters beyond ``dead_letter_limit`` (ticker thread)."""
+        prefix = self.keys.dead_prefix()
+        counted = self.client.call(
+            "kv/range", {**ops.range_prefix(prefix)["request_range"], "count_only": True}
+        )
+        excess = int(counted.get("count", 0)) - self.options.dead_letter_limit
+        if excess <= 0:
+            return
+        oldest = self.client.call(
+            "kv/range",
+            {**ops.range_prefix(prefix, keys_only=True)["request_range"], "limit": str(excess)},
+        )
+        keys = [kv.key for kv in ops.kvs_of(oldest)]
+        if keys:
+            self.client.call(
+                "kv/deleterange",
+                {"key": ops.b64(keys[0]), "range_end": ops.b64(keys[-1] + "\0")},
+            )
+            LOG.info("deleted the %d oldest dead letters (over dead_letter_limit)", len(keys))
 
     def _dead_letter_lease(self) -> int:
         """One lease for a while of dead letters, replaced when half its TTL is gone."""
@@ -173,6 +224,13 @@ class EtcdDriver(Driver):
                 watches = list(self._watches)
             for watch in watches:
                 watch.check(now, options.watch_idle, options.watch_timeout)
+            if self._trim_due:
+                self._trim_due = False
+                try:
+                    self._trim_dead_letters()
+                except TransportError as exc:
+                    LOG.warning("could not trim the dead letters to dead_letter_limit: %s", exc)
+                    self._trim_due = True
 
     def _lease_renewed(self, lease: int) -> None:
         """etcd lost our lease: put back what hung on it; inboxes' replies may be lost."""
@@ -272,23 +330,29 @@ class EtcdDriver(Driver):
         return _AdvertWatch(self, watch)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Stored dead letters and this driver's at-most-once ones, oldest first."""
         self._check_open()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        prefix = self.keys.dead_prefix()
         response = self.client.call(
             "kv/range",
-            {**ops.range_prefix(self.keys.dead_prefix())["request_range"], "limit": str(limit)},
+            {**ops.range_prefix(prefix)["request_range"], "limit": str(limit)},
         )
-        letters = []
+        letters: list[tuple[int, DeadLetter]] = []
         for kv in ops.kvs_of(response):
             record = json.loads(kv.value)
-            letters.append(
-                DeadLetter(
-                    record["address"],
-                    ops.unb64(record["body"]),
-                    record["reason"],
-                    record["attempts"],
-                )
+            letter = DeadLetter(
+                record["address"],
+                ops.unb64(record["body"]),
+                record["reason"],
+                record["attempts"],
             )
-        return letters
+            letters.append((int(kv.key[len(prefix) :].split("-", 1)[0]), letter))
+        with self._lock:
+            letters += self._transient_dead
+        letters.sort(key=lambda item: item[0])
+        return [letter for _, letter in letters[:limit]]
 
     def close(self) -> None:
         with self._lock:

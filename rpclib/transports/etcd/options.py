@@ -34,6 +34,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "watch_idle",
         "watch_timeout",
         "dead_letter_ttl",
+        "dead_letter_limit",
         *TLS_OPTIONS,
     }
 )
@@ -78,6 +79,8 @@ class EtcdOptions:
     watch_timeout: float
     """Seconds the echo may take before the stream is declared dead and re-established."""
     dead_letter_ttl: int
+    dead_letter_limit: int = 10_000
+    """Dead letters kept under the prefix; the oldest beyond it are deleted."""
     tls: ssl.SSLContext | None = None
     """The client TLS context (``etcds://`` or ``ssl=true``); None for plain HTTP."""
     credentials: Credentials | None = None
@@ -118,6 +121,7 @@ def parse_options(url: TransportURL) -> EtcdOptions:
         watch_idle=url.seconds_option("watch_idle", 10.0),
         watch_timeout=url.seconds_option("watch_timeout", 5.0),
         dead_letter_ttl=url.int_option("dead_letter_ttl", 7 * 24 * 3600, minimum=2),
+        dead_letter_limit=url.int_option("dead_letter_limit", 10_000, minimum=1),
         tls=build_tls_context(url) if use_tls else None,
         credentials=credentials,
     )

@@ -313,7 +313,7 @@ def render(admin_url: str, accounts: list[Account]) -> str:
     lines.append("# exchanges and the dead-letter queue, declared over AMQP by the admin:")
     for name, kind in exchanges_of(accounts):
         lines.append(f"#   {kind} exchange {name} (durable)")
-    lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable)")
+    lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable, bounded)")
     for name, exchange, key in pool_queues_of(accounts):
         lines.append(f"#   queue {name} (durable, listener pool), bound to {exchange} by {key}")
     for account in accounts:
@@ -400,7 +400,10 @@ def _ensure_vhost_cli(ctl: Runner, vhost: str, admin: str) -> None:
 def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
     """Declare the accounts' exchanges and the dead-letter queue over AMQP, as the admin."""
     from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
-    from rpclib.transports.rabbit.declarations import durable_queue_arguments
+    from rpclib.transports.rabbit.declarations import (
+        dead_letter_queue_arguments,
+        durable_queue_arguments,
+    )
     from rpclib.transports.rabbit.options import parse_options
 
     options = parse_options(parse_url(admin.amqp_url))
@@ -426,7 +429,7 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
             naming.DEAD_LETTER_QUEUE,
             durable=True,
             auto_delete=False,
-            arguments=durable_queue_arguments(options.queue_type),
+            arguments=dead_letter_queue_arguments(options.queue_type),
         )
         conn.close()
     finally:

@@ -12,8 +12,21 @@ requeued by the broker, so settling it is ignored.
 ``requeue()`` republishes the message to its own queue with
 ``x-rpclib-attempts`` (confirmed) and then acks the original: classic
 queues have no delivery count, and the redelivered flag only says "at least
-once before". ``dead_letter()`` publishes to the vhost's dead-letter queue
-(confirmed) and acks.
+once before".
+
+``dead_letter()`` copies the message into the vhost's bounded dead-letter
+queue without ever waiting for the broker on the thread that settles (the
+I/O thread, for what a server refuses on arrival), so a flood of garbage
+does not stall the calls behind it:
+
+- from the durable (at-least-once) queue: a persistent, *pipelined* publish
+  on the driver's confirm-mode connection; the original is acked once the
+  broker confirms the copy (rejected for redelivery if it cannot be stored);
+- from an at-most-once queue (``.live``, fanout): nothing was promised, so
+  the copy is *transient* and unconfirmed, written on the consumer's own
+  connection, and the original is acked at once. It is not persisted (on a
+  classic dead-letter queue it does not survive a broker restart; a quorum
+  one logs everything, bounded all the same).
 """
 
 from __future__ import annotations
@@ -22,12 +35,20 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from amqp.exceptions import ChannelError, NotFound
 
 from rpclib.exceptions import TransportError, Undeliverable
-from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
+from rpclib.logsummary import SummaryLog
+from rpclib.transports.base import (
+    Address,
+    InboxEventHandler,
+    InboxHandler,
+    MessageHandler,
+    SendOutcomeHandler,
+)
 from rpclib.transports.rabbit import naming
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
@@ -40,9 +61,9 @@ from rpclib.transports.rabbit.connection import (
 from rpclib.transports.rabbit.declarations import (
     DeclarationRefused,
     QueueSpec,
+    dead_letter_queue_arguments,
     declare_queue,
     declare_reply_queue,
-    durable_queue_arguments,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +81,7 @@ SENDER: Final = "x-rpclib-sender"
 into the dead-letter queue; trusted only as :func:`sender_of` says."""
 DELIVERY_COUNT: Final = "x-delivery-count"
 PERSISTENT: Final = 2
+TRANSIENT: Final = 1
 _QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
 """Refusals about the queue itself (home node down, locked, other arguments): a reply
 queue refused so is replaced by one of a fresh name."""
@@ -87,14 +109,24 @@ def queues_for(address: Address, group: str | None, principal: str) -> list[Queu
 
 
 class Settler:
-    """What settling needs besides the consumer connection: confirmed publishes."""
+    """What settling needs besides the consumer connection: republishes and dead letters."""
 
-    def __init__(self, pool: PublisherPool, options_send_timeout: float, queue_type: str) -> None:
+    def __init__(
+        self,
+        pool: PublisherPool,
+        options_send_timeout: float,
+        queue_type: str,
+        pipeline: Callable[[], Session],
+    ) -> None:
         self._pool = pool
         self._send_timeout = options_send_timeout
         self._queue_type = queue_type
+        self._pipeline = pipeline
+        """Opens (once) the driver's confirm-mode connection of pipelined publishes."""
         self._dlq_declared = False
         self._lock = threading.Lock()
+        self.log = SummaryLog(LOG)
+        """Dead-lettering trouble, one line per kind and interval (a flood must not flood)."""
 
     def deadline(self) -> float:
         return time.monotonic() + self._send_timeout
@@ -113,26 +145,73 @@ class Settler:
         )
 
     def ensure_dead_letter_queue(self, deadline: float) -> None:
-        """Declare the vhost's dead-letter queue once per driver."""
+        """Declare the vhost's bounded dead-letter queue once per driver."""
         with self._lock:
             if not self._dlq_declared:
-                self._pool.ensure_queue(
-                    naming.DEAD_LETTER_QUEUE, durable_queue_arguments(self._queue_type), deadline
-                )
+                arguments = dead_letter_queue_arguments(self._queue_type)
+                self._pool.ensure_queue(naming.DEAD_LETTER_QUEUE, arguments, deadline)
                 self._dlq_declared = True
+                self._report_legacy_queue(deadline)
 
-    def dead_letter(self, body: bytes, properties: dict[str, Any]) -> None:
+    def _report_legacy_queue(self, deadline: float) -> None:
+        """Warn (once per driver) if the unbounded dead-letter queue of older releases exists."""
+        try:
+            with self._pool.with_channel(deadline) as publisher:
+                try:
+                    ok = publisher.channel.queue_declare(
+                        naming.LEGACY_DEAD_LETTER_QUEUE, passive=True
+                    )
+                except NotFound:
+                    publisher.open_channel()  # a failed passive declare closes the channel
+                    return
+        except (TransportError, *CONNECTION_ERRORS) as exc:
+            LOG.debug("could not look for %s: %s", naming.LEGACY_DEAD_LETTER_QUEUE, exc)
+            return
+        LOG.warning(
+            "the unbounded dead-letter queue %s of an older rpclib still exists (%d messages); "
+            "it is no longer written: dead letters go to the bounded %s. Read what it holds, "
+            "then delete it",
+            naming.LEGACY_DEAD_LETTER_QUEUE,
+            ok.message_count,
+            naming.DEAD_LETTER_QUEUE,
+        )
+
+    def dead_letter_kept(
+        self, body: bytes, properties: dict[str, Any], on_outcome: SendOutcomeHandler
+    ) -> None:
+        """Pipelined confirmed publish to the dead-letter queue; ``on_outcome`` hears the end.
+
+        Returns once the publish is written (it waits only while the confirm
+        window is full); raises TransportError if it cannot even be taken on.
+        """
         deadline = self.deadline()
         self.ensure_dead_letter_queue(deadline)
-        self._pool.publish(
+        self._pipeline().publisher.publish(
             "",
             naming.DEAD_LETTER_QUEUE,
             body,
             properties,
             target=naming.DEAD_LETTER_QUEUE,
-            exchange_type=None,
+            mandatory=True,
             deadline=deadline,
-            retry_after_write=True,
+            on_outcome=on_outcome,
+        )
+
+    def dead_letter_transient(
+        self, session: Session, body: bytes, properties: dict[str, Any]
+    ) -> None:
+        """Unconfirmed publish to the dead-letter queue on ``session`` (the consumer's own)."""
+        deadline = self.deadline()
+        self.ensure_dead_letter_queue(deadline)
+        session.publisher.publish(
+            "",
+            naming.DEAD_LETTER_QUEUE,
+            body,
+            properties,
+            target=naming.DEAD_LETTER_QUEUE,
+            mandatory=False,
+            deadline=deadline,
+            wait_for_connection=False,
         )
 
 
@@ -187,6 +266,7 @@ class RabbitIncoming:
     """A delivered message (the driver's :class:`~rpclib.transports.base.Incoming`)."""
 
     __slots__ = (
+        "_at_least_once",
         "_body",
         "_epoch",
         "_generation",
@@ -213,6 +293,7 @@ class RabbitIncoming:
         self.sender: str | None = sender_of(message.properties, sub.session.options.principal)
         """The broker-verified sender (see :func:`sender_of`); None if unauthenticated."""
         self._settled: str | None = None
+        self._at_least_once = queue in sub.durable_queues
 
     @property
     def body(self) -> bytes:
@@ -273,7 +354,8 @@ class RabbitIncoming:
             return
         if how == "requeue" and not self._republish():
             return
-        if how == "dead_letter" and not self._to_dead_letters(reason):
+        if how == "dead_letter":
+            self._to_dead_letters(reason)  # acks or rejects it, now or once the copy is stored
             return
         if not sub.write_ack(self._generation, self._tag):
             LOG.debug("ack of a message from %s ignored: its connection is gone", self._queue)
@@ -319,8 +401,8 @@ class RabbitIncoming:
             return False
         return True
 
-    def _to_dead_letters(self, reason: str) -> bool:
-        """Publish to the dead-letter queue (confirmed); False if it fell back to a reject."""
+    def _to_dead_letters(self, reason: str) -> None:
+        """Copy it to the dead-letter queue without waiting for the broker (module docstring)."""
         headers = headers_of(self._message)
         headers.pop(DELIVERY_COUNT, None)
         headers.pop(EXPIRES_AT, None)
@@ -328,19 +410,56 @@ class RabbitIncoming:
         self._carry_sender(headers)
         props = self._copy_properties(headers)
         props.pop("expiration", None)
+        sub = self._sub
+        if not self._at_least_once:
+            props["delivery_mode"] = TRANSIENT
+            try:
+                sub.settler.dead_letter_transient(sub.session, self._body, props)
+            except (Undeliverable, TransportError) as exc:
+                sub.settler.log.log(
+                    logging.WARNING,
+                    "at-most-once dead letters lost",
+                    "could not copy an at-most-once message from %s to the dead letters (%s); "
+                    "dropping it (%s)",
+                    self._queue,
+                    exc,
+                    reason,
+                )
+            LOG.debug("dead-lettered a message from %s: %s", self._queue, reason)
+            sub.write_ack(self._generation, self._tag)
+            return
         props["delivery_mode"] = PERSISTENT
         try:
-            self._sub.settler.dead_letter(self._body, props)
+            sub.settler.dead_letter_kept(self._body, props, self._dead_letter_stored)
         except (Undeliverable, TransportError) as exc:
-            LOG.error(
+            self._dead_letter_stored(exc)
+
+    def _dead_letter_stored(self, error: BaseException | None) -> None:
+        """The dead letter's copy was confirmed (ack the original) or failed (redeliver it).
+
+        Runs on the pipelining connection's I/O thread (or the settling one).
+        """
+        sub = self._sub
+        with sub.lock:
+            if sub.epoch != self._epoch or sub.closed:
+                LOG.debug(
+                    "dead letter from %s stored after its channel went: the broker requeued "
+                    "the original, which will be dead-lettered again",
+                    self._queue,
+                )
+                return
+            if error is None:
+                LOG.debug("dead-lettered a message from %s", self._queue)
+                sub.write_ack(self._generation, self._tag)
+                return
+            sub.settler.log.log(
+                logging.ERROR,
+                "dead letters not stored",
                 "could not dead-letter a message from %s (%s); rejecting it for redelivery instead",
                 self._queue,
-                exc,
+                error,
             )
-            self._sub.write_reject(self._generation, self._tag)
-            return False
-        LOG.debug("dead-lettered a message from %s: %s", self._queue, reason)
-        return True
+            sub.write_reject(self._generation, self._tag)
 
 
 # --- subscriptions -------------------------------------------------------------------
@@ -370,6 +489,8 @@ class RabbitSubscription:
         self.handler = handler
         self.prefetch = prefetch
         self.queues = queues_for(address, group, session.options.principal)
+        self.durable_queues = frozenset(q.name for q in self.queues if q.kind == "durable")
+        """The at-least-once queues (dead letters from them are kept, see the module doc)."""
         self.lock = threading.RLock()
         self.channel: Any = None
         self.epoch = 0

@@ -16,6 +16,10 @@ deprecated feature denied:
 - ``durable`` (at-least-once targets): classic or quorum (``queue_type``).
 - reply inboxes (:func:`declare_reply_queue`): durable classic with
   ``x-expires``, so they outlive a reconnect but not a dead process.
+- the dead-letter queue (:func:`dead_letter_queue_arguments`): durable,
+  ``queue_type``, bounded by ``x-max-length``/``x-max-length-bytes`` with
+  ``x-overflow=drop-head`` (the oldest dead letters go first), so a node
+  flooding a server with garbage cannot grow the broker's storage without end.
 
 A broker that refuses a declaration raises :class:`DeclarationRefused`: a
 TransportError quoting the broker's code and text and saying what to change.
@@ -98,6 +102,25 @@ def queue_declaration(kind: str, queue_type: str) -> tuple[bool, bool, bool, dic
 
 def durable_queue_arguments(queue_type: str) -> dict[str, Any]:
     return queue_declaration("durable", queue_type)[3]
+
+
+DEAD_LETTER_MAX_LENGTH: Final = 10_000
+"""Dead letters kept per vhost (as memory:// keeps per bus); older ones are dropped."""
+DEAD_LETTER_MAX_BYTES: Final = 64 * 1024 * 1024
+"""Bodies kept at most in the dead-letter queue, whatever their count."""
+
+
+def dead_letter_queue_arguments(queue_type: str) -> dict[str, Any]:
+    """The dead-letter queue's arguments: durable of ``queue_type``, bounded, dropping the oldest.
+
+    Both classic and quorum queues (RabbitMQ 3.10 to 4.x) take these; none is deprecated.
+    """
+    return {
+        **durable_queue_arguments(queue_type),
+        "x-max-length": DEAD_LETTER_MAX_LENGTH,
+        "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+        "x-overflow": "drop-head",
+    }
 
 
 def advice(kind: str, code: int, text: str, queue_type_source: str) -> str:

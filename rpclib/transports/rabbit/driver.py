@@ -74,10 +74,12 @@ class RabbitDriver(Driver):
         label = f"{socket.gethostname().split('.')[0]}:{os.getpid()}"
         ring = HostRing(self.options.hosts)
         self._pool = PublisherPool(self.options, ring, label)
-        self._settler = Settler(self._pool, self.options.send_timeout, self.options.queue_type)
         self._session = Session(self.options, ring, label)
         self._ring, self._label = ring, label
         self._pipeline: Session | None = None
+        self._settler = Settler(
+            self._pool, self.options.send_timeout, self.options.queue_type, self._pipeline_session
+        )
         """Connection of pipelined sends, opened by the first (kept off the consumer's)."""
         self._lock = threading.Lock()
         self._closed = False
@@ -221,6 +223,9 @@ class RabbitDriver(Driver):
             on_outcome=on_outcome,
             exchange_kind=kind,
         )
+
+    def _pipeline_session(self) -> Session:
+        return self._pipeline or self._open_pipeline()
 
     def _open_pipeline(self) -> Session:
         with self._lock:

@@ -19,8 +19,13 @@ from rpclib.transports.base import Address
 
 REPLY_PREFIX: Final = "rpclib.reply."
 """Reply queues are vhost-wide: open_inbox() knows no exchange."""
-DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
-"""One dead-letter queue per vhost, so dead_letters() can read it with no exchange given."""
+DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters.bounded"
+"""One dead-letter queue per vhost, so dead_letters() can read it with no exchange given.
+Bounded (``declarations.dead_letter_queue_arguments``); a new name because RabbitMQ
+refuses to redeclare a queue with other arguments, so the unbounded queue of older
+releases (:data:`LEGACY_DEAD_LETTER_QUEUE`) could never gain the bound in place."""
+LEGACY_DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+"""The unbounded dead-letter queue of older releases: no longer written; reported if found."""
 LIVE_SUFFIX: Final = ".live"
 SYNC_SUFFIX: Final = ".sync"
 MAX_NAME_BYTES: Final = 255
@@ -91,7 +96,7 @@ def check_address(address: Address, group: str | None = None, principal: str = "
     if group is not None:
         _check("group", group, _RESERVED_CHARS)
     if address.exchange == "rpclib" and (
-        address.topic == "dead-letters" or address.topic.startswith("reply.")
+        address.topic == "dead-letters" or address.topic.startswith(("dead-letters.", "reply."))
     ):
         raise ValueError(
             f"topic {address.topic!r} on exchange 'rpclib' would collide with the "
