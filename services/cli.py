@@ -18,11 +18,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import rpclib
 from services.billing.service import BillingAPI
 from services.common import config as cfg
+from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_kept
 from services.common.tables import render
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Instance
@@ -143,6 +145,18 @@ def _when(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _accounts(url: str, args: argparse.Namespace) -> int:
+    """``rpclib-cloud accounts``: provision the cloud's accounts; print where each login is."""
+    hosts = CloudHosts(args.conductor, args.scheduler, args.billing, tuple(args.compute))
+    try:
+        files = provision_kept(url, hosts, args.secrets)
+    except (ProvisioningUnavailable, ValueError, OSError, rpclib.MessagingError) as exc:
+        print(f"rpclib-cloud: error: {exc}", file=sys.stderr)
+        return 1
+    print(render(("principal", "login URL file"), [(p, str(f)) for p, f in files.items()]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rpclib-cloud",
@@ -171,9 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage = sub.add_parser("usage", help="usage per project (from billing)")
     usage.add_argument("--since", type=_when, help="ISO time (default: 24 h ago)")
     usage.add_argument("--until", type=_when, help="ISO time (default: now)")
+    accounts = sub.add_parser(
+        "accounts",
+        help="create each service's own least-privilege account (the transport URL's "
+        "user administers the broker) and write each one's login URL",
+    )
+    accounts.add_argument("--secrets", type=Path, required=True, help="directory (kept 0600)")
+    accounts.add_argument("--conductor", required=True, metavar="HOST")
+    accounts.add_argument("--scheduler", required=True, metavar="HOST")
+    accounts.add_argument("--billing", required=True, metavar="HOST")
+    accounts.add_argument("--compute", required=True, action="append", metavar="HOST")
     args = parser.parse_args(argv)
     config = cfg.load("cli", args, ("transport_url", "log_level"))
     config.setup_logging()
+    if args.command == "accounts":
+        return _accounts(config.transport_url, args)
     transport = rpclib.get_transport(config.transport_url)
     cloud = Cloud(transport)
     try:

@@ -11,11 +11,14 @@ work (``rpclib.transports.<scheme>.access``).
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rpclib.access import Access, Account, login_url, provision
+from rpclib.access_cli import password_for
 from rpclib.transports.url import parse_url
 from services.common import identities
 
@@ -58,14 +61,31 @@ def provision_cloud(url: str, hosts: CloudHosts) -> dict[str, str]:
     return provision_accesses(url, hosts.accesses())
 
 
-def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
-    """An account with a fresh random password per access; each principal's login URL.
+def provision_kept(url: str, hosts: CloudHosts, secrets_dir: Path) -> dict[str, Path]:
+    """Create the cloud's accounts, keeping each principal's password in ``secrets_dir``.
 
-    Raises :class:`ProvisioningUnavailable` (one line) if this transport cannot
-    create accounts here.
+    A principal's password is made once (``secrets_dir/PRINCIPAL``, mode 0600)
+    and kept on later runs, so running this again (for a new compute node, say)
+    leaves the running services' logins alone. Each principal's login URL is
+    written to ``secrets_dir/PRINCIPAL.url`` (0600); returns those files.
     """
-    accounts = [Account(a, secrets.token_urlsafe(24)) for a in accesses]
+    accesses = hosts.accesses()
+    accounts = [
+        Account(a, password_for(secrets_dir, a.principal, create=True) or "") for a in accesses
+    ]
     admin = admin_url_for(url)
+    _provision(url, admin, accounts)
+    files = {}
+    for account in accounts:
+        path = secrets_dir / f"{account.access.principal}.url"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(login_url(admin, account) + "\n")
+        files[account.access.principal] = path
+    return files
+
+
+def _provision(url: str, admin: str, accounts: Sequence[Account]) -> None:
     try:
         provision(admin, accounts)
     except (ModuleNotFoundError, ValueError) as exc:
@@ -75,4 +95,15 @@ def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
             "create them yourself (rpclib.access) and start each service with its own "
             "credentials, or pass --insecure to share one account without authorization"
         ) from None
+
+
+def provision_accesses(url: str, accesses: Sequence[Access]) -> dict[str, str]:
+    """An account with a fresh random password per access; each principal's login URL.
+
+    Raises :class:`ProvisioningUnavailable` (one line) if this transport cannot
+    create accounts here.
+    """
+    accounts = [Account(a, secrets.token_urlsafe(24)) for a in accesses]
+    admin = admin_url_for(url)
+    _provision(url, admin, accounts)
     return {a.access.principal: login_url(admin, a) for a in accounts}
