@@ -13,8 +13,10 @@ the flood within 2x of quiet.
   threads of this process (so the flood also competes for the GIL).
 - ``rabbit://``: the shared broker, a vhost and a broker user per principal
   made for the run; server and rogue are processes of their own, the caller
-  is this one. Senders are established by Ed25519 signatures (rabbit:// does
-  not yet vouch for senders by itself), the same in both phases.
+  is this one. Senders are the broker-verified users (``user_id``); *signed*
+  adds Ed25519 signatures. With ``--base`` the older server cannot tell
+  senders apart, so it runs without a policy and the rogue's casts name a
+  method it lacks instead (refused by the same path).
 
 Run: ``bench/run flood`` (or ``python bench/bench_flood.py``); ``--quick`` for a short run.
 """
@@ -49,7 +51,9 @@ from rpclib.transports.base import Address, Guarantee
 CTX = mp.get_context("spawn")
 TOPIC = "svc"
 SERVER = "s1"
-POLICY = rpclib.Policy([rpclib.Allow("caller", namespace="svc", methods=["echo"])])
+POLICY = rpclib.Policy(
+    [rpclib.Allow("caller", "bench-caller-*", namespace="svc", methods=["echo"])]
+)
 PRINCIPALS = ("server", "caller", "rogue")
 SATURATING_SECONDS = 5.0
 """How long the caller measures during the flood as fast as the rogue can."""
@@ -231,10 +235,10 @@ def _signed(url: str, keys: str | None, principal: str) -> rpclib.Transport:
     return rpclib.get_transport(url, signing=Signing(key, TrustStore(directory=keys + "/trust")))
 
 
-def _serve_main(url: str, keys: str | None) -> None:
+def _serve_main(url: str, keys: str | None, policy: bool) -> None:
     """``--serve``: run the server until stdin closes (a process of its own, see ServerProcess)."""
     transport = _signed(url, keys, "server")
-    server = start_server(transport, POLICY if keys else None)
+    server = start_server(transport, POLICY if policy else None)
     print("ready", flush=True)
     sys.stdin.read()
     server.stop()
@@ -262,6 +266,8 @@ class ServerProcess:
         if base is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [base, env.get("PYTHONPATH")]))
         args = [sys.executable, os.path.abspath(__file__), "--serve", url]
+        if base is None:
+            args.append("--policy")
         if keys is not None:
             args += ["--keys", keys]
         pipe = subprocess.PIPE
@@ -281,11 +287,13 @@ class ServerProcess:
         self.proc.wait(60)
 
 
-def _rogue_process(url: str, keys: str | None, rate: float, stop: Any, sent: Any) -> None:
+def _rogue_process(
+    url: str, keys: str | None, rate: float, stop: Any, sent: Any, policy: bool
+) -> None:
     transport = _signed(url, keys, "rogue")
-    # Unsigned, the server has no policy (it cannot tell senders apart): the rogue's
-    # casts name a method the server lacks instead, refused by the same path.
-    sent.value = flood(transport, stop.is_set, rate, "echo" if keys else "forbidden")
+    # Without a policy (an older server), the rogue's casts name a method the server
+    # lacks instead, refused by the same path.
+    sent.value = flood(transport, stop.is_set, rate, "echo" if policy else "forbidden")
     transport.close()
 
 
@@ -323,7 +331,9 @@ def rabbit_rounds(
 
     def start_rogue(rate: float) -> Callable[[], int]:
         stop, sent = CTX.Event(), CTX.Value("q", 0)
-        rogue = CTX.Process(target=_rogue_process, args=(url("rogue"), key_dir, rate, stop, sent))
+        rogue = CTX.Process(
+            target=_rogue_process, args=(url("rogue"), key_dir, rate, stop, sent, base is None)
+        )
         rogue.start()
 
         def stopped() -> int:
@@ -387,9 +397,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["memory", "rabbit", "rabbit-signed"], action="append")
     parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--keys", help=argparse.SUPPRESS)
+    parser.add_argument("--policy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _serve_main(args.serve, args.keys)
+        _serve_main(args.serve, args.keys, args.policy)
         return
     if args.quick:
         args.calls, args.rounds = 200, 2

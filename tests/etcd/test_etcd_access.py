@@ -203,7 +203,10 @@ def test_a_message_signed_with_a_key_claiming_another_principal_is_refused(
     rogue = cloud.transport("compute-2", key=forged)
     caller(rogue, at_least_once=True).cast({}, "heartbeat", tag="forged")
     wait_until(lambda: refused(server.transport) == 1, what="the refusal")
-    assert any("signed by 'compute-1' with key" in r for r in admin_dead_letters(cloud))
+    wait_until(  # the dead letter is stored with the settlement that follows it
+        lambda: any("signed by 'compute-1' with key" in r for r in admin_dead_letters(cloud)),
+        what="the dead letter naming the claim",
+    )
     assert endpoint.seen.empty()
 
 
@@ -233,8 +236,11 @@ def test_a_captured_message_sent_again_is_refused(conductor: Any, cloud: SecureE
     rogue = cloud.transport("compute-2")
     rogue.driver.inner.send(address, sealed, guarantee=Guarantee.AT_LEAST_ONCE)  # type: ignore[attr-defined]
     wait_until(lambda: refused(server.transport) == 1, what="the refusal")
-    assert any(
-        "replay of a message 'compute-1' sent before" in r for r in admin_dead_letters(cloud)
+    wait_until(  # the dead letter is stored with the settlement that follows it
+        lambda: any(
+            "replay of a message 'compute-1' sent before" in r for r in admin_dead_letters(cloud)
+        ),
+        what="the dead letter naming the replay",
     )
     assert endpoint.seen.empty()
 

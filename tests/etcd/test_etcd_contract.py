@@ -8,10 +8,10 @@ import pytest
 
 from rpclib.transports import load_driver
 from rpclib.transports.base import Driver
-from tests.transports.driver_contract import DriverContract, MakeDriver
+from tests.transports.driver_contract import BoundedDeadLetterContract, MakeDriver
 
 
-class TestEtcdContract(DriverContract):
+class TestEtcdContract(BoundedDeadLetterContract):
     """Everything on: etcd expires adverts (leases), detects closed inboxes (marker keys)
     and keeps dead letters (under a long lease, at most ``dead_letter_limit``)."""
 

@@ -20,6 +20,7 @@ from rpclib.transports.url import parse_url
 from tests.transports.driver_contract import (
     AddressFactory,
     AdvertCollector,
+    BoundedDeadLetterContract,
     Collector,
     DriverContract,
     InboxCollector,
@@ -74,7 +75,7 @@ def names() -> AddressFactory:
 # --- the contract ---------------------------------------------------------------------
 
 
-class TestMemoryDriverContract(DriverContract):
+class TestMemoryDriverContract(BoundedDeadLetterContract):
     quiet_period = QUIET
     dead_letter_bound = 10_000
 

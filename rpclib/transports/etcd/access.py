@@ -5,8 +5,9 @@ the key ranges one principal's role needs (``P`` is the URL's prefix, ``p``
 the principal; "prefix" means every key starting with it):
 
 - its own keys: ``P/box/p.`` (its boxes: pushes, replies, echo keys) and
-  ``P/inbox/p.`` (inbox markers) read-write; ``P/dead/p.`` write-only (a
-  dead letter is written once, read by operators);
+  ``P/inbox/p.`` (inbox markers) and ``P/dead/p.`` (the dead letters of
+  messages it received, which it counts and trims to ``dead_letter_limit``)
+  read-write;
 - each queue it consumes: the ``decl`` key, its own ``live`` keys
   (``live/EX/TOPIC/TAIL/p.``), the queue's stored messages and claims
   (``q/EX/TOPIC/TAIL/``, watched) and delivery counters (``n/...``);
@@ -91,7 +92,7 @@ def permissions(prefix: str, grants: Grants, everyone: Iterable[Grants]) -> dict
 
     allow(KeyRange.prefix(f"{prefix}box/{me}"), Perm.READWRITE)
     allow(KeyRange.prefix(f"{prefix}inbox/{me}"), Perm.READWRITE)
-    allow(KeyRange.prefix(f"{keys.dead_prefix()}{me}"), Perm.WRITE)
+    allow(KeyRange.prefix(f"{keys.dead_prefix()}{me}"), Perm.READWRITE)
 
     for consume in grants.consume:
         address = consume.address

@@ -176,8 +176,12 @@ class EtcdDriver(Driver):
                 self._trim_due = True
 
     def _trim_dead_letters(self) -> None:
-        """Delete the oldest stored dead letters beyond ``dead_letter_limit`` (ticker thread)."""
-        prefix = self.keys.dead_prefix()
+        """Delete the oldest stored dead letters beyond ``dead_letter_limit`` (ticker thread).
+
+        A driver logged in as a principal trims its own (``dead/PRINCIPAL.``, all its
+        role may touch there), so the bound holds per principal; keys under one
+        prefix sort by time."""
+        prefix = self.keys.dead_prefix() + self._owner
         counted = self.client.call(
             "kv/range", {**ops.range_prefix(prefix)["request_range"], "count_only": True}
         )
@@ -348,7 +352,8 @@ class EtcdDriver(Driver):
                 record["reason"],
                 record["attempts"],
             )
-            letters.append((int(kv.key[len(prefix) :].split("-", 1)[0]), letter))
+            stamp = kv.key[len(prefix) :].rsplit(".", 1)[-1]  # past PRINCIPAL., if any
+            letters.append((int(stamp.split("-", 1)[0]), letter))
         with self._lock:
             letters += self._transient_dead
         letters.sort(key=lambda item: item[0])
