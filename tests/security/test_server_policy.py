@@ -124,3 +124,20 @@ def test_without_a_policy_everything_is_served(as_principal: Any) -> None:
     finally:
         server.stop()
         server.wait()
+
+
+def test_a_flooding_sender_does_not_hide_another_senders_first_refusal(
+    conductor: Any,
+    as_principal: Callable[[str], rpclib.Transport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flooder = client(as_principal("compute-1"))
+    with caplog.at_level(logging.WARNING, "rpclib.server"):
+        for _ in range(20):
+            with pytest.raises(rpclib.Forbidden):
+                flooder.call({}, "list_instances")
+        with pytest.raises(rpclib.Forbidden):
+            client(as_principal("compute-2")).call({}, "list_instances")
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("'compute-1'" in line for line in lines) == 1  # the rest are counted
+    assert any("'compute-2'" in line for line in lines)
