@@ -196,6 +196,12 @@ class Loop:
         self._addressing = strategy
         self.hostname = strategy.hostname()
 
+    @property
+    def own_user(self) -> str:
+        """The user this connection logged in as (the URL host's user being tried)."""
+        peer = self._peer or self.options.hosts[0]
+        return peer.user
+
     def peer_properties(self) -> dict[str, str]:
         """The peer's ``open`` frame properties (product, version...), as text (I/O thread)."""
         conn = self.conn
@@ -709,6 +715,8 @@ class Loop:
         if self.conn is None and on_outcome is None and not self.closed:
             self._parked.append((time.monotonic() + self.options.send_timeout, route, message))
             return
+        if self._addressing is not None and self._addressing.verifies_user_id:
+            message.user_id = self.own_user.encode()  # the broker refuses any other
         link = self.sender(route.node, on_outcome is None)
         delivery = link.send(message)
         if on_outcome is not None:
