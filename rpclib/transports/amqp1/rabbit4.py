@@ -74,6 +74,14 @@ def _hint(exc: Refused) -> str:
     return ""
 
 
+def _not_permitted(exc: TransportError) -> bool:
+    """Whether the broker refused for want of permission (a 403 answer, or the session it
+    ended with ``unauthorized-access``, as RabbitMQ 4.0 does)."""
+    if isinstance(exc, Refused):
+        return exc.status == 403
+    return "unauthorized-access" in str(exc)
+
+
 class RabbitMQ4Addressing(Addressing):
     """RabbitMQ 4.x native AMQP 1.0: v2 addresses, topology over the management node."""
 
@@ -112,8 +120,8 @@ class RabbitMQ4Addressing(Addressing):
         }
         try:
             self._request(f"declare exchange {name}", "PUT", path("exchanges", name), body)
-        except Refused as exc:
-            if exc.status != 403:
+        except TransportError as exc:
+            if not _not_permitted(exc):
                 raise
             # A least-privilege account may not configure the exchanges every principal
             # shares: the operator declared them (rpclib.transports.amqp1.access).
@@ -274,8 +282,8 @@ class RabbitMQ4Addressing(Addressing):
     def prepare_dead_letters(self) -> None:
         try:
             self._queue(DEAD_LETTER_QUEUE, typed=True)
-        except Refused as exc:
-            if exc.status != 403 or self._info(DEAD_LETTER_QUEUE) is None:
+        except TransportError as exc:
+            if not _not_permitted(exc):
                 raise
             # shared by every principal: declared by the operator for least-privilege accounts
 
