@@ -69,6 +69,8 @@ Outcome = Callable[[str | None], None]
 """Told a sent message's fate: None = accepted, else why not ("rejected", "released", "lost",
 or ``REFUSED`` + the peer's reason for detaching the sender)."""
 REFUSED: Final = "refused: "
+REFUSED_SESSION_LINGER: Final = 5.0
+"""Seconds a session the peer ended to refuse something keeps its channel before our end."""
 REFUSALS: Final = frozenset(
     {
         "amqp:unauthorized-access",
@@ -514,8 +516,11 @@ class Loop:
         told = self.refusable.pop(session, None)
         if not attaching and told is None:
             return False
-        if session.state & Endpoint.LOCAL_ACTIVE:
-            session.close()
+        # Our end of it goes out later: until then its channel number stays taken, so the
+        # session that replaces it (at once, for the next request) begins on another one.
+        # RabbitMQ 4.0 may not yet have forgotten the refused session's channel, and a
+        # begin on it then went unanswered (seen on a loaded machine: requests hung).
+        self.schedule(REFUSED_SESSION_LINGER, lambda: _close_session(session))
         for name in attaching:
             link = self._attaching.pop(name)
             self.receivers.pop(name, None)
@@ -769,6 +774,11 @@ class Loop:
             delivery.settle()
             return
         owner.on_message(message, delivery)
+
+
+def _close_session(session: Any) -> None:
+    if session.state & Endpoint.LOCAL_ACTIVE:
+        session.close()
 
 
 def _refused(link: Any) -> bool:
