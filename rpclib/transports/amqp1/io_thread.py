@@ -69,8 +69,6 @@ Outcome = Callable[[str | None], None]
 """Told a sent message's fate: None = accepted, else why not ("rejected", "released", "lost",
 or ``REFUSED`` + the peer's reason for detaching the sender)."""
 REFUSED: Final = "refused: "
-REFUSED_SESSION_LINGER: Final = 5.0
-"""Seconds a session the peer ended to refuse something keeps its channel before our end."""
 REFUSALS: Final = frozenset(
     {
         "amqp:unauthorized-access",
@@ -512,15 +510,15 @@ class Loop:
         condition = session.remote_condition
         if condition is None or str(condition.name) not in REFUSALS:
             return False
+        if session == self._session:
+            self._senders_refused(session, condition)
+            return True
         attaching = [name for name, link in self._attaching.items() if link.session == session]
         told = self.refusable.pop(session, None)
         if not attaching and told is None:
             return False
-        # Our end of it goes out later: until then its channel number stays taken, so the
-        # session that replaces it (at once, for the next request) begins on another one.
-        # RabbitMQ 4.0 may not yet have forgotten the refused session's channel, and a
-        # begin on it then went unanswered (seen on a loaded machine: requests hung).
-        self.schedule(REFUSED_SESSION_LINGER, lambda: _close_session(session))
+        if session.state & Endpoint.LOCAL_ACTIVE:
+            session.close()
         for name in attaching:
             link = self._attaching.pop(name)
             self.receivers.pop(name, None)
@@ -532,6 +530,24 @@ class Loop:
             told(str(condition))
         LOG.warning("amqp1 session refused by the peer: %s", condition)
         return True
+
+    def _senders_refused(self, session: Any, condition: Any) -> None:
+        """The peer ended the senders' session to refuse a message (RabbitMQ: a ``user-id``
+        that is not the connection's user, a write it does not permit): the messages
+        awaiting an outcome there fail with its reason, pre-settled ones are lost, and the
+        next send opens a new session; the connection stays (reconnecting would send the
+        same message to be refused again)."""
+        why = f"the peer refused a message: {condition}"
+        LOG.warning("amqp1 %s", why)
+        self._session = None
+        _close_session(session)
+        for key, link in list(self._senders.items()):
+            if link.session == session:
+                del self._senders[key]
+        for delivery, tell in list(self._outcomes.items()):
+            if delivery.link.session == session:
+                del self._outcomes[delivery]
+                _safe(tell, f"{REFUSED}{why}")
 
     def _on_remote_close(self, endpoint: Any, what: str) -> None:
         """The peer ended a session or link we did not close: start over on a new connection.
