@@ -167,7 +167,7 @@ def test_a_message_claiming_another_user_id_is_refused_by_the_broker(
 ) -> None:
     rogue = login("compute-1")
     rogue._loop.__class__ = _Impersonating  # every user-id it sends now says "scheduler"
-    with pytest.raises(TransportError):
+    with pytest.raises(TransportError, match="user_id"):
         rogue.send(
             Address("rpclib", "conductor", server="c1"),
             b"forged",
