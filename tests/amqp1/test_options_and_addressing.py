@@ -141,13 +141,17 @@ def test_rabbitmq_picks_the_vhost_by_the_open_frames_hostname() -> None:
     assert strategy.hostname() == "vhost:prod"
 
 
-def test_rabbitmq_inboxes_are_reached_through_amq_direct_and_read_pre_settled() -> None:
+def test_rabbitmq_inboxes_are_reached_through_the_private_exchange_and_read_pre_settled() -> None:
     strategy = rabbitmq()
-    assert strategy.private_route("rpclib.reply.h.1.2") == Route(
-        "/exchange/amq.direct", "rpclib.reply.h.1.2"
-    )
-    source = strategy.private_source("rpclib.reply.h.1.2")
-    assert (source.node, source.settled) == ("/amq/queue/rpclib.reply.h.1.2", True)
+    name = "guest:rpclib.reply.h.1.2"
+    assert strategy.private_route(name) == Route("/exchange/rpclib:private", name)
+    source = strategy.private_source(name)
+    assert (source.node, source.settled) == (f"/amq/queue/{name}", True)
+
+
+def test_rabbitmq_private_nodes_start_with_the_urls_user() -> None:
+    strategy = RabbitMQAddressing(options("amqp1://compute-1:pw@h/v"), "test")
+    assert strategy.private_name("rpclib.reply").startswith("compute-1:rpclib.reply.")
 
 
 def test_artemis_uses_multicast_addresses_and_fully_qualified_group_queues() -> None:

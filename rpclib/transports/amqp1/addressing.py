@@ -38,6 +38,12 @@ from rpclib.transports.base import Address
 
 REPLY_PREFIX: Final = "rpclib.reply."
 DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+PRIVATE_EXCHANGE: Final = "rpclib:private"
+"""``rabbitmq``: the topic exchange every private node (inbox, advert queue) is bound to by its
+own name; a ``:`` no exchange or topic of an address may hold, so it collides with none."""
+OWNER_MARK: Final = ":"
+"""Separates the principal from the rest of a private node's name (``<principal>:...``):
+no address's node name holds one, so a principal's prefix matches its own nodes only."""
 LIVE: Final = ".live"
 SYNC: Final = ".sync"
 FANOUT: Final = ".fanout"
@@ -83,6 +89,11 @@ def _check(kind: str, name: str, reserved: tuple[str, ...]) -> None:
         )
 
 
+def is_inbox(name: str) -> bool:
+    """Whether ``name`` is an inbox's node (``[<principal>:]rpclib.reply.<suffix>``)."""
+    return name.rsplit(OWNER_MARK, 1)[-1].startswith(REPLY_PREFIX)
+
+
 def check_address(address: Address, group: str | None = None) -> None:
     """Refuse names that would make two addresses collide (same rules for every strategy)."""
     if group is not None and (address.fanout or address.server is not None):
@@ -99,7 +110,7 @@ def check_address(address: Address, group: str | None = None) -> None:
         address.topic == "dead-letters" or address.topic.startswith("reply.")
     ):
         raise ValueError(f"topic {address.topic!r} on exchange 'rpclib' is the driver's own")
-    longest = f"{address.exchange}.{address.topic}.fanout.{'x' * 80}"
+    longest = f"{'p' * 65}{address.exchange}.{address.topic}.fanout.{'x' * 80}"
     if address.server is not None:
         longest = f"{address.exchange}.{address.topic}@{address.server}{LIVE}"
     elif group is not None:
@@ -127,9 +138,17 @@ class Addressing(abc.ABC):
     routability is learnt from sending unsettled rather than asked (:meth:`routable`)."""
     watches_adverts: bool = True
     """Whether a private node can be bound to hear a topic's adverts (``watch_adverts``)."""
+    verifies_user_id: bool = False
+    """Whether the peer refuses a message whose ``user-id`` is not the connection's user, so
+    that the driver sets it on every message and reports it as ``Incoming.sender``."""
 
     def __init__(self, options: Amqp1Options) -> None:
         self.options = options
+
+    def private_name(self, kind: str) -> str:
+        """A new private node's name: ``<kind>.<suffix>``; strategies whose broker grants
+        permissions by name put the principal first (``<user>:<kind>.<suffix>``)."""
+        return f"{kind}.{private_suffix()}"
 
     @abc.abstractmethod
     def hostname(self) -> str:
@@ -159,7 +178,7 @@ class Addressing(abc.ABC):
     def new_private(self, kind: str, binds: list[tuple[str, str]]) -> str:
         """A private node (inbox, advert watch) named ``<kind>.<suffix>``, reachable by
         :meth:`private_route` and through ``binds`` (exchange, key) pairs; its name."""
-        name = f"{kind}.{private_suffix()}"
+        name = self.private_name(kind)
         self.recreate_private(name, binds)
         return name
 
@@ -224,10 +243,14 @@ class RabbitMQAddressing(Addressing):
     """RabbitMQ 3.10+ with ``rabbitmq_amqp1_0``; names as in docs/transports/amqp1.md."""
 
     name = "rabbitmq"
+    verifies_user_id = True
 
     def __init__(self, options: Amqp1Options, label: str) -> None:
         super().__init__(options)
         self.control = RabbitControl(options, label)
+
+    def private_name(self, kind: str) -> str:
+        return owned_name(self.options, kind)
 
     def hostname(self) -> str:
         return f"vhost:{self.options.virtual_host}"
@@ -246,7 +269,7 @@ class RabbitMQAddressing(Addressing):
         return Route(f"/exchange/{address.exchange}", key)
 
     def prepare_send(self, address: Address) -> None:
-        self.control.exchange(address.exchange, "topic")
+        self.control.shared_exchange(address.exchange)
 
     def routable(self, address: Address, at_least_once: bool) -> bool:
         x, t = address.exchange, address.topic
@@ -262,7 +285,7 @@ class RabbitMQAddressing(Addressing):
 
     def _durable_queue(self, address: Address, group: str | None) -> str:
         c, x, t = self.control, address.exchange, address.topic
-        c.exchange(x, "topic")
+        c.shared_exchange(x)
         name = queue_name(address, group)
         c.queue(name, durable=True)
         if address.server is not None:
@@ -275,10 +298,10 @@ class RabbitMQAddressing(Addressing):
 
     def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
         c, x, t = self.control, address.exchange, address.topic
-        c.exchange(x, "topic")
+        c.shared_exchange(x)
         if address.fanout:
             fan = f"{x}.{t}{FANOUT}"
-            name = f"{fan}.{private_suffix()}"
+            name = self.private_name(fan)
             c.exchange(fan, "fanout", auto_delete=True)
             c.queue(name, durable=False, auto_delete=True)
             c.bind_queue(name, fan, "")
@@ -303,16 +326,17 @@ class RabbitMQAddressing(Addressing):
 
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         self.control.queue(name, durable=False, arguments={"x-expires": 3_600_000})
-        self.control.bind_queue(name, "amq.direct", name)
+        self.control.shared_exchange(PRIVATE_EXCHANGE)
+        self.control.bind_queue(name, PRIVATE_EXCHANGE, name)
         self.bind_private(name, binds)
 
     def bind_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         for exchange, key in binds:
-            self.control.exchange(exchange, "topic")
+            self.control.shared_exchange(exchange)
             self.control.bind_queue(name, exchange, key)
 
     def private_route(self, name: str) -> Route:
-        return Route("/exchange/amq.direct", name)
+        return Route(f"/exchange/{PRIVATE_EXCHANGE}", name)
 
     def private_source(self, name: str) -> Source:
         return Source(f"/amq/queue/{name}", settled=True)
@@ -332,7 +356,7 @@ class RabbitMQAddressing(Addressing):
         return (f"{exchange}.adverts", key)
 
     def prepare_adverts(self, exchange: str) -> None:
-        self.control.exchange(f"{exchange}.adverts", "topic")
+        self.control.shared_exchange(f"{exchange}.adverts")
 
     def dead_letter_route(self) -> Route:
         return Route(f"/amq/queue/{DEAD_LETTER_QUEUE}")
@@ -341,7 +365,7 @@ class RabbitMQAddressing(Addressing):
         return Source(f"/amq/queue/{DEAD_LETTER_QUEUE}", settled=False)
 
     def prepare_dead_letters(self) -> None:
-        self.control.queue(DEAD_LETTER_QUEUE, durable=True)
+        self.control.shared_queue(DEAD_LETTER_QUEUE)
 
     def dead_letter_count(self) -> int | None:
         return self.control.messages(DEAD_LETTER_QUEUE)
@@ -471,6 +495,12 @@ class QpidAddressing(Addressing):
 
     def dead_letter_source(self) -> Source:
         return Source(QPID_STORED + DEAD_LETTER_QUEUE, settled=False)
+
+
+def owned_name(options: Amqp1Options, kind: str) -> str:
+    """``<user>:<kind>.<suffix>``: a private node named for the URL's (first) user, so that
+    a least-privilege account is granted its own nodes by that prefix (docs/security.md)."""
+    return f"{options.hosts[0].user}{OWNER_MARK}{kind}.{private_suffix()}"
 
 
 def make_addressing(options: Amqp1Options, label: str, name: str | None = None) -> Addressing:

@@ -67,12 +67,8 @@ class Amqp1Incoming:
         "node",
         "presettled",
         "props",
+        "sender",
     )
-
-    @property
-    def sender(self) -> str | None:
-        """None: this transport does not authenticate senders yet (docs/security.md)."""
-        return None
 
     def __init__(
         self,
@@ -84,7 +80,10 @@ class Amqp1Incoming:
         props: dict[str, Any],
         attempts: int,
         presettled: bool,
+        sender: str | None = None,
     ) -> None:
+        """``sender``: the broker-verified ``user-id`` (:func:`messages.sender_of`); None
+        when the peer does not verify it or the message has none."""
         self._sub = sub
         self.key = key
         self.link = link
@@ -93,6 +92,7 @@ class Amqp1Incoming:
         self.props = props
         self.attempts = attempts
         self.presettled = presettled
+        self.sender = sender
         self._settled = False
 
     def _settle(self, kind: str, reason: str = "") -> None:
@@ -205,12 +205,17 @@ class Amqp1Subscription:
         props = messages.props_of(message)
         attempts = int(props.get(messages.ATTEMPTS, 1))
         body = messages.body_of(message)
+        sender = None
+        if self.loop.addressing.verifies_user_id:
+            sender = messages.sender_of(message, props, self.loop.own_user)
         if self.cancelled:
-            self._bounce(Amqp1Incoming(self, key, name, node, body, props, attempts, presettled))
+            self._bounce(
+                Amqp1Incoming(self, key, name, node, body, props, attempts, presettled, sender)
+            )
             return
         if message.first_acquirer is False or message.delivery_count:
             attempts += 1
-        incoming = Amqp1Incoming(self, key, name, node, body, props, attempts, presettled)
+        incoming = Amqp1Incoming(self, key, name, node, body, props, attempts, presettled, sender)
         self._give_credit()
         if messages.expired(props):
             incoming._settled = True
@@ -225,7 +230,8 @@ class Amqp1Subscription:
                 self.settle(incoming, "requeue", "")
 
     def settle(self, incoming: Amqp1Incoming, kind: str, reason: str) -> None:
-        """Ack, requeue (republish with attempts + 1) or dead-letter one delivery."""
+        """Ack, requeue (republish with attempts + 1) or dead-letter one delivery; a copy
+        keeps the verified original sender (:data:`messages.RELAYED_SENDER`)."""
         if self.session is None or (
             not incoming.presettled and incoming.key not in self._unsettled
         ):
@@ -235,6 +241,9 @@ class Amqp1Subscription:
             self._finish(incoming, Delivery.ACCEPTED)
             return
         props = dict(incoming.props)
+        # The copy goes out with this connection's user-id; the original sender rides along
+        # (messages.sender_of believes it only from this same user).
+        props[messages.RELAYED_SENDER] = incoming.sender or ""
         if kind == "requeue":
             props[messages.ATTEMPTS] = incoming.attempts + 1
             route = Route(incoming.node)

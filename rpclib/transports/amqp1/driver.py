@@ -22,6 +22,7 @@ from rpclib.transports.amqp1.addressing import (
     Route,
     Source,
     check_address,
+    is_inbox,
     make_addressing,
     pick_strategy,
 )
@@ -400,7 +401,7 @@ class Amqp1Driver(Driver):
     def send_to_inbox(self, inbox_address: str, body: bytes) -> None:
         """Pre-settled to the inbox's node; a closed inbox's reply is dropped by the broker."""
         self._check_open()
-        if not inbox_address.startswith(REPLY_PREFIX):
+        if not is_inbox(inbox_address):
             raise Undeliverable(inbox_address, "not an amqp1:// inbox address")
         self._wait_up(time.monotonic() + self.options.send_timeout)
         route = self.addressing.private_route(inbox_address)

@@ -196,6 +196,12 @@ class Loop:
         self._addressing = strategy
         self.hostname = strategy.hostname()
 
+    @property
+    def own_user(self) -> str:
+        """The user this connection logged in as (the URL host's user being tried)."""
+        peer = self._peer or self.options.hosts[0]
+        return peer.user
+
     def peer_properties(self) -> dict[str, str]:
         """The peer's ``open`` frame properties (product, version...), as text (I/O thread)."""
         conn = self.conn
@@ -504,6 +510,9 @@ class Loop:
         condition = session.remote_condition
         if condition is None or str(condition.name) not in REFUSALS:
             return False
+        if session == self._session:
+            self._senders_refused(session, condition)
+            return True
         attaching = [name for name, link in self._attaching.items() if link.session == session]
         told = self.refusable.pop(session, None)
         if not attaching and told is None:
@@ -521,6 +530,24 @@ class Loop:
             told(str(condition))
         LOG.warning("amqp1 session refused by the peer: %s", condition)
         return True
+
+    def _senders_refused(self, session: Any, condition: Any) -> None:
+        """The peer ended the senders' session to refuse a message (RabbitMQ: a ``user-id``
+        that is not the connection's user, a write it does not permit): the messages
+        awaiting an outcome there fail with its reason, pre-settled ones are lost, and the
+        next send opens a new session; the connection stays (reconnecting would send the
+        same message to be refused again)."""
+        why = f"the peer refused a message: {condition}"
+        LOG.warning("amqp1 %s", why)
+        self._session = None
+        _close_session(session)
+        for key, link in list(self._senders.items()):
+            if link.session == session:
+                del self._senders[key]
+        for delivery, tell in list(self._outcomes.items()):
+            if delivery.link.session == session:
+                del self._outcomes[delivery]
+                _safe(tell, f"{REFUSED}{why}")
 
     def _on_remote_close(self, endpoint: Any, what: str) -> None:
         """The peer ended a session or link we did not close: start over on a new connection.
@@ -709,6 +736,8 @@ class Loop:
         if self.conn is None and on_outcome is None and not self.closed:
             self._parked.append((time.monotonic() + self.options.send_timeout, route, message))
             return
+        if self._addressing is not None and self._addressing.verifies_user_id:
+            message.user_id = self.own_user.encode()  # the broker refuses any other
         link = self.sender(route.node, on_outcome is None)
         delivery = link.send(message)
         if on_outcome is not None:
@@ -761,6 +790,11 @@ class Loop:
             delivery.settle()
             return
         owner.on_message(message, delivery)
+
+
+def _close_session(session: Any) -> None:
+    if session.state & Endpoint.LOCAL_ACTIVE:
+        session.close()
 
 
 def _refused(link: Any) -> bool:

@@ -35,11 +35,11 @@ from rpclib.transports.amqp1.addressing import (
     DEAD_LETTER_QUEUE,
     FANOUT,
     LIVE,
-    REPLY_PREFIX,
     Addressing,
     Route,
     Source,
-    private_suffix,
+    is_inbox,
+    owned_name,
     queue_name,
 )
 from rpclib.transports.amqp1.io_thread import LOG, Future
@@ -74,11 +74,20 @@ def _hint(exc: Refused) -> str:
     return ""
 
 
+def _not_permitted(exc: TransportError) -> bool:
+    """Whether the broker refused for want of permission (a 403 answer, or the session it
+    ended with ``unauthorized-access``, as RabbitMQ 4.0 does)."""
+    if isinstance(exc, Refused):
+        return exc.status == 403
+    return "unauthorized-access" in str(exc)
+
+
 class RabbitMQ4Addressing(Addressing):
     """RabbitMQ 4.x native AMQP 1.0: v2 addresses, topology over the management node."""
 
     name = "rabbitmq4"
     routes_by_outcome = True
+    verifies_user_id = True
 
     def __init__(self, options: Amqp1Options, management: Management) -> None:
         super().__init__(options)
@@ -87,6 +96,9 @@ class RabbitMQ4Addressing(Addressing):
 
     def hostname(self) -> str:
         return f"vhost:{self.options.virtual_host}"
+
+    def private_name(self, kind: str) -> str:
+        return owned_name(self.options, kind)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -106,7 +118,14 @@ class RabbitMQ4Addressing(Addressing):
             "internal": False,
             "arguments": {},
         }
-        self._request(f"declare exchange {name}", "PUT", path("exchanges", name), body)
+        try:
+            self._request(f"declare exchange {name}", "PUT", path("exchanges", name), body)
+        except TransportError as exc:
+            if not _not_permitted(exc):
+                raise
+            # A least-privilege account may not configure the exchanges every principal
+            # shares: the operator declared them (rpclib.transports.amqp1.access).
+            LOG.debug("exchange %s not ours to declare (%s): provisioned", name, exc)
         self.exchanges.add(name)
 
     def _queue(
@@ -174,7 +193,7 @@ class RabbitMQ4Addressing(Addressing):
         x, t = address.exchange, address.topic
         self._exchange(x)
         if address.fanout:
-            name = f"{x}.{t}{FANOUT}.{private_suffix()}"
+            name = self.private_name(f"{x}.{t}{FANOUT}")
             self._queue(name, exclusive=True)
             self._bind(name, x, f"{t}{FANOUT}")
             return [Source(path("queues", name), settled=False)]
@@ -191,7 +210,7 @@ class RabbitMQ4Addressing(Addressing):
     # -- private nodes ------------------------------------------------------------------
 
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
-        if name.startswith(REPLY_PREFIX):
+        if is_inbox(name):
             self._queue(name, expires_ms=INBOX_EXPIRES_MS)  # replies wait over a reconnect
             self._mark(name)
         else:
@@ -231,7 +250,7 @@ class RabbitMQ4Addressing(Addressing):
         marker lost its message was kept across a broker restart, its replies were not."""
         if self._info(name) is None:
             return False
-        if not name.startswith(REPLY_PREFIX):
+        if not is_inbox(name):
             return True
         marker = self._info(name + MARK)
         return marker is not None and int(marker.get("message_count", 0)) > 0
@@ -239,7 +258,7 @@ class RabbitMQ4Addressing(Addressing):
     def delete_private(self, name: str) -> None:
         if not self.management.loop.up.is_set():
             return  # exclusive ones went with the connection, inboxes expire
-        names = [name, name + MARK] if name.startswith(REPLY_PREFIX) else [name]
+        names = [name, name + MARK] if is_inbox(name) else [name]
         for queue in names:
             try:
                 self._request(f"delete queue {queue}", "DELETE", path("queues", queue))
@@ -261,7 +280,12 @@ class RabbitMQ4Addressing(Addressing):
         return Source(path("queues", DEAD_LETTER_QUEUE), settled=False)
 
     def prepare_dead_letters(self) -> None:
-        self._queue(DEAD_LETTER_QUEUE, typed=True)
+        try:
+            self._queue(DEAD_LETTER_QUEUE, typed=True)
+        except TransportError as exc:
+            if not _not_permitted(exc):
+                raise
+            # shared by every principal: declared by the operator for least-privilege accounts
 
     def dead_letter_count(self) -> int | None:
         info = self._info(DEAD_LETTER_QUEUE)

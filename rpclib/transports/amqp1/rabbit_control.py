@@ -180,6 +180,38 @@ class RabbitControl:
         if not auto_delete:
             self.exchanges.add(name)
 
+    def shared_exchange(self, name: str) -> None:
+        """Declare the durable topic exchange ``name`` that many principals use, or, if this
+        user may not configure it (a least-privilege account: the operator declared it, see
+        rpclib.transports.amqp1.access), check that it exists."""
+        if name in self.exchanges:
+            return
+        try:
+            self.exchange(name, "topic")
+        except TransportError as exc:
+            if "ACCESS_REFUSED" not in str(exc):
+                raise
+            if not self.exchange_exists(name):
+                raise TransportError(
+                    f"exchange {name} does not exist and this user may not declare it: "
+                    "provision it (rpclib-access apply) or grant configure on it"
+                ) from exc
+            self.exchanges.add(name)
+
+    def shared_queue(self, name: str) -> None:
+        """Declare durable queue ``name`` (the dead letters), or check it exists when this user
+        may not configure it (as :meth:`shared_exchange`)."""
+        try:
+            self.queue(name, durable=True)
+        except TransportError as exc:
+            if "ACCESS_REFUSED" not in str(exc):
+                raise
+            if self.messages(name) is None:
+                raise TransportError(
+                    f"queue {name} does not exist and this user may not declare it: "
+                    "provision it (rpclib-access apply) or grant configure on it"
+                ) from exc
+
     def queue(
         self,
         name: str,

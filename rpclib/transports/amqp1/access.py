@@ -1,0 +1,410 @@
+"""Least-privilege RabbitMQ accounts for ``amqp1://``: one user per principal, with exactly
+the configure/write/read regexes and topic permissions its :class:`~rpclib.access.Grants`
+need under amqp1's own node names (docs/transports/amqp1.md, docs/security.md).
+
+The names differ by addressing strategy: ``rabbitmq`` (RabbitMQ 3.x's AMQP 1.0
+plugin, topology over AMQP 0-9-1, per-topic fanout exchanges ``X.T``,
+``X.T.live``, ``X.T.fanout``, private nodes bound to ``rpclib:private``) and
+``rabbitmq4`` (RabbitMQ 4's native AMQP 1.0: every queue bound straight to
+``X``, private nodes reached through the default exchange). The admin URL's
+``addressing`` picks one; ``auto`` (the default) asks the broker its version
+when applying, and renders the union of both.
+
+What every principal gets, whatever its grants:
+
+- its private nodes, by prefix: ``<principal>:`` (inboxes, their markers,
+  fanout and advert queues; no address's node name holds a ``:``);
+- write on the default exchange ``amq.default``: requeued copies, dead
+  letters, and (``rabbitmq4``) replies and advert answers go to a queue by name.
+  This lets any principal put a message into any queue whose name it knows;
+  it cannot read one, and the message carries its verified ``user-id``, so a
+  server's policy refuses what it may not send (docs/security.md);
+- ``rabbitmq``: replies to any inbox through ``rpclib:private`` (topic write
+  ``.*``), and binding only its own nodes there (topic read ``^<principal>:``).
+
+The exchanges every principal shares (``X``, ``X.adverts``, ``rpclib:private``)
+and the dead-letter queue are declared here, by the admin, and nobody else may
+configure them (configure would let a rogue delete them); the driver then
+finds them declared (:meth:`RabbitControl.shared_exchange`).
+
+Applying goes through the RabbitMQ management HTTP API
+(:class:`ManagementAPI`, the ``rabbitmq_management`` plugin; URL option
+``management_port``, default 15672, on the admin URL's first host).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+from rpclib.access import Account, Grants, check_principal
+from rpclib.exceptions import TransportError
+from rpclib.transports.amqp1.addressing import (
+    DEAD_LETTER_QUEUE,
+    FANOUT,
+    LIVE,
+    OWNER_MARK,
+    PRIVATE_EXCHANGE,
+    SYNC,
+    queue_name,
+)
+from rpclib.transports.amqp1.options import resolve_queue_type
+from rpclib.transports.base import Address
+from rpclib.transports.url import TransportURL, parse_url
+
+DEFAULT_EXCHANGE: Final = "amq.default"
+NOTHING: Final = "^(?!)"
+"""A regex no name matches (an empty one would match every routing key)."""
+STRATEGIES: Final = ("rabbitmq", "rabbitmq4")
+DEFAULT_MANAGEMENT_PORT: Final = 15672
+ADMIN_OPTIONS: Final = frozenset({"management_port"})
+"""Options of the admin URL only (rpclib.access.login_url drops them for the accounts)."""
+
+
+def literal(name: str) -> str:
+    """``name`` as a regex matching exactly it (Erlang's ``re`` reads these escapes too)."""
+    return "".join("\\" + c if c in ".^$|?*+()[]{}\\" else c for c in name)
+
+
+def _one_of(alternatives: Iterable[str]) -> str:
+    """``^(?:a|b)$`` of regex ``alternatives``; :data:`NOTHING` when there are none."""
+    parts = sorted(set(alternatives))
+    return f"^(?:{'|'.join(parts)})$" if parts else NOTHING
+
+
+@dataclass
+class Needs:
+    """What one principal needs, as name regexes (unanchored parts, joined by :func:`_one_of`)."""
+
+    configure: set[str] = field(default_factory=set)
+    write: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    topic_write: dict[str, set[str]] = field(default_factory=dict)
+    topic_read: dict[str, set[str]] = field(default_factory=dict)
+
+    def node(self, name: str, *, configure: bool = True, write: bool = True) -> None:
+        """A node the principal declares (configure), binds (write) and reads from."""
+        if configure:
+            self.configure.add(literal(name))
+        if write:
+            self.write.add(literal(name))
+        self.read.add(literal(name))
+
+    def sends(self, exchange: str, key_regex: str) -> None:
+        self.write.add(literal(exchange))
+        self.topic_write.setdefault(exchange, set()).add(key_regex)
+        self.topic_read.setdefault(exchange, set())
+
+    def binds(self, exchange: str, key_regex: str) -> None:
+        self.read.add(literal(exchange))
+        self.topic_read.setdefault(exchange, set()).add(key_regex)
+        self.topic_write.setdefault(exchange, set())
+
+
+@dataclass(frozen=True)
+class TopicPermission:
+    exchange: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True)
+class UserPermissions:
+    """One RabbitMQ user's vhost and topic permissions (what :func:`apply` sets)."""
+
+    user: str
+    password: str
+    configure: str
+    write: str
+    read: str
+    topics: tuple[TopicPermission, ...]
+
+
+def needs(grants: Grants, strategy: str) -> Needs:
+    """The permissions ``grants`` need under ``strategy``'s names (``rabbitmq`` or
+    ``rabbitmq4``), the principal's own prefix and the defaults every principal has."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"addressing {strategy!r}: least-privilege accounts for {STRATEGIES}")
+    p = check_principal(grants.principal)
+    own = literal(p + OWNER_MARK) + ".*"
+    out = Needs({own}, {own, literal(DEFAULT_EXCHANGE)}, {own})
+    if strategy == "rabbitmq":
+        out.sends(PRIVATE_EXCHANGE, ".*")
+        out.binds(PRIVATE_EXCHANGE, own)
+    for exchange, topic in grants.send:
+        t = literal(topic)
+        out.sends(exchange, f"{t}(?:{literal(LIVE)}|{literal(FANOUT)}|@.+)?")
+    for exchange, topic in grants.watch:
+        out.sends(f"{exchange}.adverts", literal(topic + SYNC))
+        out.binds(f"{exchange}.adverts", literal(topic))
+    for address in grants.advertise:
+        out.sends(f"{address.exchange}.adverts", literal(address.topic))
+        out.binds(f"{address.exchange}.adverts", literal(address.topic + SYNC))
+    for consume in grants.consume:
+        _consume(out, consume.address, consume.group, strategy)
+    return out
+
+
+def _consume(out: Needs, address: Address, group: str | None, strategy: str) -> None:
+    x, t = address.exchange, address.topic
+    if address.fanout:
+        out.binds(x, literal(t + FANOUT))  # the private queue: covered by the own prefix
+        if strategy == "rabbitmq":  # X.T.fanout (fanout) <- X; own queue <- X.T.fanout
+            out.node(f"{x}.{t}{FANOUT}")
+        return
+    durable = queue_name(address, group)
+    out.node(durable)
+    out.node(durable + LIVE)
+    key = t if address.server is None else f"{t}@{address.server}"
+    out.binds(x, literal(key) + f"(?:{literal(LIVE)})?")
+    if strategy == "rabbitmq" and address.server is None:  # X.T, X.T.live (fanout) <- X
+        out.node(f"{x}.{t}")
+        out.node(f"{x}.{t}{LIVE}")
+
+
+def permissions(account: Account, strategy: str) -> UserPermissions:
+    """``account``'s user, password and permission regexes under ``strategy``."""
+    n = needs(account.access.grants(), strategy)
+    exchanges = sorted(set(n.topic_write) | set(n.topic_read))
+    topics = tuple(
+        TopicPermission(x, _one_of(n.topic_write.get(x, ())), _one_of(n.topic_read.get(x, ())))
+        for x in exchanges
+    )
+    return UserPermissions(
+        account.access.principal,
+        account.password,
+        _one_of(n.configure),
+        _one_of(n.write),
+        _one_of(n.read),
+        topics,
+    )
+
+
+def shared_nodes(accounts: list[Account], strategy: str) -> tuple[list[str], list[str]]:
+    """(topic exchanges, durable queues) every principal shares: declared by the admin."""
+    exchanges: set[str] = set()
+    for account in accounts:
+        g = account.access.grants()
+        exchanges.update(c.address.exchange for c in g.consume)
+        exchanges.update(x for x, _ in g.send)
+        exchanges.update(f"{x}.adverts" for x, _ in g.watch)
+        exchanges.update(f"{a.exchange}.adverts" for a in g.advertise)
+    if strategy == "rabbitmq":
+        exchanges.add(PRIVATE_EXCHANGE)
+    return sorted(exchanges), [DEAD_LETTER_QUEUE]
+
+
+def _merge(a: UserPermissions, b: UserPermissions) -> UserPermissions:
+    """What both strategies need (``addressing=auto`` rendered without asking the broker)."""
+
+    def union(x: str, y: str) -> str:
+        parts = [r for r in (x, y) if r != NOTHING]
+        return NOTHING if not parts else parts[0] if len(set(parts)) == 1 else "|".join(parts)
+
+    topics: dict[str, TopicPermission] = {t.exchange: t for t in a.topics}
+    for t in b.topics:
+        if t.exchange in topics:
+            o = topics[t.exchange]
+            t = TopicPermission(t.exchange, union(o.write, t.write), union(o.read, t.read))
+        topics[t.exchange] = t
+    return UserPermissions(
+        a.user,
+        a.password,
+        union(a.configure, b.configure),
+        union(a.write, b.write),
+        union(a.read, b.read),
+        tuple(topics[x] for x in sorted(topics)),
+    )
+
+
+# --- the admin URL ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminTarget:
+    """Where and as whom to apply: the management API and the vhost, from the admin URL."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    vhost: str
+    strategy: str
+    queue_type: str
+    tls: bool
+
+
+def admin_target(admin_url: str) -> AdminTarget:
+    """Read ``amqp1://admin:pw@host/vhost?addressing=...&management_port=...``."""
+    url: TransportURL = parse_url(admin_url)
+    url.reject_unknown_options({"addressing", "management_port", "queue_type", "ssl"})
+    strategy = url.option("addressing", "auto") or "auto"
+    if strategy not in (*STRATEGIES, "auto"):
+        raise ValueError(
+            f"{url.scheme}:// accounts need addressing=rabbitmq, rabbitmq4 or auto, "
+            f"not {strategy!r} (only RabbitMQ grants permissions this way)"
+        )
+    if not url.hosts:
+        raise ValueError(f"admin URL {url} names no host")
+    host = url.hosts[0]
+    if host.username is None or host.password is None:
+        raise ValueError(f"admin URL {url} needs the administrator's user and password")
+    queue_type = resolve_queue_type(url.option("queue_type", "auto") or "auto", len(url.hosts))
+    return AdminTarget(
+        host.hostname,
+        url.int_option("management_port", DEFAULT_MANAGEMENT_PORT, minimum=1),
+        host.username,
+        host.password,
+        url.virtual_host or "/",
+        strategy,
+        queue_type,
+        url.scheme == "amqps" or url.bool_option("ssl", False),
+    )
+
+
+# --- applying: the RabbitMQ management HTTP API ---------------------------------------
+
+
+class ManagementAPI:
+    """The few RabbitMQ management API calls provisioning needs (users, permissions,
+    shared exchanges and queues). Kept small on purpose: the same mechanics serve
+    ``rabbit://``, and the two should become one module."""
+
+    def __init__(self, target: AdminTarget, timeout: float = 15.0) -> None:
+        scheme = "https" if target.tls else "http"
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        self.base = f"{scheme}://{host}:{target.port}/api"
+        token = base64.b64encode(f"{target.user}:{target.password}".encode()).decode()
+        self.auth = f"Basic {token}"
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", self.auth)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as answer:
+                text = answer.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return None
+            detail = exc.read().decode(errors="replace")[:300]
+            raise TransportError(
+                f"RabbitMQ management API refused {method} {path}: {exc.code} {detail}"
+            ) from None
+        except OSError as exc:
+            raise TransportError(f"RabbitMQ management API at {self.base}: {exc}") from None
+        return json.loads(text) if text else None
+
+    def version(self) -> str:
+        return str(self.request("GET", "/overview").get("rabbitmq_version", ""))
+
+    def put_user(self, user: str, password: str) -> None:
+        """Create or update ``user`` with no tags (never ``impersonator``: it could forge
+        ``user-id``; nor ``administrator``)."""
+        self.request("PUT", f"/users/{_q(user)}", {"password": password, "tags": ""})
+
+    def set_permissions(self, vhost: str, p: UserPermissions) -> None:
+        body = {"configure": p.configure, "write": p.write, "read": p.read}
+        self.request("PUT", f"/permissions/{_q(vhost)}/{_q(p.user)}", body)
+        self.request("DELETE", f"/topic-permissions/{_q(vhost)}/{_q(p.user)}", ok=(404,))
+        for t in p.topics:
+            body = {"exchange": t.exchange, "write": t.write, "read": t.read}
+            self.request("PUT", f"/topic-permissions/{_q(vhost)}/{_q(p.user)}", body)
+
+    def declare_exchange(self, vhost: str, name: str) -> None:
+        body = {"type": "topic", "durable": True, "auto_delete": False, "arguments": {}}
+        self.request("PUT", f"/exchanges/{_q(vhost)}/{_q(name)}", body)
+
+    def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any]) -> None:
+        body = {"durable": True, "auto_delete": False, "arguments": arguments}
+        self.request("PUT", f"/queues/{_q(vhost)}/{_q(name)}", body)
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+def _strategy_of(version: str) -> str:
+    major = version.split(".", 1)[0]
+    if not major.isdigit():
+        raise TransportError(f"RabbitMQ reported no readable version ({version!r})")
+    return "rabbitmq4" if int(major) >= 4 else "rabbitmq"
+
+
+def _plan(
+    accounts: list[Account], strategy: str
+) -> tuple[list[UserPermissions], list[str], list[str]]:
+    if strategy == "auto":
+        users = [_merge(permissions(a, "rabbitmq"), permissions(a, "rabbitmq4")) for a in accounts]
+        x3, q3 = shared_nodes(accounts, "rabbitmq")
+        x4, q4 = shared_nodes(accounts, "rabbitmq4")
+        return users, sorted(set(x3) | set(x4)), sorted(set(q3) | set(q4))
+    exchanges, queues = shared_nodes(accounts, strategy)
+    return [permissions(a, strategy) for a in accounts], exchanges, queues
+
+
+def _dead_letter_arguments(target: AdminTarget, strategy: str) -> dict[str, Any]:
+    """As the driver declares them: typed on ``rabbitmq4``, plain on the 3.x plugin."""
+    return {"x-queue-type": target.queue_type} if strategy == "rabbitmq4" else {}
+
+
+def render(admin_url: str, accounts: list[Account]) -> str:
+    """The commands :func:`apply` amounts to (``rabbitmqctl``, ``rabbitmqadmin``)."""
+    target = admin_target(admin_url)
+    users, exchanges, queues = _plan(accounts, target.strategy)
+    v = shlex.quote(target.vhost)
+    lines = [f"# amqp1:// least-privilege accounts (addressing={target.strategy}), vhost {v}"]
+    for x in exchanges:
+        lines.append(f"rabbitmqadmin -V {v} declare exchange name={shlex.quote(x)} type=topic")
+    for name in queues:
+        args = _dead_letter_arguments(target, target.strategy)
+        extra = f" arguments={shlex.quote(json.dumps(args))}" if args else ""
+        lines.append(
+            f"rabbitmqadmin -V {v} declare queue name={shlex.quote(name)} durable=true{extra}"
+        )
+    for u in users:
+        name = shlex.quote(u.user)
+        lines += [
+            f"rabbitmqctl add_user {name} {shlex.quote(u.password)}"
+            f" || rabbitmqctl change_password {name} {shlex.quote(u.password)}",
+            f"rabbitmqctl set_user_tags {name}",
+            f"rabbitmqctl set_permissions -p {v} {name} "
+            + " ".join(shlex.quote(r) for r in (u.configure, u.write, u.read)),
+            f"rabbitmqctl clear_topic_permissions -p {v} {name}",
+        ]
+        lines += [
+            f"rabbitmqctl set_topic_permissions -p {v} {name} {shlex.quote(t.exchange)} "
+            f"{shlex.quote(t.write)} {shlex.quote(t.read)}"
+            for t in u.topics
+        ]
+    return "\n".join(lines)
+
+
+def apply(admin_url: str, accounts: list[Account]) -> None:
+    """Declare the shared nodes, then create or update each principal's user with exactly
+    its permissions (idempotent: topic permissions are replaced, not added to)."""
+    target = admin_target(admin_url)
+    api = ManagementAPI(target)
+    strategy = target.strategy
+    if strategy == "auto":
+        strategy = _strategy_of(api.version())
+    users, exchanges, queues = _plan(accounts, strategy)
+    for x in exchanges:
+        api.declare_exchange(target.vhost, x)
+    for name in queues:
+        api.declare_queue(target.vhost, name, _dead_letter_arguments(target, strategy))
+    for u in users:
+        api.put_user(u.user, u.password)
+        api.set_permissions(target.vhost, u)
+
+
+__all__ = ["ManagementAPI", "UserPermissions", "apply", "needs", "permissions", "render"]

@@ -1,0 +1,129 @@
+"""The permission regexes amqp1:// derives for a principal, matched against amqp1's node names
+(what the broker does with them is tested on real nodes in test_security.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rpclib.access import Access, Account
+from rpclib.target import Target
+from rpclib.transports.amqp1.access import (
+    NOTHING,
+    UserPermissions,
+    admin_target,
+    permissions,
+    render,
+)
+
+COMPUTE = (
+    Access("compute-1")
+    .serve(Target(topic="compute", server="compute-1"))
+    .call(Target(topic="conductor"))
+)
+BILLING = Access("billing").listen("instance", "billing")
+
+
+def perms(access: Access, strategy: str) -> UserPermissions:
+    return permissions(Account(access, "pw"), strategy)
+
+
+def matches(regex: str, name: str) -> bool:
+    return re.search(regex, name) is not None  # RabbitMQ searches, unanchored
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rpclib.compute@compute-1",
+        "rpclib.compute@compute-1.live",
+        "compute-1:rpclib.reply.h.1.2",
+        "compute-1:rpclib.reply.h.1.2.mark",
+        "compute-1:rpclib.compute.fanout.h.1.3",
+        "compute-1:rpclib.adverts.h.1.4",
+    ],
+)
+def test_a_compute_node_reads_its_own_queues(strategy: str, name: str) -> None:
+    assert matches(perms(COMPUTE, strategy).read, name)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rpclib.compute@compute-2",
+        "rpclib.compute@compute-10",
+        "compute-2:rpclib.reply.h.1.2",
+        "compute-10:rpclib.reply.h.1.2",
+        "rpclib.conductor@c1",
+        "rpclib.conductor",
+        "rpclib.dead-letters",
+        "rpclib.instance#billing",
+    ],
+)
+def test_a_compute_node_reads_no_other_queue(strategy: str, name: str) -> None:
+    assert not matches(perms(COMPUTE, strategy).read, name)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_no_principal_may_configure_the_shared_exchanges_or_dead_letters(strategy: str) -> None:
+    configure = perms(COMPUTE, strategy).configure
+    for name in ("rpclib", "rpclib.adverts", "rpclib:private", "rpclib.dead-letters"):
+        assert not matches(configure, name)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_a_caller_may_publish_its_topics_keys_only(strategy: str) -> None:
+    (rpclib_x,) = [t for t in perms(COMPUTE, strategy).topics if t.exchange == "rpclib"]
+    for key in ("conductor", "conductor.live", "conductor@c1", "conductor@c1.live"):
+        assert matches(rpclib_x.write, key)
+    for key in ("compute@compute-2", "scheduler", "conductors", "instance.info"):
+        assert not matches(rpclib_x.write, key)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_a_server_may_bind_its_own_keys_only(strategy: str) -> None:
+    (rpclib_x,) = [t for t in perms(COMPUTE, strategy).topics if t.exchange == "rpclib"]
+    for key in ("compute@compute-1", "compute@compute-1.live", "compute", "compute.fanout"):
+        assert matches(rpclib_x.read, key)
+    for key in ("compute@compute-2", "conductor", "conductor@c1", "#"):
+        assert not matches(rpclib_x.read, key)
+
+
+def test_on_rabbitmq_3_inboxes_are_bound_by_their_owner_only() -> None:
+    (private,) = [t for t in perms(COMPUTE, "rabbitmq").topics if t.exchange == "rpclib:private"]
+    assert matches(private.read, "compute-1:rpclib.reply.h.1.2")
+    assert not matches(private.read, "compute-2:rpclib.reply.h.1.2")
+    assert matches(private.write, "compute-2:rpclib.reply.h.1.2")  # replies go to anyone
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_a_listener_pool_reads_its_own_pool_queues(strategy: str) -> None:
+    read = perms(BILLING, strategy).read
+    assert matches(read, "rpclib.instance.info#billing")
+    assert not matches(read, "rpclib.instance.info#audit")
+
+
+def test_nothing_matches_nothing() -> None:
+    for name in ("", "a", "rpclib", ".*"):
+        assert not matches(NOTHING, name)
+
+
+def test_the_admin_url_names_the_management_port_and_strategy() -> None:
+    target = admin_target("amqp1://admin:pw@h:5672/prod?addressing=rabbitmq4&management_port=1")
+    assert (target.port, target.vhost, target.strategy) == (1, "prod", "rabbitmq4")
+
+
+def test_an_admin_url_for_another_broker_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="addressing=rabbitmq, rabbitmq4 or auto"):
+        admin_target("amqp1://admin:pw@h/?addressing=artemis")
+
+
+def test_render_prints_the_commands_with_no_impersonator_tag() -> None:
+    text = render("amqp1://admin:pw@h/?addressing=rabbitmq4", [Account(COMPUTE, "s3")])
+    assert "rabbitmqctl set_user_tags compute-1\n" in text
+    assert "rabbitmqctl set_permissions -p / compute-1 " in text
+    assert "rabbitmqctl set_topic_permissions -p / compute-1 rpclib " in text
+    assert "impersonator" not in text

@@ -1,0 +1,355 @@
+"""Attacks on amqp1:// by a rogue compute node holding its own valid account, on private
+RabbitMQ nodes of both generations (3.x's AMQP 1.0 plugin, RabbitMQ 4's native AMQP 1.0)
+whose users were provisioned by rpclib.transports.amqp1.access.apply.
+
+Each node runs the management plugin on a free port of its own (apply's way in).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from proton import Message
+from proton.utils import BlockingConnection
+
+import rpclib
+from rpclib.access import Access, Account
+from rpclib.exceptions import TransportError
+from rpclib.target import Target
+from rpclib.transports.amqp1 import access, messages
+from rpclib.transports.amqp1.addressing import Source
+from rpclib.transports.amqp1.consumer import Amqp1Subscription
+from rpclib.transports.amqp1.driver import Amqp1Driver
+from rpclib.transports.amqp1.io_thread import Loop
+from rpclib.transports.base import Address, Guarantee, Incoming
+from tests.rpc.helpers import wait_until
+from tests.support.amqp1 import PLUGIN
+from tests.support.rabbit_node import RabbitNode, free_ports, node_for_session
+
+STRATEGY = {3: "rabbitmq", 4: "rabbitmq4"}
+ACCESS = [
+    Access("conductor").serve(Target(topic="conductor", server="c1")).call(Target(topic="compute")),
+    Access("scheduler").call(Target(topic="conductor")),
+    Access("compute-1")
+    .serve(Target(topic="compute", server="compute-1"))
+    .call(Target(topic="conductor")),
+    Access("compute-2")
+    .serve(Target(topic="compute", server="compute-2"))
+    .call(Target(topic="conductor")),
+]
+POLICY = rpclib.Policy(
+    [
+        rpclib.Allow("role:compute", namespace="conductor", methods=["heartbeat"]),
+        rpclib.Allow("scheduler", namespace="conductor", methods=["*"]),
+    ],
+    roles={"compute": ["compute-*"]},
+)
+
+
+@dataclass(frozen=True)
+class SecureNode:
+    """A private node with one least-privilege user per principal of ACCESS."""
+
+    node: RabbitNode
+    generation: int
+    management_port: int
+
+    @property
+    def strategy(self) -> str:
+        return STRATEGY[self.generation]
+
+    def admin_url(self) -> str:
+        return (
+            f"amqp1://guest:guest@127.0.0.1:{self.node.port}/"
+            f"?addressing={self.strategy}&management_port={self.management_port}"
+        )
+
+    def url(self, principal: str) -> str:
+        return (
+            f"amqp1://{principal}:{password(principal)}@127.0.0.1:{self.node.port}/"
+            f"?addressing={self.strategy}&send_timeout=60"  # generous: a loaded machine
+        )
+
+    def raw_node(self, queue: str) -> str:
+        """A queue's AMQP 1.0 address under this generation's strategy."""
+        return f"/amq/queue/{queue}" if self.generation == 3 else f"/queues/{queue}"
+
+
+def password(principal: str) -> str:
+    return f"{principal}-secret"
+
+
+@pytest.fixture(scope="module", params=[3, 4], ids=["rabbitmq3", "rabbitmq4"])
+def secure(request: pytest.FixtureRequest) -> Iterator[SecureNode]:
+    generation = int(request.param)
+    port = free_ports(1)[0]
+    config = f"management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n"
+    plugins = ("rabbitmq_management",) + ((PLUGIN,) if generation == 3 else ())
+    for node in node_for_session(plugins, generation=generation, config=config):
+        secure = SecureNode(node, generation, port)
+        access.apply(secure.admin_url(), [Account(a, password(a.principal)) for a in ACCESS])
+        yield secure
+
+
+@pytest.fixture
+def login(secure: SecureNode) -> Iterator[Callable[[str], Amqp1Driver]]:
+    """A driver logged in as the given principal (closed after the test)."""
+    opened: list[Amqp1Driver] = []
+
+    def open_as(principal: str) -> Amqp1Driver:
+        driver = rpclib.get_transport(secure.url(principal)).driver
+        assert isinstance(driver, Amqp1Driver)
+        opened.append(driver)
+        return driver
+
+    yield open_as
+    for driver in opened:
+        driver.close()
+
+
+class Conductor:
+    target = rpclib.Target(namespace="conductor", version="1.0")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def heartbeat(self, ctx: dict[str, Any]) -> str | None:
+        info = rpclib.current_request()
+        assert info is not None
+        self.calls.append(("heartbeat", info.sender))
+        return info.sender
+
+    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
+        self.calls.append(("list_instances", rpclib.current_request().sender))  # type: ignore[union-attr]
+        return ["every project's instances"]
+
+
+@pytest.fixture
+def conductor(secure: SecureNode) -> Iterator[Conductor]:
+    endpoint = Conductor()
+    transport = rpclib.get_transport(secure.url("conductor"))
+    server = rpclib.RPCServer(
+        transport, rpclib.Target(topic="conductor", server="c1"), [endpoint], policy=POLICY
+    )
+    server.start()
+    yield endpoint
+    server.stop()
+    server.wait()
+    transport.close()
+
+
+def call(secure: SecureNode, principal: str, method: str) -> Any:
+    transport = rpclib.get_transport(secure.url(principal))
+    try:
+        target = rpclib.Target(topic="conductor", namespace="conductor", version="1.0")
+        return rpclib.RPCClient(transport, target, timeout=20).call({}, method)
+    finally:
+        transport.close()
+
+
+# --- the sender ------------------------------------------------------------------------
+
+
+def test_the_sender_a_server_sees_is_the_callers_broker_account(
+    secure: SecureNode, conductor: Conductor
+) -> None:
+    assert call(secure, "compute-1", "heartbeat") == "compute-1"
+    assert call(secure, "compute-2", "heartbeat") == "compute-2"
+    assert conductor.calls == [("heartbeat", "compute-1"), ("heartbeat", "compute-2")]
+
+
+def test_a_message_claiming_another_user_id_is_refused_by_the_broker(
+    secure: SecureNode, conductor: Conductor, login: Callable[[str], Amqp1Driver]
+) -> None:
+    rogue = login("compute-1")
+    rogue._loop.__class__ = _Impersonating  # every user-id it sends now says "scheduler"
+    with pytest.raises(TransportError, match="user_id"):
+        rogue.send(
+            Address("rpclib", "conductor", server="c1"),
+            b"forged",
+            guarantee=Guarantee.AT_LEAST_ONCE,
+        )
+    assert call(secure, "compute-2", "heartbeat") == "compute-2"
+    assert conductor.calls == [("heartbeat", "compute-2")]  # nothing else reached it
+
+
+class _Impersonating(Loop):
+    """A connection that puts another user's name in ``user-id`` (a rogue's own driver)."""
+
+    @property
+    def own_user(self) -> str:
+        return "scheduler"
+
+
+def test_a_relayed_sender_is_believed_only_from_the_readers_own_user(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    server = login("conductor")
+    seen: list[str | None] = []
+    got = threading.Event()
+
+    def handler(incoming: Incoming) -> None:
+        seen.append(incoming.sender)
+        incoming.ack()
+        got.set()
+
+    server.listen(Address("rpclib", "conductor", server="c1"), handler)
+    raw = BlockingConnection(
+        f"amqp://compute-1:{password('compute-1')}@127.0.0.1:{secure.node.port}",
+        allowed_mechs="PLAIN",
+        allow_insecure_mechs=True,
+        virtual_host="vhost:/",
+    )
+    try:
+        node = raw.create_sender(secure.raw_node("rpclib.conductor@c1"))
+        message = Message(
+            body=b"x", properties={messages.RELAYED_SENDER: "scheduler"}, durable=True
+        )
+        message.user_id = b"compute-1"
+        node.send(message)
+    finally:
+        raw.close()
+    assert got.wait(20)
+    assert seen == [None]
+
+
+def test_a_requeued_message_keeps_its_original_sender(
+    login: Callable[[str], Amqp1Driver],
+) -> None:
+    server = login("conductor")
+    seen: list[tuple[str | None, int]] = []
+
+    def handler(incoming: Incoming) -> None:
+        seen.append((incoming.sender, incoming.attempts))
+        if incoming.attempts == 1:
+            incoming.requeue()  # re-published by the driver, with the conductor's user-id
+        else:
+            incoming.ack()
+
+    server.listen(Address("rpclib", "conductor", server="c1"), handler)
+    login("compute-1").send(
+        Address("rpclib", "conductor", server="c1"), b"update", guarantee=Guarantee.AT_LEAST_ONCE
+    )
+    wait_until(lambda: len(seen) == 2, timeout=20)
+    assert seen == [("compute-1", 1), ("compute-1", 2)]
+
+
+def test_a_dead_letter_records_its_original_sender(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    server = login("conductor")
+    server.listen(
+        Address("rpclib", "conductor", server="c1"), lambda m: m.dead_letter("test refusal")
+    )
+    login("compute-1").send(
+        Address("rpclib", "conductor", server="c1"), b"poison", guarantee=Guarantee.AT_LEAST_ONCE
+    )
+    raw = BlockingConnection(
+        f"amqp://guest:guest@127.0.0.1:{secure.node.port}",
+        allowed_mechs="PLAIN",
+        allow_insecure_mechs=True,
+        virtual_host="vhost:/",
+    )
+    try:
+        receiver = raw.create_receiver(secure.raw_node("rpclib.dead-letters"))
+        while True:
+            letter = receiver.receive(timeout=20)
+            receiver.accept()
+            if letter.body in (b"poison", "poison"):
+                break
+    finally:
+        raw.close()
+    assert letter.user_id == b"conductor"  # the broker verified who dead-lettered it
+    properties: dict[str, Any] = dict(letter.properties or {})
+    assert properties[messages.RELAYED_SENDER] == "compute-1"
+
+
+# --- the accounts ----------------------------------------------------------------------
+
+
+def test_a_rogue_cannot_consume_another_compute_nodes_queue(
+    login: Callable[[str], Amqp1Driver],
+) -> None:
+    rogue = login("compute-1")
+    with pytest.raises(TransportError, match="(?i)access|refused|unauthorized|403"):
+        rogue.listen(Address("rpclib", "compute", server="compute-2"), lambda m: m.ack())
+
+
+def test_a_rogue_cannot_attach_to_another_compute_nodes_queue(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    login("compute-2").listen(Address("rpclib", "compute", server="compute-2"), lambda m: m.ack())
+    with pytest.raises(Exception, match="(?i)access|refused|unauthorized"):
+        _attach(login("compute-1"), "rpclib.compute@compute-2")
+
+
+def test_a_rogue_cannot_read_another_principals_inbox(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    inbox = login("compute-2").open_inbox(lambda body: None)
+    assert inbox.address.startswith("compute-2:")
+    with pytest.raises(Exception, match="(?i)access|refused|unauthorized"):
+        _attach(login("compute-1"), inbox.address)
+
+
+def test_a_rogue_cannot_bind_its_own_queue_to_another_nodes_messages(
+    login: Callable[[str], Amqp1Driver],
+) -> None:
+    rogue = login("compute-1")
+    spy = "compute-1:spy"
+    with pytest.raises(TransportError, match="(?i)access|refused|403"):
+        _bind(rogue, spy, "rpclib", "compute@compute-2")
+
+
+def test_a_rogue_cannot_bind_its_own_queue_to_another_principals_replies(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    inbox = login("compute-2").open_inbox(lambda body: None)
+    rogue = login("compute-1")
+    exchange = "rpclib:private" if secure.generation == 3 else "rpclib"
+    with pytest.raises(TransportError, match="(?i)access|refused|403"):
+        _bind(rogue, "compute-1:spy", exchange, inbox.address)
+
+
+def _attach(driver: Amqp1Driver, queue: str) -> None:
+    """Attach a receiver to ``queue`` over the rogue's own connection; raises the refusal."""
+    node = driver.addressing.private_source(queue).node
+    spy = Amqp1Subscription(
+        driver._loop,
+        Address("rpclib", "spy"),
+        None,
+        lambda m: m.ack(),
+        1,
+        [Source(node, False)],
+        20,
+    )
+    driver._attach(spy, f"attaching to {queue}")
+
+
+def _bind(driver: Amqp1Driver, queue: str, exchange: str, key: str) -> None:
+    """Declare ``queue`` (the rogue's own name) and bind it to ``exchange`` with ``key``,
+    through the rogue's own topology channel."""
+    strategy: Any = driver.addressing
+    if strategy.name == "rabbitmq4":
+        strategy._queue(queue, exclusive=True)
+        strategy._bind(queue, exchange, key)
+    else:
+        strategy.control.queue(queue, durable=False, auto_delete=True)
+        strategy.control.bind_queue(queue, exchange, key)
+
+
+# --- authorization over amqp1:// ---------------------------------------------------------
+
+
+def test_a_server_with_a_policy_refuses_the_rogue_and_serves_the_allowed(
+    secure: SecureNode, conductor: Conductor
+) -> None:
+    with pytest.raises(rpclib.Forbidden):
+        call(secure, "compute-1", "list_instances")
+    assert call(secure, "scheduler", "list_instances") == ["every project's instances"]
+    assert call(secure, "compute-1", "heartbeat") == "compute-1"
+    assert conductor.calls == [("list_instances", "scheduler"), ("heartbeat", "compute-1")]
