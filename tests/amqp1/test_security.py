@@ -28,6 +28,7 @@ from rpclib.transports.amqp1.io_thread import Loop
 from rpclib.transports.base import Address, Guarantee, Incoming
 from tests.rpc.helpers import wait_until
 from tests.support.amqp1 import PLUGIN
+from tests.support.conductor_endpoint import RecordingConductor
 from tests.support.rabbit_node import RabbitNode, free_ports, node_for_session
 
 STRATEGY = {3: "rabbitmq", 4: "rabbitmq4"}
@@ -111,26 +112,9 @@ def login(secure: SecureNode) -> Iterator[Callable[[str], Amqp1Driver]]:
         driver.close()
 
 
-class Conductor:
-    target = rpclib.Target(namespace="conductor", version="1.0")
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-
-    def heartbeat(self, ctx: dict[str, Any]) -> str | None:
-        info = rpclib.current_request()
-        assert info is not None
-        self.calls.append(("heartbeat", info.sender))
-        return info.sender
-
-    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
-        self.calls.append(("list_instances", rpclib.current_request().sender))  # type: ignore[union-attr]
-        return ["every project's instances"]
-
-
 @pytest.fixture
-def conductor(secure: SecureNode) -> Iterator[Conductor]:
-    endpoint = Conductor()
+def conductor(secure: SecureNode) -> Iterator[RecordingConductor]:
+    endpoint = RecordingConductor()
     transport = rpclib.get_transport(secure.url("conductor"))
     server = rpclib.RPCServer(
         transport, rpclib.Target(topic="conductor", server="c1"), [endpoint], policy=POLICY
@@ -155,7 +139,7 @@ def call(secure: SecureNode, principal: str, method: str) -> Any:
 
 
 def test_the_sender_a_server_sees_is_the_callers_broker_account(
-    secure: SecureNode, conductor: Conductor
+    secure: SecureNode, conductor: RecordingConductor
 ) -> None:
     assert call(secure, "compute-1", "heartbeat") == "compute-1"
     assert call(secure, "compute-2", "heartbeat") == "compute-2"
@@ -163,7 +147,7 @@ def test_the_sender_a_server_sees_is_the_callers_broker_account(
 
 
 def test_a_message_claiming_another_user_id_is_refused_by_the_broker(
-    secure: SecureNode, conductor: Conductor, login: Callable[[str], Amqp1Driver]
+    secure: SecureNode, conductor: RecordingConductor, login: Callable[[str], Amqp1Driver]
 ) -> None:
     rogue = login("compute-1")
     rogue._loop.__class__ = _Impersonating  # every user-id it sends now says "scheduler"
@@ -346,7 +330,7 @@ def _bind(driver: Amqp1Driver, queue: str, exchange: str, key: str) -> None:
 
 
 def test_a_server_with_a_policy_refuses_the_rogue_and_serves_the_allowed(
-    secure: SecureNode, conductor: Conductor
+    secure: SecureNode, conductor: RecordingConductor
 ) -> None:
     with pytest.raises(rpclib.Forbidden):
         call(secure, "compute-1", "list_instances")

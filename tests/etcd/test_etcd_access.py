@@ -32,6 +32,7 @@ from rpclib.transports.etcd.client import NotAuthorized
 from rpclib.transports.etcd.wire import Message
 from tests.etcd.secure_cloud import EXCHANGE, NOTIFICATIONS, SecureEtcd, accesses, start_secure_etcd
 from tests.rpc.helpers import wait_until
+from tests.support.conductor_endpoint import RecordingConductor
 from tests.support.etcd import GENERATIONS, ROOT_PASSWORD, ROOT_USER, generation_binary
 
 COMPUTE_1 = Address(EXCHANGE, "compute", server="compute-1")
@@ -61,23 +62,6 @@ def refused(transport: rpclib.Transport) -> int:
     return int(transport.driver.refused)  # type: ignore[attr-defined]
 
 
-class Conductor:
-    target = rpclib.Target(namespace="conductor", version="1.0")
-
-    def __init__(self) -> None:
-        self.seen: queue.Queue[tuple[str, str | None]] = queue.Queue()
-
-    def heartbeat(self, ctx: dict[str, Any], tag: str = "") -> str | None:
-        info = rpclib.current_request()
-        assert info is not None
-        self.seen.put((tag, info.sender))
-        return info.sender
-
-    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
-        self.seen.put(("list_instances", None))
-        return ["every project's instances"]
-
-
 POLICY = rpclib.Policy(
     [
         rpclib.Allow("compute-1", namespace="conductor", methods=["heartbeat", "list_instances"]),
@@ -87,8 +71,8 @@ POLICY = rpclib.Policy(
 
 
 @pytest.fixture
-def conductor(cloud: SecureEtcd) -> Iterator[tuple[Conductor, rpclib.RPCServer]]:
-    endpoint = Conductor()
+def conductor(cloud: SecureEtcd) -> Iterator[tuple[RecordingConductor, rpclib.RPCServer]]:
+    endpoint = RecordingConductor()
     server = rpclib.RPCServer(
         cloud.transport("conductor"),
         rpclib.Target(topic="conductor", server="conductor"),

@@ -29,6 +29,7 @@ from rpclib.transports.rabbit import RabbitDriver, naming
 from rpclib.transports.rabbit import access as rabbit_access
 from rpclib.transports.rabbit.consumer import SENDER
 from tests.security.conftest import RABBIT_VHOST
+from tests.support.conductor_endpoint import RecordingConductor
 
 ROGUE = "compute-9"
 WAIT = 15.0
@@ -309,28 +310,11 @@ def test_a_rogue_cannot_read_another_nodes_build_queue(
 # --- (d) a server's policy over rabbit:// --------------------------------------------------
 
 
-class Conductor:
-    target = rpclib.Target(namespace="conductor", version="1.0")
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-
-    def heartbeat(self, ctx: dict[str, Any]) -> str | None:
-        info = rpclib.current_request()
-        assert info is not None
-        self.calls.append(("heartbeat", info.sender))
-        return info.sender
-
-    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
-        self.calls.append(("list_instances", None))
-        return ["every project's instances"]
-
-
 def test_a_policy_refuses_the_rogue_and_serves_allowed_principals(broker: dict[str, Any]) -> None:
     transports = {
         p: rpclib.get_transport(url_of(broker, p)) for p in ("conductor", "compute-1", ROGUE)
     }
-    endpoint = Conductor()
+    endpoint = RecordingConductor()
     server = rpclib.RPCServer(
         transports["conductor"],
         rpclib.Target(topic="conductor", server="conductor-1"),

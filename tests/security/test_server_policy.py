@@ -10,6 +10,7 @@ import pytest
 
 import rpclib
 from tests.rpc.helpers import wait_until
+from tests.support.conductor_endpoint import RecordingConductor
 
 ROLES = {"compute": ["compute-*"]}
 POLICY = rpclib.Policy(
@@ -21,26 +22,9 @@ POLICY = rpclib.Policy(
 )
 
 
-class Conductor:
-    target = rpclib.Target(namespace="conductor", version="1.0")
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None]] = []
-
-    def heartbeat(self, ctx: dict[str, Any]) -> str | None:
-        info = rpclib.current_request()
-        assert info is not None
-        self.calls.append(("heartbeat", info.sender))
-        return info.sender
-
-    def list_instances(self, ctx: dict[str, Any]) -> list[str]:
-        self.calls.append(("list_instances", None))
-        return ["every project's instances"]
-
-
 @pytest.fixture
 def conductor(as_principal: Callable[[str], rpclib.Transport]) -> Any:
-    endpoint = Conductor()
+    endpoint = RecordingConductor()
     server = rpclib.RPCServer(
         as_principal("conductor"),
         rpclib.Target(topic="conductor", server="c1"),
@@ -101,7 +85,7 @@ def test_an_unauthenticated_sender_is_refused(bus_url: str) -> None:
     server = rpclib.RPCServer(
         rpclib.get_transport(bus_url),
         rpclib.Target(topic="conductor", server="c1"),
-        [Conductor()],
+        [RecordingConductor()],
         policy=POLICY,
     )
     server.start()
@@ -114,7 +98,7 @@ def test_an_unauthenticated_sender_is_refused(bus_url: str) -> None:
 
 
 def test_without_a_policy_everything_is_served(as_principal: Any) -> None:
-    endpoint = Conductor()
+    endpoint = RecordingConductor()
     server = rpclib.RPCServer(
         as_principal("conductor"), rpclib.Target(topic="conductor", server="c1"), [endpoint]
     )
