@@ -11,7 +11,7 @@ from rpclib.access import Access, Account
 from rpclib.target import Target
 from rpclib.transports.amqp1.access import (
     NOTHING,
-    UserPermissions,
+    Permissions,
     admin_target,
     permissions,
     render,
@@ -25,7 +25,7 @@ COMPUTE = (
 BILLING = Access("billing").listen("instance", "billing")
 
 
-def perms(access: Access, strategy: str) -> UserPermissions:
+def perms(access: Access, strategy: str) -> Permissions:
     return permissions(Account(access, "pw"), strategy)
 
 

@@ -28,21 +28,18 @@ configure them (configure would let a rogue delete them); the driver then
 finds them declared (:meth:`RabbitControl.shared_exchange`).
 
 Applying goes through the RabbitMQ management HTTP API
-(:class:`ManagementAPI`, the ``rabbitmq_management`` plugin; URL option
-``management_port``, default 15672, on the admin URL's first host).
+(:mod:`rpclib.transports.rabbitmq_management`, shared with ``rabbit://``; the
+``rabbitmq_management`` plugin; URL option ``management_port``, default 15672,
+on the admin URL's first host).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote
 
 from rpclib.access import Account, Grants, check_principal
 from rpclib.exceptions import TransportError
@@ -57,6 +54,7 @@ from rpclib.transports.amqp1.addressing import (
 )
 from rpclib.transports.amqp1.options import resolve_queue_type
 from rpclib.transports.base import Address
+from rpclib.transports.rabbitmq_management import ManagementClient, Permissions, TopicPermission
 from rpclib.transports.url import TransportURL, parse_url
 
 DEFAULT_EXCHANGE: Final = "amq.default"
@@ -108,25 +106,6 @@ class Needs:
         self.topic_write.setdefault(exchange, set())
 
 
-@dataclass(frozen=True)
-class TopicPermission:
-    exchange: str
-    write: str
-    read: str
-
-
-@dataclass(frozen=True)
-class UserPermissions:
-    """One RabbitMQ user's vhost and topic permissions (what :func:`apply` sets)."""
-
-    user: str
-    password: str
-    configure: str
-    write: str
-    read: str
-    topics: tuple[TopicPermission, ...]
-
-
 def needs(grants: Grants, strategy: str) -> Needs:
     """The permissions ``grants`` need under ``strategy``'s names (``rabbitmq`` or
     ``rabbitmq4``), the principal's own prefix and the defaults every principal has."""
@@ -169,17 +148,16 @@ def _consume(out: Needs, address: Address, group: str | None, strategy: str) -> 
         out.node(f"{x}.{t}{LIVE}")
 
 
-def permissions(account: Account, strategy: str) -> UserPermissions:
-    """``account``'s user, password and permission regexes under ``strategy``."""
+def permissions(account: Account, strategy: str) -> Permissions:
+    """``account``'s user and permission regexes under ``strategy``."""
     n = needs(account.access.grants(), strategy)
     exchanges = sorted(set(n.topic_write) | set(n.topic_read))
     topics = tuple(
         TopicPermission(x, _one_of(n.topic_write.get(x, ())), _one_of(n.topic_read.get(x, ())))
         for x in exchanges
     )
-    return UserPermissions(
+    return Permissions(
         account.access.principal,
-        account.password,
         _one_of(n.configure),
         _one_of(n.write),
         _one_of(n.read),
@@ -201,7 +179,7 @@ def shared_nodes(accounts: list[Account], strategy: str) -> tuple[list[str], lis
     return sorted(exchanges), [DEAD_LETTER_QUEUE]
 
 
-def _merge(a: UserPermissions, b: UserPermissions) -> UserPermissions:
+def _merge(a: Permissions, b: Permissions) -> Permissions:
     """What both strategies need (``addressing=auto`` rendered without asking the broker)."""
 
     def union(x: str, y: str) -> str:
@@ -214,9 +192,8 @@ def _merge(a: UserPermissions, b: UserPermissions) -> UserPermissions:
             o = topics[t.exchange]
             t = TopicPermission(t.exchange, union(o.write, t.write), union(o.read, t.read))
         topics[t.exchange] = t
-    return UserPermissions(
+    return Permissions(
         a.user,
-        a.password,
         union(a.configure, b.configure),
         union(a.write, b.write),
         union(a.read, b.read),
@@ -269,68 +246,14 @@ def admin_target(admin_url: str) -> AdminTarget:
     )
 
 
-# --- applying: the RabbitMQ management HTTP API ---------------------------------------
+# --- applying ----------------------------------------------------------------------------
 
 
-class ManagementAPI:
-    """The few RabbitMQ management API calls provisioning needs (users, permissions,
-    shared exchanges and queues). Kept small on purpose: the same mechanics serve
-    ``rabbit://``, and the two should become one module."""
-
-    def __init__(self, target: AdminTarget, timeout: float = 15.0) -> None:
-        scheme = "https" if target.tls else "http"
-        host = f"[{target.host}]" if ":" in target.host else target.host
-        self.base = f"{scheme}://{host}:{target.port}/api"
-        token = base64.b64encode(f"{target.user}:{target.password}".encode()).decode()
-        self.auth = f"Basic {token}"
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Authorization", self.auth)
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as answer:
-                text = answer.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return None
-            detail = exc.read().decode(errors="replace")[:300]
-            raise TransportError(
-                f"RabbitMQ management API refused {method} {path}: {exc.code} {detail}"
-            ) from None
-        except OSError as exc:
-            raise TransportError(f"RabbitMQ management API at {self.base}: {exc}") from None
-        return json.loads(text) if text else None
-
-    def version(self) -> str:
-        return str(self.request("GET", "/overview").get("rabbitmq_version", ""))
-
-    def put_user(self, user: str, password: str) -> None:
-        """Create or update ``user`` with no tags (never ``impersonator``: it could forge
-        ``user-id``; nor ``administrator``)."""
-        self.request("PUT", f"/users/{_q(user)}", {"password": password, "tags": ""})
-
-    def set_permissions(self, vhost: str, p: UserPermissions) -> None:
-        body = {"configure": p.configure, "write": p.write, "read": p.read}
-        self.request("PUT", f"/permissions/{_q(vhost)}/{_q(p.user)}", body)
-        self.request("DELETE", f"/topic-permissions/{_q(vhost)}/{_q(p.user)}", ok=(404,))
-        for t in p.topics:
-            body = {"exchange": t.exchange, "write": t.write, "read": t.read}
-            self.request("PUT", f"/topic-permissions/{_q(vhost)}/{_q(p.user)}", body)
-
-    def declare_exchange(self, vhost: str, name: str) -> None:
-        body = {"type": "topic", "durable": True, "auto_delete": False, "arguments": {}}
-        self.request("PUT", f"/exchanges/{_q(vhost)}/{_q(name)}", body)
-
-    def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any]) -> None:
-        body = {"durable": True, "auto_delete": False, "arguments": arguments}
-        self.request("PUT", f"/queues/{_q(vhost)}/{_q(name)}", body)
-
-
-def _q(part: str) -> str:
-    return quote(part, safe="")
+def management_client(target: AdminTarget) -> ManagementClient:
+    """The management API on the admin URL's first host (https when the URL uses TLS)."""
+    scheme = "https" if target.tls else "http"
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return ManagementClient(f"{scheme}://{host}:{target.port}", target.user, target.password)
 
 
 def _strategy_of(version: str) -> str:
@@ -340,9 +263,8 @@ def _strategy_of(version: str) -> str:
     return "rabbitmq4" if int(major) >= 4 else "rabbitmq"
 
 
-def _plan(
-    accounts: list[Account], strategy: str
-) -> tuple[list[UserPermissions], list[str], list[str]]:
+def _plan(accounts: list[Account], strategy: str) -> tuple[list[Permissions], list[str], list[str]]:
+    """Each account's permissions (in order), the shared exchanges and queues."""
     if strategy == "auto":
         users = [_merge(permissions(a, "rabbitmq"), permissions(a, "rabbitmq4")) for a in accounts]
         x3, q3 = shared_nodes(accounts, "rabbitmq")
@@ -371,11 +293,11 @@ def render(admin_url: str, accounts: list[Account]) -> str:
         lines.append(
             f"rabbitmqadmin -V {v} declare queue name={shlex.quote(name)} durable=true{extra}"
         )
-    for u in users:
-        name = shlex.quote(u.user)
+    for account, u in zip(accounts, users, strict=True):
+        name, password = shlex.quote(u.user), shlex.quote(account.password)
         lines += [
-            f"rabbitmqctl add_user {name} {shlex.quote(u.password)}"
-            f" || rabbitmqctl change_password {name} {shlex.quote(u.password)}",
+            f"rabbitmqctl add_user {name} {password}"
+            f" || rabbitmqctl change_password {name} {password}",
             f"rabbitmqctl set_user_tags {name}",
             f"rabbitmqctl set_permissions -p {v} {name} "
             + " ".join(shlex.quote(r) for r in (u.configure, u.write, u.read)),
@@ -393,7 +315,7 @@ def apply(admin_url: str, accounts: list[Account]) -> None:
     """Declare the shared nodes, then create or update each principal's user with exactly
     its permissions (idempotent: topic permissions are replaced, not added to)."""
     target = admin_target(admin_url)
-    api = ManagementAPI(target)
+    api = management_client(target)
     strategy = target.strategy
     if strategy == "auto":
         strategy = _strategy_of(api.version())
@@ -402,9 +324,9 @@ def apply(admin_url: str, accounts: list[Account]) -> None:
         api.declare_exchange(target.vhost, x)
     for name in queues:
         api.declare_queue(target.vhost, name, _dead_letter_arguments(target, strategy))
-    for u in users:
-        api.put_user(u.user, u.password)
+    for account, u in zip(accounts, users, strict=True):
+        api.put_user(u.user, account.password)
         api.set_permissions(target.vhost, u)
 
 
-__all__ = ["ManagementAPI", "UserPermissions", "apply", "needs", "permissions", "render"]
+__all__ = ["Permissions", "apply", "management_client", "needs", "permissions", "render"]

@@ -39,31 +39,29 @@ user on it, so receivers and policies see who sent it); and the advert
 exchange's routing key is the topic, so an account that advertises on ``T``
 can publish adverts naming other servers of ``T``.
 
-:func:`apply` sets users and permissions through the management HTTP API when
-the admin URL has ``?management=http://HOST:PORT`` (its user and password
-log in), else through ``rabbitmqctl`` (``?rabbitmqctl=PATH``, default the one
-on PATH; ``?node=NAME`` for ``-n``); it declares exchanges over AMQP with the
-admin URL's credentials. :func:`render` prints the same as commands.
+:func:`apply` sets users and permissions through the management HTTP API
+(:mod:`rpclib.transports.rabbitmq_management`) when the admin URL has
+``?management=http://HOST:PORT`` (its user and password log in), else through
+``rabbitmqctl`` (``?rabbitmqctl=PATH``, default the one on PATH; ``?node=NAME``
+for ``-n``); it declares exchanges over AMQP with the admin URL's credentials.
+:func:`render` prints the same as commands.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import shlex
 import shutil
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from rpclib.exceptions import InvalidTransportURL
 from rpclib.transports.base import Address
 from rpclib.transports.rabbit import naming
+from rpclib.transports.rabbitmq_management import ManagementClient, Permissions, TopicPermission
 from rpclib.transports.url import TransportURL, parse_url
 
 if TYPE_CHECKING:
@@ -77,18 +75,6 @@ DEFAULT_EXCHANGE_PERMISSION: Final = "amq.default"
 
 Runner = Callable[[Sequence[str]], str]
 """Runs ``rabbitmqctl`` with these arguments; returns its output, raises on failure."""
-
-
-@dataclass(frozen=True)
-class Permissions:
-    """One account's vhost permissions and topic permissions, as RabbitMQ regexes."""
-
-    user: str
-    configure: str
-    write: str
-    read: str
-    topics: tuple[tuple[str, str, str], ...]
-    """(topic exchange, write regex, read regex)."""
 
 
 def _alternatives(patterns: Iterable[str]) -> str:
@@ -178,7 +164,9 @@ def permissions(grants: Grants) -> Permissions:
         write.update((queue, _name(adverts)))
         read.update((queue, _name(adverts)))
     topics = tuple(
-        (exchange, _alternatives(topic_write[exchange]), _alternatives(topic_read[exchange]))
+        TopicPermission(
+            exchange, _alternatives(topic_write[exchange]), _alternatives(topic_read[exchange])
+        )
         for exchange in sorted(topic_write)
     )
     return Permissions(
@@ -338,12 +326,11 @@ def apply(admin_url: str, accounts: list[Account], *, run: Runner | None = None)
     admin = admin_of(admin_url)
     _check_unique(accounts)
     if admin.management is not None:
-        api = _Management(admin)
-        api.ensure_vhost(admin.user)
+        api = ManagementClient(admin.management, admin.user, admin.password, timeout=30)
+        api.ensure_vhost(admin.vhost, admin.user)
         for account in accounts:
             api.put_user(account.access.principal, account.password)
-            perms = permissions(account.access.grants())
-            api.put_permissions(perms)
+            api.set_permissions(admin.vhost, permissions(account.access.grants()))
     else:
         ctl = run or _cli(admin)
         _ensure_vhost_cli(ctl, admin.vhost, admin.user)
@@ -434,65 +421,3 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
         conn.close()
     finally:
         close_quietly(conn)
-
-
-class _Management:
-    """The few management HTTP API calls :func:`apply` needs."""
-
-    def __init__(self, admin: Admin) -> None:
-        assert admin.management is not None
-        self._base = admin.management
-        self._vhost = urllib.parse.quote(admin.vhost, safe="")
-        token = base64.b64encode(f"{admin.user}:{admin.password}".encode()).decode()
-        self._auth = f"Basic {token}"
-
-    def _call(self, method: str, path: str, body: Any = None) -> bool:
-        """Whether it succeeded; False for a GET or DELETE of something that is not there."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self._base + path,
-            data=data,
-            method=method,
-            headers={"Authorization": self._auth, "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
-            return True
-        except urllib.error.HTTPError as exc:
-            if method in ("GET", "DELETE") and exc.code == 404:
-                return False
-            detail = exc.read().decode(errors="replace")[:300]
-            raise RuntimeError(
-                f"management API {method} {path.split('/')[2]} failed: {exc.code} {detail}"
-            ) from None
-        except urllib.error.URLError as exc:
-            raise RuntimeError(f"management API at {self._base}: {exc.reason}") from None
-
-    def _user(self, user: str) -> str:
-        return urllib.parse.quote(user, safe="")
-
-    def ensure_vhost(self, admin: str) -> None:
-        """Create the vhost if missing, and let ``admin`` declare the shared exchanges in it."""
-        if not self._call("GET", f"/api/vhosts/{self._vhost}"):
-            self._call("PUT", f"/api/vhosts/{self._vhost}", {})
-            everything = {"configure": ".*", "write": ".*", "read": ".*"}
-            self._call("PUT", f"/api/permissions/{self._vhost}/{self._user(admin)}", everything)
-
-    def put_user(self, user: str, password: str) -> None:
-        self._call("PUT", f"/api/users/{self._user(user)}", {"password": password, "tags": ""})
-
-    def put_permissions(self, perms: Permissions) -> None:
-        user = self._user(perms.user)
-        self._call(
-            "PUT",
-            f"/api/permissions/{self._vhost}/{user}",
-            {"configure": perms.configure, "write": perms.write, "read": perms.read},
-        )
-        self._call("DELETE", f"/api/topic-permissions/{self._vhost}/{user}")
-        for exchange, write, read in perms.topics:
-            self._call(
-                "PUT",
-                f"/api/topic-permissions/{self._vhost}/{user}",
-                {"exchange": exchange, "write": write, "read": read},
-            )
