@@ -11,6 +11,8 @@ failing mid-transaction when another writer committed first.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +79,39 @@ def _sqlite_engine(url: URL, busy_timeout: float, echo: bool) -> Engine:
         echo=echo,
         connect_args={"timeout": busy_timeout, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Set up each new SQLite connection: WAL journal, NORMAL sync, foreign keys."""
     dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    SQLite answers the switch "database is locked" at once, without its busy
+    handler, when two connections open a new database together (two
+    conductors starting, or migrating, at the same moment).
+    """
+    deadline = time.monotonic() + DEFAULT_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
