@@ -27,6 +27,7 @@ TransportError quoting the broker's code and text and saying what to change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -165,6 +166,26 @@ def refused(what: str, exc: BaseException, kind: str, queue_type_source: str) ->
     )
 
 
+def declare_or_find(declare: Callable[[], object], find: Callable[[], object]) -> bool:
+    """Run ``declare``; if the account may not (403), accept what the admin declared.
+
+    A least-privilege account may not declare (or delete) what is shared: the
+    exchanges, and the queues of listener pools it only sends to; the admin
+    declared those (rabbit/access.py). ``find`` is a passive declare, which needs
+    no permission and says whether it exists; if not, the refusal stands. Returns
+    whether ``declare`` did it (False: found as the admin left it).
+    """
+    try:
+        declare()
+        return True
+    except AccessRefused as refusal:
+        try:
+            find()
+        except NotFound:
+            raise refusal from None
+        return False
+
+
 def declare_queue(session: Session, spec: QueueSpec) -> None:
     """Declare ``spec`` and bind it to its exchange (I/O thread, control channel).
 
@@ -174,27 +195,25 @@ def declare_queue(session: Session, spec: QueueSpec) -> None:
     """
     options = session.options
     durable, exclusive, auto_delete, args = queue_declaration(spec.kind, options.queue_type)
+
+    def declare() -> None:
+        session.control().queue_declare(
+            spec.name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=args or None,
+        )
+
+    def find() -> None:
+        session.control().queue_declare(spec.name, passive=True)
+
     try:
         try:
-            session.control().queue_declare(
-                spec.name,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=args or None,
-            )
-        except AccessRefused as refusal:
-            # A least-privilege account may not declare a queue it only sends to (a
-            # notifier and its listeners' pools): the admin declared and bound it
-            # (rabbit/access.py). A passive declare needs no permission and says whether
-            # it exists; if not, the refusal stands.
             if spec.kind != "durable":
-                raise
-            try:
-                session.control().queue_declare(spec.name, passive=True)
-            except NotFound:
-                raise refusal from None
-            return
+                declare()
+            elif not declare_or_find(declare, find):
+                return  # a listener pool's queue, declared and bound by the admin
         except PreconditionFailed as exc:
             if spec.kind != "shared-live":
                 raise

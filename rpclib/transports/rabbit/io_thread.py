@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-from amqp.exceptions import AccessRefused, AMQPError, ChannelError, NotFound, UnexpectedFrame
+from amqp.exceptions import AccessRefused, AMQPError, ChannelError, UnexpectedFrame
 
 from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError
@@ -62,7 +62,12 @@ from rpclib.transports.rabbit.connection import (
     parse_deliver,
     shutdown_socket,
 )
-from rpclib.transports.rabbit.declarations import DeclarationRefused, refusal_of, refused
+from rpclib.transports.rabbit.declarations import (
+    DeclarationRefused,
+    declare_or_find,
+    refusal_of,
+    refused,
+)
 from rpclib.transports.rabbit.fast_publish import FastPublisher
 from rpclib.transports.rabbit.options import RabbitOptions
 
@@ -303,16 +308,12 @@ class Session:
         """
         if name not in self.exchanges:
             try:
-                try:
-                    self.control().exchange_declare(name, kind, durable=True, auto_delete=False)
-                except AccessRefused as refusal:
-                    # A least-privilege account may not declare (or delete) shared exchanges:
-                    # the admin declared them (rabbit/access.py); a passive declare needs no
-                    # permission and says whether it exists. If not, the refusal stands.
-                    try:
-                        self.control().exchange_declare(name, kind, passive=True)
-                    except NotFound:
-                        raise refusal from None
+                declare_or_find(
+                    lambda: self.control().exchange_declare(
+                        name, kind, durable=True, auto_delete=False
+                    ),
+                    lambda: self.control().exchange_declare(name, kind, passive=True),
+                )
             except AMQPError as exc:
                 if refusal_of(exc) is None:
                     raise

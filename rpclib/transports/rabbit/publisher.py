@@ -36,6 +36,7 @@ from rpclib.transports.rabbit.connection import (
     publish,
     within,
 )
+from rpclib.transports.rabbit.declarations import declare_or_find
 from rpclib.transports.rabbit.options import RabbitOptions
 
 MAX_CONNECTIONS: Final = 8
@@ -117,16 +118,15 @@ class _Publisher:
         self._settle(tag, multiple, "nack")
 
     def declare_exchange(self, name: str, kind: str, deadline: float) -> None:
+        def find() -> None:
+            self.open_channel()  # the refusal closed the channel
+            self.channel.exchange_declare(name, kind, passive=True)
+
         with self.conn.transport.having_timeout(_remaining(deadline)):
-            try:
-                self.channel.exchange_declare(name, kind, durable=True, auto_delete=False)
-            except AccessRefused as refusal:
-                # Declared by the admin for least-privilege accounts (see Session.declare_exchange).
-                self.open_channel()
-                try:
-                    self.channel.exchange_declare(name, kind, passive=True)
-                except NotFound:
-                    raise refusal from None
+            declare_or_find(
+                lambda: self.channel.exchange_declare(name, kind, durable=True, auto_delete=False),
+                find,
+            )
         self.exchanges.add(name)
 
     def ensure_queue(self, name: str, arguments: dict[str, Any] | None, deadline: float) -> None:
