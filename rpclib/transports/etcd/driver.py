@@ -45,8 +45,9 @@ from rpclib.transports.url import TransportURL
 
 LOG = logging.getLogger("rpclib.transports.etcd")
 TICK = 0.25
-TRIM_EVERY = 100
-"""Stored dead letters written between two checks of ``dead_letter_limit``."""
+TRIM_TICKS = 2
+"""Ticks after the last dead letter written on which ``dead_letter_limit`` is enforced (one
+count per tick while they flow; the second tick catches the settler's last batch)."""
 TRANSIENT_DEAD_LETTERS = 1000
 """Dead letters of at-most-once messages each driver keeps in memory (never in etcd)."""
 """Seconds between the ticker's rounds (lease keepalive, watch liveness)."""
@@ -109,9 +110,8 @@ class EtcdDriver(Driver):
         self._watches: list[PrefixWatch] = []
         self._advertiser = Advertiser(self.client, self.keys)
         self._dead_lease: tuple[int, float] | None = None
-        self._dead_written = 0
-        self._trim_period = max(1, self.options.dead_letter_limit // 2)
-        self._trim_due = False
+        self._trim_ticks = 0
+        """Ticks left on which to trim the dead letters (set by each one written)."""
         self._transient_dead: deque[tuple[int, DeadLetter]] = deque(maxlen=TRANSIENT_DEAD_LETTERS)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="etcd-ticker", daemon=True)
@@ -171,9 +171,7 @@ class EtcdDriver(Driver):
             return
         self.settler.submit(ops.put(key, record, lease))
         with self._lock:
-            self._dead_written += 1
-            if self._dead_written % min(TRIM_EVERY, self._trim_period) == 0:
-                self._trim_due = True
+            self._trim_ticks = TRIM_TICKS
 
     def _trim_dead_letters(self) -> None:
         """Delete the oldest stored dead letters beyond ``dead_letter_limit`` (ticker thread).
@@ -228,13 +226,16 @@ class EtcdDriver(Driver):
                 watches = list(self._watches)
             for watch in watches:
                 watch.check(now, options.watch_idle, options.watch_timeout)
-            if self._trim_due:
-                self._trim_due = False
+            with self._lock:
+                trim = self._trim_ticks > 0
+                self._trim_ticks = max(0, self._trim_ticks - 1)
+            if trim:
                 try:
                     self._trim_dead_letters()
                 except TransportError as exc:
                     LOG.warning("could not trim the dead letters to dead_letter_limit: %s", exc)
-                    self._trim_due = True
+                    with self._lock:
+                        self._trim_ticks = max(self._trim_ticks, 1)
 
     def _lease_renewed(self, lease: int) -> None:
         """etcd lost our lease: put back what hung on it; inboxes' replies may be lost."""
