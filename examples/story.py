@@ -5,7 +5,8 @@ Two compute servers on interface 1.2 with an old Flavor object; a client on
 them; the servers are upgraded one at a time and the client follows without a
 restart; a billing listener consumes the notification of every build.
 
-Run it with ``scripts/run`` (or ``python -m examples.story``).
+Run it with ``scripts/story`` (it makes the virtualenv; or ``python -m examples.story``
+with rpclib installed).
 """
 
 from __future__ import annotations
