@@ -43,7 +43,13 @@ from services.compute.rpcapi import VERSION as COMPUTE_VERSION
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Instance
 from tests.support.cloud import boot_delete_and_bill
-from tests.support.etcd import ROOT_PASSWORD, ROOT_USER, EtcdServer
+from tests.support.etcd import (
+    GENERATIONS,
+    ROOT_PASSWORD,
+    ROOT_USER,
+    EtcdServer,
+    generation_binary,
+)
 
 ROGUES = ("rogue1", "rogue2", "rogue3", "rogue4")
 CTX: dict[str, Any] = {"user": "rogue"}
@@ -146,11 +152,12 @@ class SignedCloud:
             transport.close()
 
 
-@pytest.fixture(scope="module")
-def signed_cloud() -> Iterator[SignedCloud]:
-    """etcd with authentication on; the services as processes, each with its account and key."""
+@pytest.fixture(scope="module", params=sorted(GENERATIONS))
+def signed_cloud(request: pytest.FixtureRequest) -> Iterator[SignedCloud]:
+    """etcd 3.4 and 3.5 with authentication on; the services as processes, each with its
+    own account and key."""
     folder = Path(tempfile.mkdtemp(prefix="rpclib-etcd-signed-"))
-    server = EtcdServer(folder)
+    server = EtcdServer(folder, binary=generation_binary(request.param))
     server.start()
     cloud: SignedCloud | None = None
     try:
