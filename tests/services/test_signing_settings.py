@@ -193,3 +193,17 @@ def test_a_bad_signing_setting_stops_a_service_with_one_line(keys: Path, case: s
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "error:" in proc.stderr and named in proc.stderr, proc.stderr
     assert ":pw@" not in proc.stderr  # the password stays out of the message
+
+
+def test_a_key_others_can_read_is_warned_about(
+    keys: Path, bus: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (keys / "alice.key").chmod(0o644)
+    transport = rpclib.get_transport(
+        signed(f"memory://{bus}", keys, "alice", signing_principal="alice")
+    )
+    transport.close()
+    assert any(
+        r.levelname == "WARNING" and "alice.key" in r.getMessage() and "chmod 600" in r.getMessage()
+        for r in caplog.records
+    )
