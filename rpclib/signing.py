@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from rpclib.exceptions import InvalidTransportURL, MessagingError
 from rpclib.logsummary import SummaryLog
+from rpclib.transport import SIGNING_OPTIONS
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -260,7 +261,7 @@ class Signing:
     replay_window: float = DEFAULT_REPLAY_WINDOW
 
 
-URL_OPTIONS = ("signing_key", "signing_trust", "signing_principal")
+URL_OPTIONS = SIGNING_OPTIONS
 """Transport URL options naming a process's signing settings (any scheme)."""
 
 
@@ -281,7 +282,7 @@ def signing_from_url(url: TransportURL) -> tuple[TransportURL, Signing]:
 
     key_path, trust_dir = options.get("signing_key"), options.get("signing_trust")
     if not key_path:
-        given = ", ".join(f"{o}=" for o in URL_OPTIONS if o in options)
+        given = ", ".join(f"{o}=" for o in sorted(URL_OPTIONS) if o in options)
         raise bad(f"{given} needs signing_key=PATH (this process's Ed25519 private key)")
     if not trust_dir:
         raise bad("signing_key= needs signing_trust=DIR (the public keys this process believes)")
