@@ -97,7 +97,12 @@ def signing_keys(
     principal's old public key stays there, so running services keep
     accepting the old key until :func:`retire_old_keys` removes it.
     """
-    from rpclib.signing import SigningKey  # the signing extra: only where keys are made
+    try:
+        from rpclib.signing import SigningKey  # the signing extra: only where keys are made
+    except ImportError as exc:
+        raise ProvisioningUnavailable(
+            f"signing keys need the signing extra ({exc}): pip install 'rpclib[signing]'"
+        ) from None
 
     trust = keys_dir / TRUST_DIR
     trust.mkdir(parents=True, exist_ok=True, mode=0o700)
