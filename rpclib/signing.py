@@ -23,6 +23,13 @@ already drop duplicates by message id, as at-least-once delivery requires.
 Keys rotate without restarts: a principal may have several public keys in the
 store at once (each named by its ``key_id``), and a store made from a
 directory re-reads it when it changes.
+
+A service takes its signing settings from its transport URL, whatever the
+scheme (:func:`signing_from_url`, used by ``rpclib.get_transport``):
+``signing_key=PATH`` (its PEM private key), ``signing_trust=DIR`` (the trust
+store's directory) and, only where the URL names no user,
+``signing_principal=NAME``. The key signs as the URL's user (the account's
+principal), and only if the trust store holds it as that principal's.
 """
 
 from __future__ import annotations
@@ -35,17 +42,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from rpclib.exceptions import MessagingError
+from rpclib.exceptions import InvalidTransportURL, MessagingError
 from rpclib.logsummary import SummaryLog
+from rpclib.transport import SIGNING_OPTIONS
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -60,6 +69,7 @@ from rpclib.transports.base import (
     SendOutcomeHandler,
     Subscription,
 )
+from rpclib.transports.url import TransportURL
 
 LOG = logging.getLogger("rpclib.signing")
 
@@ -99,11 +109,21 @@ class SigningKey:
 
     @classmethod
     def from_file(cls, principal: str, path: str | os.PathLike[str]) -> SigningKey:
-        """Load an unencrypted PEM (PKCS#8) Ed25519 private key."""
+        """Load an unencrypted PEM (PKCS#8) Ed25519 private key; ValueError says what is wrong."""
         try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"cannot load the signing key {path}: {exc}") from None
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the signing key {path}: {exc.strerror}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise ValueError(
+                f"the signing key {path} is encrypted: give an unencrypted one"
+            ) from None
+        except ValueError:
+            raise ValueError(
+                f"{path} is not a PEM private key (an unencrypted PKCS#8 Ed25519 key)"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
         return cls(_check_principal(principal), key)
@@ -178,6 +198,16 @@ class TrustStore:
         self._reload()
         return set(self._static) | set(self._loaded)
 
+    def trusted_as(self, key_id: str) -> set[str]:
+        """The principals whose key ``key_id`` is (normally one, or none)."""
+        self._reload()
+        return {
+            principal
+            for keys in (self._static, self._loaded)
+            for principal, ids in keys.items()
+            if key_id in ids
+        }
+
     def _reload(self, force: bool = False) -> None:
         if self.directory is None:
             return
@@ -229,6 +259,88 @@ class Signing:
     key: SigningKey
     trust: TrustStore
     replay_window: float = DEFAULT_REPLAY_WINDOW
+
+
+URL_OPTIONS = SIGNING_OPTIONS
+"""Transport URL options naming a process's signing settings (any scheme)."""
+
+
+def signing_from_url(url: TransportURL) -> tuple[TransportURL, Signing]:
+    """The signing settings in ``url``'s options, and ``url`` without them (for the driver).
+
+    ``signing_key=PATH`` and ``signing_trust=DIR`` go together; the key signs
+    as the URL's user (the account it logs in with), or as
+    ``signing_principal=NAME`` on a URL without a user. Every problem (a
+    missing, unreadable or wrong key, a principal other than the account's, a
+    key the trust store does not hold as that principal's) raises
+    :class:`~rpclib.exceptions.InvalidTransportURL` naming the option.
+    """
+    options = url.options
+
+    def bad(reason: str) -> InvalidTransportURL:
+        return InvalidTransportURL(str(url), reason)
+
+    key_path, trust_dir = options.get("signing_key"), options.get("signing_trust")
+    if not key_path:
+        given = ", ".join(f"{o}=" for o in sorted(URL_OPTIONS) if o in options)
+        raise bad(f"{given} needs signing_key=PATH (this process's Ed25519 private key)")
+    if not trust_dir:
+        raise bad("signing_key= needs signing_trust=DIR (the public keys this process believes)")
+    user = url.hosts[0].username if url.hosts else None
+    named = options.get("signing_principal")
+    if named is not None and user is not None and named != user:
+        raise bad(
+            f"signing_principal={named!r} is not the account's principal {user!r} (the "
+            "URL's user): a process signs as the account it logs in with"
+        )
+    principal = named or user
+    if not principal:
+        raise bad("signing_key= needs a principal to sign as: the URL's user or signing_principal=")
+    try:
+        _check_principal(principal)
+    except ValueError as exc:
+        raise bad(f"cannot sign as {principal!r}: {exc}") from None
+    path = Path(key_path).expanduser()
+    try:
+        key = SigningKey.from_file(principal, path)
+    except ValueError as exc:
+        raise bad(f"signing_key: {_one_line(exc)}") from None
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        LOG.warning(
+            "signing_key=%s can be read by others (mode %o): chmod 600 it", path, mode & 0o777
+        )
+    try:
+        trust = TrustStore(directory=Path(trust_dir).expanduser())
+    except ValueError as exc:
+        raise bad(f"signing_trust={trust_dir}: {_one_line(exc)}") from None
+    trusted_as = trust.trusted_as(key.key_id)
+    if principal not in trusted_as:
+        if trusted_as:
+            raise bad(
+                f"signing_key={path} (key {key.key_id}) is {sorted(trusted_as)[0]!r}'s in "
+                f"signing_trust={trust.directory}, not the account's principal {principal!r}"
+            )
+        raise bad(
+            f"signing_key={path} (key {key.key_id}) is not in signing_trust={trust.directory} "
+            f"as {principal!r}'s, so no receiver would believe it: add its public key there "
+            f"({principal}.{key.key_id}.pub)"
+        )
+    return without_options(url, URL_OPTIONS), Signing(key, trust)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def without_options(url: TransportURL, names: Iterable[str]) -> TransportURL:
+    """``url`` without the query options ``names`` (its text too, so logs show what is used)."""
+    drop = set(names)
+    head, _, query = url.raw.partition("?")
+    kept = [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) not in drop]
+    raw = head + ("?" + "&".join(kept) if kept else "")
+    options = {k: v for k, v in url.options.items() if k not in drop}
+    return replace(url, raw=raw, options=options)
 
 
 @dataclass(frozen=True, slots=True)

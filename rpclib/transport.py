@@ -8,16 +8,19 @@ from typing import TYPE_CHECKING
 
 from rpclib.directory import Directory
 from rpclib.envelope import DEFAULT_MAX_SIZE
-from rpclib.exceptions import TransportError
+from rpclib.exceptions import InvalidTransportURL, TransportError
 from rpclib.pipeline import LOG as PIPELINE_LOG
 from rpclib.pipeline import SendPipeline
 from rpclib.replies import ReplyRouter
 from rpclib.transports import load_driver
 from rpclib.transports.base import Driver
-from rpclib.transports.url import TransportURL
+from rpclib.transports.url import TransportURL, parse_url
 
 if TYPE_CHECKING:
     from rpclib.signing import Signing
+
+SIGNING_OPTIONS = frozenset({"signing_key", "signing_trust", "signing_principal"})
+"""URL options :func:`get_transport` takes for signing (``rpclib.signing.URL_OPTIONS``)."""
 
 
 class Transport:
@@ -136,8 +139,26 @@ def get_transport(
     ``signing`` extra) seals every message sent with this process's key and
     accepts only messages signed by keys its trust store holds, each with its
     signer as the authenticated sender (docs/security.md).
+
+    The same can be configured in the URL, for any scheme:
+    ``?signing_key=PATH&signing_trust=DIR`` (and ``signing_principal=NAME``
+    where the URL names no user; see :func:`rpclib.signing.signing_from_url`).
+    A bad signing setting raises :class:`InvalidTransportURL` naming it.
     """
-    driver = load_driver(url)
+    parsed = parse_url(url)
+    if SIGNING_OPTIONS & parsed.options.keys():
+        if signing is not None:
+            raise InvalidTransportURL(
+                str(parsed), "signing options in the URL and signing= given too: use one"
+            )
+        try:
+            from rpclib.signing import signing_from_url
+        except ImportError as exc:
+            raise TransportError(
+                f"signing_key= needs the signing extra ({exc}): pip install 'rpclib[signing]'"
+            ) from exc
+        parsed, signing = signing_from_url(parsed)
+    driver = load_driver(parsed)
     if signing is not None:
         from rpclib.signing import SigningDriver
 

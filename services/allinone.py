@@ -11,7 +11,10 @@ Every service instance logs in as itself (services.common.identities): on
 ``memory://`` this creates one account per service on the bus, with exactly
 the grants it needs; on a broker it creates them through the broker's
 ``rpclib.access`` module with random passwords, using the URL's credentials as
-the administrator's. ``--insecure`` skips both and turns authorization off
+the administrator's. On ``etcd://``, where only a signature tells who sent a
+message, each service also gets its own signing key (in the state directory's
+``keys/``, the public halves in ``keys/trust/``) through the signing options
+of its URL. ``--insecure`` skips all this and turns authorization off
 (everyone shares the URL's account and senders are not checked), loudly.
 """
 
@@ -26,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +38,12 @@ from rpclib.transports.url import parse_url
 from services.billing.service import BillingService
 from services.cli import Cloud
 from services.common import identities
-from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_cloud
+from services.common.accounts import (
+    CloudHosts,
+    ProvisioningUnavailable,
+    needs_signing,
+    provision_cloud,
+)
 from services.compute.service import ComputeService
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
@@ -72,10 +80,13 @@ def make_image(directory: Path) -> Path:
     return image
 
 
-def login_urls(url: str, hosts: CloudHosts, accounts: bool) -> dict[str, str]:
-    """The URL each principal logs in with: its own new account, or ``url`` for all."""
+def login_urls(
+    url: str, hosts: CloudHosts, accounts: bool, keys_dir: Path | None = None
+) -> dict[str, str]:
+    """The URL each principal logs in with: its own new account (signing with its own
+    key from ``keys_dir`` where the transport needs signatures), or ``url`` for all."""
     if accounts:
-        return provision_cloud(url, hosts)
+        return provision_cloud(url, hosts, keys_dir=keys_dir)
     LOG.warning(
         "no per-service accounts: every service shares the account of %s, so the bus "
         "cannot tell them apart (only signatures can)",
@@ -177,8 +188,15 @@ class Processes:
         *,
         authorization: bool = True,
         hosts: CloudHosts = HOSTS,
+        urls: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
-        self.urls = login_urls(url, hosts, authorization)
+        """``urls``: each principal's login URL, if provisioned already (default: made
+        here); ``log_dir``: each process's stderr in ``log_dir/PRINCIPAL.log``."""
+        if urls is None:
+            urls = login_urls(url, hosts, authorization, state / "keys")
+        self.urls = dict(urls)
+        self.log_dir = log_dir
         common = ["--log-level", "WARNING", "--authorization", str(authorization).lower()]
         files = ["--state-dir", str(state)]
         # (principal, module, arguments); each process gets its own URL in its environment,
@@ -222,9 +240,12 @@ class Processes:
     def start(self) -> None:
         for principal, module, args in self.commands:
             env = os.environ | {"RPCLIB_TRANSPORT_URL": self.urls[principal]}
-            self.procs.append(
-                subprocess.Popen([sys.executable, "-m", module, *args, *self.common], env=env)
-            )
+            command = [sys.executable, "-m", module, *args, *self.common]
+            if self.log_dir is None:
+                self.procs.append(subprocess.Popen(command, env=env))
+                continue
+            with open(self.log_dir / f"{principal}.log", "ab") as log:
+                self.procs.append(subprocess.Popen(command, env=env, stderr=log))
             time.sleep(0.5 if module.endswith("conductor.service") else 0)
 
     def audit(self) -> None:
@@ -288,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"== starting conductor, scheduler, billing, {', '.join(COMPUTE_HOSTS)} {mode}")
     say(f"   transport {transport.url}, libvirt {args.libvirt_uri}, state in {state}")
     accounts = "no accounts, authorization OFF" if args.insecure else "one account per service"
+    if not args.insecure and needs_signing(args.transport_url):
+        accounts += ", each signing with its own key"
     say(f"   identities: {accounts} ({', '.join(cloud_services.urls)})")
     started = dt.datetime.now(dt.UTC)
     cloud_services.start()

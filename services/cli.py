@@ -149,7 +149,9 @@ def _accounts(url: str, args: argparse.Namespace) -> int:
     """``rpclib-cloud accounts``: provision the cloud's accounts; print where each login is."""
     hosts = CloudHosts(args.conductor, args.scheduler, args.billing, tuple(args.compute))
     try:
-        files = provision_kept(url, hosts, args.secrets)
+        files = provision_kept(
+            url, hosts, args.secrets, rotate_keys=args.rotate_key, retire_keys=args.retire_old_keys
+        )
     except (ProvisioningUnavailable, ValueError, OSError, rpclib.MessagingError) as exc:
         print(f"rpclib-cloud: error: {exc}", file=sys.stderr)
         return 1
@@ -195,6 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     accounts.add_argument("--scheduler", required=True, metavar="HOST")
     accounts.add_argument("--billing", required=True, metavar="HOST")
     accounts.add_argument("--compute", required=True, action="append", metavar="HOST")
+    accounts.add_argument(
+        "--rotate-key",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL",
+        help="etcd://: a new signing key for PRINCIPAL (its old public key stays trusted)",
+    )
+    accounts.add_argument(
+        "--retire-old-keys",
+        action="store_true",
+        help="etcd://: stop trusting public keys that are no longer a principal's current key",
+    )
     args = parser.parse_args(argv)
     config = cfg.load("cli", args, ("transport_url", "log_level"))
     config.setup_logging()

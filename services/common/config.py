@@ -13,6 +13,11 @@ config file is TOML: top-level keys for every service, a table per service
 ``authorization`` (default true) makes each service check who sent each
 request (services.common.identities); ``false`` is only for a bus that cannot
 authenticate senders, and every service logs that it is off.
+
+A service's signing key and trust store are options of its transport URL
+(``etcd://compute-h1:PW@host/cloud?signing_key=PATH&signing_trust=DIR``, any
+scheme; rpclib.signing.signing_from_url), so they come from wherever the URL
+does; ``rpclib-cloud accounts`` writes such URLs on etcd://.
 """
 
 from __future__ import annotations
@@ -72,7 +77,10 @@ class ServiceConfig:
 
 
 _OPTIONS: dict[str, tuple[str, type]] = {
-    "transport_url": ("transport URL (memory://, rabbit://...)", str),
+    "transport_url": (
+        "transport URL (memory://, rabbit://...; ?signing_key=PATH&signing_trust=DIR to sign)",
+        str,
+    ),
     "host": ("this node's name", str),
     "log_level": (f"one of {', '.join(LOG_LEVELS)}", str),
     "state_dir": ("directory for databases, images and disks", Path),

@@ -55,7 +55,10 @@ def run_service(
         LOG.warning(
             "rpclib-%s runs with authorization = false: it trusts whatever senders claim", name
         )
-    transport = rpclib.get_transport(config.transport_url)
+    try:
+        transport = rpclib.get_transport(config.transport_url)
+    except rpclib.InvalidTransportURL as exc:  # a bad URL or signing setting: one line
+        raise SystemExit(f"rpclib-{name}: error: {exc}") from None
     try:
         return serve_forever(build(config, transport), name)
     finally:
