@@ -2,7 +2,8 @@
 RabbitMQ nodes of both generations (3.x's AMQP 1.0 plugin, RabbitMQ 4's native AMQP 1.0)
 whose users were provisioned by rpclib.transports.amqp1.access.apply.
 
-Each node runs the management plugin on a free port of its own (apply's way in).
+Each node runs the management plugin on a free port of its own (apply's way in); the nodes
+are the session's (tests/support/amqp1.py), shared with the process-cloud test.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from proton import Message
@@ -21,15 +23,21 @@ from rpclib.access import Access, Account
 from rpclib.exceptions import TransportError
 from rpclib.target import Target
 from rpclib.transports.amqp1 import access, messages
-from rpclib.transports.amqp1.addressing import Source
+from rpclib.transports.amqp1.addressing import (
+    DEAD_LETTER_MAX_LENGTH,
+    DEAD_LETTER_QUEUE,
+    PRIVATE_EXCHANGE,
+    Route,
+    Source,
+)
 from rpclib.transports.amqp1.consumer import Amqp1Subscription
 from rpclib.transports.amqp1.driver import Amqp1Driver
-from rpclib.transports.amqp1.io_thread import Loop
+from rpclib.transports.amqp1.io_thread import Future, Loop
 from rpclib.transports.base import Address, Guarantee, Incoming
 from tests.rpc.helpers import wait_until
-from tests.support.amqp1 import PLUGIN
+from tests.support.amqp1 import ManagedNode
 from tests.support.conductor_endpoint import RecordingConductor
-from tests.support.rabbit_node import RabbitNode, free_ports, node_for_session
+from tests.support.rabbit_node import RabbitNode, running
 
 STRATEGY = {3: "rabbitmq", 4: "rabbitmq4"}
 ACCESS = [
@@ -79,21 +87,38 @@ class SecureNode:
         """A queue's AMQP 1.0 address under this generation's strategy."""
         return f"/amq/queue/{queue}" if self.generation == 3 else f"/queues/{queue}"
 
+    def queue_route(self, queue: str) -> Route:
+        """Straight into ``queue`` by its name (the default exchange)."""
+        if self.generation == 3:
+            return Route(f"/amq/queue/{queue}")
+        return Route("", to=f"/queues/{quote(queue, safe='')}")
+
+    def exchange_route(self, exchange: str, key: str) -> Route:
+        """Through ``exchange`` with routing key ``key``."""
+        if self.generation == 3:
+            return Route(f"/exchange/{exchange}", key)
+        return Route("", to=f"/exchanges/{quote(exchange, safe='')}/{quote(key, safe='')}")
+
+    def messages_in(self, queue: str) -> int:
+        """How many messages ``queue`` holds, as the broker counts them (not sampled stats)."""
+        for line in self.node.rabbitmqctl("list_queues", "-q", "name", "messages").splitlines():
+            name, _, count = line.rpartition("\t")
+            if name == queue:
+                return int(count)
+        raise AssertionError(f"no queue {queue} on the node")
+
 
 def password(principal: str) -> str:
     return f"{principal}-secret"
 
 
 @pytest.fixture(scope="module", params=[3, 4], ids=["rabbitmq3", "rabbitmq4"])
-def secure(request: pytest.FixtureRequest) -> Iterator[SecureNode]:
+def secure(request: pytest.FixtureRequest) -> SecureNode:
     generation = int(request.param)
-    port = free_ports(1)[0]
-    config = f"management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n"
-    plugins = ("rabbitmq_management",) + ((PLUGIN,) if generation == 3 else ())
-    for node in node_for_session(plugins, generation=generation, config=config):
-        secure = SecureNode(node, generation, port)
-        access.apply(secure.admin_url(), [Account(a, password(a.principal)) for a in ACCESS])
-        yield secure
+    managed: ManagedNode = request.getfixturevalue(f"amqp1_managed_node{generation}")
+    secure = SecureNode(running(managed.node), generation, managed.management_port)
+    access.apply(secure.admin_url(), [Account(a, password(a.principal)) for a in ACCESS])
+    return secure
 
 
 @pytest.fixture
@@ -189,10 +214,12 @@ def test_a_relayed_sender_is_believed_only_from_the_readers_own_user(
         virtual_host="vhost:/",
     )
     try:
-        node = raw.create_sender(secure.raw_node("rpclib.conductor@c1"))
+        route = secure.exchange_route("rpclib", "conductor@c1")  # where compute-1 may write
+        node = raw.create_sender(route.node or None)
         message = Message(
             body=b"x", properties={messages.RELAYED_SENDER: "scheduler"}, durable=True
         )
+        message.subject, message.address = route.subject, route.to
         message.user_id = b"compute-1"
         node.send(message)
     finally:
@@ -239,7 +266,7 @@ def test_a_dead_letter_records_its_original_sender(
         virtual_host="vhost:/",
     )
     try:
-        receiver = raw.create_receiver(secure.raw_node("rpclib.dead-letters"))
+        receiver = raw.create_receiver(secure.raw_node(DEAD_LETTER_QUEUE))
         while True:
             letter = receiver.receive(timeout=20)
             receiver.accept()
@@ -253,6 +280,54 @@ def test_a_dead_letter_records_its_original_sender(
 
 
 # --- the accounts ----------------------------------------------------------------------
+
+
+def _publish(driver: Amqp1Driver, route: Route, body: bytes) -> str | None:
+    """Publish ``body`` at-least-once to ``route`` over ``driver``'s own connection: None
+    when the broker accepted it, else what it answered (or that it never answered)."""
+    future = Future()
+    message = messages.make(body, durable=True)
+    driver._loop.submit(lambda: driver._send_unsettled(route, message, future))
+    if not future.wait_for(30):
+        return "no answer"
+    return future.wait(0, "")  # type: ignore[no-any-return]
+
+
+VICTIM = Address("rpclib", "compute", server="compute-2")
+VICTIM_QUEUE = "rpclib.compute@compute-2"
+
+
+def test_a_rogue_cannot_put_a_message_into_another_nodes_queue_by_name(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    login("compute-2").declare(VICTIM)
+    before = secure.messages_in(VICTIM_QUEUE)
+    refused = _publish(login("compute-1"), secure.queue_route(VICTIM_QUEUE), b"forged build")
+    assert refused is not None
+    assert secure.messages_in(VICTIM_QUEUE) == before
+
+
+def test_a_rogue_cannot_put_a_message_into_another_nodes_queue_through_the_private_exchange(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    login("compute-2").declare(VICTIM)  # bound to rpclib:private by its name (requeues)
+    before = secure.messages_in(VICTIM_QUEUE)
+    route = secure.exchange_route(PRIVATE_EXCHANGE, VICTIM_QUEUE)
+    refused = _publish(login("compute-1"), route, b"forged build")
+    assert refused is not None
+    assert secure.messages_in(VICTIM_QUEUE) == before
+
+
+def test_the_owner_may_put_a_message_into_its_own_queue_through_the_private_exchange(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    owner = login("compute-2")
+    owner.declare(VICTIM)
+    before = secure.messages_in(VICTIM_QUEUE)
+    route = secure.exchange_route(PRIVATE_EXCHANGE, VICTIM_QUEUE)
+    assert _publish(owner, route, b"requeued") is None
+    wait_until(lambda: secure.messages_in(VICTIM_QUEUE) == before + 1, timeout=20)
+    secure.node.rabbitmqctl("purge_queue", VICTIM_QUEUE)
 
 
 def test_a_rogue_cannot_consume_another_compute_nodes_queue(
@@ -337,3 +412,70 @@ def test_a_server_with_a_policy_refuses_the_rogue_and_serves_the_allowed(
     assert call(secure, "scheduler", "list_instances") == ["every project's instances"]
     assert call(secure, "compute-1", "heartbeat") == "compute-1"
     assert conductor.calls == [("list_instances", "scheduler"), ("heartbeat", "compute-1")]
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+
+def _dead_letters(secure: SecureNode, count: int) -> list[Message]:
+    """The first ``count`` dead letters, read (and accepted) as the administrator."""
+    raw = BlockingConnection(
+        f"amqp://guest:guest@127.0.0.1:{secure.node.port}",
+        allowed_mechs="PLAIN",
+        allow_insecure_mechs=True,
+        virtual_host="vhost:/",
+    )
+    try:
+        receiver = raw.create_receiver(secure.raw_node(DEAD_LETTER_QUEUE))
+        letters = []
+        for _ in range(count):
+            letters.append(receiver.receive(timeout=20))
+            receiver.accept()
+        return letters
+    finally:
+        raw.close()
+
+
+def test_an_at_most_once_messages_dead_letter_is_transient_where_the_broker_allows(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    secure.node.rabbitmqctl("purge_queue", DEAD_LETTER_QUEUE)
+    server = login("conductor")
+    address = Address("rpclib", "conductor", server="c1")
+    server.listen(address, lambda m: m.dead_letter("garbage"))
+    sender = login("compute-1")
+    sender.send(address, b"promised", guarantee=Guarantee.AT_LEAST_ONCE)
+    wait_until(lambda: secure.messages_in(DEAD_LETTER_QUEUE) == 1, timeout=20)
+    sender.send(address, b"unpromised", guarantee=Guarantee.AT_MOST_ONCE)
+    wait_until(lambda: secure.messages_in(DEAD_LETTER_QUEUE) == 2, timeout=20)
+    letters = {bytes(m.body): m.durable for m in _dead_letters(secure, 2)}
+    # RabbitMQ 4 takes a message whose header leaves `durable` out as durable, and proton
+    # never writes an explicit false: there the bound alone limits what a flood stores
+    # (docs/security.md, "Floods").
+    unpromised_durable = secure.generation == 4
+    assert letters == {b"promised": True, b"unpromised": unpromised_durable}
+
+
+def test_the_dead_letter_queue_keeps_at_most_its_bound_dropping_the_oldest(
+    secure: SecureNode, login: Callable[[str], Amqp1Driver]
+) -> None:
+    """More than the bound dead-lettered through the account's own route: the bound stays."""
+    secure.node.rabbitmqctl("purge_queue", DEAD_LETTER_QUEUE)
+    flooder = login("compute-1")
+    route = flooder.addressing.dead_letter_route()
+    total = DEAD_LETTER_MAX_LENGTH + 100
+
+    accepted: list[str | None] = []
+
+    def flood() -> None:
+        for i in range(total):
+            message = messages.make(b"%d" % i, durable=False)
+            flooder._loop.send(route, message, on_outcome=accepted.append)
+
+    flooder._loop.submit(flood)
+    wait_until(lambda: len(accepted) == total, timeout=180)
+    assert set(accepted) == {None}
+    assert secure.messages_in(DEAD_LETTER_QUEUE) == DEAD_LETTER_MAX_LENGTH
+    (oldest,) = _dead_letters(secure, 1)
+    assert bytes(oldest.body) == b"%d" % (total - DEAD_LETTER_MAX_LENGTH)
+    secure.node.rabbitmqctl("purge_queue", DEAD_LETTER_QUEUE)
