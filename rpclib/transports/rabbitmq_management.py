@@ -139,6 +139,12 @@ class ManagementClient:
         body = {"routing_key": routing_key, "arguments": {}}
         self.request("POST", f"/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}", body)
 
+    def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str) -> None:
+        """Bind exchange ``destination`` to ``source`` with ``routing_key`` (no-op if alike)."""
+        body = {"routing_key": routing_key, "arguments": {}}
+        path = f"/bindings/{_q(vhost)}/e/{_q(source)}/e/{_q(destination)}"
+        self.request("POST", path, body)
+
 
 def _q(part: str) -> str:
     """One path segment: ``/`` (the default vhost) and all else percent-encoded."""

@@ -71,15 +71,15 @@ class SecureNode:
     def strategy(self) -> str:
         return STRATEGY[self.generation]
 
-    def admin_url(self) -> str:
+    def admin_url(self, vhost: str = "") -> str:
         return (
-            f"amqp1://guest:guest@127.0.0.1:{self.node.port}/"
+            f"amqp1://guest:guest@127.0.0.1:{self.node.port}/{vhost}"
             f"?addressing={self.strategy}&management_port={self.management_port}"
         )
 
-    def url(self, principal: str) -> str:
+    def url(self, principal: str, vhost: str = "") -> str:
         return (
-            f"amqp1://{principal}:{password(principal)}@127.0.0.1:{self.node.port}/"
+            f"amqp1://{principal}:{password(principal)}@127.0.0.1:{self.node.port}/{vhost}"
             f"?addressing={self.strategy}&send_timeout=60"  # generous: a loaded machine
         )
 
@@ -99,9 +99,10 @@ class SecureNode:
             return Route(f"/exchange/{exchange}", key)
         return Route("", to=f"/exchanges/{quote(exchange, safe='')}/{quote(key, safe='')}")
 
-    def messages_in(self, queue: str) -> int:
+    def messages_in(self, queue: str, vhost: str = "/") -> int:
         """How many messages ``queue`` holds, as the broker counts them (not sampled stats)."""
-        for line in self.node.rabbitmqctl("list_queues", "-q", "name", "messages").splitlines():
+        listing = self.node.rabbitmqctl("list_queues", "-p", vhost, "-q", "name", "messages")
+        for line in listing.splitlines():
             name, _, count = line.rpartition("\t")
             if name == queue:
                 return int(count)
@@ -121,13 +122,27 @@ def secure(request: pytest.FixtureRequest) -> SecureNode:
     return secure
 
 
+LEGACY_VHOST = "upgrading"
+
+
+@pytest.fixture(scope="module")
+def upgrading(secure: SecureNode) -> str:
+    """A vhost whose accounts were applied for a rolling upgrade (``legacy_default_exchange``):
+    clients of the release that routed through the default exchange still run there."""
+    secure.node.rabbitmqctl("add_vhost", LEGACY_VHOST)
+    secure.node.rabbitmqctl("set_permissions", "-p", LEGACY_VHOST, "guest", ".*", ".*", ".*")
+    admin = secure.admin_url(LEGACY_VHOST) + "&legacy_default_exchange=true"
+    access.apply(admin, [Account(a, password(a.principal)) for a in ACCESS])
+    return LEGACY_VHOST
+
+
 @pytest.fixture
-def login(secure: SecureNode) -> Iterator[Callable[[str], Amqp1Driver]]:
+def login(secure: SecureNode) -> Iterator[Callable[..., Amqp1Driver]]:
     """A driver logged in as the given principal (closed after the test)."""
     opened: list[Amqp1Driver] = []
 
-    def open_as(principal: str) -> Amqp1Driver:
-        driver = rpclib.get_transport(secure.url(principal)).driver
+    def open_as(principal: str, vhost: str = "") -> Amqp1Driver:
+        driver = rpclib.get_transport(secure.url(principal, vhost)).driver
         assert isinstance(driver, Amqp1Driver)
         opened.append(driver)
         return driver
@@ -479,3 +494,57 @@ def test_the_dead_letter_queue_keeps_at_most_its_bound_dropping_the_oldest(
     (oldest,) = _dead_letters(secure, 1)
     assert bytes(oldest.body) == b"%d" % (total - DEAD_LETTER_MAX_LENGTH)
     secure.node.rabbitmqctl("purge_queue", DEAD_LETTER_QUEUE)
+
+
+# --- a rolling upgrade (docs/transports/amqp1.md, "Upgrading to rpclib:private routing") --
+
+
+OLD_INBOX = "compute-1:rpclib.reply.oldhost.1.1"
+"""An inbox named as the release before rpclib:private routing named them (no ``+``)."""
+
+
+def _old_inbox(driver: Amqp1Driver) -> None:
+    """Declare ``OLD_INBOX`` as that release did: on 4.x bound to nothing (reached through the
+    default exchange), on 3.x bound to ``rpclib:private`` by its name (as today)."""
+    strategy: Any = driver.addressing
+    if strategy.name == "rabbitmq4":
+        strategy._queue(OLD_INBOX, expires_ms=600_000)
+    else:
+        strategy.control.queue(OLD_INBOX, durable=False, arguments={"x-expires": 600_000})
+        strategy.control.bind_queue(OLD_INBOX, PRIVATE_EXCHANGE, OLD_INBOX)
+
+
+def test_a_new_server_replies_to_an_old_clients_inbox_during_a_rolling_upgrade(
+    secure: SecureNode, upgrading: str, login: Callable[..., Amqp1Driver]
+) -> None:
+    _old_inbox(login("compute-1", upgrading))
+    login("conductor", upgrading).send_to_inbox(OLD_INBOX, b"reply")
+    wait_until(lambda: secure.messages_in(OLD_INBOX, upgrading) == 1, timeout=20)
+
+
+def test_an_old_server_replies_to_a_new_clients_inbox_during_a_rolling_upgrade(
+    secure: SecureNode, upgrading: str, login: Callable[..., Amqp1Driver]
+) -> None:
+    got: list[bytes] = []
+    inbox = login("compute-1", upgrading).open_inbox(got.append)
+    old_server = login("conductor", upgrading)
+    # the old release's reply route: the default exchange on 4.x, rpclib:private on 3.x
+    route = (
+        secure.queue_route(inbox.address)
+        if secure.generation == 4
+        else secure.exchange_route(PRIVATE_EXCHANGE, inbox.address)
+    )
+    assert _publish(old_server, route, b"reply") is None
+    wait_until(lambda: got == [b"reply"], timeout=20)
+
+
+def test_without_the_upgrade_option_an_old_clients_inbox_is_out_of_reach(
+    secure: SecureNode, login: Callable[..., Amqp1Driver]
+) -> None:
+    """After the upgrade (accounts applied without ``legacy_default_exchange``), nothing
+    reaches a queue through the default exchange, an old client's inbox included."""
+    _old_inbox(login("compute-1"))
+    before = secure.messages_in(OLD_INBOX)
+    refused = _publish(login("conductor"), secure.queue_route(OLD_INBOX), b"reply")
+    assert refused is not None
+    assert secure.messages_in(OLD_INBOX) == before

@@ -210,6 +210,36 @@ def shared_nodes(accounts: list[Account], strategy: str) -> tuple[list[str], lis
     return sorted(exchanges), [DEAD_LETTER_QUEUE]
 
 
+def pool_queues(accounts: list[Account]) -> list[tuple[Address, str]]:
+    """The listener pools (address, group) of ``accounts``: declared by the admin, so that a
+    notifier, which may not configure them, finds them kept before their listeners start."""
+    pools = {
+        (c.address, c.group)
+        for a in accounts
+        for c in a.access.grants().consume
+        if c.group is not None and not c.address.fanout
+    }
+    return sorted(((x, g) for x, g in pools if g is not None), key=lambda p: (str(p[0]), p[1]))
+
+
+def _declare_pool(
+    api: ManagementClient, target: AdminTarget, strategy: str, pool: tuple[Address, str]
+) -> None:
+    """Declare and bind one pool's queue as the driver of ``strategy`` would."""
+    address, group = pool
+    x, t, v = address.exchange, address.topic, target.vhost
+    name = queue_name(address, group)
+    if strategy == "rabbitmq":  # X.T (fanout) <- X with T; the queue <- X.T
+        api.declare_exchange(v, f"{x}.{t}", "fanout")
+        api.bind_exchange(v, x, f"{x}.{t}", t)
+        api.declare_queue(v, name, {})
+        api.bind_queue(v, f"{x}.{t}", name, "")
+    else:
+        api.declare_queue(v, name, {"x-queue-type": target.queue_type})
+        api.bind_queue(v, x, name, t)
+    api.bind_queue(v, PRIVATE_EXCHANGE, name, name)
+
+
 def _merge(a: Permissions, b: Permissions) -> Permissions:
     """What both strategies need (``addressing=auto`` rendered without asking the broker)."""
 
@@ -325,6 +355,37 @@ def _dead_letter_arguments(target: AdminTarget, strategy: str) -> dict[str, Any]
     return dead_letter_arguments(target.queue_type if strategy == "rabbitmq4" else None)
 
 
+def _render_pools(target: AdminTarget, accounts: list[Account]) -> list[str]:
+    """The ``rabbitmqadmin`` lines of :func:`_declare_pool` for every listener pool."""
+    pools = pool_queues(accounts)
+    if pools and target.strategy == "auto":
+        return ["# listener pool queues: declared by apply, as the broker's version needs"]
+    v, q = shlex.quote(target.vhost), shlex.quote
+    lines = []
+    for address, group in pools:
+        x, t, name = address.exchange, address.topic, queue_name(address, group)
+        admin = f"rabbitmqadmin -V {v} declare"
+        if target.strategy == "rabbitmq":
+            lines += [
+                f"{admin} exchange name={q(f'{x}.{t}')} type=fanout",
+                f"{admin} binding source={q(x)} destination_type=exchange "
+                f"destination={q(f'{x}.{t}')} routing_key={q(t)}",
+                f"{admin} queue name={q(name)} durable=true",
+                f"{admin} binding source={q(f'{x}.{t}')} destination={q(name)}",
+            ]
+        else:
+            args = q(json.dumps({"x-queue-type": target.queue_type}))
+            lines += [
+                f"{admin} queue name={q(name)} durable=true arguments={args}",
+                f"{admin} binding source={q(x)} destination={q(name)} routing_key={q(t)}",
+            ]
+        lines.append(
+            f"{admin} binding source={q(PRIVATE_EXCHANGE)} destination={q(name)} "
+            f"routing_key={q(name)}"
+        )
+    return lines
+
+
 def render(admin_url: str, accounts: list[Account]) -> str:
     """The commands :func:`apply` amounts to (``rabbitmqctl``, ``rabbitmqadmin``)."""
     target = admin_target(admin_url)
@@ -343,6 +404,7 @@ def render(admin_url: str, accounts: list[Account]) -> str:
             f"rabbitmqadmin -V {v} declare binding source={shlex.quote(PRIVATE_EXCHANGE)} "
             f"destination={shlex.quote(name)} routing_key={shlex.quote(name)}"
         )
+    lines += _render_pools(target, accounts)
     for account, u in zip(accounts, users, strict=True):
         name, password = shlex.quote(u.user), shlex.quote(account.password)
         lines += [
@@ -375,6 +437,8 @@ def apply(admin_url: str, accounts: list[Account]) -> None:
     for name in queues:
         api.declare_queue(target.vhost, name, _dead_letter_arguments(target, strategy))
         api.bind_queue(target.vhost, PRIVATE_EXCHANGE, name, name)
+    for pool in pool_queues(accounts):
+        _declare_pool(api, target, strategy, pool)
     for account, u in zip(accounts, users, strict=True):
         api.put_user(u.user, account.password)
         api.set_permissions(target.vhost, u)

@@ -373,7 +373,19 @@ class RabbitMQAddressing(Addressing):
         return [Source(f"/amq/queue/{durable}", False), Source(f"/amq/queue/{live}", True)]
 
     def declare(self, address: Address, group: str | None) -> None:
-        self._durable_queue(address, group)
+        """Declare the durable queue and its bindings; a principal that may not configure it
+        (a notifier making sure a listener pool's queue exists) accepts it declared by the
+        admin (rpclib.transports.amqp1.access) or by its consumers."""
+        try:
+            self._durable_queue(address, group)
+        except TransportError as exc:
+            if "ACCESS_REFUSED" not in str(exc):
+                raise
+            if self.control.consumers(queue_name(address, group)) is None:
+                raise TransportError(
+                    f"queue {queue_name(address, group)} does not exist and this user may not "
+                    "declare it: provision it (rpclib-access apply) or start its listeners"
+                ) from exc
 
     # private nodes
 

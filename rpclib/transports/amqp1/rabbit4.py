@@ -219,7 +219,19 @@ class RabbitMQ4Addressing(Addressing):
         return [Source(path("queues", durable), False), Source(path("queues", live), True)]
 
     def declare(self, address: Address, group: str | None) -> None:
-        self._durable(address, group)
+        """Declare the durable queue and its bindings; a principal that may not configure it
+        (a notifier making sure a listener pool's queue exists) accepts it declared by the
+        admin (rpclib.transports.amqp1.access) or by its consumers."""
+        try:
+            self._durable(address, group)
+        except TransportError as exc:
+            if not _not_permitted(exc):
+                raise
+            if self._info(queue_name(address, group)) is None:
+                raise TransportError(
+                    f"queue {queue_name(address, group)} does not exist and this user may not "
+                    "declare it: provision it (rpclib-access apply) or start its listeners"
+                ) from exc
 
     # -- private nodes ------------------------------------------------------------------
 
