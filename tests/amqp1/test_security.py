@@ -22,10 +22,11 @@ import rpclib
 from rpclib.access import Access, Account
 from rpclib.exceptions import TransportError
 from rpclib.target import Target
-from rpclib.transports.amqp1 import access, messages
+from rpclib.transports.amqp1 import access, addressing, messages
 from rpclib.transports.amqp1.addressing import (
     DEAD_LETTER_MAX_LENGTH,
     DEAD_LETTER_QUEUE,
+    LEGACY_DEAD_LETTER_QUEUE,
     PRIVATE_EXCHANGE,
     Route,
     Source,
@@ -494,6 +495,34 @@ def test_the_dead_letter_queue_keeps_at_most_its_bound_dropping_the_oldest(
     (oldest,) = _dead_letters(secure, 1)
     assert bytes(oldest.body) == b"%d" % (total - DEAD_LETTER_MAX_LENGTH)
     secure.node.rabbitmqctl("purge_queue", DEAD_LETTER_QUEUE)
+
+
+def test_a_driver_warns_once_that_the_old_unbounded_dead_letter_queue_holds_messages(
+    secure: SecureNode, login: Callable[..., Amqp1Driver], caplog: pytest.LogCaptureFixture
+) -> None:
+    api = access.management_client(access.admin_target(secure.admin_url()))
+    api.declare_queue("/", LEGACY_DEAD_LETTER_QUEUE, {})
+    raw = BlockingConnection(
+        f"amqp://guest:guest@127.0.0.1:{secure.node.port}",
+        allowed_mechs="PLAIN",
+        allow_insecure_mechs=True,
+        virtual_host="vhost:/",
+    )
+    try:
+        raw.create_sender(secure.raw_node(LEGACY_DEAD_LETTER_QUEUE)).send(Message(body=b"old"))
+    finally:
+        raw.close()
+    addressing._legacy_warned.clear()
+    try:
+        for principal in ("compute-1", "compute-2"):
+            login(principal).listen(
+                Address("rpclib", "compute", server=principal), lambda m: m.ack()
+            )
+    finally:
+        api.request("DELETE", f"/queues/%2F/{LEGACY_DEAD_LETTER_QUEUE}")
+    warnings = [r for r in caplog.records if LEGACY_DEAD_LETTER_QUEUE + " of an" in r.message]
+    assert len(warnings) == 1
+    assert "holds 1 messages" in warnings[0].message
 
 
 # --- a rolling upgrade (docs/transports/amqp1.md, "Upgrading to rpclib:private routing") --
