@@ -20,6 +20,7 @@ import pytest
 from rpclib.exceptions import SendTimedOut, TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
+from rpclib.transports.amqp1.addressing import DEAD_LETTER_QUEUE
 from rpclib.transports.base import Address, Guarantee
 from tests.support.amqp1 import GENERATIONS, CutProxy, new_node_vhost
 from tests.support.rabbit import BROKER
@@ -174,7 +175,7 @@ def test_queue_type_quorum_makes_the_at_least_once_targets_quorum_queues(
             "list_queues", "-p", vhost, "-q", "--no-table-headers", "name", "type"
         )
         types = dict(line.split() for line in out.splitlines() if line.strip())
-        assert types["q.compute"] == types["rpclib.dead-letters"] == "quorum"
+        assert types["q.compute"] == types[DEAD_LETTER_QUEUE] == "quorum"
         assert types["q.compute.live"] == "classic"  # at-most-once: auto-delete, never quorum
     finally:
         driver.close()
