@@ -27,11 +27,12 @@ a release that routed requeues, dead letters and (``rabbitmq4``) replies through
 it, the admin URL option ``legacy_default_exchange=true`` grants that write
 again until every client is upgraded (docs/transports/amqp1.md, "Upgrading").
 
-The exchanges every principal shares (``X``, ``X.adverts``, ``rpclib:private``)
-and the bounded dead-letter queue (bound to ``rpclib:private`` by its name) are
-declared here, by the admin, and nobody else may configure them (configure
-would let a rogue delete them); the driver then finds them declared
-(:meth:`RabbitControl.shared_exchange`).
+The exchanges every principal shares (``X``, ``X.adverts``, ``rpclib:private``),
+the bounded dead-letter queue (bound to ``rpclib:private`` by its name) and the
+listener pools' queues (``X.T#G``, which a notifier makes sure exist but may
+not configure) are declared here, by the admin, and nobody else may configure
+the shared ones (configure would let a rogue delete them); the driver then
+finds them declared (:meth:`RabbitControl.shared_exchange`).
 
 Applying goes through the RabbitMQ management HTTP API
 (:mod:`rpclib.transports.rabbitmq_management`, shared with ``rabbit://``; the
