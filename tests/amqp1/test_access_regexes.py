@@ -10,6 +10,7 @@ import pytest
 from rpclib.access import Access, Account
 from rpclib.target import Target
 from rpclib.transports.amqp1.access import (
+    ADMIN_OPTIONS,
     NOTHING,
     Permissions,
     admin_target,
@@ -189,3 +190,30 @@ def test_render_prints_the_commands_with_no_impersonator_tag() -> None:
     assert "rabbitmqctl set_permissions -p / compute-1 " in text
     assert "rabbitmqctl set_topic_permissions -p / compute-1 rpclib " in text
     assert "impersonator" not in text
+
+
+def test_render_declares_the_bounded_dead_letters_bound_to_the_private_exchange() -> None:
+    text = render("amqp1://admin:pw@h/?addressing=rabbitmq4", [Account(COMPUTE, "s3")])
+    assert '"x-max-length": 10000' in text
+    assert '"x-overflow": "drop-head"' in text
+    assert (
+        "declare binding source=rpclib:private destination=rpclib.dead-letters.bounded "
+        "routing_key=rpclib.dead-letters.bounded"
+    ) in text
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_render_declares_the_listener_pools_queues(strategy: str) -> None:
+    """A notifier may not configure a pool's queue: the admin declares it."""
+    text = render(f"amqp1://admin:pw@h/?addressing={strategy}", [Account(BILLING, "s3")])
+    assert "declare queue name='rpclib.instance.info#billing' durable=true" in text
+    assert (
+        "declare binding source=rpclib:private destination='rpclib.instance.info#billing' "
+        "routing_key='rpclib.instance.info#billing'"
+    ) in text
+
+
+def test_the_upgrade_option_is_the_admins_only() -> None:
+    assert admin_target("amqp1://a:b@h/?legacy_default_exchange=true").legacy_default_exchange
+    assert not admin_target("amqp1://a:b@h/").legacy_default_exchange
+    assert "legacy_default_exchange" in ADMIN_OPTIONS  # login URLs drop it
