@@ -134,6 +134,17 @@ class ManagementClient:
         body = {"durable": True, "auto_delete": False, "arguments": arguments}
         self.request("PUT", f"/queues/{_q(vhost)}/{_q(name)}", body)
 
+    def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str) -> None:
+        """Bind ``queue`` to ``exchange`` with ``routing_key`` (no-op if bound alike)."""
+        body = {"routing_key": routing_key, "arguments": {}}
+        self.request("POST", f"/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}", body)
+
+    def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str) -> None:
+        """Bind exchange ``destination`` to ``source`` with ``routing_key`` (no-op if alike)."""
+        body = {"routing_key": routing_key, "arguments": {}}
+        path = f"/bindings/{_q(vhost)}/e/{_q(source)}/e/{_q(destination)}"
+        self.request("POST", path, body)
+
 
 def _q(part: str) -> str:
     """One path segment: ``/`` (the default vhost) and all else percent-encoded."""

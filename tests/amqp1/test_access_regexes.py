@@ -10,12 +10,14 @@ import pytest
 from rpclib.access import Access, Account
 from rpclib.target import Target
 from rpclib.transports.amqp1.access import (
+    ADMIN_OPTIONS,
     NOTHING,
     Permissions,
     admin_target,
     permissions,
     render,
 )
+from rpclib.transports.rabbitmq_management import TopicPermission
 
 COMPUTE = (
     Access("compute-1")
@@ -23,6 +25,7 @@ COMPUTE = (
     .call(Target(topic="conductor"))
 )
 BILLING = Access("billing").listen("instance", "billing")
+CALLER = Access("scheduler").call(Target(topic="conductor"))
 
 
 def perms(access: Access, strategy: str) -> Permissions:
@@ -92,11 +95,71 @@ def test_a_server_may_bind_its_own_keys_only(strategy: str) -> None:
         assert not matches(rpclib_x.read, key)
 
 
-def test_on_rabbitmq_3_inboxes_are_bound_by_their_owner_only() -> None:
-    (private,) = [t for t in perms(COMPUTE, "rabbitmq").topics if t.exchange == "rpclib:private"]
-    assert matches(private.read, "compute-1:rpclib.reply.h.1.2")
-    assert not matches(private.read, "compute-2:rpclib.reply.h.1.2")
-    assert matches(private.write, "compute-2:rpclib.reply.h.1.2")  # replies go to anyone
+def private(access: Access, strategy: str) -> TopicPermission:
+    (topic,) = [t for t in perms(access, strategy).topics if t.exchange == "rpclib:private"]
+    return topic
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_inboxes_are_bound_by_their_owner_only(strategy: str) -> None:
+    assert matches(private(COMPUTE, strategy).read, "compute-1:rpclib.reply.+h.1.2")
+    assert not matches(private(COMPUTE, strategy).read, "compute-2:rpclib.reply.+h.1.2")
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_no_principal_may_write_to_the_default_exchange(strategy: str) -> None:
+    for access in (COMPUTE, BILLING, CALLER):
+        assert not matches(perms(access, strategy).write, "amq.default")
+
+
+def test_a_rolling_upgrade_may_grant_the_default_exchange_again() -> None:
+    account = Account(COMPUTE, "pw")
+    legacy = permissions(account, "rabbitmq4", legacy_default_exchange=True)
+    assert matches(legacy.write, "amq.default")
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "compute-2:rpclib.reply.+h.1.2",  # replies go to any caller's inbox
+        "compute-2:rpclib.reply.h.1.2",  # an older client's inbox
+        "compute-1:rpclib.compute.fanout.+h.1.3",  # its own nodes (requeued copies)
+        "rpclib.compute@compute-1",  # the queues it consumes (requeued copies)
+        "rpclib.compute@compute-1.live",
+        "rpclib.dead-letters.bounded",
+    ],
+)
+def test_a_server_writes_through_the_private_exchange_where_its_role_needs(
+    strategy: str, key: str
+) -> None:
+    assert matches(private(COMPUTE, strategy).write, key)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "rpclib.compute@compute-2",
+        "rpclib.compute@compute-2.live",
+        "rpclib.conductor@c1",
+        "rpclib.instance.info#billing",
+        "rpclib.dead-letters",
+        "compute-2:rpclib.reply.+h.1.2.mark",
+        "compute-2:rpclib.compute.fanout.+h.1.3",
+    ],
+)
+def test_a_server_writes_no_other_queue_through_the_private_exchange(
+    strategy: str, key: str
+) -> None:
+    assert not matches(private(COMPUTE, strategy).write, key)
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_a_caller_that_serves_nothing_replies_to_no_inbox(strategy: str) -> None:
+    write = private(CALLER, strategy).write
+    assert matches(write, "scheduler:rpclib.reply.+h.1.2")  # its own
+    assert not matches(write, "compute-2:rpclib.reply.+h.1.2")
 
 
 @pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
@@ -127,3 +190,30 @@ def test_render_prints_the_commands_with_no_impersonator_tag() -> None:
     assert "rabbitmqctl set_permissions -p / compute-1 " in text
     assert "rabbitmqctl set_topic_permissions -p / compute-1 rpclib " in text
     assert "impersonator" not in text
+
+
+def test_render_declares_the_bounded_dead_letters_bound_to_the_private_exchange() -> None:
+    text = render("amqp1://admin:pw@h/?addressing=rabbitmq4", [Account(COMPUTE, "s3")])
+    assert '"x-max-length": 10000' in text
+    assert '"x-overflow": "drop-head"' in text
+    assert (
+        "declare binding source=rpclib:private destination=rpclib.dead-letters.bounded "
+        "routing_key=rpclib.dead-letters.bounded"
+    ) in text
+
+
+@pytest.mark.parametrize("strategy", ["rabbitmq", "rabbitmq4"])
+def test_render_declares_the_listener_pools_queues(strategy: str) -> None:
+    """A notifier may not configure a pool's queue: the admin declares it."""
+    text = render(f"amqp1://admin:pw@h/?addressing={strategy}", [Account(BILLING, "s3")])
+    assert "declare queue name='rpclib.instance.info#billing' durable=true" in text
+    assert (
+        "declare binding source=rpclib:private destination='rpclib.instance.info#billing' "
+        "routing_key='rpclib.instance.info#billing'"
+    ) in text
+
+
+def test_the_upgrade_option_is_the_admins_only() -> None:
+    assert admin_target("amqp1://a:b@h/?legacy_default_exchange=true").legacy_default_exchange
+    assert not admin_target("amqp1://a:b@h/").legacy_default_exchange
+    assert "legacy_default_exchange" in ADMIN_OPTIONS  # login URLs drop it

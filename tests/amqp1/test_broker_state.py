@@ -18,6 +18,7 @@ import pytest
 
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
+from rpclib.transports.amqp1.addressing import DEAD_LETTER_QUEUE
 from rpclib.transports.base import Address, Guarantee
 from tests.support.amqp1 import GENERATIONS
 from tests.support.rabbit import list_queues
@@ -104,7 +105,7 @@ def test_closing_drivers_leaves_only_the_durable_queues_of_their_addresses(
     exchange = f"x{uuid.uuid4().hex[:8]}"
     workout(vhost.url, exchange)
     durable = {f"{exchange}.compute", f"{exchange}.compute#pool", f"{exchange}.compute@host1"}
-    expected = before | durable | {"rpclib.dead-letters"}
+    expected = before | durable | {DEAD_LETTER_QUEUE}
     assert vhost.settled_queues(expected) == expected
 
 
@@ -112,7 +113,7 @@ def test_nothing_of_the_plugins_own_making_is_left(vhost: Vhost) -> None:
     exchange = f"x{uuid.uuid4().hex[:8]}"
     workout(vhost.url, exchange)
     durable = {f"{exchange}.compute", f"{exchange}.compute#pool", f"{exchange}.compute@host1"}
-    queues = vhost.settled_queues(durable | {"rpclib.dead-letters"})
+    queues = vhost.settled_queues(durable | {DEAD_LETTER_QUEUE})
     assert [q for q in queues if q.startswith("amq.gen-") or q.endswith(".live")] == []
 
 

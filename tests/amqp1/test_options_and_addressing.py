@@ -94,6 +94,7 @@ def test_other_schemes_are_refused() -> None:
         (Address("x", "t", server="s#1"), None, "contains '#'"),
         (Address("x", "t", server="s"), "g", "groups apply to topics only"),
         (Address("rpclib", "dead-letters"), None, "is the driver's own"),
+        (Address("rpclib", "dead-letters.bounded"), None, "is the driver's own"),
         (Address("x", "t" * 300), None, "exceed 255 bytes"),
     ],
 )

@@ -20,7 +20,11 @@ import pytest
 from rpclib.exceptions import SendTimedOut, TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.amqp1 import Amqp1Driver
+from rpclib.transports.amqp1.addressing import DEAD_LETTER_QUEUE, Route
+from rpclib.transports.amqp1.options import parse_options
+from rpclib.transports.amqp1.rabbit4 import RabbitMQ4Addressing
 from rpclib.transports.base import Address, Guarantee
+from rpclib.transports.url import parse_url
 from tests.support.amqp1 import GENERATIONS, CutProxy, new_node_vhost
 from tests.support.rabbit import BROKER
 from tests.support.rabbit_node import RabbitNode
@@ -174,7 +178,21 @@ def test_queue_type_quorum_makes_the_at_least_once_targets_quorum_queues(
             "list_queues", "-p", vhost, "-q", "--no-table-headers", "name", "type"
         )
         types = dict(line.split() for line in out.splitlines() if line.strip())
-        assert types["q.compute"] == types["rpclib.dead-letters"] == "quorum"
+        assert types["q.compute"] == types[DEAD_LETTER_QUEUE] == "quorum"
         assert types["q.compute.live"] == "classic"  # at-most-once: auto-delete, never quorum
     finally:
         driver.close()
+
+
+def test_a_private_node_of_this_release_is_reached_through_the_private_exchange() -> None:
+    strategy = RabbitMQ4Addressing(parse_options(parse_url("amqp1://u:p@h/")), None)  # type: ignore[arg-type]
+    route = strategy.private_route("u:rpclib.reply.+h.1.2")
+    assert route == Route("", to="/exchanges/rpclib%3Aprivate/u%3Arpclib.reply.%2Bh.1.2")
+
+
+def test_an_older_clients_private_node_is_reached_by_its_queue_name() -> None:
+    """Rolling upgrades: its inbox is bound to nothing (docs/transports/amqp1.md)."""
+    strategy = RabbitMQ4Addressing(parse_options(parse_url("amqp1://u:p@h/")), None)  # type: ignore[arg-type]
+    assert strategy.private_route("u:rpclib.reply.h.1.2") == Route(
+        "", to="/queues/u%3Arpclib.reply.h.1.2"
+    )

@@ -15,11 +15,12 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tests.support.rabbit import BROKER, PASSWORD, USER, rabbitmqctl
-from tests.support.rabbit_node import RabbitNode, node_for_session, running
+from tests.support.rabbit_node import RabbitNode, free_ports, node_for_session, running
 
 PLUGIN = "rabbitmq_amqp1_0"
 
@@ -89,6 +90,52 @@ def node_tls_url(node: RabbitNode, query: str = "", host: str = "localhost") -> 
     """
     extra = f"&{query}" if query else ""
     return f"amqps://{USER}:{PASSWORD}@{host}:{node.tls_port}/?{node.certs.url_query()}{extra}"
+
+
+# --- private nodes with the management plugin (least-privilege accounts) ---------------
+
+
+@dataclass(frozen=True)
+class ManagedNode:
+    """A private node of one generation running the management plugin on a free port of
+    its own: how rpclib.transports.amqp1.access provisions accounts."""
+
+    node: RabbitNode
+    generation: int
+    management_port: int
+
+    @property
+    def strategy(self) -> str:
+        return "rabbitmq" if self.generation == 3 else "rabbitmq4"
+
+    def admin_url(self, vhost: str = "") -> str:
+        """The administrator's amqp1:// URL of ``vhost`` (default: ``/``)."""
+        return (
+            f"amqp1://{USER}:{PASSWORD}@127.0.0.1:{self.node.port}/{vhost}"
+            f"?addressing={self.strategy}&management_port={self.management_port}"
+        )
+
+
+def managed_node(generation: int) -> Iterator[ManagedNode]:
+    """Start a node of ``generation`` with ``rabbitmq_management`` (and, on 3.x, the AMQP 1.0
+    plugin), yield it, stop it (a fixture's body)."""
+    port = free_ports(1)[0]
+    config = f"management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n"
+    plugins = ("rabbitmq_management",) + ((PLUGIN,) if generation == 3 else ())
+    for node in node_for_session(plugins, generation=generation, config=config):
+        yield ManagedNode(node, generation, port)
+
+
+@pytest.fixture(scope="session")
+def amqp1_managed_node3() -> Iterator[ManagedNode]:
+    """The session's RabbitMQ 3.x node with the AMQP 1.0 and management plugins."""
+    yield from managed_node(3)
+
+
+@pytest.fixture(scope="session")
+def amqp1_managed_node4() -> Iterator[ManagedNode]:
+    """The session's RabbitMQ 4 node (native AMQP 1.0) with the management plugin."""
+    yield from managed_node(4)
 
 
 # --- RabbitMQ 4 (native AMQP 1.0, every deprecated feature denied) -------------------------
@@ -189,3 +236,17 @@ class CutProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+@pytest.fixture(params=GENERATIONS)
+def fresh_amqp1_admin_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The administrator's URL of a vhost of the test's own on each generation's managed
+    node, with the options rpclib.access needs to provision accounts in it."""
+    managed: ManagedNode = request.getfixturevalue(
+        "amqp1_managed_node3" if request.param == "rabbitmq3" else "amqp1_managed_node4"
+    )
+    node = running(managed.node)
+    vhost = new_node_vhost(node)
+    yield managed.admin_url(vhost)
+    if node.running:
+        node.rabbitmqctl("delete_vhost", vhost)

@@ -14,17 +14,24 @@ What every principal gets, whatever its grants:
 
 - its private nodes, by prefix: ``<principal>:`` (inboxes, their markers,
   fanout and advert queues; no address's node name holds a ``:``);
-- write on the default exchange ``amq.default``: requeued copies, dead
-  letters, and (``rabbitmq4``) replies and advert answers go to a queue by name.
-  This lets any principal put a message into any queue whose name it knows;
-  it cannot read one, and the message carries its verified ``user-id``, so a
-  server's policy refuses what it may not send (docs/security.md);
-- ``rabbitmq``: replies to any inbox through ``rpclib:private`` (topic write
-  ``.*``), and binding only its own nodes there (topic read ``^<principal>:``).
+- on ``rpclib:private``, the topic exchange through which a node is reached by
+  its own name (both strategies): binding its own nodes (topic read: its prefix
+  and the queues it consumes), and writing (topic write) only the keys its role
+  needs: its own nodes and consumed queues (requeued copies), the dead-letter
+  queue, any principal's inbox if it consumes a server or topic (replies), any
+  watcher's advert node of an exchange it advertises on (advert answers).
 
-The exchanges every principal shares (``X``, ``X.adverts``, ``rpclib:private``)
-and the dead-letter queue are declared here, by the admin, and nobody else may
-configure them (configure would let a rogue delete them); the driver then
+No principal may write to the default exchange ``amq.default``: that would let
+it put a message into any queue whose name it knows. For a rolling upgrade from
+a release that routed requeues, dead letters and (``rabbitmq4``) replies through
+it, the admin URL option ``legacy_default_exchange=true`` grants that write
+again until every client is upgraded (docs/transports/amqp1.md, "Upgrading").
+
+The exchanges every principal shares (``X``, ``X.adverts``, ``rpclib:private``),
+the bounded dead-letter queue (bound to ``rpclib:private`` by its name) and the
+listener pools' queues (``X.T#G``, which a notifier makes sure exist but may
+not configure) are declared here, by the admin, and nobody else may configure
+the shared ones (configure would let a rogue delete them); the driver then
 finds them declared (:meth:`RabbitControl.shared_exchange`).
 
 Applying goes through the RabbitMQ management HTTP API
@@ -47,9 +54,12 @@ from rpclib.transports.amqp1.addressing import (
     DEAD_LETTER_QUEUE,
     FANOUT,
     LIVE,
+    MARK,
     OWNER_MARK,
     PRIVATE_EXCHANGE,
+    REPLY_PREFIX,
     SYNC,
+    dead_letter_arguments,
     queue_name,
 )
 from rpclib.transports.amqp1.options import resolve_queue_type
@@ -60,9 +70,11 @@ from rpclib.transports.url import TransportURL, parse_url
 DEFAULT_EXCHANGE: Final = "amq.default"
 NOTHING: Final = "^(?!)"
 """A regex no name matches (an empty one would match every routing key)."""
+ANY_PRINCIPAL: Final = "[A-Za-z0-9_-]+"
+"""Any principal's name (rpclib.access.PRINCIPAL), as the start of a private node's name."""
 STRATEGIES: Final = ("rabbitmq", "rabbitmq4")
 DEFAULT_MANAGEMENT_PORT: Final = 15672
-ADMIN_OPTIONS: Final = frozenset({"management_port"})
+ADMIN_OPTIONS: Final = frozenset({"management_port", "legacy_default_exchange"})
 """Options of the admin URL only (rpclib.access.login_url drops them for the accounts)."""
 
 
@@ -106,17 +118,31 @@ class Needs:
         self.topic_write.setdefault(exchange, set())
 
 
-def needs(grants: Grants, strategy: str) -> Needs:
+def reply_keys() -> str:
+    """Any principal's inbox on :data:`PRIVATE_EXCHANGE`, but not its marker queue."""
+    sep, prefix, mark = literal(OWNER_MARK), literal(REPLY_PREFIX), literal(MARK)
+    return f"{ANY_PRINCIPAL}{sep}{prefix}(?![^:]*{mark}$)[^:]*"
+
+
+def advert_answer_keys(exchange: str) -> str:
+    """Any principal's advert watch node of ``exchange`` on :data:`PRIVATE_EXCHANGE`."""
+    return f"{ANY_PRINCIPAL}{literal(OWNER_MARK)}{literal(exchange + '.adverts.')}[^:]*"
+
+
+def needs(grants: Grants, strategy: str, *, legacy_default_exchange: bool = False) -> Needs:
     """The permissions ``grants`` need under ``strategy``'s names (``rabbitmq`` or
-    ``rabbitmq4``), the principal's own prefix and the defaults every principal has."""
+    ``rabbitmq4``), the principal's own prefix and the defaults every principal has;
+    ``legacy_default_exchange``: also write on ``amq.default`` (rolling upgrades only)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"addressing {strategy!r}: least-privilege accounts for {STRATEGIES}")
     p = check_principal(grants.principal)
     own = literal(p + OWNER_MARK) + ".*"
-    out = Needs({own}, {own, literal(DEFAULT_EXCHANGE)}, {own})
-    if strategy == "rabbitmq":
-        out.sends(PRIVATE_EXCHANGE, ".*")
-        out.binds(PRIVATE_EXCHANGE, own)
+    out = Needs({own}, {own}, {own})
+    if legacy_default_exchange:
+        out.write.add(literal(DEFAULT_EXCHANGE))
+    out.sends(PRIVATE_EXCHANGE, own)
+    out.binds(PRIVATE_EXCHANGE, own)
+    out.sends(PRIVATE_EXCHANGE, literal(DEAD_LETTER_QUEUE))
     for exchange, topic in grants.send:
         t = literal(topic)
         out.sends(exchange, f"{t}(?:{literal(LIVE)}|{literal(FANOUT)}|@.+)?")
@@ -126,8 +152,11 @@ def needs(grants: Grants, strategy: str) -> Needs:
     for address in grants.advertise:
         out.sends(f"{address.exchange}.adverts", literal(address.topic))
         out.binds(f"{address.exchange}.adverts", literal(address.topic + SYNC))
+        out.sends(PRIVATE_EXCHANGE, advert_answer_keys(address.exchange))
     for consume in grants.consume:
         _consume(out, consume.address, consume.group, strategy)
+        if not consume.address.fanout:
+            out.sends(PRIVATE_EXCHANGE, reply_keys())
     return out
 
 
@@ -139,8 +168,10 @@ def _consume(out: Needs, address: Address, group: str | None, strategy: str) -> 
             out.node(f"{x}.{t}{FANOUT}")
         return
     durable = queue_name(address, group)
-    out.node(durable)
-    out.node(durable + LIVE)
+    for name in (durable, durable + LIVE):
+        out.node(name)
+        out.sends(PRIVATE_EXCHANGE, literal(name))  # requeued copies
+        out.binds(PRIVATE_EXCHANGE, literal(name))
     key = t if address.server is None else f"{t}@{address.server}"
     out.binds(x, literal(key) + f"(?:{literal(LIVE)})?")
     if strategy == "rabbitmq" and address.server is None:  # X.T, X.T.live (fanout) <- X
@@ -148,9 +179,11 @@ def _consume(out: Needs, address: Address, group: str | None, strategy: str) -> 
         out.node(f"{x}.{t}{LIVE}")
 
 
-def permissions(account: Account, strategy: str) -> Permissions:
+def permissions(
+    account: Account, strategy: str, *, legacy_default_exchange: bool = False
+) -> Permissions:
     """``account``'s user and permission regexes under ``strategy``."""
-    n = needs(account.access.grants(), strategy)
+    n = needs(account.access.grants(), strategy, legacy_default_exchange=legacy_default_exchange)
     exchanges = sorted(set(n.topic_write) | set(n.topic_read))
     topics = tuple(
         TopicPermission(x, _one_of(n.topic_write.get(x, ())), _one_of(n.topic_read.get(x, ())))
@@ -174,9 +207,38 @@ def shared_nodes(accounts: list[Account], strategy: str) -> tuple[list[str], lis
         exchanges.update(x for x, _ in g.send)
         exchanges.update(f"{x}.adverts" for x, _ in g.watch)
         exchanges.update(f"{a.exchange}.adverts" for a in g.advertise)
-    if strategy == "rabbitmq":
-        exchanges.add(PRIVATE_EXCHANGE)
+    exchanges.add(PRIVATE_EXCHANGE)
     return sorted(exchanges), [DEAD_LETTER_QUEUE]
+
+
+def pool_queues(accounts: list[Account]) -> list[tuple[Address, str]]:
+    """The listener pools (address, group) of ``accounts``: declared by the admin, so that a
+    notifier, which may not configure them, finds them kept before their listeners start."""
+    pools = {
+        (c.address, c.group)
+        for a in accounts
+        for c in a.access.grants().consume
+        if c.group is not None and not c.address.fanout
+    }
+    return sorted(((x, g) for x, g in pools if g is not None), key=lambda p: (str(p[0]), p[1]))
+
+
+def _declare_pool(
+    api: ManagementClient, target: AdminTarget, strategy: str, pool: tuple[Address, str]
+) -> None:
+    """Declare and bind one pool's queue as the driver of ``strategy`` would."""
+    address, group = pool
+    x, t, v = address.exchange, address.topic, target.vhost
+    name = queue_name(address, group)
+    if strategy == "rabbitmq":  # X.T (fanout) <- X with T; the queue <- X.T
+        api.declare_exchange(v, f"{x}.{t}", "fanout")
+        api.bind_exchange(v, x, f"{x}.{t}", t)
+        api.declare_queue(v, name, {})
+        api.bind_queue(v, f"{x}.{t}", name, "")
+    else:
+        api.declare_queue(v, name, {"x-queue-type": target.queue_type})
+        api.bind_queue(v, x, name, t)
+    api.bind_queue(v, PRIVATE_EXCHANGE, name, name)
 
 
 def _merge(a: Permissions, b: Permissions) -> Permissions:
@@ -216,12 +278,16 @@ class AdminTarget:
     strategy: str
     queue_type: str
     tls: bool
+    legacy_default_exchange: bool = False
+    """Grant write on ``amq.default`` again (clients of older releases still run)."""
 
 
 def admin_target(admin_url: str) -> AdminTarget:
     """Read ``amqp1://admin:pw@host/vhost?addressing=...&management_port=...``."""
     url: TransportURL = parse_url(admin_url)
-    url.reject_unknown_options({"addressing", "management_port", "queue_type", "ssl"})
+    url.reject_unknown_options(
+        {"addressing", "management_port", "queue_type", "ssl", "legacy_default_exchange"}
+    )
     strategy = url.option("addressing", "auto") or "auto"
     if strategy not in (*STRATEGIES, "auto"):
         raise ValueError(
@@ -243,6 +309,7 @@ def admin_target(admin_url: str) -> AdminTarget:
         strategy,
         queue_type,
         url.scheme == "amqps" or url.bool_option("ssl", False),
+        url.bool_option("legacy_default_exchange", False),
     )
 
 
@@ -263,26 +330,67 @@ def _strategy_of(version: str) -> str:
     return "rabbitmq4" if int(major) >= 4 else "rabbitmq"
 
 
-def _plan(accounts: list[Account], strategy: str) -> tuple[list[Permissions], list[str], list[str]]:
+def _plan(
+    accounts: list[Account], strategy: str, legacy: bool = False
+) -> tuple[list[Permissions], list[str], list[str]]:
     """Each account's permissions (in order), the shared exchanges and queues."""
     if strategy == "auto":
-        users = [_merge(permissions(a, "rabbitmq"), permissions(a, "rabbitmq4")) for a in accounts]
+        users = [
+            _merge(
+                permissions(a, "rabbitmq", legacy_default_exchange=legacy),
+                permissions(a, "rabbitmq4", legacy_default_exchange=legacy),
+            )
+            for a in accounts
+        ]
         x3, q3 = shared_nodes(accounts, "rabbitmq")
         x4, q4 = shared_nodes(accounts, "rabbitmq4")
         return users, sorted(set(x3) | set(x4)), sorted(set(q3) | set(q4))
     exchanges, queues = shared_nodes(accounts, strategy)
-    return [permissions(a, strategy) for a in accounts], exchanges, queues
+    users = [permissions(a, strategy, legacy_default_exchange=legacy) for a in accounts]
+    return users, exchanges, queues
 
 
 def _dead_letter_arguments(target: AdminTarget, strategy: str) -> dict[str, Any]:
-    """As the driver declares them: typed on ``rabbitmq4``, plain on the 3.x plugin."""
-    return {"x-queue-type": target.queue_type} if strategy == "rabbitmq4" else {}
+    """As the driver declares them: bounded; typed on ``rabbitmq4``, plain classic on the
+    3.x plugin (whose driver declares it over AMQP 0-9-1 without a type)."""
+    return dead_letter_arguments(target.queue_type if strategy == "rabbitmq4" else None)
+
+
+def _render_pools(target: AdminTarget, accounts: list[Account]) -> list[str]:
+    """The ``rabbitmqadmin`` lines of :func:`_declare_pool` for every listener pool."""
+    pools = pool_queues(accounts)
+    if pools and target.strategy == "auto":
+        return ["# listener pool queues: declared by apply, as the broker's version needs"]
+    v, q = shlex.quote(target.vhost), shlex.quote
+    lines = []
+    for address, group in pools:
+        x, t, name = address.exchange, address.topic, queue_name(address, group)
+        admin = f"rabbitmqadmin -V {v} declare"
+        if target.strategy == "rabbitmq":
+            lines += [
+                f"{admin} exchange name={q(f'{x}.{t}')} type=fanout",
+                f"{admin} binding source={q(x)} destination_type=exchange "
+                f"destination={q(f'{x}.{t}')} routing_key={q(t)}",
+                f"{admin} queue name={q(name)} durable=true",
+                f"{admin} binding source={q(f'{x}.{t}')} destination={q(name)}",
+            ]
+        else:
+            args = q(json.dumps({"x-queue-type": target.queue_type}))
+            lines += [
+                f"{admin} queue name={q(name)} durable=true arguments={args}",
+                f"{admin} binding source={q(x)} destination={q(name)} routing_key={q(t)}",
+            ]
+        lines.append(
+            f"{admin} binding source={q(PRIVATE_EXCHANGE)} destination={q(name)} "
+            f"routing_key={q(name)}"
+        )
+    return lines
 
 
 def render(admin_url: str, accounts: list[Account]) -> str:
     """The commands :func:`apply` amounts to (``rabbitmqctl``, ``rabbitmqadmin``)."""
     target = admin_target(admin_url)
-    users, exchanges, queues = _plan(accounts, target.strategy)
+    users, exchanges, queues = _plan(accounts, target.strategy, target.legacy_default_exchange)
     v = shlex.quote(target.vhost)
     lines = [f"# amqp1:// least-privilege accounts (addressing={target.strategy}), vhost {v}"]
     for x in exchanges:
@@ -293,6 +401,11 @@ def render(admin_url: str, accounts: list[Account]) -> str:
         lines.append(
             f"rabbitmqadmin -V {v} declare queue name={shlex.quote(name)} durable=true{extra}"
         )
+        lines.append(
+            f"rabbitmqadmin -V {v} declare binding source={shlex.quote(PRIVATE_EXCHANGE)} "
+            f"destination={shlex.quote(name)} routing_key={shlex.quote(name)}"
+        )
+    lines += _render_pools(target, accounts)
     for account, u in zip(accounts, users, strict=True):
         name, password = shlex.quote(u.user), shlex.quote(account.password)
         lines += [
@@ -319,11 +432,14 @@ def apply(admin_url: str, accounts: list[Account]) -> None:
     strategy = target.strategy
     if strategy == "auto":
         strategy = _strategy_of(api.version())
-    users, exchanges, queues = _plan(accounts, strategy)
+    users, exchanges, queues = _plan(accounts, strategy, target.legacy_default_exchange)
     for x in exchanges:
         api.declare_exchange(target.vhost, x)
     for name in queues:
         api.declare_queue(target.vhost, name, _dead_letter_arguments(target, strategy))
+        api.bind_queue(target.vhost, PRIVATE_EXCHANGE, name, name)
+    for pool in pool_queues(accounts):
+        _declare_pool(api, target, strategy, pool)
     for account, u in zip(accounts, users, strict=True):
         api.put_user(u.user, account.password)
         api.set_permissions(target.vhost, u)

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import abc
 import itertools
+import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1.options import Amqp1Options
@@ -37,19 +39,44 @@ from rpclib.transports.amqp1.rabbit_control import RabbitControl
 from rpclib.transports.base import Address
 
 REPLY_PREFIX: Final = "rpclib.reply."
-DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters.bounded"
+"""The vhost's dead letters: bounded (:func:`dead_letter_arguments`), so it could not keep the
+name of the unbounded queue of older releases (RabbitMQ refuses changed arguments)."""
+LEGACY_DEAD_LETTER_QUEUE: Final = "rpclib.dead-letters"
+"""RabbitMQ: the unbounded dead-letter queue of releases before the bound, no longer written
+or read."""
+PEER_DEAD_LETTER_QUEUE: Final = LEGACY_DEAD_LETTER_QUEUE
+"""``artemis`` and ``qpid``: the dead-letter node, whose bound is the operator's queue
+settings (rpclib declares nothing there; docs/transports/amqp1.md)."""
+DEAD_LETTER_MAX_LENGTH: Final = 10_000
+"""Dead letters kept per vhost (as rabbit:// and memory:// keep); the oldest are dropped."""
+DEAD_LETTER_MAX_BYTES: Final = 64 * 1024 * 1024
+"""Bodies kept at most in the dead-letter queue, whatever their count."""
 PRIVATE_EXCHANGE: Final = "rpclib:private"
-"""``rabbitmq``: the topic exchange every private node (inbox, advert queue) is bound to by its
-own name; a ``:`` no exchange or topic of an address may hold, so it collides with none."""
+"""RabbitMQ (both strategies): the topic exchange through which a node is reached by its own
+name: private nodes (inboxes, advert and fanout queues), the queues a subscription consumes
+(for requeued copies) and the dead letters. Each node is bound to it by its name, and a
+least-privilege account may write only the keys its role needs (topic permissions), where
+the default exchange would let it write into any queue (rpclib.transports.amqp1.access).
+A ``:`` no exchange or topic of an address may hold, so it collides with none."""
+ROUTED_MARK: Final = "+"
+"""Starts the suffix of a private node bound to :data:`PRIVATE_EXCHANGE` on ``rabbitmq4``
+(``<user>:<kind>.+<suffix>``), so that a sender knows to route to it through that exchange;
+a node named without it belongs to an older client, reached through the default exchange
+(rolling upgrades, docs/transports/amqp1.md). Not ``~``: RabbitMQ 3.x's plugin formats a
+refusal naming the node with it as an Erlang format string and drops the connection."""
 OWNER_MARK: Final = ":"
 """Separates the principal from the rest of a private node's name (``<principal>:...``):
 no address's node name holds one, so a principal's prefix matches its own nodes only."""
 LIVE: Final = ".live"
+MARK: Final = ".mark"
+"""``rabbitmq4``: suffix of an inbox's marker queue (see ``RabbitMQ4Addressing._mark``)."""
 SYNC: Final = ".sync"
 FANOUT: Final = ".fanout"
 MAX_NAME_BYTES: Final = 255
 _RESERVED_ENDINGS: Final = (LIVE, SYNC, FANOUT)
 _counter = itertools.count(1)
+LOG = logging.getLogger("rpclib.transports.amqp1")
 
 
 def private_suffix() -> str:
@@ -107,7 +134,7 @@ def check_address(address: Address, group: str | None = None) -> None:
     if group is not None:
         _check("group", group, ("#", "*", "/", ":"))
     if address.exchange == "rpclib" and (
-        address.topic == "dead-letters" or address.topic.startswith("reply.")
+        address.topic == "dead-letters" or address.topic.startswith(("dead-letters.", "reply."))
     ):
         raise ValueError(f"topic {address.topic!r} on exchange 'rpclib' is the driver's own")
     longest = f"{'p' * 65}{address.exchange}.{address.topic}.fanout.{'x' * 80}"
@@ -117,6 +144,20 @@ def check_address(address: Address, group: str | None = None) -> None:
         longest = f"{address.exchange}.{address.topic}#{group}{LIVE}"
     if len(longest.encode()) > MAX_NAME_BYTES:
         raise ValueError(f"the node names of {address} would exceed 255 bytes")
+
+
+def dead_letter_arguments(queue_type: str | None) -> dict[str, Any]:
+    """The dead-letter queue's arguments: bounded by count and bytes, dropping the oldest
+    first, so a node flooding a server with garbage cannot grow the broker's storage without
+    end; typed ``queue_type`` when given (``rabbitmq4``; the 3.x plugin's is a plain classic
+    queue). Classic and quorum queues of RabbitMQ 3.10 to 4.x take these; none is deprecated."""
+    arguments: dict[str, Any] = {} if queue_type is None else {"x-queue-type": queue_type}
+    return {
+        **arguments,
+        "x-max-length": DEAD_LETTER_MAX_LENGTH,
+        "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+        "x-overflow": "drop-head",
+    }
 
 
 def queue_name(address: Address, group: str | None = None, *, live: bool = False) -> str:
@@ -216,6 +257,10 @@ class Addressing(abc.ABC):
         """Make the adverts node of ``exchange`` exist."""
         return None
 
+    def requeue_route(self, node: str) -> Route:
+        """Where a requeued copy of a message consumed from source ``node`` goes: that node."""
+        return Route(node)
+
     @abc.abstractmethod
     def dead_letter_route(self) -> Route: ...
 
@@ -294,7 +339,13 @@ class RabbitMQAddressing(Addressing):
             c.exchange(f"{x}.{t}", "fanout")
             c.bind_exchange(f"{x}.{t}", x, t)
             c.bind_queue(name, f"{x}.{t}", "")
+        self._by_name(name)
         return name
+
+    def _by_name(self, queue: str) -> None:
+        """Bind ``queue`` to :data:`PRIVATE_EXCHANGE` by its name (requeued copies)."""
+        self.control.shared_exchange(PRIVATE_EXCHANGE)
+        self.control.bind_queue(queue, PRIVATE_EXCHANGE, queue)
 
     def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
         c, x, t = self.control, address.exchange, address.topic
@@ -306,10 +357,12 @@ class RabbitMQAddressing(Addressing):
             c.queue(name, durable=False, auto_delete=True)
             c.bind_queue(name, fan, "")
             c.bind_exchange(fan, x, f"{t}{FANOUT}")
+            self._by_name(name)
             return [Source(f"/amq/queue/{name}", settled=False)]
         durable = self._durable_queue(address, group)
         live = queue_name(address, group, live=True)
         c.queue(live, durable=False, auto_delete=True)
+        self._by_name(live)
         if address.server is not None:
             c.bind_queue(live, x, f"{t}@{address.server}{LIVE}")
         else:
@@ -320,14 +373,25 @@ class RabbitMQAddressing(Addressing):
         return [Source(f"/amq/queue/{durable}", False), Source(f"/amq/queue/{live}", True)]
 
     def declare(self, address: Address, group: str | None) -> None:
-        self._durable_queue(address, group)
+        """Declare the durable queue and its bindings; a principal that may not configure it
+        (a notifier making sure a listener pool's queue exists) accepts it declared by the
+        admin (rpclib.transports.amqp1.access) or by its consumers."""
+        try:
+            self._durable_queue(address, group)
+        except TransportError as exc:
+            if "ACCESS_REFUSED" not in str(exc):
+                raise
+            if self.control.consumers(queue_name(address, group)) is None:
+                raise TransportError(
+                    f"queue {queue_name(address, group)} does not exist and this user may not "
+                    "declare it: provision it (rpclib-access apply) or start its listeners"
+                ) from exc
 
     # private nodes
 
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         self.control.queue(name, durable=False, arguments={"x-expires": 3_600_000})
-        self.control.shared_exchange(PRIVATE_EXCHANGE)
-        self.control.bind_queue(name, PRIVATE_EXCHANGE, name)
+        self._by_name(name)
         self.bind_private(name, binds)
 
     def bind_private(self, name: str, binds: list[tuple[str, str]]) -> None:
@@ -358,14 +422,28 @@ class RabbitMQAddressing(Addressing):
     def prepare_adverts(self, exchange: str) -> None:
         self.control.shared_exchange(f"{exchange}.adverts")
 
+    def requeue_route(self, node: str) -> Route:
+        return Route(f"/exchange/{PRIVATE_EXCHANGE}", node.removeprefix("/amq/queue/"))
+
     def dead_letter_route(self) -> Route:
-        return Route(f"/amq/queue/{DEAD_LETTER_QUEUE}")
+        return Route(f"/exchange/{PRIVATE_EXCHANGE}", DEAD_LETTER_QUEUE)
 
     def dead_letter_source(self) -> Source:
         return Source(f"/amq/queue/{DEAD_LETTER_QUEUE}", settled=False)
 
     def prepare_dead_letters(self) -> None:
-        self.control.shared_queue(DEAD_LETTER_QUEUE)
+        """Declare and bind the bounded dead-letter queue, or (a least-privilege account)
+        find it provisioned; warn if the unbounded one of older releases holds messages."""
+        c = self.control
+        c.shared_queue(DEAD_LETTER_QUEUE, dead_letter_arguments(None))
+        c.shared_exchange(PRIVATE_EXCHANGE)
+        try:
+            c.bind_queue(DEAD_LETTER_QUEUE, PRIVATE_EXCHANGE, DEAD_LETTER_QUEUE)
+        except TransportError as exc:
+            if "ACCESS_REFUSED" not in str(exc):
+                raise
+            # the operator bound it when provisioning (rpclib.transports.amqp1.access)
+        warn_legacy_dead_letters(c.messages(LEGACY_DEAD_LETTER_QUEUE))
 
     def dead_letter_count(self) -> int | None:
         return self.control.messages(DEAD_LETTER_QUEUE)
@@ -414,10 +492,10 @@ class ArtemisAddressing(Addressing):
         return Route(f"{exchange}.adverts.{key}")
 
     def dead_letter_route(self) -> Route:
-        return Route(DEAD_LETTER_QUEUE)
+        return Route(PEER_DEAD_LETTER_QUEUE)
 
     def dead_letter_source(self) -> Source:
-        return Source(DEAD_LETTER_QUEUE, settled=False)
+        return Source(PEER_DEAD_LETTER_QUEUE, settled=False)
 
 
 QPID_STORED: Final = "rpclib/queue/"
@@ -491,16 +569,42 @@ class QpidAddressing(Addressing):
         return Route(self._node(QPID_MULTICAST, f"{exchange}.adverts.{key}"))
 
     def dead_letter_route(self) -> Route:
-        return Route(QPID_STORED + DEAD_LETTER_QUEUE)
+        return Route(QPID_STORED + PEER_DEAD_LETTER_QUEUE)
 
     def dead_letter_source(self) -> Source:
-        return Source(QPID_STORED + DEAD_LETTER_QUEUE, settled=False)
+        return Source(QPID_STORED + PEER_DEAD_LETTER_QUEUE, settled=False)
 
 
 def owned_name(options: Amqp1Options, kind: str) -> str:
-    """``<user>:<kind>.<suffix>``: a private node named for the URL's (first) user, so that
-    a least-privilege account is granted its own nodes by that prefix (docs/security.md)."""
-    return f"{options.hosts[0].user}{OWNER_MARK}{kind}.{private_suffix()}"
+    """``<user>:<kind>.+<suffix>``: a private node named for the URL's (first) user, so that
+    a least-privilege account is granted its own nodes by that prefix (docs/security.md),
+    and marked as reachable through :data:`PRIVATE_EXCHANGE` (:data:`ROUTED_MARK`)."""
+    return f"{options.hosts[0].user}{OWNER_MARK}{kind}.{ROUTED_MARK}{private_suffix()}"
+
+
+def is_routed(name: str) -> bool:
+    """Whether private node ``name`` is bound to :data:`PRIVATE_EXCHANGE` by its name (named
+    by this release); one of an older client is reached through the default exchange."""
+    return ROUTED_MARK in name.rsplit(OWNER_MARK, 1)[-1]
+
+
+_legacy_warned = threading.Event()
+
+
+def warn_legacy_dead_letters(count: int | None) -> None:
+    """Warn once per process that the unbounded dead-letter queue of an older release still
+    holds ``count`` messages (None or 0: it is gone or empty, nothing to say)."""
+    if not count or _legacy_warned.is_set():
+        return
+    _legacy_warned.set()
+    LOG.warning(
+        "the unbounded dead-letter queue %s of an older rpclib still holds %d messages; "
+        "this release reads and writes the bounded %s. Read what the old one holds, then "
+        "delete it once no older client runs (docs/transports/amqp1.md, 'Upgrading')",
+        LEGACY_DEAD_LETTER_QUEUE,
+        count,
+        DEAD_LETTER_QUEUE,
+    )
 
 
 def make_addressing(options: Amqp1Options, label: str, name: str | None = None) -> Addressing:

@@ -22,7 +22,7 @@ from proton import Delivery, Endpoint, Message
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1 import messages
-from rpclib.transports.amqp1.addressing import Route, Source
+from rpclib.transports.amqp1.addressing import Source
 from rpclib.transports.amqp1.restore import check_current
 from rpclib.transports.base import Address, InboxEventHandler, InboxHandler, MessageHandler
 
@@ -246,7 +246,7 @@ class Amqp1Subscription:
         props[messages.RELAYED_SENDER] = incoming.sender or ""
         if kind == "requeue":
             props[messages.ATTEMPTS] = incoming.attempts + 1
-            route = Route(incoming.node)
+            route = self.loop.addressing.requeue_route(incoming.node)
         else:
             props.update(
                 {

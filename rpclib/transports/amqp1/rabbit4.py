@@ -27,20 +27,26 @@ take this" is the broker's outcome, not a separate question
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from rpclib.exceptions import TransportError
 from rpclib.transports.amqp1 import messages
 from rpclib.transports.amqp1.addressing import (
     DEAD_LETTER_QUEUE,
     FANOUT,
+    LEGACY_DEAD_LETTER_QUEUE,
     LIVE,
+    MARK,
+    PRIVATE_EXCHANGE,
     Addressing,
     Route,
     Source,
+    dead_letter_arguments,
     is_inbox,
+    is_routed,
     owned_name,
     queue_name,
+    warn_legacy_dead_letters,
 )
 from rpclib.transports.amqp1.io_thread import LOG, Future
 from rpclib.transports.amqp1.management import Management, Refused, path
@@ -49,8 +55,6 @@ from rpclib.transports.base import Address
 
 INBOX_EXPIRES_MS: Final = 3_600_000
 """An inbox outlives reconnects; if its process dies it goes after an hour unused."""
-MARK: Final = ".mark"
-"""Suffix of an inbox's marker queue (see :meth:`RabbitMQ4Addressing._mark`)."""
 LIVE_EXPIRES_MS: Final = 600_000
 """A ``.live`` queue goes with its last consumer, or 10 minutes after it was left unused."""
 
@@ -136,8 +140,9 @@ class RabbitMQ4Addressing(Addressing):
         auto_delete: bool = False,
         expires_ms: int | None = None,
         typed: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        arguments: dict[str, Any] = {}
+        arguments: dict[str, Any] = dict(extra or {})
         if expires_ms is not None:
             arguments["x-expires"] = expires_ms
         if typed:
@@ -158,6 +163,12 @@ class RabbitMQ4Addressing(Addressing):
             "arguments": {},
         }
         self._request(f"bind queue {queue} to {exchange} ({key})", "POST", "/bindings", body)
+
+    def _by_name(self, queue: str) -> None:
+        """Bind ``queue`` to :data:`PRIVATE_EXCHANGE` by its name: how requeued copies, replies
+        and advert answers reach it, instead of the default exchange (any queue by name)."""
+        self._exchange(PRIVATE_EXCHANGE)
+        self._bind(queue, PRIVATE_EXCHANGE, queue)
 
     def _info(self, name: str) -> dict[str, Any] | None:
         answer = self._request(f"look up queue {name}", "GET", path("queues", name), ok=(200, 404))
@@ -187,6 +198,7 @@ class RabbitMQ4Addressing(Addressing):
         self._queue(name, typed=True)
         key = address.topic if address.server is None else f"{address.topic}@{address.server}"
         self._bind(name, address.exchange, key)
+        self._by_name(name)
         return name
 
     def prepare_listen(self, address: Address, group: str | None) -> list[Source]:
@@ -196,25 +208,41 @@ class RabbitMQ4Addressing(Addressing):
             name = self.private_name(f"{x}.{t}{FANOUT}")
             self._queue(name, exclusive=True)
             self._bind(name, x, f"{t}{FANOUT}")
+            self._by_name(name)
             return [Source(path("queues", name), settled=False)]
         durable = self._durable(address, group)
         live = queue_name(address, group, live=True)
         self._queue(live, auto_delete=True, expires_ms=LIVE_EXPIRES_MS)
+        self._by_name(live)
         key = t if address.server is None else f"{t}@{address.server}"
         self._bind(live, x, f"{key}{LIVE}")
         return [Source(path("queues", durable), False), Source(path("queues", live), True)]
 
     def declare(self, address: Address, group: str | None) -> None:
-        self._durable(address, group)
+        """Declare the durable queue and its bindings; a principal that may not configure it
+        (a notifier making sure a listener pool's queue exists) accepts it declared by the
+        admin (rpclib.transports.amqp1.access) or by its consumers."""
+        try:
+            self._durable(address, group)
+        except TransportError as exc:
+            if not _not_permitted(exc):
+                raise
+            if self._info(queue_name(address, group)) is None:
+                raise TransportError(
+                    f"queue {queue_name(address, group)} does not exist and this user may not "
+                    "declare it: provision it (rpclib-access apply) or start its listeners"
+                ) from exc
 
     # -- private nodes ------------------------------------------------------------------
 
     def recreate_private(self, name: str, binds: list[tuple[str, str]]) -> None:
         if is_inbox(name):
             self._queue(name, expires_ms=INBOX_EXPIRES_MS)  # replies wait over a reconnect
+            self._by_name(name)
             self._mark(name)
         else:
             self._queue(name, exclusive=True)  # rebuilt with the connection
+            self._by_name(name)
         self.bind_private(name, binds)
 
     def _mark(self, inbox: str) -> None:
@@ -227,8 +255,9 @@ class RabbitMQ4Addressing(Addressing):
         """
         marker = inbox + MARK
         self._queue(marker, expires_ms=INBOX_EXPIRES_MS)
+        self._by_name(marker)
         loop, future = self.management.loop, Future()
-        route = Route("", to=path("queues", marker))
+        route = self.private_route(marker)
         loop.submit(lambda: loop.send(route, messages.make(b""), on_outcome=future.set))
         what = future.wait(self.options.send_timeout, f"marking inbox {inbox}")
         if what is not None:
@@ -240,6 +269,12 @@ class RabbitMQ4Addressing(Addressing):
             self._bind(name, exchange, key)
 
     def private_route(self, name: str) -> Route:
+        """Through :data:`PRIVATE_EXCHANGE`; a node of an older client (no
+        :data:`~rpclib.transports.amqp1.addressing.ROUTED_MARK`) is bound to nothing, so it is
+        reached through the default exchange, which only accounts provisioned for a rolling
+        upgrade may write (``legacy_default_exchange``)."""
+        if is_routed(name):
+            return Route("", to=_to(PRIVATE_EXCHANGE, name))
         return Route("", to=path("queues", name))
 
     def private_source(self, name: str) -> Source:
@@ -273,19 +308,31 @@ class RabbitMQ4Addressing(Addressing):
     def prepare_adverts(self, exchange: str) -> None:
         self._exchange(f"{exchange}.adverts")
 
+    def requeue_route(self, node: str) -> Route:
+        return Route("", to=_to(PRIVATE_EXCHANGE, unquote(node.removeprefix("/queues/"))))
+
     def dead_letter_route(self) -> Route:
-        return Route("", to=path("queues", DEAD_LETTER_QUEUE))
+        return Route("", to=_to(PRIVATE_EXCHANGE, DEAD_LETTER_QUEUE))
 
     def dead_letter_source(self) -> Source:
         return Source(path("queues", DEAD_LETTER_QUEUE), settled=False)
 
     def prepare_dead_letters(self) -> None:
+        """Declare and bind the bounded dead-letter queue, or (a least-privilege account)
+        find it provisioned; warn if the unbounded one of older releases holds messages."""
         try:
-            self._queue(DEAD_LETTER_QUEUE, typed=True)
+            self._queue(DEAD_LETTER_QUEUE, extra=dead_letter_arguments(self.options.queue_type))
+            self._by_name(DEAD_LETTER_QUEUE)
         except TransportError as exc:
             if not _not_permitted(exc):
                 raise
             # shared by every principal: declared by the operator for least-privilege accounts
+        try:
+            legacy = self._info(LEGACY_DEAD_LETTER_QUEUE)
+        except TransportError as exc:
+            LOG.debug("could not look for %s: %s", LEGACY_DEAD_LETTER_QUEUE, exc)
+            return
+        warn_legacy_dead_letters(int(legacy.get("message_count", 0)) if legacy else None)
 
     def dead_letter_count(self) -> int | None:
         info = self._info(DEAD_LETTER_QUEUE)

@@ -198,11 +198,11 @@ class RabbitControl:
                 ) from exc
             self.exchanges.add(name)
 
-    def shared_queue(self, name: str) -> None:
-        """Declare durable queue ``name`` (the dead letters), or check it exists when this user
-        may not configure it (as :meth:`shared_exchange`)."""
+    def shared_queue(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        """Declare durable queue ``name`` (the dead letters) with ``arguments``, or check it
+        exists when this user may not configure it (as :meth:`shared_exchange`)."""
         try:
-            self.queue(name, durable=True)
+            self.queue(name, durable=True, arguments=arguments)
         except TransportError as exc:
             if "ACCESS_REFUSED" not in str(exc):
                 raise
