@@ -151,6 +151,34 @@ class ReplyTimeout(MessagingTimeout):
         self.progress_seen = progress_seen
 
 
+class MaxTimeExceeded(ReplyTimeout):
+    """A call ran into its total limit (``max_time``) although its server kept beating.
+
+    Progress heartbeats restart the inactivity ``timeout``; ``max_time`` bounds
+    the whole call whatever the server sends, so a handler that is stuck but
+    still beats cannot hold its caller forever.
+    """
+
+    def __init__(
+        self, method: str, address: str, timeout: float, max_time: float, *, progress_seen: bool
+    ) -> None:
+        beats = (
+            "the server was still sending progress heartbeats, so it is working or stuck"
+            if progress_seen
+            else "no server reported progress"
+        )
+        MessagingTimeout.__init__(
+            self,
+            f"no reply to {method!r} from {address} within max_time={max_time:g}s, the call's "
+            f"total limit (inactivity timeout={timeout:g}s): {beats}",
+        )
+        self.method = method
+        self.address = address
+        self.timeout = timeout
+        self.max_time = max_time
+        self.progress_seen = progress_seen
+
+
 # --- versions and dispatch -------------------------------------------------
 
 

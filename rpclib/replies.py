@@ -3,12 +3,14 @@
 Every call registers its message id, sends with the inbox address as
 ``reply_to`` and waits on its own event. The driver thread only reads the
 envelope header to route a reply; the caller's thread decodes the body.
-Progress heartbeats extend a call's deadline while its server is working.
+Progress heartbeats extend a call's deadline while its server is working, up to
+the call's ``max_time`` if it has one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +30,15 @@ CastFailureHandler = Callable[[Envelope], None]
 class PendingReply:
     """A call waiting for its reply."""
 
-    __slots__ = ("_event", "disconnected", "envelope", "error", "last_progress", "progress_seen")
+    __slots__ = (
+        "_event",
+        "disconnected",
+        "envelope",
+        "error",
+        "last_progress",
+        "out_of_time",
+        "progress_seen",
+    )
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -37,6 +47,7 @@ class PendingReply:
         self.last_progress = 0.0
         self.progress_seen = False
         self.disconnected = False
+        self.out_of_time = False
 
     def resolve(self, env: Envelope) -> None:
         self.envelope = env
@@ -50,19 +61,30 @@ class PendingReply:
         self.last_progress = time.monotonic()
         self.progress_seen = True
 
-    def wait(self, timeout: float, *, spent: float = 0.0) -> bool:
+    def wait(self, timeout: float, *, spent: float = 0.0, max_time: float | None = None) -> bool:
         """Wait for the reply; ``timeout`` restarts from every progress heartbeat.
 
-        ``spent``: seconds of the first ``timeout`` already used (sending the request).
+        ``max_time`` bounds the whole wait however often the server beats (a
+        handler deadlocked in a loop that still beats must not hold its caller
+        forever); :attr:`out_of_time` says when that limit ended it.
+        ``spent``: seconds already used (sending the request), counted against both.
         """
-        deadline = time.monotonic() + timeout - spent
+        now = time.monotonic()
+        deadline = now + timeout - spent
+        hard = math.inf if max_time is None else now + max_time - spent
         while True:
-            remaining = deadline - time.monotonic()
+            end = min(deadline, hard)
+            remaining = end - time.monotonic()
             if remaining > 0 and self._event.wait(remaining):
                 return True
+            if self._event.is_set():
+                return True
+            if hard < deadline or (hard == end and self.last_progress + timeout > hard):
+                self.out_of_time = True
+                return False
             extended = self.last_progress + timeout
             if extended <= deadline or extended <= time.monotonic():
-                return self._event.is_set()
+                return False
             deadline = extended
 
 
