@@ -11,21 +11,41 @@ heavier happens. ``body`` holds the arguments, result or payload, with
 versioned objects and rich types, and is decoded lazily by the thread that
 needs it. The whole array is still produced by a single msgpack pass.
 
-An envelope version this reader does not know is rejected with
-:class:`~rpclib.exceptions.UnsupportedEnvelope` naming it.
+The prefix every envelope version keeps
+=======================================
+
+Every version, present and future, is a msgpack array whose first four items
+are ``version`` (int), ``kind`` (int, numbered as :class:`Kind`; new kinds
+only add numbers), ``message_id`` (16 bytes) and ``header`` (a map), and in
+that header ``rt`` (reply address, str), ``m`` (method, str) and ``al``
+(at-least-once, bool) keep their meaning. A later version may add items after
+the header and keys to it, never change the prefix. So a reader meeting a
+version newer than its own still learns (:func:`read_prefix`) who is waiting
+and where: a server answers such a call at once with
+:class:`~rpclib.exceptions.UnsupportedEnvelope` naming both versions, and
+reports such a cast to its sender's ``on_cast_error`` (after dead-lettering it
+for replay once the reader is upgraded). A reader always answers in its own
+(older) version, which a newer sender still reads. See docs/architecture.md
+for the upgrade rule this gives.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from rpclib.exceptions import MalformedMessage, MessageTooLarge, UnsupportedEnvelope
+from rpclib.exceptions import (
+    MalformedMessage,
+    MessageTooLarge,
+    SerializationError,
+    UnsupportedEnvelope,
+)
 from rpclib.serializer import Serializer
 
 ENVELOPE_VERSION = 1
@@ -85,12 +105,128 @@ def encode(
     *,
     manifest: Mapping[str, str] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    what: str = "",
 ) -> bytes:
-    """Encode one envelope in a single msgpack pass."""
-    data = serializer.dumps([ENVELOPE_VERSION, int(kind), message_id, header, body], manifest)
+    """Encode one envelope in a single msgpack pass.
+
+    ``what`` names the message in errors (e.g. ``"conductor.update_instance"``):
+    a value that cannot be encoded is named by its argument (or as the result
+    or payload), not by its place in the envelope. A body whose strings and
+    bytes alone exceed ``max_size`` is refused before anything is encoded.
+    """
+    if body is not None and type(body) in _SIZED:
+        _refuse_if_too_large(kind, body, max_size, what)
+    try:
+        data = serializer.dumps([ENVELOPE_VERSION, int(kind), message_id, header, body], manifest)
+    except SerializationError as exc:
+        raise _in_terms_of_the_message(exc, kind, body, what) from None
     if len(data) > max_size:
-        raise MessageTooLarge(len(data), max_size)
+        raise MessageTooLarge(len(data), max_size, what=_body_name(kind, what))
     return data
+
+
+# --- naming what cannot be sent ---------------------------------------------------
+
+_BODY_INDEX = 4
+_SIZED = frozenset({dict, list, tuple, str, bytes, bytearray, memoryview, set, frozenset})
+_SIZE_BUDGET = 64
+"""Values looked at when bounding a body's size: enough for blobs in arguments, cheap always."""
+
+
+def _body_name(kind: Kind, what: str) -> str:
+    of = f" of {what}" if what else ""
+    if kind is Kind.CALL or kind is Kind.CAST:
+        return f"the arguments{of}"
+    if kind is Kind.REPLY:
+        return f"the result{of}"
+    if kind is Kind.NOTIFICATION:
+        return f"the payload{of}"
+    return f"the body{of}"
+
+
+def _in_terms_of_the_message(
+    exc: SerializationError, kind: Kind, body: Any, what: str
+) -> SerializationError:
+    """``exc`` re-worded: the argument (or result, payload) instead of ``[4]['name']``."""
+    path, where = exc.path, exc.where
+    if not path or path[0] != _BODY_INDEX or not exc.type_name:
+        name = _body_name(kind, what)
+        return SerializationError(str(exc).replace("cannot serialize", f"cannot serialize {name}:"))
+    rest = where[1:]
+    if (kind is Kind.CALL or kind is Kind.CAST) and type(body) is dict and len(path) > 1:
+        name = f"argument {path[1]!r}" + (f" of {what}" if what else "")
+        rest = where[2:]
+    else:
+        name = _body_name(kind, what)
+    inside = f" at {''.join(rest)}" if rest else ""
+    return SerializationError(
+        f"cannot serialize {name}: {exc.type_name}{inside} ({exc.reason})",
+        path=path[1:],
+        where=where[1:],
+        type_name=exc.type_name,
+        reason=exc.reason,
+    )
+
+
+def _refuse_if_too_large(kind: Kind, body: Any, max_size: int, what: str) -> None:
+    """Raise MessageTooLarge if ``body`` certainly encodes to more than ``max_size`` bytes.
+
+    Bounds the encoded size from below by the strings and bytes it holds,
+    looking at no more than a few dozen values, so a 100 MB argument is refused
+    before a second and third copy of it are built (packer buffer, message).
+    """
+    if (kind is Kind.CALL or kind is Kind.CAST) and type(body) is dict:
+        total = 1
+        for name, value in body.items():
+            size = _size_at_least(value, max_size)
+            if size > max_size:
+                arg = f"argument {name!r}" + (f" of {what}" if what else "")
+                raise MessageTooLarge(size, max_size, at_least=True, what=arg)
+            total += size
+            if total > max_size:
+                break
+    else:
+        total = _size_at_least(body, max_size)
+    if total > max_size:
+        raise MessageTooLarge(total, max_size, at_least=True, what=_body_name(kind, what))
+
+
+def _size_at_least(value: Any, limit: int) -> int:
+    """A lower bound of ``value``'s msgpack size, from at most ``_SIZE_BUDGET`` values.
+
+    Every value costs at least a byte, a string or bytes at least its length
+    more; containers are walked lazily (a million-item list is not copied) and
+    the walk stops once the bound passes ``limit``.
+    """
+    t = type(value)
+    if t is str or t is bytes or t is bytearray:
+        return len(value) + 1
+    total = 1
+    budget = _SIZE_BUDGET
+    walking: list[Iterator[Any]] = [iter((value,))]
+    while walking:
+        item: Any = next(walking[-1], _END)
+        if item is _END:
+            walking.pop()
+            continue
+        t = type(item)
+        if t is str or t is bytes or t is bytearray:
+            total += len(item)  # its first byte was counted with its container
+        elif t is memoryview:
+            total += item.nbytes
+        elif t is dict:
+            total += 2 * len(item)  # a key and a value per item
+            walking.append(itertools.chain(item.keys(), item.values()))
+        elif t is list or t is tuple or t is set or t is frozenset:
+            total += len(item)
+            walking.append(iter(item))
+        budget -= 1
+        if total > limit or not budget:
+            break
+    return total
+
+
+_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +262,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
         raise MalformedMessage(f"not an rpclib envelope (no msgpack array): {exc}") from None
     try:
         version = unpacker.unpack() if length >= 1 else None
-        if version != ENVELOPE_VERSION:
+        if type(version) is not int or version != ENVELOPE_VERSION:
             raise UnsupportedEnvelope(version, ENVELOPE_VERSION)
         if length != 5:
             raise MalformedMessage(f"envelope has {length} items, expected 5")
@@ -151,3 +287,58 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
     if offset >= len(raw):
         raise MalformedMessage("envelope has no body")
     return Envelope(kind, message_id, header, raw, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """What every envelope version keeps (see the module docstring); None where unusable."""
+
+    version: object
+    kind: Kind | None
+    message_id: bytes | None
+    reply_to: str | None
+    method: str | None
+    at_least_once: bool
+
+    def stand_in(self) -> Envelope | None:
+        """An envelope of this reader's version carrying the prefix (body empty), to answer with.
+
+        None when the prefix has no kind or message id this reader knows.
+        """
+        if self.kind is None or self.message_id is None:
+            return None
+        header: dict[str, Any] = {METHOD: self.method or "?"}
+        if self.reply_to is not None:
+            header[REPLY_TO] = self.reply_to
+        if self.at_least_once:
+            header[AT_LEAST_ONCE] = True
+        return Envelope(self.kind, self.message_id, header, b"", 0)
+
+
+def read_prefix(data: bytes) -> Prefix:
+    """Read the prefix of an envelope of any version, leniently (never raises)."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), strict_map_key=False)
+    unpacker.feed(data)
+    items: list[Any] = []
+    try:
+        length = unpacker.read_array_header()
+        for _ in range(min(length, 4)):
+            items.append(unpacker.unpack())
+    except Exception:  # whatever was read so far is still usable
+        pass
+    items += [None] * (4 - len(items))
+    version, kind_value, message_id, header = items
+    kind = _KINDS.get(kind_value) if type(kind_value) is int else None
+    if type(message_id) is not bytes or len(message_id) != 16:
+        message_id = None
+    if type(header) is not dict:
+        header = {}
+    reply_to, method = header.get(REPLY_TO), header.get(METHOD)
+    return Prefix(
+        version=version,
+        kind=kind,
+        message_id=message_id,
+        reply_to=reply_to if type(reply_to) is str and reply_to else None,
+        method=method if type(method) is str else None,
+        at_least_once=header.get(AT_LEAST_ONCE) is True,
+    )

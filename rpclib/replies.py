@@ -19,7 +19,12 @@ from dataclasses import dataclass
 
 from rpclib import envelope
 from rpclib.envelope import Envelope, Kind
-from rpclib.exceptions import ConnectionLost, MalformedMessage, MessagingError
+from rpclib.exceptions import (
+    ConnectionLost,
+    MalformedMessage,
+    MessagingError,
+    UnsupportedEnvelope,
+)
 from rpclib.transports.base import Driver, Inbox
 
 LOG = logging.getLogger("rpclib.replies")
@@ -158,6 +163,15 @@ class ReplyRouter:
     def _on_bytes(self, data: bytes) -> None:
         try:
             env = envelope.decode(data, max_size=self._max_size)
+        except UnsupportedEnvelope as exc:
+            # An answer in a newer envelope version: fail its call now rather than at its timeout.
+            message_id = envelope.read_prefix(data).message_id
+            pending = self._pending.get(message_id) if message_id is not None else None
+            if pending is not None:
+                pending.fail(exc)
+            else:
+                LOG.error("discarding a message at the reply inbox: %s", exc)
+            return
         except MalformedMessage as exc:
             LOG.error("discarding malformed message at the reply inbox: %s", exc)
             return

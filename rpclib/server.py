@@ -38,6 +38,7 @@ from rpclib.exceptions import (
     NoSuchMethod,
     TransportError,
     Undeliverable,
+    UnsupportedEnvelope,
     UnsupportedVersion,
     is_retryable,
 )
@@ -274,6 +275,9 @@ class RPCServer(Consumer):
         """Driver thread: check the header, reject at once or hand to the pool."""
         try:
             env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
+        except UnsupportedEnvelope as exc:
+            self._unsupported_envelope(incoming, exc)
+            return
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
             self._log.log(
@@ -334,6 +338,23 @@ class RPCServer(Consumer):
         self.stats.add("forbidden")
         self._reject(env, incoming, Forbidden(incoming.sender, method, namespace, decision.rule))
         return False
+
+    def _unsupported_envelope(self, incoming: Incoming, exc: UnsupportedEnvelope) -> None:
+        """A newer envelope version: answer its caller (or cast sender) at once from its prefix."""
+        stand_in = envelope.read_prefix(incoming.body).stand_in()
+        if stand_in is None or stand_in.kind not in (Kind.CALL, Kind.CAST):
+            self.stats.add("malformed")
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a message on %s: %s",
+                self.target.topic,
+                exc,
+            )
+            incoming.dead_letter(f"malformed message: {exc}")
+            return
+        self.stats.add("rejected")
+        self._reject(stand_in, incoming, exc)  # a cast is dead-lettered: replayable after upgrade
 
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
         self.stats.add("expired")
@@ -515,6 +536,7 @@ class RPCServer(Consumer):
                 header,
                 result,
                 max_size=self.transport.max_message_size,
+                what=str(env.header.get(envelope.METHOD)),
             )
         except MessagingError as exc:
             LOG.error("reply to %s cannot be encoded: %s", env.message_id.hex(), exc)

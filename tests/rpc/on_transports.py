@@ -1,8 +1,8 @@
 """A transport per test on each real transport rpclib's core is checked on.
 
-``any_transport`` runs a test on ``memory://`` (a bus of its own) and on
+``any_transport`` (or ``any_url``) runs a test on ``memory://`` (a bus of its own) and on
 ``rabbit://`` (the shared broker, in the session's vhost); ``unique_topic``
-gives it a topic no other test uses on the shared broker. Import both into a
+gives it a topic no other test uses on the shared broker. Import them into a
 test module to use them.
 """
 
@@ -17,9 +17,17 @@ import rpclib
 
 
 @pytest.fixture(params=["memory", "rabbit"])
-def any_transport(request: pytest.FixtureRequest, bus_url: str) -> Iterator[rpclib.Transport]:
-    url = bus_url if request.param == "memory" else request.getfixturevalue("rabbit_url")
-    transport = rpclib.get_transport(url)
+def any_url(request: pytest.FixtureRequest, bus_url: str) -> str:
+    """A memory:// bus of the test's own, or the shared broker's session vhost."""
+    if request.param == "memory":
+        return bus_url
+    url: str = request.getfixturevalue("rabbit_url")
+    return url
+
+
+@pytest.fixture
+def any_transport(any_url: str) -> Iterator[rpclib.Transport]:
+    transport = rpclib.get_transport(any_url)
     yield transport
     transport.close()
 
