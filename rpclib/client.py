@@ -218,6 +218,18 @@ class RPCClient:
 
     def call(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> Any:
         """Send a request and return the result (or raise what the server raised)."""
+        if not LOG.isEnabledFor(logging.DEBUG):
+            return self._call(ctx, method, kwargs)
+        started = time.monotonic()
+        try:
+            result = self._call(ctx, method, kwargs)
+        except BaseException as exc:
+            self._log_sent("call", method, ctx, started, exc)
+            raise
+        self._log_sent("call", method, ctx, started, None)
+        return result
+
+    def _call(self, ctx: Mapping[str, Any] | None, method: str | Method, kwargs: Any) -> Any:
         if self.target.fanout:
             raise ValueError("call() needs a single server; fanout targets only take cast()")
         name, version, kwargs = self._negotiate(method, kwargs)
@@ -274,6 +286,18 @@ class RPCClient:
 
     def cast(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> None:
         """Send a one-way request (to every server of the topic when fanout)."""
+        if not LOG.isEnabledFor(logging.DEBUG):
+            return self._cast(ctx, method, kwargs)
+        started = time.monotonic()
+        try:
+            self._cast(ctx, method, kwargs)
+        except BaseException as exc:
+            self._log_sent("cast", method, ctx, started, exc)
+            raise
+        self._log_sent("cast", method, ctx, started, None)
+        return None
+
+    def _cast(self, ctx: Mapping[str, Any] | None, method: str | Method, kwargs: Any) -> None:
         name, version, kwargs = self._negotiate(method, kwargs)
         ctx = checked_ctx(ctx)
         options = self._options
@@ -309,6 +333,35 @@ class RPCClient:
         self.transport.flush(timeout)
 
     # --- internals ----------------------------------------------------------------------
+
+    def _log_sent(
+        self,
+        kind: str,
+        method: str | Method,
+        ctx: Mapping[str, Any] | None,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        """The DEBUG line of one call or cast: what, where, how long, how it ended, for whom."""
+        name = method.name if isinstance(method, Method) else method
+        version = self.target.version or "1.0"
+        if isinstance(method, Method):
+            try:
+                version = self._negotiate(method, {})[1]
+            except Exception:
+                version = f"<={method.newest}"
+        outcome = "ok" if error is None else f"{type(error).__name__}: {error}"
+        request_id = ctx.get("request_id") if isinstance(ctx, Mapping) else None
+        LOG.debug(
+            "%s %s v%s to %s: %s in %.1f ms (request_id=%s)",
+            kind,
+            name,
+            version,
+            self._address(),
+            outcome,
+            (time.monotonic() - started) * 1000.0,
+            request_id,
+        )
 
     def _send(
         self,

@@ -445,9 +445,12 @@ class RPCServer(Consumer):
         )
         token = _current.set(info)
         beating = self._start_heartbeats(env)
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
         try:
             result = entry.func(ctx, **kwargs)
         except Exception as exc:
+            if started:
+                self._log_handled(env, info, ctx, started, f"{type(exc).__name__}: {exc}")
             self.stats.add("failed")
             self._failed(env, incoming, entry, exc, at_least_once)
             return
@@ -455,11 +458,32 @@ class RPCServer(Consumer):
             _current.reset(token)
             if beating:
                 self._heartbeats.remove(env.message_id)
+        if started:
+            self._log_handled(env, info, ctx, started, "ok")
         self.stats.add("handled")
         if env.kind is Kind.CALL:
             self._reply(env, result, failed=False)
         elif at_least_once:
             incoming.ack()
+
+    def _log_handled(
+        self, env: Envelope, info: RequestInfo, ctx: dict[str, Any], started: float, outcome: str
+    ) -> None:
+        """The DEBUG line of one handled request: what, where, how long, how it ended, for whom."""
+        ns = f"{info.namespace}." if info.namespace else ""
+        LOG.debug(
+            "handled %s %s%s v%s on %s/%s.%s: %s in %.1f ms (request_id=%s)",
+            env.kind.name.lower(),
+            ns,
+            info.method,
+            info.version,
+            self._exchange,
+            self.target.topic,
+            self.target.server,
+            outcome,
+            (time.monotonic() - started) * 1000.0,
+            ctx.get("request_id"),
+        )
 
     def _failed(
         self,
