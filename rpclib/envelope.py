@@ -32,9 +32,8 @@ for the upgrade rule this gives.
 from __future__ import annotations
 
 import enum
-import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +110,10 @@ def encode(
 
     ``what`` names the message in errors (e.g. ``"conductor.update_instance"``):
     a value that cannot be encoded is named by its argument (or as the result
-    or payload), not by its place in the envelope. A body whose strings and
-    bytes alone exceed ``max_size`` is refused before anything is encoded.
+    or payload), not by its place in the envelope. An argument whose length
+    alone shows it exceeds ``max_size`` is refused before anything is encoded.
     """
-    if body is not None and type(body) in _SIZED:
+    if body is not None:
         _refuse_if_too_large(kind, body, max_size, what)
     try:
         data = serializer.dumps([ENVELOPE_VERSION, int(kind), message_id, header, body], manifest)
@@ -128,9 +127,16 @@ def encode(
 # --- naming what cannot be sent ---------------------------------------------------
 
 _BODY_INDEX = 4
-_SIZED = frozenset({dict, list, tuple, str, bytes, bytearray, memoryview, set, frozenset})
-_SIZE_BUDGET = 64
-"""Values looked at when bounding a body's size: enough for blobs in arguments, cheap always."""
+_LENGTH_BOUND: dict[type, int] = {
+    str: 1,  # UTF-8 takes at least a byte per character
+    bytes: 1,
+    bytearray: 1,
+    list: 1,  # every item takes at least a byte
+    tuple: 1,
+    set: 1,
+    frozenset: 1,
+    dict: 2,  # a key and a value per item
+}
 
 
 def _body_name(kind: Kind, what: str) -> str:
@@ -171,62 +177,42 @@ def _in_terms_of_the_message(
 def _refuse_if_too_large(kind: Kind, body: Any, max_size: int, what: str) -> None:
     """Raise MessageTooLarge if ``body`` certainly encodes to more than ``max_size`` bytes.
 
-    Bounds the encoded size from below by the strings and bytes it holds,
-    looking at no more than a few dozen values, so a 100 MB argument is refused
-    before a second and third copy of it are built (packer buffer, message).
+    A cheap lower bound, from lengths only (no walk: it runs for every
+    message): a string or bytes argument takes at least its length, a
+    container at least a byte per item. So a 100 MB argument is refused
+    before a copy of it is built (packer buffer, then message); a blob
+    nested deeper is refused once encoded, as before.
     """
-    if (kind is Kind.CALL or kind is Kind.CAST) and type(body) is dict:
+    if type(body) is dict and (kind is Kind.CALL or kind is Kind.CAST):
         total = 1
+        bound = _LENGTH_BOUND.get
         for name, value in body.items():
-            size = _size_at_least(value, max_size)
+            per_item = bound(type(value))
+            if per_item is not None:
+                size = per_item * len(value)
+            elif type(value) is memoryview:
+                size = value.nbytes
+            else:
+                continue  # a number, None, an object...: small, or only encoding tells
             if size > max_size:
                 arg = f"argument {name!r}" + (f" of {what}" if what else "")
                 raise MessageTooLarge(size, max_size, at_least=True, what=arg)
             total += size
-            if total > max_size:
-                break
     else:
-        total = _size_at_least(body, max_size)
+        total = _at_least(body)
     if total > max_size:
         raise MessageTooLarge(total, max_size, at_least=True, what=_body_name(kind, what))
 
 
-def _size_at_least(value: Any, limit: int) -> int:
-    """A lower bound of ``value``'s msgpack size, from at most ``_SIZE_BUDGET`` values.
-
-    Every value costs at least a byte, a string or bytes at least its length
-    more; containers are walked lazily (a million-item list is not copied) and
-    the walk stops once the bound passes ``limit``.
-    """
+def _at_least(value: Any) -> int:
+    """A lower bound of ``value``'s encoded size, from its length alone."""
     t = type(value)
-    if t is str or t is bytes or t is bytearray:
-        return len(value) + 1
-    total = 1
-    budget = _SIZE_BUDGET
-    walking: list[Iterator[Any]] = [iter((value,))]
-    while walking:
-        item: Any = next(walking[-1], _END)
-        if item is _END:
-            walking.pop()
-            continue
-        t = type(item)
-        if t is str or t is bytes or t is bytearray:
-            total += len(item)  # its first byte was counted with its container
-        elif t is memoryview:
-            total += item.nbytes
-        elif t is dict:
-            total += 2 * len(item)  # a key and a value per item
-            walking.append(itertools.chain(item.keys(), item.values()))
-        elif t is list or t is tuple or t is set or t is frozenset:
-            total += len(item)
-            walking.append(iter(item))
-        budget -= 1
-        if total > limit or not budget:
-            break
-    return total
-
-
-_END = object()
+    per_item = _LENGTH_BOUND.get(t)
+    if per_item is not None:
+        return per_item * len(value) + 1
+    if t is memoryview:
+        return int(value.nbytes) + 1
+    return 1
 
 
 @dataclass(frozen=True, slots=True)
