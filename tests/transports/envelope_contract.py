@@ -6,6 +6,7 @@ the prefix every version keeps) meets a server of this version. Its call must
 fail at once with UnsupportedEnvelope naming both versions, not wait out its
 timeout as if the server were dead; its at-least-once cast must reach its
 ``on_cast_error`` (and stay dead-lettered, to replay after the upgrade).
+The other way round, a reply in a newer version fails its call at once.
 
 Mixed into :class:`~tests.transports.driver_contract.DriverContract`: it uses
 that class's ``make_driver`` and ``address_factory`` fixtures.
@@ -21,9 +22,10 @@ import msgpack
 import pytest
 
 import rpclib
+from rpclib import envelope
 from rpclib.envelope import Kind
 from rpclib.transport import Transport
-from rpclib.transports.base import Driver
+from rpclib.transports.base import Driver, Incoming
 
 
 class NewerClient(rpclib.RPCClient):
@@ -119,3 +121,28 @@ class EnvelopeUpgradeContract:
                 ),
                 "the cast's dead letter naming the envelope version",
             )
+
+    def test_a_reply_in_a_newer_envelope_fails_its_call_at_once(
+        self, make_driver: Callable[[], Driver], address_factory: Any
+    ) -> None:
+        server_driver = make_driver()
+        caller = Transport(make_driver())
+        topic = address_factory()
+
+        def newer_server(incoming: Incoming) -> None:
+            """Answers every call in envelope version 2 (a server upgraded before its callers)."""
+            incoming.ack()
+            call = envelope.decode(incoming.body)
+            reply = [2, int(Kind.REPLY), call.message_id, {"new": True}, "v2 only", "result"]
+            server_driver.send_to_inbox(call.header[envelope.REPLY_TO], msgpack.packb(reply))
+
+        subscription = server_driver.listen(topic, newer_server)
+        client = rpclib.RPCClient(
+            caller, rpclib.Target(exchange=topic.exchange, topic=topic.topic), timeout=self.wait
+        )
+        try:
+            with pytest.raises(rpclib.UnsupportedEnvelope, match="envelope version 2"):
+                client.call({}, "echo", value="hello")
+        finally:
+            subscription.close()
+            caller.close()
