@@ -14,9 +14,9 @@ import pytest
 
 import rpclib
 from tests.rpc.helpers import WAIT, Gate, serve, stop, wait_until
-from tests.rpc.on_transports import any_transport, unique_topic
+from tests.rpc.on_transports import any_transport, any_url, unique_topic
 
-__all__ = ["any_transport", "unique_topic"]
+__all__ = ["any_transport", "any_url", "unique_topic"]
 
 
 class Stuck:
