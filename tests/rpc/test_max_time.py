@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import rpclib
+from rpclib.transports.base import Address
 from tests.rpc.helpers import WAIT, Gate, serve, stop, wait_until
 from tests.rpc.on_transports import any_transport, any_url, unique_topic
 
@@ -103,3 +104,22 @@ def test_bad_max_time_is_refused_naming_it(transport: rpclib.Transport, bad: Any
         rpclib.RPCClient(transport, target, max_time=bad)
     with pytest.raises(ValueError, match="max_time must be None"):
         rpclib.RPCClient(transport, target).prepare(max_time=bad)
+
+
+def test_a_silent_server_still_ends_the_call_at_the_inactivity_timeout(
+    any_transport: rpclib.Transport, unique_topic: str
+) -> None:
+    # A consumer that takes requests and never answers nor beats (a dead server process).
+    silent = any_transport.driver.listen(
+        Address(any_transport.default_exchange, unique_topic), lambda incoming: incoming.ack()
+    )
+    client = rpclib.RPCClient(
+        any_transport, rpclib.Target(topic=unique_topic), timeout=0.5, max_time=WAIT
+    )
+    try:
+        with pytest.raises(rpclib.ReplyTimeout) as caught:
+            client.call({}, "anything")
+        assert not isinstance(caught.value, rpclib.MaxTimeExceeded)
+        assert not caught.value.progress_seen
+    finally:
+        silent.close()
