@@ -480,7 +480,7 @@ class RPCClient:
             kwargs,
             manifest=manifest,
             max_size=self.transport.max_message_size,
-            what=f"{self.target.topic}.{header[envelope.METHOD]}",
+            scope=self.target.topic or "",
         )
 
     def _result(self, env: Envelope, ctx: Mapping[str, Any]) -> Any:

@@ -104,39 +104,54 @@ def encode(
     *,
     manifest: Mapping[str, str] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
-    what: str = "",
+    scope: str = "",
 ) -> bytes:
     """Encode one envelope in a single msgpack pass.
 
-    ``what`` names the message in errors (e.g. ``"conductor.update_instance"``):
-    a value that cannot be encoded is named by its argument (or as the result
-    or payload), not by its place in the envelope. An argument whose length
+    Errors name the message as ``scope.method`` (``scope``: the topic, for a
+    reply the method; e.g. ``conductor.update_instance``), computed only on
+    error: a value that cannot be encoded is named by its argument (or as the
+    result or payload), not by its place in the envelope. An argument whose length
     alone shows it exceeds ``max_size`` is refused before anything is encoded.
     """
     if body is not None:
-        _refuse_if_too_large(kind, body, max_size, what)
+        # A lower bound of the size from lengths alone (no walk: this runs for every
+        # message), so a 100 MB argument is refused before copies of it are built.
+        least = 0
+        for value in body.values() if type(body) is dict else (body,):
+            if type(value) in _SIZED:
+                least += len(value)
+            elif type(value) is memoryview:
+                least += value.nbytes
+        if least > max_size:
+            _refuse(kind, header, body, max_size, scope)
     try:
         data = serializer.dumps([ENVELOPE_VERSION, int(kind), message_id, header, body], manifest)
     except SerializationError as exc:
+        what = _message_name(scope, header)
         raise _in_terms_of_the_message(exc, kind, body, what) from None
     if len(data) > max_size:
-        raise MessageTooLarge(len(data), max_size, what=_body_name(kind, what))
+        what = _body_name(kind, _message_name(scope, header))
+        raise MessageTooLarge(len(data), max_size, what=what)
     return data
 
 
 # --- naming what cannot be sent ---------------------------------------------------
 
 _BODY_INDEX = 4
-_LENGTH_BOUND: dict[type, int] = {
-    str: 1,  # UTF-8 takes at least a byte per character
-    bytes: 1,
-    bytearray: 1,
-    list: 1,  # every item takes at least a byte
-    tuple: 1,
-    set: 1,
-    frozenset: 1,
-    dict: 2,  # a key and a value per item
-}
+_SIZED = frozenset({str, bytes, bytearray, list, tuple, dict, set, frozenset})
+"""Types whose length bounds their encoded size from below (a byte per character or item)."""
+
+
+def _message_name(scope: str, header: Mapping[str, Any]) -> str:
+    """``topic.method`` for requests, the method for replies, the event type for notifications."""
+    method = header.get(METHOD)
+    if isinstance(method, str):
+        return f"{scope}.{method}" if scope else method
+    event_type = header.get(EVENT_TYPE)
+    if isinstance(event_type, str):
+        return f"notification {event_type}"
+    return scope
 
 
 def _body_name(kind: Kind, what: str) -> str:
@@ -174,45 +189,32 @@ def _in_terms_of_the_message(
     )
 
 
-def _refuse_if_too_large(kind: Kind, body: Any, max_size: int, what: str) -> None:
-    """Raise MessageTooLarge if ``body`` certainly encodes to more than ``max_size`` bytes.
+def _refuse(kind: Kind, header: Mapping[str, Any], body: Any, max_size: int, scope: str) -> None:
+    """Raise MessageTooLarge for a body whose lengths alone exceed ``max_size``.
 
-    A cheap lower bound, from lengths only (no walk: it runs for every
-    message): a string or bytes argument takes at least its length, a
-    container at least a byte per item. So a 100 MB argument is refused
-    before a copy of it is built (packer buffer, then message); a blob
-    nested deeper is refused once encoded, as before.
+    A string or bytes takes at least a byte per character, a container at
+    least a byte per item; a blob nested deeper is refused once encoded.
     """
-    if type(body) is dict and (kind is Kind.CALL or kind is Kind.CAST):
-        total = 1
-        bound = _LENGTH_BOUND.get
-        for name, value in body.items():
-            per_item = bound(type(value))
-            if per_item is not None:
-                size = per_item * len(value)
-            elif type(value) is memoryview:
-                size = value.nbytes
-            else:
-                continue  # a number, None, an object...: small, or only encoding tells
-            if size > max_size:
-                arg = f"argument {name!r}" + (f" of {what}" if what else "")
-                raise MessageTooLarge(size, max_size, at_least=True, what=arg)
-            total += size
-    else:
-        total = _at_least(body)
-    if total > max_size:
-        raise MessageTooLarge(total, max_size, at_least=True, what=_body_name(kind, what))
+    sizes = _sizes(body)
+    what = _message_name(scope, header)
+    name, largest = max(sizes.items(), key=lambda item: item[1])
+    if (kind is Kind.CALL or kind is Kind.CAST) and type(body) is dict and largest > max_size:
+        part = f"argument {name!r}" + (f" of {what}" if what else "")
+        raise MessageTooLarge(largest, max_size, at_least=True, what=part)
+    total = sum(sizes.values())
+    raise MessageTooLarge(total, max_size, at_least=True, what=_body_name(kind, what))
 
 
-def _at_least(value: Any) -> int:
-    """A lower bound of ``value``'s encoded size, from its length alone."""
-    t = type(value)
-    per_item = _LENGTH_BOUND.get(t)
-    if per_item is not None:
-        return per_item * len(value) + 1
-    if t is memoryview:
-        return int(value.nbytes) + 1
-    return 1
+def _sizes(body: Any) -> dict[Any, int]:
+    """Lower bounds of the encoded sizes of ``body``'s values (or of ``body``), by length."""
+    sizes: dict[Any, int] = {}
+    for key, value in body.items() if type(body) is dict else ((None, body),):
+        t = type(value)
+        if t in _SIZED:
+            sizes[key] = len(value)
+        elif t is memoryview:
+            sizes[key] = value.nbytes
+    return sizes
 
 
 @dataclass(frozen=True, slots=True)

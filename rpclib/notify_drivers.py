@@ -332,7 +332,6 @@ class MessagingDriver(NotificationDriver):
             header,
             n.payload,
             max_size=self.transport.max_message_size,
-            what=f"notification {n.event_type}",
         )
         addresses = [Address(self.exchange, f"{topic}.{n.priority}") for topic in topics]
         if not addresses:

@@ -560,7 +560,7 @@ class RPCServer(Consumer):
                 header,
                 result,
                 max_size=self.transport.max_message_size,
-                what=str(env.header.get(envelope.METHOD)),
+                scope=str(env.header.get(envelope.METHOD)),
             )
         except MessagingError as exc:
             LOG.error("reply to %s cannot be encoded: %s", env.message_id.hex(), exc)
