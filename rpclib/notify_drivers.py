@@ -201,7 +201,8 @@ class _RateLimitedLog:
         self._interval = interval
         self._last: dict[object, float] = {}
         self._suppressed: collections.Counter[object] = collections.Counter()
-        self._held: dict[object, tuple[int, str]] = {}  # key -> level, last suppressed line
+        # key -> level, message and arguments of the last suppressed line (formatted on flush)
+        self._held: dict[object, tuple[int, str, tuple[object, ...]]] = {}
         self._lock = threading.Lock()
 
     def log(self, key: object, level: int, msg: str, *args: object) -> None:
@@ -210,7 +211,7 @@ class _RateLimitedLog:
             last = self._last.get(key)
             if last is not None and now - last < self._interval:
                 self._suppressed[key] += 1
-                self._held[key] = (level, msg % args if args else msg)
+                self._held[key] = (level, msg, args)
                 return
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
@@ -232,7 +233,8 @@ class _RateLimitedLog:
             held = [(self._suppressed[key], *self._held[key]) for key in self._held]
             self._suppressed.clear()
             self._held.clear()
-        for count, level, last in held:
+        for count, level, msg, args in held:
+            last = msg % args if args else msg
             self._logger.log(level, "%d similar line(s) suppressed; the last: %s", count, last)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import rpclib
 from rpclib.notifier import Notifier
 from rpclib.notify_drivers import MessagingDriver
 from rpclib.transport import Transport
@@ -130,3 +131,26 @@ def test_a_new_spell_of_drops_after_a_summary_is_logged_at_once(
     assert len([w for w in warnings(caplog) if "dropping notification" in w]) == 2
     driver.released.set()
     notifier.close()
+
+
+def test_lines_held_back_by_the_rate_limit_are_summarised_on_close(
+    any_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="rpclib.notifier")
+    transport = rpclib.get_transport(any_url, default_exchange=f"n{uuid.uuid4().hex[:10]}")
+    notifier = Notifier(
+        transport, "svc", driver=MessagingDriver(transport, log_interval=3600.0)
+    )  # nobody listens and nothing is declared: every notification is undeliverable
+    try:
+        for i in range(3):
+            notifier.info({}, f"lost.{i}", {})
+        assert notifier.flush(WAIT)
+        assert notifier.stats.undeliverable == 3
+        assert len(caplog.records) == 1  # the first at once, the next two held back
+
+        notifier.close()
+
+        [summary] = [r.getMessage() for r in caplog.records[1:]]
+        assert summary.startswith("2 similar line(s) suppressed; the last: notification lost.2")
+    finally:
+        transport.close()
