@@ -80,7 +80,11 @@ class ServiceConfig:
         quiet = max(logging.WARNING, logging.getLevelName(self.log_level))
         for name in QUIET_LIBRARIES:
             logging.getLogger(name).setLevel(quiet)
-        for name, level in logger_levels(os.environ.get("RPCLIB_LOG_LEVELS", "")).items():
+        try:
+            asked = logger_levels(os.environ.get("RPCLIB_LOG_LEVELS", ""))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None  # one line, as for every setting
+        for name, level in asked.items():
             logging.getLogger(name).setLevel(level)
 
 

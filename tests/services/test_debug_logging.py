@@ -76,3 +76,23 @@ def test_a_bad_logger_level_entry_is_named() -> None:
     assert logger_levels(" amqp=debug, urllib3=INFO,") == {"amqp": "DEBUG", "urllib3": "INFO"}
     with pytest.raises(ValueError, match="entry 'amqp' is not LOGGER=LEVEL"):
         logger_levels("amqp")
+
+
+def test_a_bad_logger_level_stops_the_service_with_one_line(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    result = subprocess.run(
+        [sys.executable, str(script), rabbit_url, "unused"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RPCLIB_LOG_LEVELS": "amqp=LOUD"},
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "RPCLIB_LOG_LEVELS entry 'amqp=LOUD' is not LOGGER=LEVEL "
+        "(LEVEL one of DEBUG, INFO, WARNING, ERROR, CRITICAL)"
+    ]
