@@ -286,43 +286,40 @@ class RPCClient:
 
     def cast(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> None:
         """Send a one-way request (to every server of the topic when fanout)."""
-        if not LOG.isEnabledFor(logging.DEBUG):
-            return self._cast(ctx, method, kwargs)
-        started = time.monotonic()
+        # Inline, not wrapped: casts are the hot path, and DEBUG off must cost nothing more.
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
         try:
-            self._cast(ctx, method, kwargs)
+            name, version, kwargs = self._negotiate(method, kwargs)
+            ctx = checked_ctx(ctx)
+            options = self._options
+            message_id = envelope.new_message_id()
+            header: dict[str, Any] = {
+                envelope.METHOD: name,
+                envelope.VERSION: version,
+                envelope.CONTEXT: ctx,
+            }
+            if self.target.namespace is not None:
+                header[envelope.NAMESPACE] = self.target.namespace
+            at_least_once = options.at_least_once and not self.target.fanout
+            if at_least_once:
+                header[envelope.AT_LEAST_ONCE] = True
+            if options.on_cast_error is not None:
+                header[envelope.REPLY_TO] = self.transport.replies.address
+                self.transport.replies.watch_cast(
+                    message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
+                )
+            data = self._encode(Kind.CAST, message_id, header, kwargs)
+            if at_least_once and options.pipelined:
+                self._send_pipelined(name, message_id, data)
+            else:
+                guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
+                self._send(self._address(), data, guarantee, None)
         except BaseException as exc:
-            self._log_sent("cast", method, ctx, started, exc)
+            if started:
+                self._log_sent("cast", method, ctx, started, exc)
             raise
-        self._log_sent("cast", method, ctx, started, None)
-        return None
-
-    def _cast(self, ctx: Mapping[str, Any] | None, method: str | Method, kwargs: Any) -> None:
-        name, version, kwargs = self._negotiate(method, kwargs)
-        ctx = checked_ctx(ctx)
-        options = self._options
-        message_id = envelope.new_message_id()
-        header: dict[str, Any] = {
-            envelope.METHOD: name,
-            envelope.VERSION: version,
-            envelope.CONTEXT: ctx,
-        }
-        if self.target.namespace is not None:
-            header[envelope.NAMESPACE] = self.target.namespace
-        at_least_once = options.at_least_once and not self.target.fanout
-        if at_least_once:
-            header[envelope.AT_LEAST_ONCE] = True
-        if options.on_cast_error is not None:
-            header[envelope.REPLY_TO] = self.transport.replies.address
-            self.transport.replies.watch_cast(
-                message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
-            )
-        data = self._encode(Kind.CAST, message_id, header, kwargs)
-        if at_least_once and options.pipelined:
-            self._send_pipelined(name, message_id, data)
-            return
-        guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
-        self._send(self._address(), data, guarantee, None)
+        if started:
+            self._log_sent("cast", method, ctx, started, None)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every pipelined cast on this client's transport is stored.
