@@ -6,15 +6,22 @@ The ratio rpclib/floor shows what the envelope, versioning, dispatch and
 executor cost on top of the bus.
 
 Run: ``bench/run`` (or ``python bench/bench_rpc.py`` with rpclib importable).
+``--base DIR`` instead compares this tree's rpclib with another checkout's
+(each round in fresh processes, interleaved): a change's cost on the hot path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import rpclib
@@ -139,12 +146,60 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def one_round_json(calls: int, casts: int) -> None:
+    """One round of the rpclib side only, as JSON (for ``--base``'s child processes)."""
+    s = rpclib_calls(calls)
+    print(
+        json.dumps(
+            {"calls": len(s) / sum(s), "p50": pct(s, 0.5), "casts": casts / rpclib_casts(casts)}
+        )
+    )
+
+
+def compare_with_base(base: str, calls: int, casts: int, rounds: int) -> None:
+    """rpclib of this tree against rpclib of ``base``, each in its own process, interleaved."""
+    trees = {"this": str(Path(rpclib.__file__).resolve().parents[1]), "base": base}
+    runs: dict[str, list[dict[str, float]]] = {"this": [], "base": []}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            command = [sys.executable, __file__, "--round-json", "--calls", str(calls)]
+            out = subprocess.run(
+                [*command, "--casts", str(casts)],
+                env={**os.environ, "PYTHONPATH": tree},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            runs[name].append(json.loads(out.splitlines()[-1]))
+    med = statistics.median
+    print(f"memory:// RPC, this tree vs {base}, {rounds} interleaved rounds, medians")
+    print(f"{'':28}{'this':>12}{'base':>12}{'ratio':>8}")
+    for key, label, scale in (
+        ("calls", "sequential calls /s", 1.0),
+        ("p50", "call p50 (us)", 1e6),
+        ("casts", "at-least-once casts /s", 1.0),
+    ):
+        t = med(r[key] for r in runs["this"]) * scale
+        b = med(r[key] for r in runs["base"]) * scale
+        print(f"{label:28}{t:12.1f}{b:12.1f}{t / b:8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--casts", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--base", metavar="DIR", help="compare with the rpclib of another checkout (e.g. main)"
+    )
+    parser.add_argument("--round-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.round_json:
+        one_round_json(args.calls, args.casts)
+        return
+    if args.base:
+        compare_with_base(args.base, args.calls, args.casts, args.rounds)
+        return
     call_rates: dict[str, list[float]] = {"rpclib": [], "floor": []}
     p50: dict[str, list[float]] = {"rpclib": [], "floor": []}
     p99: dict[str, list[float]] = {"rpclib": [], "floor": []}

@@ -23,6 +23,7 @@ from rpclib.directory import Cap, TopicView
 from rpclib.envelope import Envelope, Kind
 from rpclib.exceptions import (
     ConnectionLost,
+    MaxTimeExceeded,
     MessagingError,
     ReplyTimeout,
     TransportError,
@@ -72,10 +73,18 @@ class _Options:
     on_cast_error: CastErrorHandler | None = field(default=None)
     retry: int | None = 0
     pipelined: bool = False
+    max_time: float | None = None
 
 
 class RPCClient:
     """Sends requests to ``target``; thread-safe, cheap to :meth:`prepare` copies of.
+
+    ``timeout`` is the inactivity limit of a call: it restarts whenever the
+    server sends a progress heartbeat (a long handler keeps its caller waiting
+    as long as it works). ``max_time`` (None: no limit) bounds the whole call,
+    heartbeats or not: past it the call raises
+    :class:`~rpclib.exceptions.MaxTimeExceeded`, and the deadline sent to the
+    server is never later than it, so a server drops work whose caller is gone.
 
     ``retry`` is how often a send that failed with a TransportError is retried
     (with backoff from 0.1 s to 5 s): 0 never (the default; drivers reconnect by
@@ -97,6 +106,7 @@ class RPCClient:
         *,
         version_cap: str | None = None,
         timeout: float = 60.0,
+        max_time: float | None = None,
         serializer: Serializer | None = None,
         allowed_remote_exmods: Collection[str] = (),
         at_least_once: bool = False,
@@ -107,6 +117,7 @@ class RPCClient:
         if not target.topic:
             raise ValueError(f"an RPC client needs a target with a topic, got {target!r}")
         _check_timeout(timeout)
+        _check_max_time(max_time)
         _check_cap(version_cap)
         _check_retry(retry)
         self.transport = transport
@@ -120,6 +131,7 @@ class RPCClient:
             on_cast_error=on_cast_error,
             retry=retry,
             pipelined=pipelined,
+            max_time=None if max_time is None else float(max_time),
         )
 
     # --- configuration ------------------------------------------------------------
@@ -138,8 +150,9 @@ class RPCClient:
         at_least_once: bool | None = None,
         retry: int | _Unset | None = _UNSET,
         pipelined: bool | None = None,
+        max_time: float | _Unset | None = _UNSET,
     ) -> RPCClient:
-        """A copy of this client with the given overrides."""
+        """A copy of this client with the given overrides (``max_time=None`` removes the limit)."""
         overrides: dict[str, str | bool | None] = {
             k: v
             for k, v in {
@@ -172,12 +185,19 @@ class RPCClient:
         if not isinstance(retry, _Unset):
             _check_retry(retry)
             options = replace(options, retry=retry)
+        if not isinstance(max_time, _Unset):
+            _check_max_time(max_time)
+            options = replace(options, max_time=None if max_time is None else float(max_time))
         clone._options = options
         return clone
 
     @property
     def timeout(self) -> float:
         return self._options.timeout
+
+    @property
+    def max_time(self) -> float | None:
+        return self._options.max_time
 
     @property
     def version_cap(self) -> str | None:
@@ -198,6 +218,18 @@ class RPCClient:
 
     def call(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> Any:
         """Send a request and return the result (or raise what the server raised)."""
+        if not LOG.isEnabledFor(logging.DEBUG):
+            return self._call(ctx, method, kwargs)
+        started = time.monotonic()
+        try:
+            result = self._call(ctx, method, kwargs)
+        except BaseException as exc:
+            self._log_sent("call", method, ctx, started, exc)
+            raise
+        self._log_sent("call", method, ctx, started, None)
+        return result
+
+    def _call(self, ctx: Mapping[str, Any] | None, method: str | Method, kwargs: Any) -> Any:
         if self.target.fanout:
             raise ValueError("call() needs a single server; fanout targets only take cast()")
         name, version, kwargs = self._negotiate(method, kwargs)
@@ -206,7 +238,10 @@ class RPCClient:
         replies = self.transport.replies
         message_id = envelope.new_message_id()
         now = time.time()
-        deadline = now + options.timeout
+        max_time = options.max_time
+        # Without heartbeats the caller gives up after ``timeout``; never after ``max_time``.
+        limit = options.timeout if max_time is None else min(options.timeout, max_time)
+        deadline = now + limit
         header = {
             envelope.METHOD: name,
             envelope.VERSION: version,
@@ -223,7 +258,16 @@ class RPCClient:
         try:
             self._send(address, data, Guarantee.AT_MOST_ONCE, deadline, pending.fail)
             # The deadline bounds the whole call: the send may have used some of it.
-            if not pending.wait(options.timeout, spent=time.time() - now):
+            if not pending.wait(options.timeout, spent=time.time() - now, max_time=max_time):
+                if pending.out_of_time:
+                    assert max_time is not None
+                    raise MaxTimeExceeded(
+                        name,
+                        str(address),
+                        options.timeout,
+                        max_time,
+                        progress_seen=pending.progress_seen,
+                    )
                 if pending.disconnected:
                     raise ConnectionLost(
                         f"no reply to {name!r} from {address}: the connection was down "
@@ -242,31 +286,40 @@ class RPCClient:
 
     def cast(self, ctx: Mapping[str, Any] | None, method: str | Method, **kwargs: Any) -> None:
         """Send a one-way request (to every server of the topic when fanout)."""
-        name, version, kwargs = self._negotiate(method, kwargs)
-        ctx = checked_ctx(ctx)
-        options = self._options
-        message_id = envelope.new_message_id()
-        header: dict[str, Any] = {
-            envelope.METHOD: name,
-            envelope.VERSION: version,
-            envelope.CONTEXT: ctx,
-        }
-        if self.target.namespace is not None:
-            header[envelope.NAMESPACE] = self.target.namespace
-        at_least_once = options.at_least_once and not self.target.fanout
-        if at_least_once:
-            header[envelope.AT_LEAST_ONCE] = True
-        if options.on_cast_error is not None:
-            header[envelope.REPLY_TO] = self.transport.replies.address
-            self.transport.replies.watch_cast(
-                message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
-            )
-        data = self._encode(Kind.CAST, message_id, header, kwargs)
-        if at_least_once and options.pipelined:
-            self._send_pipelined(name, message_id, data)
-            return
-        guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
-        self._send(self._address(), data, guarantee, None)
+        # Inline, not wrapped: casts are the hot path, and DEBUG off must cost nothing more.
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
+        try:
+            name, version, kwargs = self._negotiate(method, kwargs)
+            ctx = checked_ctx(ctx)
+            options = self._options
+            message_id = envelope.new_message_id()
+            header: dict[str, Any] = {
+                envelope.METHOD: name,
+                envelope.VERSION: version,
+                envelope.CONTEXT: ctx,
+            }
+            if self.target.namespace is not None:
+                header[envelope.NAMESPACE] = self.target.namespace
+            at_least_once = options.at_least_once and not self.target.fanout
+            if at_least_once:
+                header[envelope.AT_LEAST_ONCE] = True
+            if options.on_cast_error is not None:
+                header[envelope.REPLY_TO] = self.transport.replies.address
+                self.transport.replies.watch_cast(
+                    message_id, self._cast_error_adapter(options.on_cast_error), ttl=3600.0
+                )
+            data = self._encode(Kind.CAST, message_id, header, kwargs)
+            if at_least_once and options.pipelined:
+                self._send_pipelined(name, message_id, data)
+            else:
+                guarantee = Guarantee.AT_LEAST_ONCE if at_least_once else Guarantee.AT_MOST_ONCE
+                self._send(self._address(), data, guarantee, None)
+        except BaseException as exc:
+            if started:
+                self._log_sent("cast", method, ctx, started, exc)
+            raise
+        if started:
+            self._log_sent("cast", method, ctx, started, None)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every pipelined cast on this client's transport is stored.
@@ -277,6 +330,35 @@ class RPCClient:
         self.transport.flush(timeout)
 
     # --- internals ----------------------------------------------------------------------
+
+    def _log_sent(
+        self,
+        kind: str,
+        method: str | Method,
+        ctx: Mapping[str, Any] | None,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        """The DEBUG line of one call or cast: what, where, how long, how it ended, for whom."""
+        name = method.name if isinstance(method, Method) else method
+        version = self.target.version or "1.0"
+        if isinstance(method, Method):
+            try:
+                version = self._negotiate(method, {})[1]
+            except Exception:
+                version = f"<={method.newest}"
+        outcome = "ok" if error is None else f"{type(error).__name__}: {error}"
+        request_id = ctx.get("request_id") if isinstance(ctx, Mapping) else None
+        LOG.debug(
+            "%s %s v%s to %s: %s in %.1f ms (request_id=%s)",
+            kind,
+            name,
+            version,
+            self._address(),
+            outcome,
+            (time.monotonic() - started) * 1000.0,
+            request_id,
+        )
 
     def _send(
         self,
@@ -395,6 +477,7 @@ class RPCClient:
             kwargs,
             manifest=manifest,
             max_size=self.transport.max_message_size,
+            scope=self.target.topic or "",
         )
 
     def _result(self, env: Envelope, ctx: Mapping[str, Any]) -> Any:
@@ -430,6 +513,17 @@ def _text(version: Version | None) -> str | None:
 def _check_timeout(timeout: float) -> None:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def _check_max_time(max_time: float | None) -> None:
+    if max_time is not None:
+        try:
+            _check_timeout(max_time)
+        except ValueError:
+            raise ValueError(
+                f"max_time must be None (no limit) or a positive number of seconds, "
+                f"got {max_time!r}"
+            ) from None
 
 
 def _check_retry(retry: int | None) -> None:

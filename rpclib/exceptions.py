@@ -151,6 +151,34 @@ class ReplyTimeout(MessagingTimeout):
         self.progress_seen = progress_seen
 
 
+class MaxTimeExceeded(ReplyTimeout):
+    """A call ran into its total limit (``max_time``) although its server kept beating.
+
+    Progress heartbeats restart the inactivity ``timeout``; ``max_time`` bounds
+    the whole call whatever the server sends, so a handler that is stuck but
+    still beats cannot hold its caller forever.
+    """
+
+    def __init__(
+        self, method: str, address: str, timeout: float, max_time: float, *, progress_seen: bool
+    ) -> None:
+        beats = (
+            "the server was still sending progress heartbeats, so it is working or stuck"
+            if progress_seen
+            else "no server reported progress"
+        )
+        MessagingTimeout.__init__(
+            self,
+            f"no reply to {method!r} from {address} within max_time={max_time:g}s, the call's "
+            f"total limit (inactivity timeout={timeout:g}s): {beats}",
+        )
+        self.method = method
+        self.address = address
+        self.timeout = timeout
+        self.max_time = max_time
+        self.progress_seen = progress_seen
+
+
 # --- versions and dispatch -------------------------------------------------
 
 
@@ -256,26 +284,65 @@ class MalformedMessage(MessagingError, ValueError):
 
 
 class UnsupportedEnvelope(MalformedMessage):
-    """An envelope version this reader does not know."""
+    """An envelope version this reader does not know.
 
-    def __init__(self, version: object, supported: int) -> None:
+    A server answers a call of a newer envelope version with this at once (and
+    reports a cast to its sender's ``on_cast_error``), reading only the prefix
+    every version keeps (see :mod:`rpclib.envelope`): the sender learns that
+    the reader is older, not that a server is dead.
+    """
+
+    def __init__(self, version: object, supported: object) -> None:
         super().__init__(
-            f"envelope version {version!r} is not supported (this reader knows {supported})"
+            f"envelope version {version!r} is not supported (this reader knows "
+            f"versions up to {supported!r})"
         )
         self.version = version
+        self.supported = supported
 
 
 class MessageTooLarge(MessagingError, ValueError):
-    """An encoded message exceeds the configured size limit."""
+    """An encoded message exceeds the configured size limit.
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+    ``at_least``: ``size`` is a lower bound, found before the message was
+    encoded (a value that large is refused without building it); ``what``
+    names the part that is too large (e.g. an argument).
+    """
+
+    def __init__(self, size: int, limit: int, *, at_least: bool = False, what: str = "") -> None:
+        bound = "at least " if at_least else ""
+        part = f" ({what})" if what else ""
+        super().__init__(f"message of {bound}{size} bytes{part} exceeds the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+        self.at_least = at_least
+        self.what = what
 
 
 class SerializationError(MessagingError, TypeError):
-    """A value cannot be encoded for the wire."""
+    """A value cannot be encoded for the wire.
+
+    When the encoder found where the value sits, ``path`` holds the keys and
+    indexes leading to it from the encoded value's top, ``where`` renders
+    them, ``type_name`` names the value's type and ``reason`` says why it
+    was refused (so a layer that knows the message's layout can name the
+    argument instead of an index).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: tuple[object, ...] = (),
+        where: tuple[str, ...] = (),
+        type_name: str = "",
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.where = where
+        self.type_name = type_name
+        self.reason = reason
 
 
 # --- versioned objects -----------------------------------------------------

@@ -33,16 +33,16 @@ _STRUCTURED: dict[str, tuple[tuple[str, ...], Callable[..., BaseException]]] = {
         ("name", "version", "supported"),
         exc_mod.IncompatibleObjectVersion,
     ),
-    "MessageTooLarge": (("size", "limit"), exc_mod.MessageTooLarge),
+    "MessageTooLarge": (("size", "limit", "at_least", "what"), exc_mod.MessageTooLarge),
+    "UnsupportedEnvelope": (("version", "supported"), exc_mod.UnsupportedEnvelope),
 }
 # rpclib errors rebuilt from their message alone
-_MESSAGE_ONLY = {
+_MESSAGE_ONLY: dict[str, type[exc_mod.MessagingError]] = {
     "MalformedMessage": exc_mod.MalformedMessage,
     "SerializationError": exc_mod.SerializationError,
     "FieldTypeError": exc_mod.ObjectError,
     "FieldNotSet": exc_mod.ObjectError,
     "ObjectError": exc_mod.ObjectError,
-    "UnsupportedEnvelope": exc_mod.MalformedMessage,
 }
 
 

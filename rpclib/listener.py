@@ -511,13 +511,25 @@ class NotificationListener(_ListenerBase):
         error: BaseException | None = None
         error_from = ""
         requeue_by: list[str] = []
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
         for callback in received.callbacks:
             outcome = self._call(callback, args)
             if outcome == "requeue":
                 requeue_by.append(callback.name)
             elif isinstance(outcome, BaseException) and error is None:
                 error, error_from = outcome, callback.name
-        self._settle(received, error, error_from, requeue_by)
+        settled = self._settle(received, error, error_from, requeue_by)
+        if started:
+            LOG.debug(
+                "handled notification %s %s from %s at %s: %s in %.1f ms (request_id=%s)",
+                received.event_type,
+                received.metadata["message_id"],
+                received.publisher_id,
+                received.priority,
+                settled if error is None else f"{settled} ({_cause(error, error_from, [])})",
+                (time.monotonic() - started) * 1000.0,
+                received.ctx.get("request_id"),
+            )
 
 
 @dataclass(slots=True)
@@ -684,6 +696,7 @@ class BatchNotificationListener(_ListenerBase):
         error: BaseException | None = None
         error_from = ""
         requeue_by: list[str] = []
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
         for callback in self._callbacks.get(priority, []):
             batch = [item for received, item in decoded if callback in received.callbacks]
             if not batch:
@@ -697,6 +710,16 @@ class BatchNotificationListener(_ListenerBase):
             self._settle(received, error, error_from, requeue_by, log=False)
             for received, _ in decoded
         )
+        if started:
+            LOG.debug(
+                "handled a batch of %d %s notification(s) (%s): %s in %.1f ms (request_ids=%s)",
+                len(decoded),
+                priority,
+                ", ".join(sorted({received.event_type for received, _ in decoded})),
+                ", ".join(f"{n} {how}" for how, n in sorted(done.items())),
+                (time.monotonic() - started) * 1000.0,
+                sorted({str(received.ctx.get("request_id")) for received, _ in decoded}),
+            )
         if error is None and not requeue_by:
             return
         cause = _cause(error, error_from, requeue_by)

@@ -201,6 +201,8 @@ class _RateLimitedLog:
         self._interval = interval
         self._last: dict[object, float] = {}
         self._suppressed: collections.Counter[object] = collections.Counter()
+        # key -> level, message and arguments of the last suppressed line (formatted on flush)
+        self._held: dict[object, tuple[int, str, tuple[object, ...]]] = {}
         self._lock = threading.Lock()
 
     def log(self, key: object, level: int, msg: str, *args: object) -> None:
@@ -209,9 +211,11 @@ class _RateLimitedLog:
             last = self._last.get(key)
             if last is not None and now - last < self._interval:
                 self._suppressed[key] += 1
+                self._held[key] = (level, msg, args)
                 return
             self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
+            self._held.pop(key, None)
         if suppressed:
             msg += " (%d similar line(s) suppressed in the last %.0fs)"
             args = (*args, suppressed, self._interval)
@@ -221,6 +225,26 @@ class _RateLimitedLog:
         with self._lock:
             self._last.pop(key, None)
             self._suppressed.pop(key, None)
+            self._held.pop(key, None)
+
+    def flush(self) -> None:
+        """Write one line per key whose lines were suppressed since it last wrote (on close)."""
+        with self._lock:
+            held = [(self._suppressed[key], *self._held[key]) for key in self._held]
+            self._suppressed.clear()
+            self._held.clear()
+        for count, level, msg, args in held:
+            last = msg % args if args else msg
+            self._logger.log(level, "%d similar line(s) suppressed; the last: %s", count, last)
+
+
+@dataclass(slots=True)
+class _DropSpell:
+    """Drops since the buffer filled: summarised when it half-empties again, or on close."""
+
+    since: float
+    reason: str
+    dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -283,6 +307,7 @@ class MessagingDriver(NotificationDriver):
         self.max_backoff = max_backoff
         self._counters = _Counters()
         self._log = _RateLimitedLog(LOG, log_interval)
+        self._dropping: _DropSpell | None = None  # drops since the buffer was last fine
         self._queue: collections.deque[_Outgoing] = collections.deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -329,6 +354,10 @@ class MessagingDriver(NotificationDriver):
                     self._thread.start()
                 self._cond.notify_all()
                 return
+            spell = self._dropping
+            if spell is None:
+                spell = self._dropping = _DropSpell(time.monotonic(), reason)
+            spell.dropped += len(addresses)
         total = self._counters.add("dropped", len(addresses))
         self._log.log(
             ("dropped", reason),
@@ -363,6 +392,15 @@ class MessagingDriver(NotificationDriver):
             leftover = sum(len(item.addresses) for item in self._queue)
             self._queue.clear()
             self._cond.notify_all()
+            spell, self._dropping = self._dropping, None
+        if spell is not None:
+            LOG.warning(
+                "notifier closing: %d notification message(s) were dropped in its last %.1fs (%s)",
+                spell.dropped,
+                time.monotonic() - spell.since,
+                spell.reason,
+            )
+        self._log.flush()
         if leftover:
             self._counters.add("dropped", leftover)
             LOG.warning(
@@ -392,6 +430,23 @@ class MessagingDriver(NotificationDriver):
                 if self._queue and self._queue[0] is item:
                     self._queue.popleft()
                 self._cond.notify_all()
+                spell = self._dropping
+                if spell is not None and len(self._queue) <= self.buffer_size // 2:
+                    self._dropping = None  # half empty again: the transport caught up
+                else:
+                    spell = None
+            if spell is not None:
+                self._resumed(spell)
+
+    def _resumed(self, spell: _DropSpell) -> None:
+        """Summarise a spell of drops now that the buffer has room again."""
+        self._log.forget(("dropped", spell.reason))  # the next spell's first drop logs at once
+        LOG.warning(
+            "notifications flowing again: %d notification message(s) were dropped over %.1fs (%s)",
+            spell.dropped,
+            time.monotonic() - spell.since,
+            spell.reason,
+        )
 
     def _send(self, item: _Outgoing) -> bool:
         """Send ``item`` to each of its addresses, retrying transport errors.

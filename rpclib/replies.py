@@ -3,12 +3,14 @@
 Every call registers its message id, sends with the inbox address as
 ``reply_to`` and waits on its own event. The driver thread only reads the
 envelope header to route a reply; the caller's thread decodes the body.
-Progress heartbeats extend a call's deadline while its server is working.
+Progress heartbeats extend a call's deadline while its server is working, up to
+the call's ``max_time`` if it has one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -17,7 +19,12 @@ from dataclasses import dataclass
 
 from rpclib import envelope
 from rpclib.envelope import Envelope, Kind
-from rpclib.exceptions import ConnectionLost, MalformedMessage, MessagingError
+from rpclib.exceptions import (
+    ConnectionLost,
+    MalformedMessage,
+    MessagingError,
+    UnsupportedEnvelope,
+)
 from rpclib.transports.base import Driver, Inbox
 
 LOG = logging.getLogger("rpclib.replies")
@@ -28,7 +35,15 @@ CastFailureHandler = Callable[[Envelope], None]
 class PendingReply:
     """A call waiting for its reply."""
 
-    __slots__ = ("_event", "disconnected", "envelope", "error", "last_progress", "progress_seen")
+    __slots__ = (
+        "_event",
+        "disconnected",
+        "envelope",
+        "error",
+        "last_progress",
+        "out_of_time",
+        "progress_seen",
+    )
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -37,6 +52,7 @@ class PendingReply:
         self.last_progress = 0.0
         self.progress_seen = False
         self.disconnected = False
+        self.out_of_time = False
 
     def resolve(self, env: Envelope) -> None:
         self.envelope = env
@@ -50,19 +66,30 @@ class PendingReply:
         self.last_progress = time.monotonic()
         self.progress_seen = True
 
-    def wait(self, timeout: float, *, spent: float = 0.0) -> bool:
+    def wait(self, timeout: float, *, spent: float = 0.0, max_time: float | None = None) -> bool:
         """Wait for the reply; ``timeout`` restarts from every progress heartbeat.
 
-        ``spent``: seconds of the first ``timeout`` already used (sending the request).
+        ``max_time`` bounds the whole wait however often the server beats (a
+        handler deadlocked in a loop that still beats must not hold its caller
+        forever); :attr:`out_of_time` says when that limit ended it.
+        ``spent``: seconds already used (sending the request), counted against both.
         """
-        deadline = time.monotonic() + timeout - spent
+        now = time.monotonic()
+        deadline = now + timeout - spent
+        hard = math.inf if max_time is None else now + max_time - spent
         while True:
-            remaining = deadline - time.monotonic()
+            end = min(deadline, hard)
+            remaining = end - time.monotonic()
             if remaining > 0 and self._event.wait(remaining):
                 return True
+            if self._event.is_set():
+                return True
+            if hard < deadline or (hard == end and self.last_progress + timeout > hard):
+                self.out_of_time = True
+                return False
             extended = self.last_progress + timeout
             if extended <= deadline or extended <= time.monotonic():
-                return self._event.is_set()
+                return False
             deadline = extended
 
 
@@ -136,6 +163,15 @@ class ReplyRouter:
     def _on_bytes(self, data: bytes) -> None:
         try:
             env = envelope.decode(data, max_size=self._max_size)
+        except UnsupportedEnvelope as exc:
+            # An answer in a newer envelope version: fail its call now rather than at its timeout.
+            message_id = envelope.read_prefix(data).message_id
+            pending = self._pending.get(message_id) if message_id is not None else None
+            if pending is not None:
+                pending.fail(exc)
+            else:
+                LOG.error("discarding a message at the reply inbox: %s", exc)
+            return
         except MalformedMessage as exc:
             LOG.error("discarding malformed message at the reply inbox: %s", exc)
             return

@@ -313,28 +313,35 @@ def _make_encoder(state: _EncodeState) -> Callable[[Any], bytes]:
     return pack
 
 
-def _find_path(root: Any, target: object) -> str | None:
-    """Where ``target`` (by identity) sits inside ``root``, e.g. ``[4]['body'].flavor``."""
-    stack: list[tuple[Any, str]] = [(root, "")]
+def _find_path(root: Any, target: object) -> list[tuple[object, str]] | None:
+    """Where ``target`` (by identity) sits inside ``root``: (key, rendered step) pairs.
+
+    E.g. ``[(4, "[4]"), ("body", "['body']"), ("flavor", ".flavor")]``; [] for the top.
+    """
+    stack: list[tuple[Any, list[tuple[object, str]]]] = [(root, [])]
     seen: set[int] = set()
     while stack:
         value, path = stack.pop()
         if value is target:
-            return path or "the top level"
+            return path
         if id(value) in seen:
             continue
         seen.add(id(value))
         if isinstance(value, (list, tuple)):
-            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(value))))
+            stack.extend(
+                (item, [*path, (i, f"[{i}]")]) for i, item in reversed(list(enumerate(value)))
+            )
         elif isinstance(value, dict):
             for key, item in reversed(list(value.items())):
                 if key is target:
-                    return f"{path} (a dict key)"
-                stack.append((item, f"{path}[{key!r}]"))
+                    return [*path, (key, " (a dict key)")]
+                stack.append((item, [*path, (key, f"[{key!r}]")]))
         elif isinstance(value, (set, frozenset)):
-            stack.extend((item, f"{path}{{...}}") for item in value)
+            stack.extend((item, [*path, (None, "{...}")]) for item in value)
         elif isinstance(value, VersionedObject):
-            stack.extend((item, f"{path}.{key}") for key, item in value._obj_values().items())
+            stack.extend(
+                (item, [*path, (key, f".{key}")]) for key, item in value._obj_values().items()
+            )
     return None
 
 
@@ -383,11 +390,17 @@ class Serializer:
         try:
             data = self._pack(value)
         except _Unsupported as exc:
-            path = _find_path(value, exc.value)
-            where = f" at {path}" if path else ""
+            steps = _find_path(value, exc.value)
+            rendered = "".join(step for _, step in steps or ()) or "the top level"
+            where = f" at {rendered}" if steps is not None else ""
             why = exc.why or f"supported: {_SUPPORTED}"
+            type_name = type(exc.value).__name__
             raise SerializationError(
-                f"cannot serialize {type(exc.value).__name__}{where} ({why})"
+                f"cannot serialize {type_name}{where} ({why})",
+                path=tuple(key for key, _ in steps or ()),
+                where=tuple(step for _, step in steps or ()),
+                type_name=type_name,
+                reason=why,
             ) from None
         except MessagingError:
             raise

@@ -38,6 +38,7 @@ from rpclib.exceptions import (
     NoSuchMethod,
     TransportError,
     Undeliverable,
+    UnsupportedEnvelope,
     UnsupportedVersion,
     is_retryable,
 )
@@ -274,6 +275,9 @@ class RPCServer(Consumer):
         """Driver thread: check the header, reject at once or hand to the pool."""
         try:
             env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
+        except UnsupportedEnvelope as exc:
+            self._unsupported_envelope(incoming, exc)
+            return
         except (MalformedMessage, MessageTooLarge) as exc:
             self.stats.add("malformed")
             self._log.log(
@@ -334,6 +338,23 @@ class RPCServer(Consumer):
         self.stats.add("forbidden")
         self._reject(env, incoming, Forbidden(incoming.sender, method, namespace, decision.rule))
         return False
+
+    def _unsupported_envelope(self, incoming: Incoming, exc: UnsupportedEnvelope) -> None:
+        """A newer envelope version: answer its caller (or cast sender) at once from its prefix."""
+        stand_in = envelope.read_prefix(incoming.body).stand_in()
+        if stand_in is None or stand_in.kind not in (Kind.CALL, Kind.CAST):
+            self.stats.add("malformed")
+            self._log.log(
+                logging.ERROR,
+                "malformed messages",
+                "dead-lettering a message on %s: %s",
+                self.target.topic,
+                exc,
+            )
+            incoming.dead_letter(f"malformed message: {exc}")
+            return
+        self.stats.add("rejected")
+        self._reject(stand_in, incoming, exc)  # a cast is dead-lettered: replayable after upgrade
 
     def _expired(self, env: Envelope, incoming: Incoming, deadline: float) -> None:
         self.stats.add("expired")
@@ -424,9 +445,12 @@ class RPCServer(Consumer):
         )
         token = _current.set(info)
         beating = self._start_heartbeats(env)
+        started = time.monotonic() if LOG.isEnabledFor(logging.DEBUG) else 0.0
         try:
             result = entry.func(ctx, **kwargs)
         except Exception as exc:
+            if started:
+                self._log_handled(env, info, ctx, started, f"{type(exc).__name__}: {exc}")
             self.stats.add("failed")
             self._failed(env, incoming, entry, exc, at_least_once)
             return
@@ -434,11 +458,32 @@ class RPCServer(Consumer):
             _current.reset(token)
             if beating:
                 self._heartbeats.remove(env.message_id)
+        if started:
+            self._log_handled(env, info, ctx, started, "ok")
         self.stats.add("handled")
         if env.kind is Kind.CALL:
             self._reply(env, result, failed=False)
         elif at_least_once:
             incoming.ack()
+
+    def _log_handled(
+        self, env: Envelope, info: RequestInfo, ctx: dict[str, Any], started: float, outcome: str
+    ) -> None:
+        """The DEBUG line of one handled request: what, where, how long, how it ended, for whom."""
+        ns = f"{info.namespace}." if info.namespace else ""
+        LOG.debug(
+            "handled %s %s%s v%s on %s/%s.%s: %s in %.1f ms (request_id=%s)",
+            env.kind.name.lower(),
+            ns,
+            info.method,
+            info.version,
+            self._exchange,
+            self.target.topic,
+            self.target.server,
+            outcome,
+            (time.monotonic() - started) * 1000.0,
+            ctx.get("request_id"),
+        )
 
     def _failed(
         self,
@@ -515,6 +560,7 @@ class RPCServer(Consumer):
                 header,
                 result,
                 max_size=self.transport.max_message_size,
+                scope=str(env.header.get(envelope.METHOD)),
             )
         except MessagingError as exc:
             LOG.error("reply to %s cannot be encoded: %s", env.message_id.hex(), exc)

@@ -84,6 +84,7 @@ class BillingAPI:
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
             version_cap="auto",
             timeout=timeout,
+            max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
         )
 
     def usage(

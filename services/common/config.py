@@ -70,10 +70,55 @@ class ServiceConfig:
         return [Path(p) for p in self.image_dirs.split(os.pathsep) if p]
 
     def setup_logging(self) -> None:
+        """Log at ``log_level``; third-party libraries stay at WARNING unless asked.
+
+        ``--log-level DEBUG`` is for rpclib's and the services' own lines (one
+        per call, cast and handled message), not the broker client's frame
+        chatter: the libraries in ``QUIET_LIBRARIES`` log at WARNING (or
+        ``log_level`` if higher). Ask for one with ``RPCLIB_LOG_LEVELS``,
+        e.g. ``RPCLIB_LOG_LEVELS="amqp=DEBUG,sqlalchemy.engine=INFO"``.
+        """
         logging.basicConfig(
             level=self.log_level,
             format=f"%(asctime)s {self.service}[{self.host}] %(levelname)s %(name)s: %(message)s",
         )
+        quiet = max(logging.WARNING, logging.getLevelName(self.log_level))
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(quiet)
+        try:
+            asked = logger_levels(os.environ.get("RPCLIB_LOG_LEVELS", ""))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None  # one line, as for every setting
+        for name, level in asked.items():
+            logging.getLogger(name).setLevel(level)
+
+
+QUIET_LIBRARIES = (
+    "alembic",
+    "amqp",
+    "etcd3gw",
+    "libvirt",
+    "proton",
+    "requests",
+    "sqlalchemy",
+    "urllib3",
+)
+"""Loggers kept at WARNING by :meth:`ServiceConfig.setup_logging` unless asked for."""
+
+
+def logger_levels(spec: str) -> dict[str, str]:
+    """``"amqp=DEBUG,urllib3=INFO"`` as {logger: level}; ValueError naming a bad entry."""
+    levels: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, level = entry.partition("=")
+        level = level.strip().upper()
+        if not sep or not name.strip() or level not in LOG_LEVELS:
+            raise ValueError(
+                f"RPCLIB_LOG_LEVELS entry {entry!r} is not LOGGER=LEVEL "
+                f"(LEVEL one of {', '.join(LOG_LEVELS)})"
+            )
+        levels[name.strip()] = level
+    return levels
 
 
 _OPTIONS: dict[str, tuple[str, type]] = {

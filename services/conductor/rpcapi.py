@@ -28,6 +28,7 @@ class ConductorAPI:
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
             version_cap="auto",
             timeout=timeout,
+            max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
             allowed_remote_exmods=ERROR_MODULES,
         )
         self._reliable = self.client.prepare(at_least_once=True)

@@ -19,6 +19,7 @@ class SchedulerAPI:
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
             version_cap="auto",
             timeout=timeout,
+            max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
             allowed_remote_exmods=ERROR_MODULES,
         )
 

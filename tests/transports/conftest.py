@@ -2,4 +2,6 @@
 
 import pytest
 
-pytest.register_assert_rewrite("tests.transports.driver_contract")
+pytest.register_assert_rewrite(
+    "tests.transports.driver_contract", "tests.transports.envelope_contract"
+)

@@ -56,6 +56,7 @@ from rpclib.transports.base import (
     Incoming,
     Subscription,
 )
+from tests.transports.envelope_contract import EnvelopeUpgradeContract
 
 MakeDriver = Callable[[], Driver]
 
@@ -188,8 +189,12 @@ class InboxCollector(EventCollector[bytes]):
 # --- the contract ------------------------------------------------------------------
 
 
-class DriverContract:
-    """Contract tests; subclass and provide the ``make_driver`` fixture."""
+class DriverContract(EnvelopeUpgradeContract):
+    """Contract tests; subclass and provide the ``make_driver`` fixture.
+
+    The RPC layer's own cross-transport behaviour (envelope upgrades) comes
+    with it from :mod:`tests.transports.envelope_contract`.
+    """
 
     wait: ClassVar[float] = 10.0
     """Deadline for anything that should happen."""
