@@ -30,6 +30,22 @@ from rpclib.transports.base import CannotTell, DeadLetter, Driver
 
 PROG = "rpclib"
 _REASON_WIDTH = 60
+_HEADER_NAMES = {
+    envelope.METHOD: "method",
+    envelope.NAMESPACE: "namespace",
+    envelope.VERSION: "version",
+    envelope.CONTEXT: "context",
+    envelope.DEADLINE: "deadline",
+    envelope.TIMEOUT: "timeout",
+    envelope.REPLY_TO: "reply_to",
+    envelope.AT_LEAST_ONCE: "at_least_once",
+    envelope.SENT_AT: "sent_at",
+    envelope.FAILED: "failed",
+    envelope.PRIORITY: "priority",
+    envelope.EVENT_TYPE: "event_type",
+    envelope.PUBLISHER: "publisher",
+}
+"""The envelope's short header keys, spelled out for people (unknown keys stay as they are)."""
 _RESOLVE_LIMIT = 10_000
 """Dead letters read to find the one a key names (the transports keep at most 10,000)."""
 
@@ -128,7 +144,9 @@ def letter_summary(letter: DeadLetter) -> dict[str, Any]:
         return summary
     summary["kind"] = env.kind.name
     summary["message_id"] = env.message_id.hex()
-    summary["header"] = {str(k): _plain(v) for k, v in env.header.items()}
+    summary["header"] = {
+        _HEADER_NAMES.get(str(k), str(k)): _plain(v) for k, v in env.header.items()
+    }
     return summary
 
 
@@ -320,8 +338,8 @@ def _what(summary: dict[str, Any]) -> str:
     header = summary.get("header")
     if header is None:
         return f"undecodable, {summary['bytes']} bytes"
-    method = header.get(envelope.METHOD)
-    version = header.get(envelope.VERSION)
+    method = header.get("method")
+    version = header.get("version")
     kind = str(summary["kind"]).lower()
     return f"{kind} {method} v{version}" if method else kind
 

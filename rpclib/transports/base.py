@@ -234,11 +234,11 @@ class DeadLetter:
 
 
 class CannotTell(NotImplementedError):
-    """The driver does not offer an optional operator capability (``what``)."""
+    """The transport does not offer an optional operator capability: it cannot ``what``."""
 
-    def __init__(self, driver: str, what: str) -> None:
-        super().__init__(f"{driver} cannot tell {what}")
-        self.driver = driver
+    def __init__(self, transport: str, what: str) -> None:
+        super().__init__(f"{transport} cannot {what}")
+        self.transport = transport
         self.what = what
 
 
@@ -361,6 +361,9 @@ class Driver(abc.ABC):
     # -- optional operator capabilities (rpclib inspect, rpclib dead-letters) -----------------
     # Each default raises CannotTell (a NotImplementedError) naming what is missing.
 
+    def _kind(self) -> str:
+        return f"{self.url.scheme}:// ({type(self).__name__})"
+
     def advertised_topics(self, exchange: str, *, listen: float = 12.0) -> list[str]:
         """The topics of ``exchange`` with a live advert now, sorted.
 
@@ -368,14 +371,14 @@ class Driver(abc.ABC):
         transport that learns topics only from advert refreshes listens
         ``listen`` seconds (longer than the servers' advert interval).
         """
-        raise CannotTell(type(self).__name__, f"which topics of {exchange!r} have servers")
+        raise CannotTell(self._kind(), f"tell which topics of {exchange!r} have servers")
 
     def queue_depths(self, exchange: str, topic: str, servers: list[str]) -> list[QueueDepth]:
         """The queues of ``topic`` (its shared queues and those of ``servers``) with their depths.
 
         Optional; queues that do not exist are left out.
         """
-        raise CannotTell(type(self).__name__, "queue depths")
+        raise CannotTell(self._kind(), "tell queue depths")
 
     def replay_dead_letter(self, key: str) -> DeadLetter:
         """Send the dead letter whose :attr:`DeadLetter.key` is ``key`` back to its queue.
@@ -384,14 +387,14 @@ class Driver(abc.ABC):
         dead letters. KeyError if no dead letter has that key; Undeliverable if
         its queue is gone. Optional.
         """
-        raise CannotTell(type(self).__name__, "how to replay dead letters")
+        raise CannotTell(self._kind(), "replay dead letters")
 
     def purge_dead_letters(self, keys: list[str] | None = None) -> int:
         """Delete the dead letters with these keys (all of them with None); how many went.
 
         Optional.
         """
-        raise CannotTell(type(self).__name__, "how to purge dead letters")
+        raise CannotTell(self._kind(), "purge dead letters")
 
     @abc.abstractmethod
     def close(self) -> None:
