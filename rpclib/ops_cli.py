@@ -477,6 +477,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a library or broker error without a class of its own here
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,7 +9,9 @@ management plugin:
   heard are those with a live server;
 - *queue depths*: a passive declare of each queue a topic's address names
   (``X.T``, ``X.T.live``, ``X.T@S``, ``X.T@S.live``) returns its ready
-  messages and consumers; a queue that does not exist is left out;
+  messages and consumers; a queue that does not exist is left out, and so
+  is a live server's exclusive ``X.T@S.live`` (only its own connection may
+  look at it; it holds at-most-once calls, handed over at once);
 - *dead letters* (replay, purge): the bounded dead-letter queue is read with
   ``basic.get``; the letters chosen are republished or dropped and acked, the
   others are given back in place (``basic.recover``). A replayed letter goes
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from amqp import spec
-from amqp.exceptions import NotFound
+from amqp.exceptions import NotFound, ResourceLocked
 
 from rpclib.exceptions import Undeliverable
 from rpclib.transports.base import Address, DeadLetter, QueueDepth
@@ -108,7 +110,8 @@ def queue_depths(
         for name in names:
             try:
                 _, messages, consumers = publisher.channel.queue_declare(name, passive=True)
-            except NotFound:
+            except (NotFound, ResourceLocked):
+                # missing, or a live server's exclusive queue (its connection's own)
                 publisher.open_channel()
                 continue
             found.append(QueueDepth(name, int(messages), int(consumers)))
