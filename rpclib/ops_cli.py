@@ -63,16 +63,20 @@ def operator_driver(driver: Driver) -> Driver:
     return inner if isinstance(inner, Driver) else driver
 
 
+def topic_view(transport: rpclib.Transport, exchange: str, topic: str) -> TopicView:
+    """The live servers of ``topic`` now (the driver reports them before its watch returns)."""
+    view = TopicView(exchange, topic)
+    watch = transport.driver.watch_adverts(exchange, topic, view.on_advert)
+    watch.close()
+    return view
+
+
 def topic_report(
     transport: rpclib.Transport, exchange: str, topic: str, now: float | None = None
 ) -> dict[str, Any]:
     """One topic: its live servers, the cap ``auto`` picks per interface, its queues."""
-    view = TopicView(exchange, topic)
-    watch = transport.driver.watch_adverts(exchange, topic, view.on_advert)
-    try:
-        servers = sorted(view.live(), key=lambda a: a.server)
-    finally:
-        watch.close()
+    view = topic_view(transport, exchange, topic)
+    servers = sorted(view.live(), key=lambda a: a.server)
     now = time.time() if now is None else now
     caps = []
     majors = sorted(
@@ -493,4 +497,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "topic_report"]
+__all__ = ["main", "render", "topic_report", "topic_view"]
