@@ -307,6 +307,13 @@ class _Bus:
         while self.dead_bytes > _DEAD_LETTER_BYTES and len(self.dead) > 1:
             self.dead_bytes -= len(self.dead.popleft().letter.body)
 
+    def find_dead_letter(self, key: str) -> _DeadRecord:
+        """The oldest dead letter with ``key``; KeyError if none (lock held)."""
+        for record in self.dead:
+            if record.letter.key == key:
+                return record
+        raise KeyError(f"no dead letter with key {key!r} on memory bus {self.name!r}")
+
     def take_dead_letter(self, key: str) -> _DeadRecord:
         """Remove and return the oldest dead letter with ``key``; KeyError if none (lock held)."""
         for i, record in enumerate(self.dead):
@@ -1183,11 +1190,11 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
-            record = bus.take_dead_letter(key)
+            record = bus.find_dead_letter(key)
             queue = record.queue
             if queue is None or queue.deleted:
-                bus.add_dead_letter(record.letter, queue, record.sender)
                 raise Undeliverable(record.letter.address, "its queue is gone")
+            bus.take_dead_letter(key)
             queue.put(_Message(record.letter.body, None, record.letter.attempts, record.sender))
             return record.letter
 

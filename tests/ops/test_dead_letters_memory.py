@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import rpclib
+from rpclib.transports.base import Address, Guarantee
 from tests.ops.scenario import NotesV10, NotesV12, cast_too_new, run, serve, stop
 from tests.rpc.helpers import wait_until
 
@@ -78,3 +79,18 @@ def test_an_unknown_key_is_one_error_line(bus_url, transport, capsys):
         err
         == "rpclib: error: no dead letter with key 'ffffffffffff' (rpclib dead-letters URL list)\n"
     )
+
+
+def test_replay_to_a_queue_that_is_gone_is_one_error_line_and_keeps_the_letter(
+    bus_url, transport, capsys
+):
+    fanout = Address("rpclib", "notes", fanout=True)
+    sub = transport.driver.listen(fanout, lambda incoming: incoming.dead_letter("refused"))
+    transport.driver.send(fanout, b"to everyone", guarantee=Guarantee.AT_MOST_ONCE)
+    wait_until(lambda: len(transport.driver.dead_letters()) == 1, what="the dead letter")
+    sub.close()  # a fanout subscription's queue goes with it
+    [letter] = transport.driver.dead_letters()
+    code, _ = run("dead-letters", bus_url, "replay", letter.key)
+    assert code == 1
+    assert capsys.readouterr().err.startswith("rpclib: error: ")
+    assert transport.driver.dead_letters() == [letter]
