@@ -360,6 +360,41 @@ class EtcdDriver(Driver):
         letters.sort(key=lambda item: item[0])
         return [letter for _, letter in letters[:limit]]
 
+    def purge_dead_letters(self, keys: list[str] | None = None) -> int:
+        """Delete the stored dead letters with ``keys`` (every one with None); how many went.
+
+        This driver's own at-most-once dead letters (kept in its memory only) go too.
+        """
+        self._check_open()
+        prefix = self.keys.dead_prefix()
+        wanted = None if keys is None else list(keys)
+        count = 0
+        kvs, _ = self.client.range_prefix(prefix)
+        for kv in kvs:
+            if wanted is not None:
+                record = json.loads(kv.value)
+                key = DeadLetter(
+                    record["address"],
+                    ops.unb64(record["body"]),
+                    record["reason"],
+                    record["attempts"],
+                ).key
+                if key not in wanted:
+                    continue
+                wanted.remove(key)
+            self.client.call("kv/deleterange", {"key": ops.b64(kv.key)})
+            count += 1
+        with self._lock:
+            kept = [
+                item
+                for item in self._transient_dead
+                if wanted is not None and item[1].key not in wanted
+            ]
+            count += len(self._transient_dead) - len(kept)
+            self._transient_dead.clear()
+            self._transient_dead.extend(kept)
+        return count
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
