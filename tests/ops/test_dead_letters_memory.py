@@ -94,3 +94,10 @@ def test_replay_to_a_queue_that_is_gone_is_one_error_line_and_keeps_the_letter(
     assert code == 1
     assert capsys.readouterr().err.startswith("rpclib: error: ")
     assert transport.driver.dead_letters() == [letter]
+
+
+def test_inspect_counts_the_dead_letters(bus_url, transport):
+    dead_lettered(transport, "one", "two")
+    code, out = run("inspect", bus_url, "--json")
+    assert code == 0
+    assert json.loads(out)["dead_letters"] == 2
