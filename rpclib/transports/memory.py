@@ -67,6 +67,8 @@ An account may also carry :class:`~rpclib.access.Grants` (``grants=`` or
 with :class:`~rpclib.transports.memory_grants.AccessRefused`, what they do not
 allow (see :mod:`rpclib.transports.memory_grants`). Grants are looked up on
 every operation, so changing them applies to connected drivers at once.
+Replaying and purging dead letters (operator work: ``rpclib dead-letters``)
+take an account without grants.
 
 Adverts live in a per-bus table. Every ``advertise`` (new body or plain
 refresh) is reported as ``(server, body)``, ``withdraw`` and TTL expiry as
@@ -142,7 +144,7 @@ from rpclib.transports.base import (
     QueueDepth,
     Subscription,
 )
-from rpclib.transports.memory_grants import Guard
+from rpclib.transports.memory_grants import AccessRefused, Guard
 from rpclib.transports.url import TransportURL
 
 __all__ = ["FaultDecision", "MemoryDriver", "reset_all_buses", "reset_bus"]
@@ -1190,6 +1192,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
+            self._unrestricted("replay", "dead letters")
             record = bus.find_dead_letter(key)
             queue = record.queue
             if queue is None or queue.deleted:
@@ -1203,6 +1206,7 @@ class MemoryDriver(Driver):
         bus = self._bus
         with bus.lock:
             self._check_open()
+            self._unrestricted("purge", "dead letters")
             if keys is None:
                 count = len(bus.dead)
                 bus.dead.clear()
@@ -1321,6 +1325,15 @@ class MemoryDriver(Driver):
         if self._closed:
             raise TransportError(f"memory driver for {self.url} is closed")
         self._bus.check_open()
+
+    def _unrestricted(self, operation: str, target: str) -> None:
+        """Refuse an operator's operation to an account with grants (bus lock held).
+
+        Replaying puts a message into any queue and purging destroys others'
+        evidence: neither fits in a least-privilege account's grants.
+        """
+        if self.user is not None and self._grants() is not None:
+            raise AccessRefused(self.user, operation, target)
 
     def _grants(self) -> Grants | None:
         """This driver's account's grants now (None: unrestricted; bus lock held)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import rpclib
+from rpclib.access import Access
 from rpclib.transports.base import Address, Guarantee
+from rpclib.transports.memory import add_account
 from tests.ops.scenario import NotesV10, NotesV12, cast_too_new, run, serve, stop
 from tests.rpc.helpers import wait_until
 
@@ -101,3 +103,18 @@ def test_inspect_counts_the_dead_letters(bus_url, transport):
     code, out = run("inspect", bus_url, "--json")
     assert code == 0
     assert json.loads(out)["dead_letters"] == 2
+
+
+def test_a_least_privilege_account_may_not_replay(bus_url, transport, capsys):
+    [key] = dead_lettered(transport, "hello")
+    bus = bus_url.removeprefix("memory://")
+    grants = Access("app").call(rpclib.Target(topic="notes")).grants()
+    add_account(bus, "app", "secret", grants=grants)
+    add_account(bus, "root", "secret")
+    code, _ = run("dead-letters", f"memory://app:secret@{bus}", "replay", key)
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "rpclib: error: access refused: account 'app' may not replay dead letters "
+        "(not in its grants)\n"
+    )
+    assert [letter.key for letter in transport.driver.dead_letters()] == [key]

@@ -60,7 +60,7 @@ def advertised_topics(
 ) -> list[str]:
     """The topics of ``exchange`` whose servers refreshed an advert within ``listen`` seconds."""
     topics: dict[str, set[str]] = {}
-    with pool.with_channel(deadline) as publisher:
+    with pool.with_channel(deadline) as publisher, _reads(publisher, deadline):
         channel = publisher.channel
         try:
             channel.exchange_declare(naming.adverts_exchange(exchange), "topic", passive=True)
@@ -106,7 +106,7 @@ def queue_depths(
     ]:
         names += [naming.queue_name(address), naming.queue_name(address, live=True)]
     found: list[QueueDepth] = []
-    with pool.with_channel(deadline) as publisher:
+    with pool.with_channel(deadline) as publisher, _reads(publisher, deadline):
         for name in names:
             try:
                 _, messages, consumers = publisher.channel.queue_declare(name, passive=True)
@@ -123,7 +123,7 @@ def replay_dead_letter(
 ) -> DeadLetter:
     """Republish the dead letter ``key`` to its source queue, then remove it (module doc)."""
     settler.ensure_dead_letter_queue(deadline)
-    with pool.with_channel(deadline) as publisher:
+    with pool.with_channel(deadline) as publisher, _reads(publisher, deadline):
         channel = publisher.channel
         try:
             for message, letter in _scan(channel):
@@ -144,7 +144,7 @@ def purge_dead_letters(
 ) -> int:
     """Drop the dead letters with ``keys`` (all with None); how many went."""
     settler.ensure_dead_letter_queue(deadline)
-    with pool.with_channel(deadline) as publisher:
+    with pool.with_channel(deadline) as publisher, _reads(publisher, deadline):
         channel = publisher.channel
         if keys is None:
             return int(channel.queue_purge(naming.DEAD_LETTER_QUEUE))
@@ -161,6 +161,11 @@ def purge_dead_letters(
         finally:
             channel.send_method(spec.Basic.Recover, "b", (True,), wait=spec.Basic.RecoverOk)
         return count
+
+
+def _reads(publisher: Any, deadline: float) -> Any:
+    """Bound each read from the broker by what is left until ``deadline``."""
+    return publisher.conn.transport.having_timeout(max(0.1, deadline - time.monotonic()))
 
 
 def _scan(channel: Any) -> Iterator[tuple[Any, DeadLetter]]:
