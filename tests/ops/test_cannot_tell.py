@@ -1,4 +1,5 @@
-"""What a transport cannot tell is one clear line (etcd:// lists no topics, replays nothing)."""
+"""What a transport cannot tell is one clear line (etcd:// reports no queue depths, replays
+nothing); what it can, it does (lists topics, purges dead letters)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from tests.ops.scenario import TOPIC, NotesV10, cast_too_new, run, serve, stop
 from tests.rpc.helpers import wait_until
 
 
-def test_inspect_without_topic_on_etcd_asks_for_one(etcd_url, capsys):
-    code, out = run("inspect", etcd_url)
-    assert (code, out) == (1, "")
-    assert capsys.readouterr().err == (
-        "rpclib: error: etcd:// (EtcdDriver) cannot tell which topics of 'rpclib' have "
-        "servers; name a topic: rpclib inspect URL TOPIC\n"
-    )
+def test_inspect_without_topic_on_etcd_lists_the_advertised_topics(etcd_url):
+    with rpclib.get_transport(etcd_url) as transport:
+        server = serve(transport, "n1", NotesV10())
+        try:
+            code, out = run("inspect", etcd_url)
+        finally:
+            stop(server)
+    assert code == 0
+    assert out.startswith(f"topic rpclib/{TOPIC}\n")
 
 
 def test_inspect_of_a_topic_on_etcd_says_it_cannot_tell_queue_depths(etcd_url):
@@ -57,3 +60,12 @@ def test_purging_a_dead_letter_on_etcd_removes_it(etcd_url):
         key = etcd_dead_letter(transport)
         assert run("dead-letters", etcd_url, "purge", key) == (0, "purged 1 dead letter\n")
         assert transport.driver.dead_letters() == []
+
+
+def test_inspect_without_topic_on_amqp1_asks_for_one(fresh_amqp1_url, capsys):
+    code, out = run("inspect", fresh_amqp1_url)
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err == (
+        "rpclib: error: amqp1:// (Amqp1Driver) cannot tell which topics of 'rpclib' have "
+        "servers; name a topic: rpclib inspect URL TOPIC\n"
+    )
