@@ -71,13 +71,10 @@ def topic_view(transport: rpclib.Transport, exchange: str, topic: str) -> TopicV
     return view
 
 
-def topic_report(
-    transport: rpclib.Transport, exchange: str, topic: str, now: float | None = None
-) -> dict[str, Any]:
+def topic_report(transport: rpclib.Transport, exchange: str, topic: str) -> dict[str, Any]:
     """One topic: its live servers, the cap ``auto`` picks per interface, its queues."""
     view = topic_view(transport, exchange, topic)
     servers = sorted(view.live(), key=lambda a: a.server)
-    now = time.time() if now is None else now
     caps = []
     majors = sorted(
         {(ns or "", v.major) for a in servers for ns, vs in a.interfaces.items() for v in vs}
@@ -94,7 +91,7 @@ def topic_report(
         )
     report: dict[str, Any] = {
         "topic": topic,
-        "servers": [_server(a, now) for a in servers],
+        "servers": [_server(a) for a in servers],
         "caps": caps,
         "objects": view.object_manifest() or {},
     }
@@ -117,7 +114,7 @@ def topic_report(
     return report
 
 
-def _server(advert: ServerAdvert, now: float) -> dict[str, Any]:
+def _server(advert: ServerAdvert) -> dict[str, Any]:
     return {
         "server": advert.server,
         "host": advert.host or None,
@@ -269,7 +266,7 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
         now = time.time()
         report: dict[str, Any] = {
             "exchange": exchange,
-            "topics": [topic_report(transport, exchange, t, now) for t in topics],
+            "topics": [topic_report(transport, exchange, t) for t in topics],
             "dead_letter_limit": args.limit,
         }
         try:
