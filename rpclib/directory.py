@@ -40,6 +40,8 @@ OBJECTS = "obj"
 TTL = "ttl"
 HOST = "host"
 PID = "pid"
+STARTED = "since"
+"""Wall-clock time (``time.time()``) the server started; adverts of older servers lack it."""
 
 
 def encode_advert(
@@ -47,9 +49,11 @@ def encode_advert(
     interfaces: Mapping[str | None, Iterable[str]],
     objects: Mapping[str, str],
     ttl: float,
+    *,
+    started_at: float | None = None,
 ) -> bytes:
-    """The advert a server publishes about itself."""
-    header = {
+    """The advert a server publishes about itself (``started_at``: when it started serving)."""
+    header: dict[str, object] = {
         SERVER: server,
         INTERFACES: [[ns, sorted(set(versions))] for ns, versions in interfaces.items()],
         OBJECTS: dict(objects),
@@ -57,6 +61,8 @@ def encode_advert(
         HOST: socket.gethostname(),
         PID: os.getpid(),
     }
+    if started_at is not None:
+        header[STARTED] = float(started_at)
     return envelope.encode(_PLAIN, Kind.ADVERT, envelope.new_message_id(), header)
 
 
@@ -70,7 +76,11 @@ class ServerAdvert:
     ttl: float
     seen_at: float
     host: str = ""
+    """Empty when the advert does not say (servers of older rpclib versions)."""
     pid: int = 0
+    """0 when the advert does not say."""
+    started_at: float | None = None
+    """When the server started (``time.time()``); None when the advert does not say."""
 
     def live(self, now: float) -> bool:
         return now < self.seen_at + self.ttl
@@ -96,6 +106,8 @@ def decode_advert(server: str, body: bytes) -> ServerAdvert:
         }
         objects = {str(k): str(v) for k, v in h.get(OBJECTS, {}).items()}
         ttl = float(h[TTL])
+        started = h.get(STARTED)
+        started_at = None if started is None else float(started)
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"bad advert from {server!r}: {exc}") from None
     return ServerAdvert(
@@ -106,6 +118,7 @@ def decode_advert(server: str, body: bytes) -> ServerAdvert:
         seen_at=time.monotonic(),
         host=str(h.get(HOST, "")),
         pid=int(h.get(PID, 0)),
+        started_at=started_at,
     )
 
 

@@ -205,6 +205,7 @@ class RPCServer(Consumer):
         self._prefetch = prefetch or executor_threads * 2
         self._heartbeats = _Heartbeats(self._send_progress)
         self._advert_stop = threading.Event()
+        self._started_at: float | None = None
 
     @property
     def address(self) -> Address:
@@ -225,6 +226,7 @@ class RPCServer(Consumer):
         ]
 
     def _on_started(self) -> None:
+        self._started_at = time.time()
         self._advertise()
         threading.Thread(target=self._advert_loop, name="rpclib-advert", daemon=True).start()
         LOG.info(
@@ -256,6 +258,7 @@ class RPCServer(Consumer):
             self.dispatcher.interfaces(),
             self.serializer.registry.manifest(),
             ttl=self.advert_interval * 3,
+            started_at=self._started_at,
         )
         try:
             self.transport.driver.advertise(self.address, body, self.advert_interval * 3)

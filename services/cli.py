@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rpclib
+from rpclib.ops_cli import topic_view
 from services.billing.service import BillingAPI
 from services.common import config as cfg
 from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_kept
@@ -159,6 +161,73 @@ def _accounts(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _heartbeat(iso: str | None, now: float) -> str:
+    if not iso:
+        return "-"
+    when = dt.datetime.fromisoformat(iso)
+    return f"{when:%Y-%m-%d %H:%M:%S} ({int(now - when.timestamp())}s ago)"
+
+
+def _services(cloud: Cloud, transport: rpclib.Transport, as_json: bool) -> str:
+    """``rpclib-cloud services``: each service's versions, last heartbeat and advert.
+
+    The conductor knows the services that register and heartbeat (compute
+    nodes); every service's server advertises its interface versions, host,
+    pid and start time on its topic. A topic this login may not watch shows
+    its services from the conductor's records alone.
+    """
+    now = time.time()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in cloud.conductor.client.call(cloud.ctx, "list_services"):
+        beat = record["last_heartbeat"]
+        rows[(record["binary"], record["host"])] = {
+            "service": record["binary"],
+            "host": record["host"],
+            "versions": {str(k): str(v) for k, v in record["versions"].items()},
+            "last_heartbeat": beat.isoformat() if isinstance(beat, dt.datetime) else beat,
+            "advertised_since": None,
+            "pid": None,
+            "advert": "none",
+        }
+    for service in ("conductor", "scheduler", "billing", "compute"):
+        try:
+            live = topic_view(transport, transport.default_exchange, service).live()
+        except rpclib.AccessRefused:
+            for row in rows.values():
+                if row["service"] == service:
+                    row["advert"] = "not visible to this login"
+            continue
+        for advert in live:
+            row = rows.setdefault(
+                (service, advert.server),
+                {"service": service, "host": advert.server, "last_heartbeat": None},
+            )
+            row["versions"] = {
+                ns or "": ",".join(str(v) for v in sorted(vs))
+                for ns, vs in sorted(advert.interfaces.items(), key=lambda kv: kv[0] or "")
+            }
+            row["advertised_since"] = advert.started_at
+            row["pid"] = advert.pid or None
+            row["advert"] = "live"
+    ordered = [rows[key] for key in sorted(rows)]
+    if as_json:
+        return json.dumps(ordered, indent=2, sort_keys=True)
+    body = [
+        (
+            r["service"],
+            r["host"],
+            " ".join(f"{ns or '(default)'}={v}" for ns, v in r["versions"].items()) or "?",
+            _heartbeat(r["last_heartbeat"], now),
+            r["advert"]
+            if r["advertised_since"] is None
+            else f"live since {dt.datetime.fromtimestamp(r['advertised_since'], dt.UTC):%H:%M:%S}"
+            f" ({int(now - r['advertised_since'])}s, pid {r['pid'] or '?'})",
+        )
+        for r in ordered
+    ]
+    return render(("service", "host", "versions", "last heartbeat", "advert"), body)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rpclib-cloud",
@@ -209,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="etcd://: stop trusting public keys that are no longer a principal's current key",
     )
+    services = sub.add_parser(
+        "services", help="the cloud's services: versions, last heartbeats, adverts"
+    )
+    services.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
     config = cfg.load("cli", args, ("transport_url", "log_level"))
     config.setup_logging()
@@ -230,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(cloud.show_table(str(instance.uuid)))
             return 0 if instance.vm_state != "ERROR" else 1
-        if args.command == "list":
+        if args.command == "services":
+            print(_services(cloud, transport, args.json))
+        elif args.command == "list":
             print(cloud.list_table(args.project, args.all))
         elif args.command == "show":
             print(cloud.show_table(args.uuid))

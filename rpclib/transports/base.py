@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -218,6 +219,42 @@ class DeadLetter:
     reason: str
     attempts: int
 
+    @property
+    def key(self) -> str:
+        """A short name for this dead letter, the same on every read (for operators).
+
+        A digest of what the letter holds, so two identical copies share it
+        (replaying or purging by key then takes one of them at a time).
+        """
+        digest = hashlib.sha256()
+        for part in (self.address.encode(), self.reason.encode(), str(self.attempts).encode()):
+            digest.update(len(part).to_bytes(4, "big") + part)
+        digest.update(self.body)
+        return digest.hexdigest()[:12]
+
+
+class CannotTell(NotImplementedError):
+    """The transport does not offer an optional operator capability: it cannot ``what``."""
+
+    def __init__(self, transport: str, what: str) -> None:
+        super().__init__(f"{transport} cannot {what}")
+        self.transport = transport
+        self.what = what
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """How many messages wait in one queue of a topic, as the transport reports it."""
+
+    queue: str
+    """The transport's own name for it (a broker queue name, or the address it serves)."""
+    messages: int
+    """Ready, not yet delivered."""
+    consumers: int | None = None
+    """Consumers attached now (None: the transport does not say)."""
+    unsettled: int | None = None
+    """Delivered but not yet settled (None: the transport does not say)."""
+
 
 class Driver(abc.ABC):
     """Base class of transport drivers; see the module docstring for the contract."""
@@ -320,6 +357,44 @@ class Driver(abc.ABC):
         tooling may leave it unimplemented.
         """
         raise NotImplementedError(f"{type(self).__name__} does not expose dead letters")
+
+    # -- optional operator capabilities (rpclib inspect, rpclib dead-letters) -----------------
+    # Each default raises CannotTell (a NotImplementedError) naming what is missing.
+
+    def _kind(self) -> str:
+        return f"{self.url.scheme}:// ({type(self).__name__})"
+
+    def advertised_topics(self, exchange: str, *, listen: float = 12.0) -> list[str]:
+        """The topics of ``exchange`` with a live advert now, sorted.
+
+        Optional: lets an operator see the bus without naming a topic. A
+        transport that learns topics only from advert refreshes listens
+        ``listen`` seconds (longer than the servers' advert interval).
+        """
+        raise CannotTell(self._kind(), f"tell which topics of {exchange!r} have servers")
+
+    def queue_depths(self, exchange: str, topic: str, servers: list[str]) -> list[QueueDepth]:
+        """The queues of ``topic`` (its shared queues and those of ``servers``) with their depths.
+
+        Optional; queues that do not exist are left out.
+        """
+        raise CannotTell(self._kind(), "tell queue depths")
+
+    def replay_dead_letter(self, key: str) -> DeadLetter:
+        """Send the dead letter whose :attr:`DeadLetter.key` is ``key`` back to its queue.
+
+        It arrives there as one more attempt (``attempts`` + 1) and leaves the
+        dead letters. KeyError if no dead letter has that key; Undeliverable if
+        its queue is gone. Optional.
+        """
+        raise CannotTell(self._kind(), "replay dead letters")
+
+    def purge_dead_letters(self, keys: list[str] | None = None) -> int:
+        """Delete the dead letters with these keys (all of them with None); how many went.
+
+        Optional.
+        """
+        raise CannotTell(self._kind(), "purge dead letters")
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -67,6 +67,8 @@ An account may also carry :class:`~rpclib.access.Grants` (``grants=`` or
 with :class:`~rpclib.transports.memory_grants.AccessRefused`, what they do not
 allow (see :mod:`rpclib.transports.memory_grants`). Grants are looked up on
 every operation, so changing them applies to connected drivers at once.
+Replaying and purging dead letters (operator work: ``rpclib dead-letters``)
+take an account without grants.
 
 Adverts live in a per-bus table. Every ``advertise`` (new body or plain
 refresh) is reported as ``(server, body)``, ``withdraw`` and TTL expiry as
@@ -139,9 +141,10 @@ from rpclib.transports.base import (
     InboxEventHandler,
     InboxHandler,
     MessageHandler,
+    QueueDepth,
     Subscription,
 )
-from rpclib.transports.memory_grants import Guard
+from rpclib.transports.memory_grants import AccessRefused, Guard
 from rpclib.transports.url import TransportURL
 
 __all__ = ["FaultDecision", "MemoryDriver", "reset_all_buses", "reset_bus"]
@@ -247,6 +250,17 @@ class _Message:
         return self.expires_at is not None and now >= self.expires_at
 
 
+class _DeadRecord:
+    """A dead letter as the bus keeps it: with the queue it came from, for replay."""
+
+    __slots__ = ("letter", "queue", "sender")
+
+    def __init__(self, letter: DeadLetter, queue: _Queue | None, sender: str | None) -> None:
+        self.letter = letter
+        self.queue = queue
+        self.sender = sender
+
+
 class _Resource:
     """Something a driver opened on a bus (subscription, inbox, watch)."""
 
@@ -271,7 +285,7 @@ class _Bus:
         self.inboxes: dict[str, _InboxSub] = {}
         self.adverts: dict[tuple[str, str], dict[str, _Advert]] = {}
         self.watches: dict[tuple[str, str], list[_Watch]] = {}
-        self.dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTER_LIMIT)
+        self.dead: deque[_DeadRecord] = deque(maxlen=_DEAD_LETTER_LIMIT)
         self.dead_bytes = 0
         self.accounts: dict[str, str] | None = None
         self.grants: dict[str, Grants] = {}
@@ -283,14 +297,33 @@ class _Bus:
         self._clock = threading.Condition(self.lock)
         self._clock_thread: threading.Thread | None = None
 
-    def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep ``letter``; forget the oldest beyond the count and byte bounds (lock held)."""
+    def add_dead_letter(
+        self, letter: DeadLetter, queue: _Queue | None = None, sender: str | None = None
+    ) -> None:
+        """Keep ``letter`` (from ``queue``, sent by ``sender``); forget the oldest beyond the
+        count and byte bounds (lock held)."""
         if len(self.dead) == self.dead.maxlen:
-            self.dead_bytes -= len(self.dead[0].body)
-        self.dead.append(letter)
+            self.dead_bytes -= len(self.dead[0].letter.body)
+        self.dead.append(_DeadRecord(letter, queue, sender))
         self.dead_bytes += len(letter.body)
         while self.dead_bytes > _DEAD_LETTER_BYTES and len(self.dead) > 1:
-            self.dead_bytes -= len(self.dead.popleft().body)
+            self.dead_bytes -= len(self.dead.popleft().letter.body)
+
+    def find_dead_letter(self, key: str) -> _DeadRecord:
+        """The oldest dead letter with ``key``; KeyError if none (lock held)."""
+        for record in self.dead:
+            if record.letter.key == key:
+                return record
+        raise KeyError(f"no dead letter with key {key!r} on memory bus {self.name!r}")
+
+    def take_dead_letter(self, key: str) -> _DeadRecord:
+        """Remove and return the oldest dead letter with ``key``; KeyError if none (lock held)."""
+        for i, record in enumerate(self.dead):
+            if record.letter.key == key:
+                del self.dead[i]
+                self.dead_bytes -= len(record.letter.body)
+                return record
+        raise KeyError(f"no dead letter with key {key!r} on memory bus {self.name!r}")
 
     def check_open(self) -> None:
         """Raise if the bus was reset (call with the lock held)."""
@@ -573,7 +606,9 @@ class _Delivery:
             queue.requeue([self._msg])
         elif how == "dead_letter":
             queue.bus.add_dead_letter(
-                DeadLetter(queue.label, self._msg.body, reason, self._attempts)
+                DeadLetter(queue.label, self._msg.body, reason, self._attempts),
+                queue,
+                self._msg.sender,
             )
             _LOG.debug("dead-lettered a message from %s: %s", queue.label, reason)
         queue.dispatch()
@@ -1112,7 +1147,79 @@ class MemoryDriver(Driver):
             raise ValueError(f"limit must be >= 0, got {limit}")
         with self._bus.lock:
             self._check_open()
-            return list(itertools.islice(self._bus.dead, limit))
+            return [record.letter for record in itertools.islice(self._bus.dead, limit)]
+
+    # -- operator capabilities (rpclib inspect, rpclib dead-letters) --------------------------
+
+    def advertised_topics(self, exchange: str, *, listen: float = 12.0) -> list[str]:
+        """The topics of ``exchange`` with an advert on this bus now (the bus knows: no wait)."""
+        with self._bus.lock:
+            self._check_open()
+            return sorted(
+                topic
+                for (ex, topic), table in self._bus.adverts.items()
+                if ex == exchange and table
+            )
+
+    def queue_depths(self, exchange: str, topic: str, servers: list[str]) -> list[QueueDepth]:
+        """The topic's group queues and the named servers' queues that exist, with depths."""
+        bus = self._bus
+        with bus.lock:
+            self._check_open()
+            bus.sweep_expired()
+            queues = list(bus.topics.get((exchange, topic), {}).values())
+            queues += [
+                bus.servers[(exchange, topic, server)]
+                for server in sorted(servers)
+                if (exchange, topic, server) in bus.servers
+            ]
+            return [
+                QueueDepth(
+                    queue.label,
+                    len(queue.ready) + len(queue.held),
+                    len(queue.consumers),
+                    sum(len(c.unsettled) + len(c.buffer) for c in queue.consumers),
+                )
+                for queue in queues
+            ]
+
+    def replay_dead_letter(self, key: str) -> DeadLetter:
+        """Put the dead letter back into the queue it came from, as one more attempt.
+
+        It keeps its original sender: the bus authenticated it when it was
+        first sent, and replaying changes nothing about who sent it.
+        """
+        bus = self._bus
+        with bus.lock:
+            self._check_open()
+            self._unrestricted("replay", "dead letters")
+            record = bus.find_dead_letter(key)
+            queue = record.queue
+            if queue is None or queue.deleted:
+                raise Undeliverable(record.letter.address, "its queue is gone")
+            bus.take_dead_letter(key)
+            queue.put(_Message(record.letter.body, None, record.letter.attempts, record.sender))
+            return record.letter
+
+    def purge_dead_letters(self, keys: list[str] | None = None) -> int:
+        """Forget the dead letters with ``keys`` (every one with None); how many went."""
+        bus = self._bus
+        with bus.lock:
+            self._check_open()
+            self._unrestricted("purge", "dead letters")
+            if keys is None:
+                count = len(bus.dead)
+                bus.dead.clear()
+                bus.dead_bytes = 0
+                return count
+            count = 0
+            for key in keys:
+                try:
+                    bus.take_dead_letter(key)
+                except KeyError:
+                    continue
+                count += 1
+            return count
 
     # -- inboxes ------------------------------------------------------------------
 
@@ -1218,6 +1325,15 @@ class MemoryDriver(Driver):
         if self._closed:
             raise TransportError(f"memory driver for {self.url} is closed")
         self._bus.check_open()
+
+    def _unrestricted(self, operation: str, target: str) -> None:
+        """Refuse an operator's operation to an account with grants (bus lock held).
+
+        Replaying puts a message into any queue and purging destroys others'
+        evidence: neither fits in a least-privilege account's grants.
+        """
+        if self.user is not None and self._grants() is not None:
+            raise AccessRefused(self.user, operation, target)
 
     def _grants(self) -> Grants | None:
         """This driver's account's grants now (None: unrestricted; bus lock held)."""

@@ -35,7 +35,7 @@ from rpclib.transports.etcd.client import (
 )
 from rpclib.transports.etcd.consumers import Consumer, QueueState
 from rpclib.transports.etcd.lease import DriverLease
-from rpclib.transports.etcd.naming import Keys, QueueName, name
+from rpclib.transports.etcd.naming import Keys, QueueName, name, unname
 from rpclib.transports.etcd.options import EtcdOptions, parse_options
 from rpclib.transports.etcd.routing import Router
 from rpclib.transports.etcd.settler import Settler
@@ -359,6 +359,51 @@ class EtcdDriver(Driver):
             letters += self._transient_dead
         letters.sort(key=lambda item: item[0])
         return [letter for _, letter in letters[:limit]]
+
+    def advertised_topics(self, exchange: str, *, listen: float = 12.0) -> list[str]:
+        """The topics of ``exchange`` with an advert now (adverts live on leases: no wait)."""
+        self._check_open()
+        base = f"{self.keys.prefix}adv/{name(exchange)}/"  # as Keys.advert_prefix lays it out
+        response = self.client.call(
+            "kv/range", ops.range_prefix(base, keys_only=True)["request_range"]
+        )
+        topics = {unname(kv.key[len(base) :].split("/", 1)[0]) for kv in ops.kvs_of(response)}
+        return sorted(topics)
+
+    def purge_dead_letters(self, keys: list[str] | None = None) -> int:
+        """Delete the stored dead letters with ``keys`` (every one with None); how many went.
+
+        This driver's own at-most-once dead letters (kept in its memory only) go too.
+        """
+        self._check_open()
+        prefix = self.keys.dead_prefix()
+        wanted = None if keys is None else list(keys)
+        count = 0
+        kvs, _ = self.client.range_prefix(prefix)
+        for kv in kvs:
+            if wanted is not None:
+                record = json.loads(kv.value)
+                key = DeadLetter(
+                    record["address"],
+                    ops.unb64(record["body"]),
+                    record["reason"],
+                    record["attempts"],
+                ).key
+                if key not in wanted:
+                    continue
+                wanted.remove(key)
+            self.client.call("kv/deleterange", {"key": ops.b64(kv.key)})
+            count += 1
+        with self._lock:
+            kept = [
+                item
+                for item in self._transient_dead
+                if wanted is not None and item[1].key not in wanted
+            ]
+            count += len(self._transient_dead) - len(kept)
+            self._transient_dead.clear()
+            self._transient_dead.extend(kept)
+        return count
 
     def close(self) -> None:
         with self._lock:

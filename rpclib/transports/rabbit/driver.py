@@ -24,10 +24,11 @@ from rpclib.transports.base import (
     InboxEventHandler,
     InboxHandler,
     MessageHandler,
+    QueueDepth,
     SendOutcomeHandler,
     Subscription,
 )
-from rpclib.transports.rabbit import naming
+from rpclib.transports.rabbit import inspection, naming
 from rpclib.transports.rabbit.adverts import (
     AdvertOwner,
     AdvertWatch,
@@ -336,6 +337,30 @@ class RabbitDriver(Driver):
                     # Give them all back (in place) and wait until the broker has.
                     channel.send_method(spec.Basic.Recover, "b", (True,), wait=spec.Basic.RecoverOk)
         return found
+
+    # -- operator capabilities (rpclib inspect, rpclib dead-letters): rabbit/inspection.py ------
+
+    def advertised_topics(self, exchange: str, *, listen: float = 12.0) -> list[str]:
+        """Topics of ``exchange`` whose servers refreshed an advert within ``listen`` seconds."""
+        self._check_open()
+        naming.check_exchange(exchange)
+        return inspection.advertised_topics(self._pool, exchange, listen, self._deadline() + listen)
+
+    def queue_depths(self, exchange: str, topic: str, servers: list[str]) -> list[QueueDepth]:
+        """Ready messages and consumers of the topic's queues and its servers' that exist."""
+        self._check_open()
+        naming.check_address(Address(exchange, topic), principal=self._principal)
+        return inspection.queue_depths(self._pool, exchange, topic, servers, self._deadline())
+
+    def replay_dead_letter(self, key: str) -> DeadLetter:
+        """Republish dead letter ``key`` to the queue it came from, as one more attempt."""
+        self._check_open()
+        return inspection.replay_dead_letter(self._pool, self._settler, key, self._deadline())
+
+    def purge_dead_letters(self, keys: list[str] | None = None) -> int:
+        """Drop the dead letters with ``keys`` (every one with None); how many went."""
+        self._check_open()
+        return inspection.purge_dead_letters(self._pool, self._settler, keys, self._deadline())
 
     # -- inboxes --------------------------------------------------------------------------------
 
