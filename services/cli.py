@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rpclib
+from rpclib.transports.base import Address
 from services.billing.service import BillingAPI
 from services.common import config as cfg
 from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_kept
 from services.common.tables import render
+from services.compute.rpcapi import TOPIC as COMPUTE_TOPIC
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import Instance
 from services.scheduler.rpcapi import SchedulerAPI
@@ -46,6 +48,10 @@ class UnknownInstance(LookupError):
 
 class AmbiguousInstance(LookupError):
     """A UUID prefix or name matches several instances; the message lists them."""
+
+
+class HostIsUp(RuntimeError):
+    """A compute node that is still up cannot be forgotten."""
 
 
 class Cloud:
@@ -64,6 +70,7 @@ class Cloud:
         out: TextIO | None = None,
         status_interval: float = 2.0,
     ) -> None:
+        self.transport = transport
         self.scheduler = SchedulerAPI(transport)
         self.conductor = ConductorAPI(transport)
         self.billing = BillingAPI(transport)
@@ -181,6 +188,36 @@ class Cloud:
                     f"{instance.name} still {instance.vm_state} after {timeout:g}s{why}"
                 )
             time.sleep(0.25)
+
+    def forget_host(self, host: str, queues: rpclib.Transport | None = None) -> None:
+        """Retire compute node ``host``: the conductor forgets its service row and inventory
+        (refused while instances are on it), then its queue is removed from the bus
+        (through ``queues``, an account that may delete it; default: this one)."""
+        status = self.scheduler.compute_status(self.ctx, host)
+        if status["up"]:
+            raise HostIsUp(f"{host} is up ({status['reason']}); stop its compute service first")
+        known = self.conductor.forget_compute(self.ctx, host)
+        self.out.write(
+            f"{host}: service and inventory removed\n"
+            if known
+            else f"{host}: the conductor did not know it\n"
+        )
+        bus = queues or self.transport
+        address = Address(bus.default_exchange, COMPUTE_TOPIC, server=host)
+        try:
+            removed = bus.driver.remove_server_queues(address)
+        except NotImplementedError:
+            self.out.write(f"{host}: this transport keeps no queues to remove\n")
+            return
+        except rpclib.AccessRefused as exc:
+            raise rpclib.AccessRefused(
+                f"{exc}; run forget-host again with --queues-url set to the URL of an account "
+                "that may delete it (the broker administrator's)"
+            ) from None
+        for name in removed:
+            self.out.write(f"{host}: queue {name} removed\n")
+        if not removed:
+            self.out.write(f"{host}: no queue left on the bus\n")
 
     def list_table(self, project_id: str | None = None, include_deleted: bool = False) -> str:
         rows = [
@@ -339,6 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     delete.add_argument("uuid", metavar="INSTANCE", help="UUID, unique UUID prefix or name")
     delete.add_argument("--no-wait", action="store_true")
     delete.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    forget = sub.add_parser(
+        "forget-host",
+        help="retire a compute node that is down: remove its service row, inventory and queue",
+    )
+    forget.add_argument("host")
+    forget.add_argument(
+        "--queues-url",
+        help="URL of an account that may delete the node's queue (default: --transport-url)",
+    )
     usage = sub.add_parser("usage", help="usage per project (from billing)")
     usage.add_argument("--since", type=_when, help="ISO time (default: 24 h ago)")
     usage.add_argument("--until", type=_when, help="ISO time (default: now)")
@@ -379,6 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cloud.show_table(args.uuid))
         elif args.command == "delete":
             cloud.delete(args.uuid, wait=None if args.no_wait else args.timeout)
+        elif args.command == "forget-host":
+            queues = rpclib.get_transport(args.queues_url) if args.queues_url else None
+            try:
+                cloud.forget_host(args.host, queues)
+            finally:
+                if queues is not None:
+                    queues.close()
         elif args.command == "usage":
             print(cloud.usage_table(*usage_window(args.since, args.until)))
         return 0
