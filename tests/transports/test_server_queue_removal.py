@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rpclib.exceptions import TransportError
+from rpclib.exceptions import AccessRefused, TransportError
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Driver, Guarantee
+from tests.support.rabbit import BROKER, rabbitmqctl
 
 MakeDriver = Callable[[], Driver]
 
@@ -61,3 +62,22 @@ def test_a_queue_a_server_listens_on_is_not_removed(make_driver: MakeDriver) -> 
 def test_only_server_addresses_are_taken(make_driver: MakeDriver) -> None:
     with pytest.raises(ValueError, match="not a server address"):
         make_driver().remove_server_queues(Address("retire", "compute"))
+
+
+def test_an_account_that_may_not_delete_the_queue_is_refused(rabbit_url: str) -> None:
+    user = f"weak{uuid.uuid4().hex[:8]}"
+    vhost = rabbit_url.rsplit("/", 1)[1]
+    rabbitmqctl("add_user", user, "pw")
+    rabbitmqctl("set_permissions", "-p", vhost, user, "^$", "^$", "^$")
+    admin = load_driver(rabbit_url)
+    weak = load_driver(f"rabbit://{user}:pw@{BROKER}/{vhost}")
+    try:
+        address = server_address()
+        admin.declare(address)
+        with pytest.raises(AccessRefused, match=f"account '{user}' may not delete queue"):
+            weak.remove_server_queues(address)
+        assert len(admin.remove_server_queues(address)) == 1  # it was left in place
+    finally:
+        weak.close()
+        admin.close()
+        rabbitmqctl("delete_user", user)
