@@ -21,9 +21,11 @@ of its URL. ``--insecure`` skips all this and turns authorization off
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from services.common.accounts import (
     provision_cloud,
 )
 from services.compute.service import ComputeService
+from services.compute.virt import simulated_node_uri
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
 from services.scheduler.service import SchedulerService
@@ -222,11 +225,11 @@ class Processes:
                     identities.principal("compute", h),
                     "services.compute.service",
                     [
-                        *("--host", h, "--libvirt-uri", libvirt_uri, "--image-dirs", str(state)),
-                        *files,
+                        *("--host", h, "--libvirt-uri", _node_uri(libvirt_uri, state, n)),
+                        *("--image-dirs", str(state), *files),
                     ],
                 )
-                for h in hosts.computes
+                for n, h in enumerate(hosts.computes)
             ),
         ]
         self.common = common
@@ -262,6 +265,22 @@ class Processes:
                 proc.kill()
 
 
+def _node_uri(libvirt_uri: str, state: Path, index: int) -> str:
+    """Each simulated compute process its own test node (and so its own addresses)."""
+    if libvirt_uri != "test:///default":
+        return libvirt_uri
+    return simulated_node_uri(state, index)
+
+
+def own_state_dir() -> Path:
+    """A fresh temporary state directory, removed when this process exits: normally, on
+    Ctrl-C, or on SIGTERM (turned into SystemExit so every ``finally`` runs first)."""
+    state = Path(tempfile.mkdtemp(prefix="rpclib-cloud-"))
+    atexit.register(shutil.rmtree, state, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    return state
+
+
 def registered_computes(conductor: ConductorAPI) -> int:
     """Compute nodes the conductor knows (0 while the conductor is not serving yet)."""
     try:
@@ -293,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="   [%(levelname)s] %(name)s: %(message)s")
-    state = args.state_dir or Path(tempfile.mkdtemp(prefix="rpclib-cloud-"))
+    state = args.state_dir or own_state_dir()
     image = make_image(state)
     embedded = args.transport_url.startswith("memory:")
     kind = Embedded if embedded else Processes

@@ -396,6 +396,16 @@ class Driver(abc.ABC):
         """
         raise CannotTell(self._kind(), "purge dead letters")
 
+    def remove_server_queues(self, address: Address) -> list[str]:
+        """Delete the durable queue(s) of a retired server ``address``; the names removed.
+
+        Messages still in them are dropped. Refuses (TransportError) while a
+        consumer listens on them, and (AccessRefused) when this account may not
+        consume from them. Optional: for operators retiring a host; drivers whose
+        server queues go away by themselves may leave it unimplemented.
+        """
+        raise CannotTell(self._kind(), "remove server queues")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and threads; settle nothing further."""

@@ -1141,6 +1141,22 @@ class MemoryDriver(Driver):
             self._bus.guard.declare(self._grants(), address, group)
             self._bus.queue_for(address, group)
 
+    def remove_server_queues(self, address: Address) -> list[str]:
+        """Delete the queue of a retired server (whoever may declare it may remove it)."""
+        if address.server is None or address.fanout:
+            raise ValueError(f"{address} is not a server address")
+        with self._bus.lock:
+            self._check_open()
+            self._bus.guard.declare(self._grants(), address, None)
+            key = (address.exchange, address.topic, address.server)
+            queue = self._bus.servers.get(key)
+            if queue is None:
+                return []
+            if queue.consumers:
+                raise TransportError(f"the queue of {address} is in use: a server listens on it")
+            del self._bus.servers[key]
+            return [str(address)]
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters of this bus, oldest first (the last 10,000 are kept)."""
         if limit < 0:

@@ -79,7 +79,9 @@ def access(service: str, host: str) -> Access:
     if service == COMPUTE:
         return Access(name).serve(serve).call(rpclib.Target(topic=CONDUCTOR))
     if service == CONDUCTOR:
-        return Access(name).serve(serve).notify(notifications.TOPIC)
+        # it asks the other conductors which database they use before it serves
+        conductors = rpclib.Target(topic=CONDUCTOR)
+        return Access(name).serve(serve).call(conductors).notify(notifications.TOPIC)
     if service == SCHEDULER:
         return (
             Access(name)
@@ -118,6 +120,12 @@ CONDUCTOR_POLICY = rpclib.Policy(
             name="compute nodes report about themselves",
         ),
         rpclib.Allow(
+            "role:conductor",
+            namespace="conductor",
+            methods=["database_id"],
+            name="conductors compare their databases before sharing a bus",
+        ),
+        rpclib.Allow(
             "role:scheduler",
             namespace="conductor",
             methods=[
@@ -126,14 +134,21 @@ CONDUCTOR_POLICY = rpclib.Policy(
                 "claim",
                 "fail_unplaced",
                 "get_instance",
+                "begin_delete",
             ],
             name="schedulers create and place instances",
         ),
         rpclib.Allow(
             "role:admin",
             namespace="conductor",
-            methods=["get_instance", "list_instances", "list_services", "allocation_candidates"],
-            name="the admin reads",
+            methods=[
+                "get_instance",
+                "list_instances",
+                "list_services",
+                "allocation_candidates",
+                "forget_compute",
+            ],
+            name="the admin reads, and forgets retired compute hosts",
         ),
         rpclib.Allow(
             *_EVERYONE,
@@ -147,7 +162,14 @@ CONDUCTOR_POLICY = rpclib.Policy(
 """The conductor's calls: each caller role gets only the methods it needs."""
 
 SCHEDULER_POLICY = rpclib.Policy(
-    [rpclib.Allow("role:admin", namespace="scheduler", methods=["boot", "delete"], name="admin")],
+    [
+        rpclib.Allow(
+            "role:admin",
+            namespace="scheduler",
+            methods=["boot", "delete", "compute_status"],
+            name="admin",
+        )
+    ],
     roles=ROLES,
 )
 """Only the admin boots and deletes instances."""
@@ -157,8 +179,8 @@ COMPUTE_POLICY = rpclib.Policy(
         rpclib.Allow(
             "role:scheduler",
             namespace="compute",
-            methods=["build_instance", "delete_instance"],
-            name="schedulers send builds and deletes",
+            methods=["build_instance", "delete_instance", "check_image"],
+            name="schedulers send builds and deletes, and ask about images",
         )
     ],
     roles=ROLES,

@@ -89,6 +89,28 @@ class ImageCache:
             LOG.info("cached image %s as %s", location, target.name)
             return target
 
+    def check(self, location: str) -> None:
+        """Raise ImageError unless :meth:`fetch` could take ``location`` (without fetching it).
+
+        A local path must be absolute, allowed, and a readable file; an
+        http(s) URL is taken as it is (it is only read when fetched).
+        """
+        url = urlsplit(location)
+        if url.scheme in ("http", "https"):
+            if not url.netloc:
+                raise ImageError(location, "the URL names no host")
+            return
+        if url.scheme not in ("", "file"):
+            raise ImageError(location, f"unsupported scheme {url.scheme!r} (http, https, file)")
+        path = Path(unquote(url.path) if url.scheme else location)
+        if not path.is_absolute():
+            raise ImageError(location, "a local image path must be absolute")
+        self._check_allowed(location)
+        if not path.is_file():
+            raise ImageError(location, "no such file" if not path.exists() else "not a file")
+        if not os.access(path, os.R_OK):
+            raise ImageError(location, "not readable by the compute service")
+
     def _check_allowed(self, location: str) -> None:
         """Refuse local paths outside ``allowed_dirs`` (users must not read compute's files)."""
         if self.allowed_dirs is None:

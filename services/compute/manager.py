@@ -95,6 +95,8 @@ class ComputeManager:
     - 1.0: ``build_instance(instance, allocation, image)``, ``delete_instance(instance)``.
     - 1.1: ``build_instance`` takes an optional ``network`` (a libvirt network name;
       None: the driver's default).
+    - 1.2: ``check_image(image)``: why this node could not use an image, or None
+      (the scheduler asks before it creates an instance).
 
     ``allocation`` maps resource classes (``VCPU``, ``MEMORY_MB``, ``DISK_GB``) to
     the amounts placement granted; the VM gets exactly those. For tiny test
@@ -106,7 +108,7 @@ class ComputeManager:
     test driver invents one, so in practice it has one).
     """
 
-    target = rpclib.Target(namespace="compute", version="1.1")
+    target = rpclib.Target(namespace="compute", version="1.2")
 
     def __init__(
         self,
@@ -158,6 +160,14 @@ class ComputeManager:
             self._build(ctx, instance, allocation, image, network)
             if message_id is not None:
                 self._remember(self._handled_builds, message_id, None)
+
+    def check_image(self, ctx: Mapping[str, Any], image: str) -> str | None:
+        """Why this node could not use ``image`` (missing, forbidden, bad scheme), or None."""
+        try:
+            self._images.check(image)
+        except ImageError as exc:
+            return str(exc)
+        return None
 
     def delete_instance(self, ctx: Mapping[str, Any], instance: Instance) -> None:
         """Destroy the VM and its disk, report DELETED, then release the allocation.

@@ -4,6 +4,7 @@ Version history (the server side is ``services.compute.manager``):
 
 - 1.0: build_instance(instance, allocation, image), delete_instance(instance)
 - 1.1: build_instance takes ``network``
+- 1.2: check_image(image) -> the reason the node cannot use it, or None
 
 Calls go to one node (``compute.<host>``) under ``version_cap="auto"``: a node
 still on 1.0 gets build_instance without ``network``, and the Instance
@@ -20,15 +21,17 @@ from services.objects import Instance
 
 TOPIC = "compute"
 NAMESPACE = "compute"
-VERSION = "1.1"
+VERSION = "1.2"
 BUILD_INSTANCE = rpclib.Method("build_instance", since="1.0", args={"network": "1.1"})
 DELETE_INSTANCE = rpclib.Method("delete_instance", since="1.0")
+CHECK_IMAGE = rpclib.Method("check_image", since="1.2")
 
 
 class ComputeAPI:
     """Typed wrappers over an RPCClient to compute nodes."""
 
     def __init__(self, transport: rpclib.Transport) -> None:
+        self.transport = transport
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
@@ -56,3 +59,16 @@ class ComputeAPI:
 
     def delete_instance(self, ctx: dict[str, Any], host: str, instance: Instance) -> None:
         self.client.prepare(server=host).cast(ctx, DELETE_INSTANCE, instance=instance)
+
+    def check_image(
+        self, ctx: dict[str, Any], host: str, image: str, *, timeout: float = 10.0
+    ) -> str | None:
+        """Why ``host`` cannot use ``image``, or None (VersionCapError: a node before 1.2)."""
+        client = self.client.prepare(server=host, at_least_once=False, timeout=timeout)
+        result: str | None = client.call(ctx, CHECK_IMAGE, image=image)
+        return result
+
+    def live_hosts(self) -> set[str]:
+        """The compute nodes whose adverts are live on the bus now (what the bus knows)."""
+        view = self.transport.directory.view(self.transport.default_exchange, TOPIC)
+        return {advert.server for advert in view.live()}

@@ -23,6 +23,9 @@ from services.compute.virt import HostResources, LibvirtDriver
 from services.conductor.rpcapi import ConductorAPI
 
 LOG = logging.getLogger("services.compute")
+ADVERT_INTERVAL = 3.0
+"""Seconds between the node's adverts. A node that is killed (no withdrawal) drops out of
+the schedulers' view when its advert expires, three intervals later."""
 OPTIONS = (
     "transport_url",
     "host",
@@ -69,6 +72,7 @@ class ComputeService:
             rpclib.Target(topic=TOPIC, server=host),
             [self.manager],
             policy=identities.server_policy(identities.COMPUTE, authorization),
+            advert_interval=ADVERT_INTERVAL,
         )
         self.heartbeat_interval = heartbeat_interval
         self.register_timeout = register_timeout

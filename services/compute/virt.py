@@ -60,6 +60,41 @@ def _ignore_libvirt_error(_ctx: object, _error: object) -> None:
     """Silence libvirt's default handler (it prints every error to stderr); we raise instead."""
 
 
+_TEST_NODE = """<node>
+  <cpu>
+    <nodes>2</nodes><sockets>2</sockets><cores>2</cores><threads>2</threads>
+    <active>16</active><mhz>1400</mhz><model>i686</model>
+  </cpu>
+  <memory>3145728</memory>
+  <network>
+    <name>default</name>
+    <bridge name="virbr{index}"/>
+    <forward mode="nat"/>
+    <ip address="192.168.{subnet}.1" netmask="255.255.255.0">
+      <dhcp><range start="192.168.{subnet}.2" end="192.168.{subnet}.254"/></dhcp>
+    </ip>
+  </network>
+</node>
+"""
+
+
+def simulated_node_uri(directory: Path, index: int) -> str:
+    """A ``test://`` URI for a simulated node like ``test:///default`` whose network is
+    192.168.(122 + ``index``).0/24.
+
+    The test driver invents each domain's address from its network's range, the
+    same sequence in every process: compute nodes running as separate processes
+    on ``test:///default`` would report the same addresses. Give each its own
+    ``index`` and their addresses differ.
+    """
+    if not 0 <= index <= 132:
+        raise ValueError(f"simulated node index must be 0..132, got {index}")
+    path = Path(directory).absolute() / f"test-node-{index}.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_TEST_NODE.format(index=index, subnet=122 + index))
+    return f"test://{path}"
+
+
 def domain_name(instance_uuid: str) -> str:
     return f"instance-{instance_uuid}"
 

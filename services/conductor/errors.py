@@ -118,3 +118,18 @@ class WrongHost(ConductorDBError):
     def __str__(self) -> str:
         where = f"placed on {self.placed_on!r}" if self.placed_on else "not placed on any host"
         return f"update for instance {self.instance_uuid} from host {self.host!r} refused: {where}"
+
+
+class HostInUse(ConductorDBError):
+    """A compute host cannot be forgotten while instances are on it."""
+
+    def __init__(self, host: str, instances: int) -> None:
+        super().__init__(host, instances)
+        self.host = host
+        self.instances = instances
+
+    def __str__(self) -> str:
+        return (
+            f"host {self.host!r} still has {self.instances} instance(s) that are not DELETED; "
+            "delete them first"
+        )

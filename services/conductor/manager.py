@@ -7,6 +7,9 @@ and claims here; the user command lists here. Interface version history
 - 1.0: register_compute, heartbeat, instance_update, release_allocation,
   create_instance, allocation_candidates, claim, fail_unplaced, get_instance,
   list_instances, list_services.
+- 1.1: database_id (conductors compare it before sharing a bus), begin_delete
+  (an unplaced instance is DELETED at once, a placed one shows ``deleting``),
+  forget_compute (an operator removes a retired compute host).
 
 Who may call what is :data:`services.common.identities.CONDUCTOR_POLICY`. With
 authorization on (the default), the compute host of register_compute,
@@ -256,6 +259,23 @@ class ConductorManager:
     def fail_unplaced(self, ctx: dict[str, Any], instance_uuid: str, reason: str) -> Instance:
         self.db.fail_unplaced(instance_uuid, reason)
         return to_object(self.db.get_instance(instance_uuid))
+
+    def begin_delete(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:
+        """Mark a delete as started (see ConductorDB.begin_delete); returns the instance."""
+        return to_object(self.db.begin_delete(instance_uuid))
+
+    # --- conductors and operators -------------------------------------------------------------
+
+    def database_id(self, ctx: dict[str, Any]) -> str:
+        """The identity of the database this conductor serves."""
+        return self.db.database_id()
+
+    def forget_compute(self, ctx: dict[str, Any], host: str) -> bool:
+        """Remove a retired compute host's service row and resource provider (HostInUse if
+        instances are still on it); False if the host was not known."""
+        forgotten = self.db.forget_compute(host)
+        LOG.info("compute host %s forgotten (%s)", host, "removed" if forgotten else "was unknown")
+        return forgotten
 
     # --- users ------------------------------------------------------------------------------
 

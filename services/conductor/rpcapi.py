@@ -15,8 +15,12 @@ from services.objects import Flavor, Instance
 
 TOPIC = "conductor"
 NAMESPACE = "conductor"
-VERSION = "1.0"  # the history is in services.conductor.manager
+VERSION = "1.1"  # the history is in services.conductor.manager
+BASE_VERSION = "1.0"  # methods named by string: sent as 1.0, so a 1.0 conductor takes them
 ERROR_MODULES = ("services.conductor.errors",)
+BEGIN_DELETE = rpclib.Method("begin_delete", since="1.1")
+DATABASE_ID = rpclib.Method("database_id", since="1.1")
+FORGET_COMPUTE = rpclib.Method("forget_compute", since="1.1")
 
 
 class ConductorAPI:
@@ -25,7 +29,7 @@ class ConductorAPI:
     def __init__(self, transport: rpclib.Transport, *, timeout: float = 30.0) -> None:
         self.client = rpclib.RPCClient(
             transport,
-            rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
+            rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=BASE_VERSION),
             version_cap="auto",
             timeout=timeout,
             max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
@@ -117,6 +121,20 @@ class ConductorAPI:
         result: Instance = self.client.call(
             ctx, "fail_unplaced", instance_uuid=instance_uuid, reason=reason
         )
+        return result
+
+    def begin_delete(self, ctx: Mapping[str, Any], instance_uuid: str) -> Instance:
+        result: Instance = self.client.call(ctx, BEGIN_DELETE, instance_uuid=instance_uuid)
+        return result
+
+    # conductors and operators
+    def database_id(self, ctx: Mapping[str, Any], server: str, *, timeout: float = 10.0) -> str:
+        """The database identity of conductor ``server`` (VersionCapError: one older than 1.1)."""
+        result: str = self.client.prepare(server=server, timeout=timeout).call(ctx, DATABASE_ID)
+        return result
+
+    def forget_compute(self, ctx: Mapping[str, Any], host: str) -> bool:
+        result: bool = self.client.call(ctx, FORGET_COMPUTE, host=host)
         return result
 
     # users

@@ -1,9 +1,16 @@
-"""The conductor process: database, RPC endpoint, periodic usage audit."""
+"""The conductor process: database, RPC endpoint, periodic usage audit.
+
+Before serving, a conductor asks every live conductor on the bus which
+database it uses (its identity, ``database_id``) and refuses to start if one
+uses another database: conductors on different databases sharing a bus would
+each answer part of the traffic from its own data.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +21,7 @@ from services.common import identities
 from services.common.process import run_service
 from services.conductor.db import ConductorDB, create_engine, migrations
 from services.conductor.manager import ConductorManager
-from services.conductor.rpcapi import TOPIC
+from services.conductor.rpcapi import TOPIC, ConductorAPI
 
 LOG = logging.getLogger("services.conductor")
 OPTIONS = (
@@ -26,6 +33,10 @@ OPTIONS = (
     "audit_interval",
     "authorization",
 )
+
+
+class DatabaseConflict(RuntimeError):
+    """Another conductor on this bus uses a different database."""
 
 
 class ConductorService:
@@ -62,6 +73,7 @@ class ConductorService:
     def start(self) -> None:
         migrations.upgrade(self.engine)
         self.db = ConductorDB(self.engine)
+        self._check_peers(self.db.database_id())
         self.manager = ConductorManager(self.db, self.notifier, authorization=self.authorization)
         self.server = rpclib.RPCServer(
             self.transport,
@@ -72,6 +84,33 @@ class ConductorService:
         self.server.start()
         threading.Thread(target=self._audit_loop, name="conductor-audit", daemon=True).start()
         LOG.info("conductor %s serving, database %s", self.host, self.engine.url)
+
+    def _check_peers(self, mine: str) -> None:
+        """Raise DatabaseConflict if a live conductor on the bus serves another database."""
+        view = self.transport.directory.view(self.transport.default_exchange, TOPIC)
+        api = ConductorAPI(self.transport)
+        for advert in view.live():
+            if advert.server == self.host:  # our own advert, left by a previous run
+                continue
+            try:
+                theirs = api.database_id({}, advert.server)
+            except rpclib.VersionCapError:
+                LOG.warning(
+                    "conductor %s predates database identities; not compared", advert.server
+                )
+                continue
+            except rpclib.MessagingError as exc:
+                LOG.warning(
+                    "conductor %s did not say which database it uses: %s", advert.server, exc
+                )
+                continue
+            if theirs != mine:
+                raise DatabaseConflict(
+                    f"conductor {self.host} uses database "
+                    f"{self.engine.url.render_as_string(hide_password=True)} (id {mine}), but "
+                    f"conductor {advert.server} on this bus uses another one (id {theirs}); "
+                    "all conductors on a bus must use the same database (--db-url)"
+                )
 
     def audit(self, until: dt.datetime | None = None) -> int:
         """Emit instance.exists for the period since the last audit; returns how many."""
@@ -97,23 +136,25 @@ class ConductorService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_service(
-        "conductor",
-        argv,
-        OPTIONS,
-        __doc__,
-        lambda c, t: ConductorService(
-            t,
-            host=c.host,
-            db_url=c.db_url,
-            state_dir=c.state_dir,
-            audit_interval=c.audit_interval,
-            authorization=c.authorization,
-        ),
-    )
+    try:
+        return run_service(
+            "conductor",
+            argv,
+            OPTIONS,
+            __doc__,
+            lambda c, t: ConductorService(
+                t,
+                host=c.host,
+                db_url=c.db_url,
+                state_dir=c.state_dir,
+                audit_interval=c.audit_interval,
+                authorization=c.authorization,
+            ),
+        )
+    except DatabaseConflict as exc:
+        print(f"rpclib-conductor: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -10,6 +10,9 @@ from services.scheduler.manager import NAMESPACE, VERSION
 
 TOPIC = "scheduler"
 ERROR_MODULES = ("services.scheduler.manager", "services.conductor.errors")
+BOOT = rpclib.Method("boot", since="1.0", args={"metadata": "1.1"})
+DELETE = rpclib.Method("delete", since="1.0")
+COMPUTE_STATUS = rpclib.Method("compute_status", since="1.2")
 
 
 class SchedulerAPI:
@@ -24,9 +27,14 @@ class SchedulerAPI:
         )
 
     def boot(self, ctx: dict[str, Any], **request: Any) -> Instance:
-        result: Instance = self.client.call(ctx, "boot", **request)
+        result: Instance = self.client.call(ctx, BOOT, **request)
         return result
 
     def delete(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:
-        result: Instance = self.client.call(ctx, "delete", instance_uuid=instance_uuid)
+        result: Instance = self.client.call(ctx, DELETE, instance_uuid=instance_uuid)
+        return result
+
+    def compute_status(self, ctx: dict[str, Any], host: str) -> dict[str, Any]:
+        """{"host", "up", "reason"} (VersionCapError: a scheduler older than 1.2)."""
+        result: dict[str, Any] = self.client.call(ctx, COMPUTE_STATUS, host=host)
         return result

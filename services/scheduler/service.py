@@ -27,7 +27,7 @@ class SchedulerService:
         authorization: bool = True,
     ):
         identities.principal(identities.SCHEDULER, host)  # a host that cannot name one fails here
-        manager = SchedulerManager(
+        self.manager = manager = SchedulerManager(
             ConductorAPI(transport), ComputeAPI(transport), strategy=strategy
         )
         self.server = rpclib.RPCServer(
@@ -38,6 +38,7 @@ class SchedulerService:
         )
 
     def start(self) -> None:
+        self.manager.compute.live_hosts()  # watch compute adverts now, not on the first boot
         self.server.start()
 
     def stop(self) -> None:

@@ -88,7 +88,13 @@ def computes(transport: rpclib.Transport, api: ConductorAPI) -> Iterator[dict[st
 
 
 def boot(scheduler: SchedulerAPI, **overrides: Any) -> Instance:
-    request = {"name": "vm", "vcpus": 1, "memory_mb": 256, "disk_gb": 1, "image": "cirros"}
+    request = {
+        "name": "vm",
+        "vcpus": 1,
+        "memory_mb": 256,
+        "disk_gb": 1,
+        "image": "/images/cirros.qcow2",
+    }
     return scheduler.boot(CTX, **(request | overrides))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from services.allinone import Embedded, make_image, registered_computes, wait_until
 from services.cli import Cloud
-from services.scheduler.manager import NoValidHost
+from services.scheduler.manager import BadRequest, NoValidHost
 
 
 @pytest.fixture
@@ -82,15 +82,11 @@ def test_no_valid_host_reaches_the_user_and_the_instance(
     assert huge.vm_state == "ERROR"
 
 
-def test_a_missing_image_ends_in_error_with_the_reason(cloud: tuple[Cloud, Embedded, Path]) -> None:
+def test_a_missing_image_is_refused_before_anything_is_created(
+    cloud: tuple[Cloud, Embedded, Path],
+) -> None:
     c, _, image = cloud
-    vm = c.boot(
-        "broken",
-        vcpus=1,
-        memory_mb=64,
-        disk_gb=1,
-        image=str(image.with_name("nope.qcow2")),
-        wait=60,
-    )
-    assert vm.vm_state == "ERROR"
-    assert "nope.qcow2" in (vm.error_reason or "")
+    missing = str(image.with_name("nope.qcow2"))
+    with pytest.raises(BadRequest, match="nope.qcow2: no such file"):
+        c.boot("broken", vcpus=1, memory_mb=64, disk_gb=1, image=missing, wait=60)
+    assert [i for i in c.conductor.list_instances(c.ctx) if i.name == "broken"] == []

@@ -59,6 +59,7 @@ def boot_delete_and_bill(cloud: Cloud, image: Path) -> None:
     ]
     assert [i.vm_state for i in booted] == ["ACTIVE", "ACTIVE"]
     assert sorted(str(i.host) for i in booted) == sorted(COMPUTE_HOSTS)
+    assert len({i.ip_address for i in booted}) == 2, "two instances were given one address"
     assert cloud.delete(str(booted[0].uuid), wait=120).vm_state == "DELETED"
     wait_until(
         lambda: (

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from amqp import exceptions as amqp_exceptions
 from amqp import spec
 
-from rpclib.exceptions import TransportError, Undeliverable, sending_before
+from rpclib.exceptions import AccessRefused, TransportError, Undeliverable, sending_before
 from rpclib.transports.base import (
     Address,
     AdvertHandler,
@@ -303,6 +304,31 @@ class RabbitDriver(Driver):
             declare_queue(self._session, spec)
 
         self._call(declare)
+
+    def remove_server_queues(self, address: Address) -> list[str]:
+        """Delete the durable queue ``X.T@S`` of a retired server (its ``.live`` queue is
+        exclusive and went with its connection); refused while a consumer uses it."""
+        if address.server is None or address.fanout:
+            raise ValueError(f"{address} is not a server address")
+        self._check_open()
+        naming.check_address(address, principal=self._principal)
+        name = naming.queue_name(address)
+        deadline = self._deadline()
+        try:
+            with self._pool.with_channel(deadline) as publisher:
+                remaining = max(0.1, deadline - time.monotonic())
+                with publisher.conn.transport.having_timeout(remaining):
+                    publisher.channel.queue_declare(name, passive=True)
+                    publisher.channel.queue_delete(name, if_unused=True)
+        except amqp_exceptions.NotFound:
+            return []
+        except amqp_exceptions.PreconditionFailed:
+            raise TransportError(f"queue {name} is in use: a server consumes from it") from None
+        except amqp_exceptions.AccessRefused as exc:
+            raise AccessRefused(
+                f"account {self._principal!r} may not delete queue {name}: {exc}"
+            ) from None
+        return [name]
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read up to ``limit`` dead letters of the vhost, oldest first, leaving them queued.

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.conductor.db.engine import check_engine, for_writes
 from services.conductor.db.models import (
     AllocationRow,
+    DatabaseIdentityRow,
     InstanceEventRow,
     InstanceRow,
     InventoryRow,
@@ -52,6 +53,7 @@ from services.conductor.db.records import (
 )
 from services.conductor.errors import (
     ClaimConflict,
+    HostInUse,
     InstanceExists,
     InstanceNotFound,
     InventoryInUse,
@@ -105,6 +107,29 @@ class ConductorDB:
         self._reader = sessionmaker(engine, expire_on_commit=False)
         self._writer = sessionmaker(for_writes(engine), expire_on_commit=False)
 
+    # -- identity ---------------------------------------------------------------------------
+
+    def database_id(self) -> str:
+        """This database's identity: a UUID made the first time it is asked for, then kept.
+
+        Conductors compare it before serving on a bus (two conductors on different
+        databases must never share one).
+        """
+        with self._reader() as s:
+            found = s.scalars(select(DatabaseIdentityRow.uuid)).first()
+        if found is not None:
+            return found
+
+        def work(s: Session) -> str:
+            row = s.scalars(select(DatabaseIdentityRow)).first()
+            if row is None:  # a racing conductor inserting id 1 too makes this attempt rerun
+                row = DatabaseIdentityRow(id=1, uuid=str(uuid4()), created_at=self._clock())
+                s.add(row)
+                s.flush()
+            return row.uuid
+
+        return self._write(work, attempts=2)
+
     # -- services ---------------------------------------------------------------------------
 
     def register_service(self, host: str, binary: str, versions: Mapping[str, str]) -> Service:
@@ -135,6 +160,40 @@ class ConductorDB:
             )
             if not _rowcount(s.execute(stmt, execution_options={"synchronize_session": False})):
                 raise ServiceNotFound(host, binary)
+
+    def forget_compute(self, host: str) -> bool:
+        """Remove a retired compute host: its service row, resource provider and inventories.
+
+        Raises :class:`HostInUse` while instances that are not DELETED are on
+        it. Returns False if the host was not known at all.
+        """
+        with self._writer.begin() as s:
+            provider = s.scalars(
+                select(ProviderRow).where(ProviderRow.name == host).with_for_update()
+            ).one_or_none()  # locked first: a racing claim on it waits, then finds it gone
+            remaining = s.scalars(
+                select(InstanceRow.uuid).where(
+                    InstanceRow.host == host, InstanceRow.vm_state != VmState.DELETED.value
+                )
+            ).all()
+            if remaining:
+                raise HostInUse(host, len(remaining))
+            options = {"synchronize_session": False}
+            if provider is not None:
+                for table in (AllocationRow, InventoryRow):
+                    s.execute(
+                        delete(table).where(table.provider_id == provider.id),
+                        execution_options=options,
+                    )
+                s.execute(
+                    delete(ProviderRow).where(ProviderRow.id == provider.id),
+                    execution_options=options,
+                )
+            services = s.execute(
+                delete(ServiceRow).where(ServiceRow.host == host, ServiceRow.binary == "compute"),
+                execution_options=options,
+            )
+            return provider is not None or _rowcount(services) > 0
 
     def list_services(self, binary: str | None = None) -> list[Service]:
         """Registered services (of one binary), by binary then host."""
@@ -497,6 +556,41 @@ class ConductorDB:
             if exists is None:
                 raise InstanceNotFound(instance_uuid)
             return False
+
+    def begin_delete(self, uuid: str | UUID) -> Instance:
+        """Start deleting an instance; returns it as it is now.
+
+        One never placed (no host: it holds nothing and no compute node knows
+        it) is DELETED at once. A placed one gets ``task_state`` ``deleting``
+        until its compute node reports DELETED (its update, with a higher
+        sequence, replaces the task state). A DELETED one is left as it is.
+        """
+        instance_uuid = _uuid(uuid)
+        with self._writer.begin() as s:
+            row = s.get(InstanceRow, instance_uuid, with_for_update=True)
+            if row is None:
+                raise InstanceNotFound(instance_uuid)
+            if row.vm_state != VmState.DELETED.value:
+                now = self._clock()
+                if row.host is None:
+                    row.vm_state, row.task_state, row.deleted_at = VmState.DELETED.value, None, now
+                    event, detail = "delete_unplaced", {"vm_state": VmState.DELETED.value}
+                    _drop_allocations(s, instance_uuid, now=now)
+                else:
+                    row.task_state = "deleting"
+                    event, detail = "delete_requested", {"task_state": "deleting"}
+                row.updated_at = now
+                s.add(
+                    InstanceEventRow(
+                        instance_uuid=instance_uuid,
+                        name=event,
+                        detail=detail,
+                        sequence=row.sequence,
+                        created_at=now,
+                    )
+                )
+                s.flush()
+            return _instance(row)
 
     def list_instance_events(self, uuid: str | UUID) -> list[InstanceEvent]:
         """The instance's recorded events, in the order they were applied."""

@@ -149,3 +149,13 @@ class InstanceEventRow(Base):
     detail: Mapped[dict[str, Any]]
     sequence: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
+
+
+class DatabaseIdentityRow(Base):
+    """One row: this database's identity, so conductors can tell whether they share a database."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime]
