@@ -9,14 +9,16 @@ any thread. Settling checks the delivery's *epoch* (which channel delivered
 it): a message from a channel or connection that is gone was already
 requeued by the broker, so settling it is ignored.
 
-``requeue()`` republishes the message to its own queue with
+``requeue()`` republishes the message to its own queue (through
+``rpclib.queues``, where each queue is bound by its name) with
 ``x-rpclib-attempts`` (confirmed) and then acks the original: classic
 queues have no delivery count, and the redelivered flag only says "at least
 once before".
 
 ``dead_letter()`` copies the message into the vhost's bounded dead-letter
-queue without ever waiting for the broker on the thread that settles (the
-I/O thread, for what a server refuses on arrival), so a flood of garbage
+queue (through ``rpclib.queues`` too) without ever waiting for the broker on
+the thread that settles (the I/O thread, for what a server refuses on
+arrival), so a flood of garbage
 does not stall the calls behind it:
 
 - from the durable (at-least-once) queue: a persistent, *pipelined* publish
@@ -134,12 +136,12 @@ class Settler:
     def republish(self, queue: str, body: bytes, properties: dict[str, Any]) -> None:
         """Put a copy back into ``queue`` (confirmed); Undeliverable if the queue is gone."""
         self._pool.publish(
-            "",
+            naming.QUEUES_EXCHANGE,
             queue,
             body,
             properties,
             target=queue,
-            exchange_type=None,
+            exchange_type="topic",
             deadline=self.deadline(),
             retry_after_write=True,
         )
@@ -187,7 +189,7 @@ class Settler:
         deadline = self.deadline()
         self.ensure_dead_letter_queue(deadline)
         self._pipeline().publisher.publish(
-            "",
+            naming.QUEUES_EXCHANGE,
             naming.DEAD_LETTER_QUEUE,
             body,
             properties,
@@ -204,7 +206,7 @@ class Settler:
         deadline = self.deadline()
         self.ensure_dead_letter_queue(deadline)
         session.publisher.publish(
-            "",
+            naming.QUEUES_EXCHANGE,
             naming.DEAD_LETTER_QUEUE,
             body,
             properties,
