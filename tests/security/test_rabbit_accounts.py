@@ -660,3 +660,47 @@ def test_a_server_dead_letters_under_least_privilege(
         assert letter.reason == "not for me"
     finally:
         admin.close()
+
+
+# --- (h) the derived permissions themselves ------------------------------------------------
+
+
+def _topics(perms: Any) -> dict[str, tuple[str, str]]:
+    return {exchange: (write, read) for exchange, write, read in perms.topics}
+
+
+@pytest.mark.parametrize("access", ACCESS, ids=[a.principal for a in ACCESS])
+def test_no_account_may_write_the_default_exchange(access: Access) -> None:
+    import re
+
+    assert not re.match(rabbit_access.permissions(access.grants()).write, "amq.default")
+    old = rabbit_access.permissions(access.grants(), old_peers=True)
+    assert re.match(old.write, "amq.default")  # only during a rolling upgrade
+
+
+def test_reply_keys_are_for_accounts_that_serve_and_requeues_for_their_own_queues() -> None:
+    import re
+
+    inbox = naming.reply_queue("scheduler")
+    compute_1 = _topics(rabbit_access.permissions(compute("compute-1").grants()))[QUEUES][0]
+    assert re.match(compute_1, inbox)
+    assert re.match(compute_1, naming.DEAD_LETTER_QUEUE)
+    assert re.match(compute_1, "rpclib.compute@compute-1")
+    assert not re.match(compute_1, "rpclib.compute@compute-2")
+    assert not re.match(compute_1, naming.REPLY_PREFIX + "scheduler.h.1.1")  # not a .q inbox
+    caller = _topics(rabbit_access.permissions(ACCESS[2].grants()))[QUEUES][0]
+    assert not re.match(caller, inbox)
+    assert re.match(caller, naming.DEAD_LETTER_QUEUE)
+
+
+def test_advert_keys_name_exactly_the_servers_an_account_serves() -> None:
+    import re
+
+    perms = rabbit_access.permissions(compute("compute-1").grants())
+    write = _topics(perms)["rpclib.adverts"][0]
+    assert re.match(write, naming.advert_key("compute", "compute-1"))
+    for other in (naming.advert_key("compute", "compute-2"), "compute", "compute.@.compute-1x"):
+        assert not re.match(write, other), other
+    conductor_read = _topics(rabbit_access.permissions(ACCESS[0].grants()))["rpclib.adverts"][1]
+    assert re.match(conductor_read, naming.advert_binding("compute"))
+    assert not re.match(conductor_read, "compute")
