@@ -468,6 +468,11 @@ BILLING_POOL = naming.queue_name(Address("rpclib", "notifications.info"), "billi
 QUEUES = naming.QUEUES_EXCHANGE
 
 
+def _key(exchange: str, queue: str) -> str:
+    """The routing key that reaches ``queue`` by name through ``exchange``."""
+    return naming.queue_key(queue) if exchange == QUEUES else queue
+
+
 def _publish(raw: Any, principal: str, exchange: str, key: str, body: bytes, **props: Any) -> None:
     """Publish as ``principal`` with a plain client and wait for the broker's confirm;
     a refusal raises (AccessRefused: the broker's 403)."""
@@ -485,7 +490,7 @@ def test_a_rogue_cannot_put_a_message_into_another_nodes_build_queue(
     queue = naming.queue_name(COMPUTE_1)
     before = _messages(broker, queue)
     with pytest.raises(AccessRefused):
-        _publish(raw, ROGUE, exchange, queue, b"build: forged")
+        _publish(raw, ROGUE, exchange, _key(exchange, queue), b"build: forged")
     assert _messages(broker, queue) == before
 
 
@@ -496,7 +501,13 @@ def test_a_rogue_cannot_put_a_notification_into_billings_pool(
     """The pool's topic permissions refuse the rogue on ``rpclib``; by name is no way round."""
     before = _messages(broker, BILLING_POOL)
     with pytest.raises(AccessRefused):
-        _publish(raw, ROGUE, exchange, BILLING_POOL, b'{"event_type": "instance.create.end"}')
+        _publish(
+            raw,
+            ROGUE,
+            exchange,
+            _key(exchange, BILLING_POOL),
+            b'{"event_type": "instance.create.end"}',
+        )
     assert _messages(broker, BILLING_POOL) == before
 
 
@@ -512,7 +523,7 @@ def test_a_rogue_cannot_requeue_into_another_nodes_queue(
             raw,
             ROGUE,
             QUEUES,
-            queue,
+            naming.queue_key(queue),
             b"build: forged",
             application_headers={"x-rpclib-attempts": 1, SENDER: "conductor"},
         )
@@ -532,7 +543,7 @@ def test_a_pure_caller_cannot_write_into_a_reply_queue(raw: Any, driver_of: Any)
     got: list[bytes] = []
     inbox = driver_of("conductor").open_inbox(got.append)
     with pytest.raises(AccessRefused):
-        _publish(raw, "scheduler", QUEUES, inbox.address, b"forged reply")
+        _publish(raw, "scheduler", QUEUES, naming.queue_key(inbox.address), b"forged reply")
     driver_of("compute-1").send_to_inbox(inbox.address, b"the real reply")
     wait_until(lambda: got != [], WAIT, "the server's reply")
     assert got == [b"the real reply"]
@@ -681,16 +692,16 @@ def test_no_account_may_write_the_default_exchange(access: Access) -> None:
 def test_reply_keys_are_for_accounts_that_serve_and_requeues_for_their_own_queues() -> None:
     import re
 
-    inbox = naming.reply_queue("scheduler")
+    inbox = naming.queue_key(naming.reply_queue("scheduler"))
     compute_1 = _topics(rabbit_access.permissions(compute("compute-1").grants()))[QUEUES][0]
     assert re.match(compute_1, inbox)
-    assert re.match(compute_1, naming.DEAD_LETTER_QUEUE)
-    assert re.match(compute_1, "rpclib.compute@compute-1")
-    assert not re.match(compute_1, "rpclib.compute@compute-2")
-    assert not re.match(compute_1, naming.REPLY_PREFIX + "scheduler.h.1.1")  # not a .q inbox
+    assert re.match(compute_1, naming.queue_key(naming.DEAD_LETTER_QUEUE))
+    assert re.match(compute_1, naming.queue_key("rpclib.compute@compute-1"))
+    assert not re.match(compute_1, naming.queue_key("rpclib.compute@compute-2"))
+    assert not re.match(compute_1, naming.queue_key("rpclib.reply.scheduler.h.1.1"))  # no .q
     caller = _topics(rabbit_access.permissions(ACCESS[2].grants()))[QUEUES][0]
     assert not re.match(caller, inbox)
-    assert re.match(caller, naming.DEAD_LETTER_QUEUE)
+    assert re.match(caller, naming.queue_key(naming.DEAD_LETTER_QUEUE))
 
 
 def test_advert_keys_name_exactly_the_servers_an_account_serves() -> None:
@@ -704,3 +715,16 @@ def test_advert_keys_name_exactly_the_servers_an_account_serves() -> None:
     conductor_read = _topics(rabbit_access.permissions(ACCESS[0].grants()))["rpclib.adverts"][1]
     assert re.match(conductor_read, naming.advert_binding("compute"))
     assert not re.match(conductor_read, "compute")
+
+
+def test_a_queue_is_addressed_on_rpclib_queues_by_one_word_naming_it_alone() -> None:
+    names = [
+        naming.reply_queue(ROGUE),
+        naming.queue_name(COMPUTE_1, live=True),
+        BILLING_POOL,
+        naming.DEAD_LETTER_QUEUE,
+        naming.fanout_queue(COMPUTE_1, ROGUE),
+    ]
+    keys = [naming.queue_key(name) for name in names]
+    assert all("." not in key for key in keys)
+    assert [naming.queue_of_key(key) for key in keys] == names

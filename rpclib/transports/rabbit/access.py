@@ -120,9 +120,15 @@ def _private(prefix: str, principal: str) -> str:
     return _name(f"{prefix}{principal}.") + ".+"
 
 
-def _by_name(queue_patterns: Iterable[str]) -> set[str]:
-    """Routing keys on ``rpclib.queues`` of these queues: their own names."""
-    return set(queue_patterns)
+def _private_key(prefix: str, principal: str) -> str:
+    """:func:`_private`'s queues as keys of ``rpclib.queues`` (naming.queue_key)."""
+    return _name(naming.queue_key(f"{prefix}{principal}.")) + ".+"
+
+
+def _queue_keys(address: Address, group: str | None) -> list[str]:
+    """:func:`_queues` as keys of ``rpclib.queues``."""
+    base = naming.queue_name(address, group)
+    return [_name(naming.queue_key(q)) for q in (base, base + naming.LIVE_SUFFIX)]
 
 
 def permissions(grants: Grants, *, old_peers: bool = False) -> Permissions:
@@ -137,9 +143,11 @@ def permissions(grants: Grants, *, old_peers: bool = False) -> Permissions:
     configure: set[str] = {inboxes}
     write: set[str] = {inboxes, _name(naming.QUEUES_EXCHANGE)}
     read: set[str] = {inboxes, _name(naming.QUEUES_EXCHANGE)}
-    own_queues: set[str] = {inboxes}
-    """Queues it owns: bound by name to rpclib.queues (topic read), requeued into."""
-    topic_write: dict[str, set[str]] = {naming.QUEUES_EXCHANGE: {_name(naming.DEAD_LETTER_QUEUE)}}
+    inbox_keys = _private_key(naming.REPLY_PREFIX, p)
+    own_keys: set[str] = set()
+    """Keys of the queues it consumes on rpclib.queues: it binds them and requeues into them."""
+    dead_letters = _name(naming.queue_key(naming.DEAD_LETTER_QUEUE))
+    topic_write: dict[str, set[str]] = {naming.QUEUES_EXCHANGE: {dead_letters}}
     topic_read: dict[str, set[str]] = {naming.QUEUES_EXCHANGE: set()}
     exchanges: set[str] = set()
     if old_peers:
@@ -163,23 +171,24 @@ def permissions(grants: Grants, *, old_peers: bool = False) -> Permissions:
             configure.add(queue)
             write.add(queue)
             read.update((queue, _name(fanout)))
-            own_queues.add(queue)
+            own_keys.add(_private_key(fanout + ".", p))
             continue
         for queue in _queues(address, consume.group):
             configure.add(queue)
             write.add(queue)
             read.add(queue)
-            own_queues.add(queue)
+        own_keys.update(_queue_keys(address, consume.group))
         read.add(_name(address.exchange))
         topic_read[address.exchange].update(_keys(address))
-    topic_read[naming.QUEUES_EXCHANGE] |= _by_name(own_queues)
-    requeue = own_queues - {inboxes}  # nothing requeues into an inbox
-    topic_write[naming.QUEUES_EXCHANGE] |= _by_name(requeue)
+    topic_read[naming.QUEUES_EXCHANGE] |= own_keys | {inbox_keys}
+    topic_write[naming.QUEUES_EXCHANGE] |= own_keys  # requeued copies (none into an inbox)
     if serves:
         # Replies to any caller's routed inbox (which queue holds that key is
         # up to its owner: only it may bind its own inbox's name).
         topic_write[naming.QUEUES_EXCHANGE].add(
-            _name(naming.REPLY_PREFIX) + "[^.]+\\..+" + _name(naming.ROUTED_INBOX_SUFFIX)
+            _name(naming.queue_key(naming.REPLY_PREFIX))
+            + "[^*]+\\*.+"
+            + _name(naming.queue_key(naming.ROUTED_INBOX_SUFFIX))
         )
     for exchange, name in grants.send:
         topic(exchange)
@@ -481,7 +490,7 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
                 arguments=durable_queue_arguments(options.queue_type),
             )
             channel.queue_bind(name, exchange, key)
-            channel.queue_bind(name, naming.QUEUES_EXCHANGE, name)
+            channel.queue_bind(name, naming.QUEUES_EXCHANGE, naming.queue_key(name))
         channel.queue_declare(
             naming.DEAD_LETTER_QUEUE,
             durable=True,
@@ -491,7 +500,9 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
         # Bound here so that no account needs to (binding needs write on the queue,
         # which would let any account unbind the dead letters too).
         channel.queue_bind(
-            naming.DEAD_LETTER_QUEUE, naming.QUEUES_EXCHANGE, naming.DEAD_LETTER_QUEUE
+            naming.DEAD_LETTER_QUEUE,
+            naming.QUEUES_EXCHANGE,
+            naming.queue_key(naming.DEAD_LETTER_QUEUE),
         )
         conn.close()
     finally:

@@ -82,6 +82,7 @@ SENDER: Final = "x-rpclib-sender"
 """The original sender of a message this driver put back into its queue (requeue) or
 into the dead-letter queue; trusted only as :func:`sender_of` says."""
 DELIVERY_COUNT: Final = "x-delivery-count"
+DEAD_LETTER_KEY: Final = naming.queue_key(naming.DEAD_LETTER_QUEUE)
 PERSISTENT: Final = 2
 TRANSIENT: Final = 1
 _QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
@@ -137,7 +138,7 @@ class Settler:
         """Put a copy back into ``queue`` (confirmed); Undeliverable if the queue is gone."""
         self._pool.publish(
             naming.QUEUES_EXCHANGE,
-            queue,
+            naming.queue_key(queue),
             body,
             properties,
             target=queue,
@@ -190,7 +191,7 @@ class Settler:
         self.ensure_dead_letter_queue(deadline)
         self._pipeline().publisher.publish(
             naming.QUEUES_EXCHANGE,
-            naming.DEAD_LETTER_QUEUE,
+            DEAD_LETTER_KEY,
             body,
             properties,
             target=naming.DEAD_LETTER_QUEUE,
@@ -207,7 +208,7 @@ class Settler:
         self.ensure_dead_letter_queue(deadline)
         session.publisher.publish(
             naming.QUEUES_EXCHANGE,
-            naming.DEAD_LETTER_QUEUE,
+            DEAD_LETTER_KEY,
             body,
             properties,
             target=naming.DEAD_LETTER_QUEUE,

@@ -233,13 +233,14 @@ def declare_queue(session: Session, spec: QueueSpec) -> None:
 
 
 def bind_by_name(session: Session, queue: str) -> None:
-    """Bind ``queue`` to ``rpclib.queues`` by its own name (I/O thread, control channel).
+    """Bind ``queue`` to ``rpclib.queues`` by its own name (:func:`naming.queue_key`; I/O
+    thread, control channel).
 
     Replies, requeued copies and dead letters reach a queue through that exchange
     only (naming.QUEUES_EXCHANGE), never through the default one.
     """
     session.declare_exchange(naming.QUEUES_EXCHANGE, "topic")
-    session.control().queue_bind(queue, naming.QUEUES_EXCHANGE, queue)
+    session.control().queue_bind(queue, naming.QUEUES_EXCHANGE, naming.queue_key(queue))
 
 
 def declare_reply_queue(session: Session, name: str) -> None:

@@ -358,11 +358,11 @@ class RabbitDriver(Driver):
         if not naming.is_reply_queue(inbox_address):
             raise Undeliverable(inbox_address, "not a rabbit:// inbox address")
         if naming.is_routed_inbox(inbox_address):
-            exchange = naming.QUEUES_EXCHANGE
+            exchange, key = naming.QUEUES_EXCHANGE, naming.queue_key(inbox_address)
             if exchange not in self._session.exchanges:
                 self._ensure_exchange(exchange, "topic")
         elif self.options.old_peers:
-            exchange = ""  # an older release's inbox: only its name reaches it
+            exchange, key = "", inbox_address  # an older release's inbox: only its name reaches it
         else:
             raise Undeliverable(
                 inbox_address,
@@ -372,7 +372,7 @@ class RabbitDriver(Driver):
             )
         self._session.publisher.publish(
             exchange,
-            inbox_address,
+            key,
             bytes(body),
             _REPLY_PROPERTIES,
             target=inbox_address,

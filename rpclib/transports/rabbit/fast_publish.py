@@ -53,7 +53,7 @@ from rpclib.transports.rabbit.connection import (
     publish,
     within,
 )
-from rpclib.transports.rabbit.naming import QUEUES_EXCHANGE, is_reply_queue
+from rpclib.transports.rabbit.naming import QUEUES_EXCHANGE, is_reply_queue, queue_of_key
 
 if TYPE_CHECKING:
     from rpclib.transports.rabbit.io_thread import Session
@@ -437,10 +437,12 @@ class FastPublisher:
             if pending.resend is None:
                 self._finish(pending, nack=False)
             # else its confirm (which follows the return) settles it
-        elif exchange in _REPLY_EXCHANGES and is_reply_queue(routing_key):
+        elif exchange in _REPLY_EXCHANGES and is_reply_queue(queue_of_key(routing_key)):
             # Replies are not tracked (nobody waits for them): the caller is gone.
             self.returned_replies += 1
-            LOG.warning("reply to %s returned: %s — the caller is gone", routing_key, reason)
+            LOG.warning(
+                "reply to %s returned: %s — the caller is gone", queue_of_key(routing_key), reason
+            )
         else:
             LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
 

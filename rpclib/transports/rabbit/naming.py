@@ -52,7 +52,8 @@ _RESERVED_ENDINGS: Final = (LIVE_SUFFIX, SYNC_SUFFIX)
 
 
 def _host() -> str:
-    return socket.gethostname().split(".")[0] or "host"
+    # No "*" in any name rpclib makes: queue_key() relies on it.
+    return socket.gethostname().split(".")[0].replace("*", "-") or "host"
 
 
 def private_suffix() -> str:
@@ -155,6 +156,24 @@ def fanout_queue(address: Address, principal: str) -> str:
 def reply_queue(principal: str) -> str:
     """``rpclib.reply.<principal>.<host>.<pid>.<n>.q``: bound to :data:`QUEUES_EXCHANGE`."""
     return REPLY_PREFIX + private_name(principal) + ROUTED_INBOX_SUFFIX
+
+
+def queue_key(queue: str) -> str:
+    """The routing (and binding) key of ``queue`` on :data:`QUEUES_EXCHANGE`: its name with
+    every ``.`` as ``*``.
+
+    One word, because a topic exchange walks its trie a word at a time: on
+    RabbitMQ 3.10 an 8-word key cost the broker ~17 µs more per publish than the
+    default exchange, a one-word key ~3 µs. No name rpclib makes holds a ``*``
+    (refused in every part, and in hosts' names), so no two queues share a key;
+    and a ``*`` inside a word is no wildcard.
+    """
+    return queue.replace(".", "*")
+
+
+def queue_of_key(key: str) -> str:
+    """The queue a key of :data:`QUEUES_EXCHANGE` addresses (the inverse of :func:`queue_key`)."""
+    return key.replace("*", ".")
 
 
 def is_routed_inbox(name: str) -> bool:

@@ -146,7 +146,7 @@ class _Publisher:
             if exchange not in self.exchanges:
                 self.declare_exchange(exchange, "topic", deadline)
             try:
-                self.channel.queue_bind(name, exchange, name)
+                self.channel.queue_bind(name, exchange, naming.queue_key(name))
             except AccessRefused as exc:
                 self.open_channel()  # the refusal closed the channel
                 LOG.debug("%s is bound by the admin, not by this account: %s", name, exc)
