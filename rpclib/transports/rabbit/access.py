@@ -16,8 +16,9 @@ queue.declare (own queues)  configure on the queue: ``X.T@S``, ``X.T``,
 queue.bind                  write on the queue, read on the exchange, and for
                             topic exchanges a *topic* read permission on the
                             binding key: only the keys of its own queues on
-                            ``X``; on ``Q`` only its own queues' names (each
-                            queue it owns is bound to ``Q`` by its name); on
+                            ``X``; on ``Q`` only its own queues' keys (each
+                            queue it owns is bound to ``Q`` by its name with
+                            ``.`` as ``*``, naming.queue_key); on
                             ``X.adverts`` ``T.@.#`` of the topics it watches,
                             ``T.sync`` of those it advertises
 basic.consume / get         read on the queue: only its own queues
@@ -27,7 +28,7 @@ basic.publish               write on the exchange: ``X`` and ``X.T.fanout`` for
                             routing key: on ``X`` only ``T``/``T@*`` (``.live``)
                             of the topics it sends to; on ``Q`` the dead-letter
                             queue, its own consumed queues (requeued copies),
-                            and routed inboxes ``rpclib.reply.*.q`` (replies)
+                            and routed inboxes ``rpclib*reply*…*q`` (replies)
                             only if it serves something; on ``X.adverts``
                             ``T.@.S`` of exactly the servers it advertises,
                             ``T.sync`` of the topics it watches
