@@ -61,11 +61,17 @@ def old_rpclib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``rpclib`` package, from git (a directory for PYTHONPATH)."""
     root = tmp_path_factory.mktemp("old-release")
     archive = root / "rpclib.tar"
-    subprocess.run(
+    done = subprocess.run(
         ["git", "-C", str(REPO), "archive", "-o", str(archive), OLD_RELEASE, "rpclib"],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"the previous release comes from git: run from a clone holding {OLD_RELEASE} "
+            f"({done.stderr.strip()})"
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")
     assert (root / "rpclib" / "transports" / "rabbit" / "driver.py").exists()
