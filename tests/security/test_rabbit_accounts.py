@@ -22,12 +22,13 @@ from amqp.exceptions import AccessRefused, PreconditionFailed
 
 import rpclib
 from rpclib.access import Access, Account
-from rpclib.exceptions import InvalidTransportURL, TransportError
+from rpclib.exceptions import InvalidTransportURL, TransportError, Undeliverable
 from rpclib.transports import load_driver
 from rpclib.transports.base import Address, Guarantee, Incoming
 from rpclib.transports.rabbit import RabbitDriver, naming
 from rpclib.transports.rabbit import access as rabbit_access
 from rpclib.transports.rabbit.consumer import SENDER
+from tests.rpc.helpers import wait_until
 from tests.security.conftest import RABBIT_VHOST
 from tests.support.conductor_endpoint import RecordingConductor
 
@@ -459,3 +460,271 @@ def test_render_prints_the_commands_apply_runs() -> None:
     text = rabbit_access.render("rabbit://guest:guest@h/v", ACCOUNTS[:1])
     assert "rabbitmqctl set_permissions -p v conductor " in text
     assert "rabbitmqctl set_topic_permissions -p v conductor rpclib " in text
+
+
+# --- (e) no writing into queues by name: rpclib.queues, not the default exchange ------------
+
+BILLING_POOL = naming.queue_name(Address("rpclib", "notifications.info"), "billing")
+QUEUES = naming.QUEUES_EXCHANGE
+
+
+def _key(exchange: str, queue: str) -> str:
+    """The routing key that reaches ``queue`` by name through ``exchange``."""
+    return naming.queue_key(queue) if exchange == QUEUES else queue
+
+
+def _publish(raw: Any, principal: str, exchange: str, key: str, body: bytes, **props: Any) -> None:
+    """Publish as ``principal`` with a plain client and wait for the broker's confirm;
+    a refusal raises (AccessRefused: the broker's 403)."""
+    channel = raw(principal).channel()
+    channel.basic_publish_confirm(
+        amqp.Message(body, user_id=principal, **props), exchange=exchange, routing_key=key
+    )
+
+
+@pytest.mark.parametrize("exchange", ["", QUEUES], ids=["default-exchange", "rpclib.queues"])
+def test_a_rogue_cannot_put_a_message_into_another_nodes_build_queue(
+    raw: Any, driver_of: Any, broker: dict[str, Any], exchange: str
+) -> None:
+    driver_of("compute-1").declare(COMPUTE_1)
+    queue = naming.queue_name(COMPUTE_1)
+    before = _messages(broker, queue)
+    with pytest.raises(AccessRefused):
+        _publish(raw, ROGUE, exchange, _key(exchange, queue), b"build: forged")
+    assert _messages(broker, queue) == before
+
+
+@pytest.mark.parametrize("exchange", ["", QUEUES], ids=["default-exchange", "rpclib.queues"])
+def test_a_rogue_cannot_put_a_notification_into_billings_pool(
+    raw: Any, broker: dict[str, Any], exchange: str
+) -> None:
+    """The pool's topic permissions refuse the rogue on ``rpclib``; by name is no way round."""
+    before = _messages(broker, BILLING_POOL)
+    with pytest.raises(AccessRefused):
+        _publish(
+            raw,
+            ROGUE,
+            exchange,
+            _key(exchange, BILLING_POOL),
+            b'{"event_type": "instance.create.end"}',
+        )
+    assert _messages(broker, BILLING_POOL) == before
+
+
+def test_a_rogue_cannot_requeue_into_another_nodes_queue(
+    raw: Any, driver_of: Any, broker: dict[str, Any]
+) -> None:
+    """A requeued copy (attempts recorded, original sender named) goes only to one's own queues."""
+    driver_of("compute-1").declare(COMPUTE_1)
+    queue = naming.queue_name(COMPUTE_1)
+    before = _messages(broker, queue)
+    with pytest.raises(AccessRefused):
+        _publish(
+            raw,
+            ROGUE,
+            QUEUES,
+            naming.queue_key(queue),
+            b"build: forged",
+            application_headers={"x-rpclib-attempts": 1, SENDER: "conductor"},
+        )
+    assert _messages(broker, queue) == before
+
+
+def test_a_rogue_cannot_reply_through_the_default_exchange(raw: Any, driver_of: Any) -> None:
+    got: list[bytes] = []
+    inbox = driver_of("conductor").open_inbox(got.append)
+    with pytest.raises(AccessRefused):
+        _publish(raw, ROGUE, "", inbox.address, b"forged reply")
+    assert got == []
+
+
+def test_a_pure_caller_cannot_write_into_a_reply_queue(raw: Any, driver_of: Any) -> None:
+    """Only accounts that serve something send replies; a server's reply still arrives."""
+    got: list[bytes] = []
+    inbox = driver_of("conductor").open_inbox(got.append)
+    with pytest.raises(AccessRefused):
+        _publish(raw, "scheduler", QUEUES, naming.queue_key(inbox.address), b"forged reply")
+    driver_of("compute-1").send_to_inbox(inbox.address, b"the real reply")
+    wait_until(lambda: got != [], WAIT, "the server's reply")
+    assert got == [b"the real reply"]
+
+
+def test_an_older_releases_inbox_is_refused_with_advice_without_old_peers(driver_of: Any) -> None:
+    """Without ?old_peers=true a driver never publishes through the default exchange."""
+    old_style = naming.REPLY_PREFIX + naming.private_name("scheduler")
+    with pytest.raises(Undeliverable, match="old_peers=true"):
+        driver_of("compute-1").send_to_inbox(old_style, b"reply")
+
+
+# --- (f) adverts: only as the servers one serves ------------------------------------------
+
+
+class Adverts:
+    """What a watch reported, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes | None]] = []
+
+    def __call__(self, server: str, body: bytes | None) -> None:
+        self.seen.append((server, body))
+
+
+@pytest.mark.parametrize(
+    "key, headers",
+    [
+        (naming.advert_key("compute", "compute-1"), {"x-rpclib-withdrawn": True}),
+        ("compute", {"x-rpclib-server": "compute-1", "x-rpclib-withdrawn": True}),
+    ],
+    ids=["keyed-by-server", "keyed-by-topic-as-older-releases"],
+)
+def test_a_rogue_cannot_withdraw_another_nodes_advert(
+    raw: Any, driver_of: Any, key: str, headers: dict[str, Any]
+) -> None:
+    adverts = Adverts()
+    driver_of("compute-1").advertise(COMPUTE_1, b"compute-1 here", ttl=60)
+    driver_of("conductor").watch_adverts("rpclib", "compute", adverts)
+    wait_until(lambda: ("compute-1", b"compute-1 here") in adverts.seen, WAIT, "the advert")
+    with pytest.raises(AccessRefused):
+        _publish(raw, ROGUE, "rpclib.adverts", key, b"", application_headers=headers)
+    # The rogue's own advert, published after the refused withdrawal, reaches the watch.
+    _publish(
+        raw,
+        ROGUE,
+        "rpclib.adverts",
+        naming.advert_key("compute", ROGUE),
+        b"rogue here",
+        application_headers={"x-rpclib-ttl": 60.0},
+    )
+    wait_until(lambda: (ROGUE, b"rogue here") in adverts.seen, WAIT, "the rogue's own advert")
+    assert ("compute-1", None) not in adverts.seen
+
+
+def test_a_rogue_cannot_advertise_as_another_node(raw: Any) -> None:
+    with pytest.raises(AccessRefused):
+        _publish(
+            raw,
+            ROGUE,
+            "rpclib.adverts",
+            naming.advert_key("compute", "compute-1"),
+            b"send builds to me",
+            application_headers={"x-rpclib-ttl": 60.0},
+        )
+
+
+def test_a_node_advertises_and_withdraws_as_itself(driver_of: Any) -> None:
+    adverts = Adverts()
+    compute_1 = driver_of("compute-1")
+    compute_1.advertise(COMPUTE_1, b"before the watch", ttl=60)
+    driver_of("conductor").watch_adverts("rpclib", "compute", adverts)
+    wait_until(lambda: ("compute-1", b"before the watch") in adverts.seen, WAIT, "the snapshot")
+    compute_1.withdraw(COMPUTE_1)
+    wait_until(lambda: ("compute-1", None) in adverts.seen, WAIT, "the withdrawal")
+
+
+# --- (g) what every account still does under least privilege --------------------------------
+
+
+def test_a_call_is_answered_under_least_privilege(broker: dict[str, Any]) -> None:
+    compute_1 = rpclib.get_transport(url_of(broker, "compute-1"))
+    conductor = rpclib.get_transport(url_of(broker, "conductor"))
+    server = rpclib.RPCServer(
+        conductor,
+        rpclib.Target(topic="conductor", server="conductor-1"),
+        [RecordingConductor()],
+        policy=POLICY,
+    )
+    server.start()
+    try:
+        target = rpclib.Target(topic="conductor", namespace="conductor", version="1.0")
+        client = rpclib.RPCClient(compute_1, target, timeout=WAIT)
+        assert client.call({}, "heartbeat") == "compute-1"
+        assert client.prepare(server="conductor-1").call({}, "heartbeat") == "compute-1"
+    finally:
+        server.stop()
+        server.wait()
+        compute_1.close()
+        conductor.close()
+
+
+@pytest.mark.parametrize("guarantee", [Guarantee.AT_LEAST_ONCE, Guarantee.AT_MOST_ONCE])
+def test_a_server_dead_letters_under_least_privilege(
+    driver_of: Any, broker: dict[str, Any], guarantee: Guarantee
+) -> None:
+    body = f"refused {uuid.uuid4().hex}".encode()
+    refused = threading.Event()
+
+    def refuse(incoming: Incoming) -> None:
+        incoming.dead_letter("not for me")
+        refused.set()
+
+    driver_of("conductor").listen(CONDUCTOR, refuse)
+    driver_of("compute-1").send(CONDUCTOR, body, guarantee=guarantee)
+    assert refused.wait(WAIT)
+    admin = load_driver(f"rabbit://guest:guest@127.0.0.1:{broker['port']}/{RABBIT_VHOST}")
+    try:
+        wait_until(
+            lambda: any(d.body == body for d in admin.dead_letters(limit=10_000)),
+            WAIT,
+            "the dead letter",
+        )
+        (letter,) = [d for d in admin.dead_letters(limit=10_000) if d.body == body]
+        assert letter.reason == "not for me"
+    finally:
+        admin.close()
+
+
+# --- (h) the derived permissions themselves ------------------------------------------------
+
+
+def _topics(perms: Any) -> dict[str, tuple[str, str]]:
+    return {exchange: (write, read) for exchange, write, read in perms.topics}
+
+
+@pytest.mark.parametrize("access", ACCESS, ids=[a.principal for a in ACCESS])
+def test_no_account_may_write_the_default_exchange(access: Access) -> None:
+    import re
+
+    assert not re.match(rabbit_access.permissions(access.grants()).write, "amq.default")
+    old = rabbit_access.permissions(access.grants(), old_peers=True)
+    assert re.match(old.write, "amq.default")  # only during a rolling upgrade
+
+
+def test_reply_keys_are_for_accounts_that_serve_and_requeues_for_their_own_queues() -> None:
+    import re
+
+    inbox = naming.queue_key(naming.reply_queue("scheduler"))
+    compute_1 = _topics(rabbit_access.permissions(compute("compute-1").grants()))[QUEUES][0]
+    assert re.match(compute_1, inbox)
+    assert re.match(compute_1, naming.queue_key(naming.DEAD_LETTER_QUEUE))
+    assert re.match(compute_1, naming.queue_key("rpclib.compute@compute-1"))
+    assert not re.match(compute_1, naming.queue_key("rpclib.compute@compute-2"))
+    assert not re.match(compute_1, naming.queue_key("rpclib.reply.scheduler.h.1.1"))  # no .q
+    caller = _topics(rabbit_access.permissions(ACCESS[2].grants()))[QUEUES][0]
+    assert not re.match(caller, inbox)
+    assert re.match(caller, naming.queue_key(naming.DEAD_LETTER_QUEUE))
+
+
+def test_advert_keys_name_exactly_the_servers_an_account_serves() -> None:
+    import re
+
+    perms = rabbit_access.permissions(compute("compute-1").grants())
+    write = _topics(perms)["rpclib.adverts"][0]
+    assert re.match(write, naming.advert_key("compute", "compute-1"))
+    for other in (naming.advert_key("compute", "compute-2"), "compute", "compute.@.compute-1x"):
+        assert not re.match(write, other), other
+    conductor_read = _topics(rabbit_access.permissions(ACCESS[0].grants()))["rpclib.adverts"][1]
+    assert re.match(conductor_read, naming.advert_binding("compute"))
+    assert not re.match(conductor_read, "compute")
+
+
+def test_a_queue_is_addressed_on_rpclib_queues_by_one_word_naming_it_alone() -> None:
+    names = [
+        naming.reply_queue(ROGUE),
+        naming.queue_name(COMPUTE_1, live=True),
+        BILLING_POOL,
+        naming.DEAD_LETTER_QUEUE,
+        naming.fanout_queue(COMPUTE_1, ROGUE),
+    ]
+    keys = [naming.queue_key(name) for name in names]
+    assert all("." not in key for key in keys)
+    assert [naming.queue_of_key(key) for key in keys] == names

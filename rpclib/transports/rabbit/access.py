@@ -3,7 +3,8 @@
 For each :class:`~rpclib.access.Account` this makes a broker user with that
 password and, on the admin URL's vhost, exactly what its
 :class:`~rpclib.access.Grants` need (names as in docs/transports/rabbit.md;
-``X`` is an exchange, ``T`` a topic, ``P`` the principal):
+``X`` is an exchange, ``T`` a topic, ``S`` a server, ``P`` the principal,
+``Q`` = ``rpclib.queues``, the exchange of everything addressed to one queue):
 
 ==========================  ===================================================
 operation (driver)          permission needed (RabbitMQ's access-control table)
@@ -14,30 +15,46 @@ queue.declare (own queues)  configure on the queue: ``X.T@S``, ``X.T``,
                             ``X.adverts.P.*`` queues
 queue.bind                  write on the queue, read on the exchange, and for
                             topic exchanges a *topic* read permission on the
-                            binding key: only the keys of its own queues
+                            binding key: only the keys of its own queues on
+                            ``X``; on ``Q`` only its own queues' keys (each
+                            queue it owns is bound to ``Q`` by its name with
+                            ``.`` as ``*``, naming.queue_key); on
+                            ``X.adverts`` ``T.@.#`` of the topics it watches,
+                            ``T.sync`` of those it advertises
 basic.consume / get         read on the queue: only its own queues
 basic.publish               write on the exchange: ``X`` and ``X.T.fanout`` for
-                            the topics it sends to, ``X.adverts``, and
-                            ``amq.default`` (replies, dead letters, requeues);
-                            for topic exchanges a topic write permission on the
-                            routing key: only ``T``/``T@*`` (``.live``) of the
-                            topics it sends to, ``T`` of the adverts it owns,
-                            ``T.sync`` of those it watches
+                            the topics it sends to, ``X.adverts``, ``Q``; never
+                            ``amq.default``. Topic write permissions on the
+                            routing key: on ``X`` only ``T``/``T@*`` (``.live``)
+                            of the topics it sends to; on ``Q`` the dead-letter
+                            queue, its own consumed queues (requeued copies),
+                            and routed inboxes ``rpclib*reply*…*q`` (replies)
+                            only if it serves something; on ``X.adverts``
+                            ``T.@.S`` of exactly the servers it advertises,
+                            ``T.sync`` of the topics it watches
 exchange.declare            none: :func:`apply` declares every exchange (and the
-                            dead-letter queue) as the admin; the driver then
-                            finds them with a passive declare, which needs no
-                            permission. No account can delete a shared exchange.
+                            dead-letter queue, bound to ``Q``) as the admin; the
+                            driver then finds them with a passive declare, which
+                            needs no permission. No account can delete a shared
+                            exchange.
 ==========================  ===================================================
 
 A user with no topic permission on a topic exchange may use any routing key,
-so every account gets one on ``X`` and ``X.adverts``, matching nothing if it
-needs nothing there.
+so every account gets one on ``X``, ``X.adverts`` and ``Q``, matching
+nothing if it needs nothing there.
 
-What remains open (docs/security.md): write on ``amq.default`` lets an
-account put a message into any queue by name (the broker still stamps its own
-user on it, so receivers and policies see who sent it); and the advert
-exchange's routing key is the topic, so an account that advertises on ``T``
-can publish adverts naming other servers of ``T``.
+So an account can put a message only into its own queues, the queues of the
+topics and servers it may send to, the dead-letter queue, and (a server)
+callers' reply inboxes; it can advertise and withdraw only as the servers it
+serves. What remains open (docs/security.md): a server can write into any
+caller's inbox (a forged reply to a call in flight is believed only if it
+matches a waiting call's id, and carries the server's user); any account can
+write dead letters (the queue is bounded).
+
+``?old_peers=true`` on the admin URL (a rolling upgrade from the release
+before ``Q``, docs/transports/rabbit.md) adds back write on ``amq.default``
+and adverts keyed by the topic alone, i.e. the old gaps, until it is applied
+again without it.
 
 :func:`apply` sets users and permissions through the management HTTP API
 (:mod:`rpclib.transports.rabbitmq_management`) when the admin URL has
@@ -104,15 +121,38 @@ def _private(prefix: str, principal: str) -> str:
     return _name(f"{prefix}{principal}.") + ".+"
 
 
-def permissions(grants: Grants) -> Permissions:
-    """What ``grants`` needs on the broker; see the module docstring."""
+def _private_key(prefix: str, principal: str) -> str:
+    """:func:`_private`'s queues as keys of ``rpclib.queues`` (naming.queue_key)."""
+    return _name(naming.queue_key(f"{prefix}{principal}.")) + ".+"
+
+
+def _queue_keys(address: Address, group: str | None) -> list[str]:
+    """:func:`_queues` as keys of ``rpclib.queues``."""
+    base = naming.queue_name(address, group)
+    return [_name(naming.queue_key(q)) for q in (base, base + naming.LIVE_SUFFIX)]
+
+
+def permissions(grants: Grants, *, old_peers: bool = False) -> Permissions:
+    """What ``grants`` needs on the broker; see the module docstring.
+
+    ``old_peers`` adds what drivers of the release before ``rpclib.queues``
+    need while they share the vhost (a rolling upgrade): write on
+    ``amq.default`` and adverts keyed by the topic alone.
+    """
     p = grants.principal
-    configure: set[str] = {_private(naming.REPLY_PREFIX, p)}
-    write: set[str] = {_private(naming.REPLY_PREFIX, p), _name(DEFAULT_EXCHANGE_PERMISSION)}
-    read: set[str] = {_private(naming.REPLY_PREFIX, p)}
-    topic_write: dict[str, set[str]] = {}
-    topic_read: dict[str, set[str]] = {}
+    inboxes = _private(naming.REPLY_PREFIX, p)
+    configure: set[str] = {inboxes}
+    write: set[str] = {inboxes, _name(naming.QUEUES_EXCHANGE)}
+    read: set[str] = {inboxes, _name(naming.QUEUES_EXCHANGE)}
+    inbox_keys = _private_key(naming.REPLY_PREFIX, p)
+    own_keys: set[str] = set()
+    """Keys of the queues it consumes on rpclib.queues: it binds them and requeues into them."""
+    dead_letters = _name(naming.queue_key(naming.DEAD_LETTER_QUEUE))
+    topic_write: dict[str, set[str]] = {naming.QUEUES_EXCHANGE: {dead_letters}}
+    topic_read: dict[str, set[str]] = {naming.QUEUES_EXCHANGE: set()}
     exchanges: set[str] = set()
+    if old_peers:
+        write.add(_name(DEFAULT_EXCHANGE_PERMISSION))
 
     def topic(exchange: str) -> None:
         exchanges.add(exchange)
@@ -121,22 +161,36 @@ def permissions(grants: Grants) -> Permissions:
         topic_write.setdefault(naming.adverts_exchange(exchange), set())
         topic_read.setdefault(naming.adverts_exchange(exchange), set())
 
+    serves = False
     for consume in grants.consume:
         address = consume.address
         topic(address.exchange)
+        serves = serves or address.server is not None
         if address.fanout:
             fanout = naming.fanout_exchange(address)
             queue = _private(fanout + ".", p)
             configure.add(queue)
             write.add(queue)
             read.update((queue, _name(fanout)))
+            own_keys.add(_private_key(fanout + ".", p))
             continue
         for queue in _queues(address, consume.group):
             configure.add(queue)
             write.add(queue)
             read.add(queue)
+        own_keys.update(_queue_keys(address, consume.group))
         read.add(_name(address.exchange))
         topic_read[address.exchange].update(_keys(address))
+    topic_read[naming.QUEUES_EXCHANGE] |= own_keys | {inbox_keys}
+    topic_write[naming.QUEUES_EXCHANGE] |= own_keys  # requeued copies (none into an inbox)
+    if serves:
+        # Replies to any caller's routed inbox (which queue holds that key is
+        # up to its owner: only it may bind its own inbox's name).
+        topic_write[naming.QUEUES_EXCHANGE].add(
+            _name(naming.queue_key(naming.REPLY_PREFIX))
+            + "[^*]+\\*.+"
+            + _name(naming.queue_key(naming.ROUTED_INBOX_SUFFIX))
+        )
     for exchange, name in grants.send:
         topic(exchange)
         write.update((_name(exchange), _name(naming.fanout_exchange(Address(exchange, name)))))
@@ -148,16 +202,21 @@ def permissions(grants: Grants) -> Permissions:
     adverts_queues: set[str] = set()
     for address in grants.advertise:
         topic(address.exchange)
+        assert address.server is not None
         adverts = naming.adverts_exchange(address.exchange)
         adverts_queues.add(adverts)
-        topic_write[adverts].add(_name(address.topic))
+        topic_write[adverts].add(_name(naming.advert_key(address.topic, address.server)))
         topic_read[adverts].add(_name(naming.sync_key(address.topic)))
+        if old_peers:
+            topic_write[adverts].add(_name(address.topic))
     for exchange, name in grants.watch:
         topic(exchange)
         adverts = naming.adverts_exchange(exchange)
         adverts_queues.add(adverts)
         topic_write[adverts].add(_name(naming.sync_key(name)))
-        topic_read[adverts].add(_name(name))
+        topic_read[adverts].add(_name(naming.advert_binding(name)))
+        if old_peers:
+            topic_read[adverts].add(_name(name))
     for adverts in adverts_queues:
         queue = _private(adverts + ".", p)
         configure.add(queue)
@@ -178,6 +237,7 @@ def exchanges_of(accounts: Iterable[Account]) -> list[tuple[str, str]]:
     """(name, type) of every exchange the accounts use: declared by :func:`apply`."""
     found: set[tuple[str, str]] = set()
     for account in accounts:
+        found.add((naming.QUEUES_EXCHANGE, "topic"))
         grants = account.access.grants()
         topics = {(c.address.exchange, c.address.topic) for c in grants.consume}
         topics |= set(grants.send)
@@ -204,6 +264,10 @@ class Admin:
     node: str | None
     user: str
     password: str
+    old_peers: bool = False
+    """``?old_peers=true``: also grant what the release before ``rpclib.queues`` needs
+    (a rolling upgrade). Not an admin-only option: login URLs keep it, so the
+    drivers also use the old paths (rabbit/options.py)."""
 
 
 def pool_queues_of(accounts: Iterable[Account]) -> list[tuple[str, str, str]]:
@@ -255,7 +319,16 @@ def admin_of(admin_url: str) -> Admin:
     host = url.hosts[0] if url.hosts else None
     user = (host.username if host and host.username is not None else None) or "guest"
     password = (host.password if host and host.password is not None else None) or "guest"
-    return Admin(url.virtual_host or "/", amqp_url, management, ctl, node, user, password)
+    return Admin(
+        url.virtual_host or "/",
+        amqp_url,
+        management,
+        ctl,
+        node,
+        user,
+        password,
+        url.bool_option("old_peers", False),
+    )
 
 
 def _without_options(url: TransportURL, options: dict[str, str]) -> str:
@@ -274,7 +347,7 @@ def commands(admin: Admin, accounts: Sequence[Account]) -> list[list[str]]:
     """The ``rabbitmqctl`` arguments that set the accounts' permissions (after their users)."""
     out: list[list[str]] = []
     for account in accounts:
-        perms = permissions(account.access.grants())
+        perms = permissions(account.access.grants(), old_peers=admin.old_peers)
         out.append(
             [
                 "set_permissions",
@@ -301,9 +374,12 @@ def render(admin_url: str, accounts: list[Account]) -> str:
     lines.append("# exchanges and the dead-letter queue, declared over AMQP by the admin:")
     for name, kind in exchanges_of(accounts):
         lines.append(f"#   {kind} exchange {name} (durable)")
-    lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable, bounded)")
+    by_name = f"and to {naming.QUEUES_EXCHANGE} by its name"
+    lines.append(f"#   queue {naming.DEAD_LETTER_QUEUE} (durable, bounded), bound {by_name}")
     for name, exchange, key in pool_queues_of(accounts):
-        lines.append(f"#   queue {name} (durable, listener pool), bound to {exchange} by {key}")
+        lines.append(
+            f"#   queue {name} (durable, listener pool), bound to {exchange} by {key} {by_name}"
+        )
     for account in accounts:
         user = account.access.principal
         lines.append(
@@ -330,7 +406,9 @@ def apply(admin_url: str, accounts: list[Account], *, run: Runner | None = None)
         api.ensure_vhost(admin.vhost, admin.user)
         for account in accounts:
             api.put_user(account.access.principal, account.password)
-            api.set_permissions(admin.vhost, permissions(account.access.grants()))
+            api.set_permissions(
+                admin.vhost, permissions(account.access.grants(), old_peers=admin.old_peers)
+            )
     else:
         ctl = run or _cli(admin)
         _ensure_vhost_cli(ctl, admin.vhost, admin.user)
@@ -385,7 +463,8 @@ def _ensure_vhost_cli(ctl: Runner, vhost: str, admin: str) -> None:
 
 
 def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
-    """Declare the accounts' exchanges and the dead-letter queue over AMQP, as the admin."""
+    """Declare the accounts' exchanges, listener pools and the dead-letter queue over AMQP,
+    as the admin, and bind the queues to ``rpclib.queues`` by their names."""
     from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
     from rpclib.transports.rabbit.declarations import (
         dead_letter_queue_arguments,
@@ -412,11 +491,19 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
                 arguments=durable_queue_arguments(options.queue_type),
             )
             channel.queue_bind(name, exchange, key)
+            channel.queue_bind(name, naming.QUEUES_EXCHANGE, naming.queue_key(name))
         channel.queue_declare(
             naming.DEAD_LETTER_QUEUE,
             durable=True,
             auto_delete=False,
             arguments=dead_letter_queue_arguments(options.queue_type),
+        )
+        # Bound here so that no account needs to (binding needs write on the queue,
+        # which would let any account unbind the dead letters too).
+        channel.queue_bind(
+            naming.DEAD_LETTER_QUEUE,
+            naming.QUEUES_EXCHANGE,
+            naming.queue_key(naming.DEAD_LETTER_QUEUE),
         )
         conn.close()
     finally:

@@ -1,13 +1,21 @@
 """Adverts over the ``X.adverts`` topic exchange.
 
-An advert is a non-persistent message with routing key ``T`` (the topic) and
-the server name and TTL in its headers; a withdrawal is the same with a
-``withdrawn`` header and no body. A watcher binds an exclusive queue to
-``T``; to learn the adverts published *before* it started, it publishes a
-sync request on ``T.sync`` naming its queue, and every driver that owns
-adverts of ``T`` (its :class:`AdvertOwner` queue is bound to ``T.sync``)
-answers straight into that queue through the default exchange. The watch
-also expires adverts whose TTL passed without a refresh.
+An advert is a non-persistent message with routing key ``T.@.S`` (topic and
+server, :func:`naming.advert_key`) and the TTL in its headers; a withdrawal
+is the same with a ``withdrawn`` header and no body. Because the server is in
+the key, a topic permission pins each account to the servers it may
+advertise (rabbit/access.py): the watcher takes the server from the key,
+never from a header. A watcher binds an exclusive queue to ``T.@.#``; to
+learn the adverts published *before* it started, it publishes a sync request
+on ``T.sync``, and every driver that owns adverts of ``T`` (its
+:class:`AdvertOwner` queue is bound to ``T.sync``) publishes them again on
+the exchange: every watcher of ``T`` hears them (a repeat is a refresh), and
+no one ever writes into another's queue.
+
+With ``old_peers`` (a rolling upgrade, docs/transports/rabbit.md) each advert
+and withdrawal also goes out keyed ``T`` with the server in the
+:data:`SERVER` header, as older releases publish and watch them, and a
+watcher also binds ``T`` and believes that header.
 """
 
 from __future__ import annotations
@@ -50,6 +58,35 @@ def advert_message(server: str, body: bytes, ttl: float) -> tuple[bytes, dict[st
 
 def withdrawal_message(server: str) -> tuple[bytes, dict[str, Any]]:
     return b"", {"application_headers": {SERVER: server, WITHDRAWN: True}}
+
+
+def publish_advert(
+    session: Session,
+    exchange: str,
+    topic: str,
+    server: str,
+    payload: bytes,
+    properties: dict[str, Any],
+    *,
+    deadline: float,
+    wait_for_connection: bool,
+) -> None:
+    """Publish an advert or withdrawal of ``server`` on ``topic`` to the adverts ``exchange``:
+    keyed ``T.@.S``, and also ``T`` for older releases' watchers with ``old_peers``."""
+    keys = [naming.advert_key(topic, server)]
+    if session.options.old_peers:
+        keys.append(topic)
+    for key in keys:
+        session.publisher.publish(
+            exchange,
+            key,
+            payload,
+            properties,
+            target=f"adverts of {topic}",
+            mandatory=False,
+            deadline=deadline,
+            wait_for_connection=wait_for_connection,
+        )
 
 
 @dataclass(slots=True)
@@ -127,15 +164,15 @@ class AdvertOwner:
             self.session.control().queue_bind(self.queue, self.exchange, naming.sync_key(topic))
             self.topics.add(topic)
 
-    def _publish(self, topic: str, server: str, body: bytes, ttl: float, *, to: str = "") -> None:
+    def _publish(self, topic: str, server: str, body: bytes, ttl: float) -> None:
         payload, props = advert_message(server, body, ttl)
-        self.session.publisher.publish(
-            "" if to else self.exchange,
-            to or topic,
+        publish_advert(
+            self.session,
+            self.exchange,
+            topic,
+            server,
             payload,
             props,
-            target=f"adverts of {topic}",
-            mandatory=False,
             deadline=time.monotonic() + self.session.options.send_timeout,
             wait_for_connection=False,
         )
@@ -151,12 +188,12 @@ class AdvertOwner:
         self.session.add_event(lambda: self._answer(epoch, message))
 
     def _answer(self, epoch: int, message: Any) -> None:
-        reply_to = message.properties.get("reply_to")
+        """A watcher started: publish this driver's adverts of the topic again, for all."""
         topic = headers_of(message).get(TOPIC)
-        if epoch != self.epoch or not reply_to or not isinstance(topic, str):
+        if epoch != self.epoch or not isinstance(topic, str):
             return
         for _, server, body, left in self.live(topic):
-            self._publish(topic, server, body, left, to=reply_to)
+            self._publish(topic, server, body, left)
 
     def stop(self) -> None:
         """Stop hearing sync requests (I/O thread); the exclusive queue goes with its consumer."""
@@ -204,7 +241,9 @@ class AdvertWatch:
         session.declare_exchange(self.exchange, "topic")
         control = session.control()
         control.queue_declare(self.queue, durable=False, exclusive=True, auto_delete=True)
-        control.queue_bind(self.queue, self.exchange, self.topic)
+        control.queue_bind(self.queue, self.exchange, naming.advert_binding(self.topic))
+        if session.options.old_peers:
+            control.queue_bind(self.queue, self.exchange, self.topic)
         channel = session.open_channel()
         self.epoch += 1
         channel.basic_consume(
@@ -218,12 +257,19 @@ class AdvertWatch:
             self.exchange,
             naming.sync_key(self.topic),
             b"",
-            {"reply_to": self.queue, "application_headers": {TOPIC: self.topic}},
+            self._sync_properties(session),
             target=f"advert sync of {self.topic}",
             mandatory=False,
             deadline=time.monotonic() + session.options.send_timeout,
             wait_for_connection=False,
         )
+
+    def _sync_properties(self, session: Session) -> dict[str, Any]:
+        properties: dict[str, Any] = {"application_headers": {TOPIC: self.topic}}
+        if session.options.old_peers:
+            # Older releases answer into this queue through the default exchange.
+            properties["reply_to"] = self.queue
+        return properties
 
     def connection_lost(self) -> None:
         self.channel = None
@@ -239,9 +285,14 @@ class AdvertWatch:
         if epoch != self.epoch or self.closed:
             return
         headers = headers_of(message)
-        server = headers.get(SERVER)
-        if not isinstance(server, str):
-            return
+        key = message.delivery_info["routing_key"]
+        server = naming.server_of_advert_key(key, self.topic)
+        if server is None:
+            if not self.session.options.old_peers or key not in (self.topic, self.queue):
+                return
+            server = headers.get(SERVER)  # an older release's advert: only its header names it
+            if not isinstance(server, str):
+                return
         if headers.get(WITHDRAWN):
             if self.known.pop(server, None) is not None:
                 self._report(server, None)

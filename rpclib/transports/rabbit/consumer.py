@@ -9,14 +9,16 @@ any thread. Settling checks the delivery's *epoch* (which channel delivered
 it): a message from a channel or connection that is gone was already
 requeued by the broker, so settling it is ignored.
 
-``requeue()`` republishes the message to its own queue with
+``requeue()`` republishes the message to its own queue (through
+``rpclib.queues``, where each queue is bound by its name) with
 ``x-rpclib-attempts`` (confirmed) and then acks the original: classic
 queues have no delivery count, and the redelivered flag only says "at least
 once before".
 
 ``dead_letter()`` copies the message into the vhost's bounded dead-letter
-queue without ever waiting for the broker on the thread that settles (the
-I/O thread, for what a server refuses on arrival), so a flood of garbage
+queue (through ``rpclib.queues`` too) without ever waiting for the broker on
+the thread that settles (the I/O thread, for what a server refuses on
+arrival), so a flood of garbage
 does not stall the calls behind it:
 
 - from the durable (at-least-once) queue: a persistent, *pipelined* publish
@@ -80,6 +82,7 @@ SENDER: Final = "x-rpclib-sender"
 """The original sender of a message this driver put back into its queue (requeue) or
 into the dead-letter queue; trusted only as :func:`sender_of` says."""
 DELIVERY_COUNT: Final = "x-delivery-count"
+DEAD_LETTER_KEY: Final = naming.queue_key(naming.DEAD_LETTER_QUEUE)
 PERSISTENT: Final = 2
 TRANSIENT: Final = 1
 _QUEUE_REFUSALS: Final = frozenset({404, 405, 406})
@@ -134,12 +137,12 @@ class Settler:
     def republish(self, queue: str, body: bytes, properties: dict[str, Any]) -> None:
         """Put a copy back into ``queue`` (confirmed); Undeliverable if the queue is gone."""
         self._pool.publish(
-            "",
-            queue,
+            naming.QUEUES_EXCHANGE,
+            naming.queue_key(queue),
             body,
             properties,
             target=queue,
-            exchange_type=None,
+            exchange_type="topic",
             deadline=self.deadline(),
             retry_after_write=True,
         )
@@ -187,8 +190,8 @@ class Settler:
         deadline = self.deadline()
         self.ensure_dead_letter_queue(deadline)
         self._pipeline().publisher.publish(
-            "",
-            naming.DEAD_LETTER_QUEUE,
+            naming.QUEUES_EXCHANGE,
+            DEAD_LETTER_KEY,
             body,
             properties,
             target=naming.DEAD_LETTER_QUEUE,
@@ -204,8 +207,8 @@ class Settler:
         deadline = self.deadline()
         self.ensure_dead_letter_queue(deadline)
         session.publisher.publish(
-            "",
-            naming.DEAD_LETTER_QUEUE,
+            naming.QUEUES_EXCHANGE,
+            DEAD_LETTER_KEY,
             body,
             properties,
             target=naming.DEAD_LETTER_QUEUE,

@@ -35,6 +35,7 @@ from amqp.exceptions import AccessRefused, AMQPError, NotFound, PreconditionFail
 
 from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError
+from rpclib.transports.rabbit import naming
 from rpclib.transports.rabbit.connection import LOG
 
 if TYPE_CHECKING:
@@ -224,14 +225,27 @@ def declare_queue(session: Session, spec: QueueSpec) -> None:
                 exc,
             )
         session.control().queue_bind(spec.name, spec.exchange, spec.routing_key)
+        bind_by_name(session, spec.name)
     except AMQPError as exc:
         if refusal_of(exc) is None:
             raise
         raise refused(f"queue {spec.name}", exc, spec.kind, options.queue_type_source) from exc
 
 
+def bind_by_name(session: Session, queue: str) -> None:
+    """Bind ``queue`` to ``rpclib.queues`` by its own name (:func:`naming.queue_key`; I/O
+    thread, control channel).
+
+    Replies, requeued copies and dead letters reach a queue through that exchange
+    only (naming.QUEUES_EXCHANGE), never through the default one.
+    """
+    session.declare_exchange(naming.QUEUES_EXCHANGE, "topic")
+    session.control().queue_bind(queue, naming.QUEUES_EXCHANGE, naming.queue_key(queue))
+
+
 def declare_reply_queue(session: Session, name: str) -> None:
-    """Declare the reply queue ``name``: durable classic with ``x-expires`` (I/O thread)."""
+    """Declare the reply queue ``name``: durable classic with ``x-expires``, bound by its
+    name to ``rpclib.queues`` if it is a routed inbox (I/O thread)."""
     try:
         session.control().queue_declare(
             name,
@@ -240,6 +254,8 @@ def declare_reply_queue(session: Session, name: str) -> None:
             auto_delete=False,
             arguments={"x-queue-type": "classic", "x-expires": REPLY_QUEUE_EXPIRES_MS},
         )
+        if naming.is_routed_inbox(name):
+            bind_by_name(session, name)
     except AMQPError as exc:
         if refusal_of(exc) is None:
             raise

@@ -34,6 +34,7 @@ from rpclib.transports.rabbit.adverts import (
     AdvertOwner,
     AdvertWatch,
     advert_message,
+    publish_advert,
     withdrawal_message,
 )
 from rpclib.transports.rabbit.connection import LOG, HostRing, body_of, expiration_ms, headers_of
@@ -407,9 +408,22 @@ class RabbitDriver(Driver):
         self._check_open()
         if not naming.is_reply_queue(inbox_address):
             raise Undeliverable(inbox_address, "not a rabbit:// inbox address")
+        if naming.is_routed_inbox(inbox_address):
+            exchange, key = naming.QUEUES_EXCHANGE, naming.queue_key(inbox_address)
+            if exchange not in self._session.exchanges:
+                self._ensure_exchange(exchange, "topic")
+        elif self.options.old_peers:
+            exchange, key = "", inbox_address  # an older release's inbox: only its name reaches it
+        else:
+            raise Undeliverable(
+                inbox_address,
+                "an inbox of an rpclib release before rpclib.queues, reachable only through "
+                "the default exchange: during a rolling upgrade run with ?old_peers=true "
+                "(docs/transports/rabbit.md)",
+            )
         self._session.publisher.publish(
-            "",
-            inbox_address,
+            exchange,
+            key,
             bytes(body),
             _REPLY_PROPERTIES,
             target=inbox_address,
@@ -456,13 +470,13 @@ class RabbitDriver(Driver):
         if address.topic not in owner.topics:
             self._call(lambda: owner.bind_topic(address.topic))
         payload, props = advert_message(server, body, ttl)
-        self._session.publisher.publish(
+        publish_advert(
+            self._session,
             owner.exchange,
             address.topic,
+            server,
             payload,
             props,
-            target=f"adverts of {address}",
-            mandatory=False,
             deadline=self._deadline(),
             wait_for_connection=False,
         )
@@ -479,14 +493,15 @@ class RabbitDriver(Driver):
         exchange = naming.adverts_exchange(address.exchange)
         self._ensure_exchange(exchange, "topic")
         payload, props = withdrawal_message(server)
-        self._session.publisher.publish(
+        publish_advert(
+            self._session,
             exchange,
             address.topic,
+            server,
             payload,
             props,
-            target=f"adverts of {address}",
-            mandatory=False,
             deadline=self._deadline(),
+            wait_for_connection=True,
         )
 
     def watch_adverts(self, exchange: str, topic: str, handler: AdvertHandler) -> Subscription:
@@ -528,13 +543,13 @@ class RabbitDriver(Driver):
                 owner.forget(topic, server)
                 payload, props = withdrawal_message(server)
                 try:
-                    self._session.publisher.publish(
+                    publish_advert(
+                        self._session,
                         owner.exchange,
                         topic,
+                        server,
                         payload,
                         props,
-                        target=f"adverts of {topic}",
-                        mandatory=False,
                         deadline=deadline,
                         wait_for_connection=False,
                     )

@@ -53,12 +53,14 @@ from rpclib.transports.rabbit.connection import (
     publish,
     within,
 )
-from rpclib.transports.rabbit.naming import is_reply_queue
+from rpclib.transports.rabbit.naming import QUEUES_EXCHANGE, is_reply_queue, queue_of_key
 
 if TYPE_CHECKING:
     from rpclib.transports.rabbit.io_thread import Session
 
 
+_REPLY_EXCHANGES: Final = frozenset({QUEUES_EXCHANGE, ""})
+"""Where replies go: ``rpclib.queues``, or the default exchange for an older release's inbox."""
 REFRESH_AFTER: Final = (1.0, 3.0, 10.0)
 """Seconds after a connect at which the path-1 channel is replaced (see the module doc)."""
 
@@ -435,10 +437,12 @@ class FastPublisher:
             if pending.resend is None:
                 self._finish(pending, nack=False)
             # else its confirm (which follows the return) settles it
-        elif not exchange and is_reply_queue(routing_key):
+        elif exchange in _REPLY_EXCHANGES and is_reply_queue(queue_of_key(routing_key)):
             # Replies are not tracked (nobody waits for them): the caller is gone.
             self.returned_replies += 1
-            LOG.warning("reply to %s returned: %s — the caller is gone", routing_key, reason)
+            LOG.warning(
+                "reply to %s returned: %s — the caller is gone", queue_of_key(routing_key), reason
+            )
         else:
             LOG.debug("returned message to %r/%r not tracked: %s", exchange, routing_key, reason)
 

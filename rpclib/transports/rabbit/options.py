@@ -36,6 +36,7 @@ KNOWN_OPTIONS: Final = frozenset(
         "send_timeout",
         "advert_sync_wait",
         "confirm_window",
+        "old_peers",
     }
 )
 
@@ -75,6 +76,11 @@ class RabbitOptions:
     confirm_window: int = 1024
     queue_type_source: str = "queue_type=classic"
     """How ``queue_type`` was chosen, for error messages (e.g. ``queue_type=auto with 3 hosts``)."""
+    old_peers: bool = False
+    """Drivers of the release before ``rpclib.queues`` share the vhost (a rolling upgrade):
+    also reply through the default exchange to their inboxes, and also publish and
+    accept adverts keyed by the topic alone. Needs the permissions ``rpclib-access
+    apply`` grants with the same option (docs/transports/rabbit.md "Rolling upgrade")."""
 
     @property
     def principal(self) -> str:
@@ -129,6 +135,7 @@ def parse_options(url: TransportURL) -> RabbitOptions:
         advert_sync_wait=url.seconds_option("advert_sync_wait", 0.3, positive=False),
         confirm_window=url.int_option("confirm_window", 1024, minimum=1),
         queue_type_source=queue_type_source,
+        old_peers=url.bool_option("old_peers", False),
     )
 
 

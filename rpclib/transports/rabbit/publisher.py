@@ -21,6 +21,7 @@ from amqp.exceptions import AccessRefused, ChannelError, NotFound
 
 from rpclib.exceptions import AccessRefused as AccessRefusedError
 from rpclib.exceptions import TransportError, Undeliverable
+from rpclib.transports.rabbit import naming
 from rpclib.transports.rabbit.connection import (
     CONNECTION_ERRORS,
     LOG,
@@ -130,16 +131,25 @@ class _Publisher:
         self.exchanges.add(name)
 
     def ensure_queue(self, name: str, arguments: dict[str, Any] | None, deadline: float) -> None:
-        """Use the durable queue ``name`` as it is, or create it with ``arguments`` if missing."""
+        """Use the durable queue ``name`` as it is, or create it with ``arguments`` if missing;
+        then bind it by its name to ``rpclib.queues`` unless the account may not (the admin
+        did: rabbit/access.py binds the dead-letter queue so no account needs to)."""
         with self.conn.transport.having_timeout(_remaining(deadline)):
             try:
                 self.channel.queue_declare(name, passive=True)
-                return
             except NotFound:
                 self.open_channel()  # a failed passive declare closes the channel
-            self.channel.queue_declare(
-                name, durable=True, auto_delete=False, arguments=arguments or None
-            )
+                self.channel.queue_declare(
+                    name, durable=True, auto_delete=False, arguments=arguments or None
+                )
+            exchange = naming.QUEUES_EXCHANGE
+            if exchange not in self.exchanges:
+                self.declare_exchange(exchange, "topic", deadline)
+            try:
+                self.channel.queue_bind(name, exchange, naming.queue_key(name))
+            except AccessRefused as exc:
+                self.open_channel()  # the refusal closed the channel
+                LOG.debug("%s is bound by the admin, not by this account: %s", name, exc)
 
     def publish(
         self,
