@@ -86,10 +86,15 @@ def _heard(topics: dict[str, set[str]], message: Any) -> None:
     """Note an advert (or withdrawal) from the adverts exchange; sync requests are ignored."""
     key = message.delivery_info.get("routing_key", "")
     headers = headers_of(message)
-    server = headers.get(SERVER)
-    if not isinstance(key, str) or not isinstance(server, str) or key.endswith(naming.SYNC_SUFFIX):
+    if not isinstance(key, str) or key.endswith(naming.SYNC_SUFFIX):
         return
-    servers = topics.setdefault(key, set())
+    topic, separator, named = key.partition(naming.ADVERT_SEPARATOR)
+    server: object = named
+    if not separator:  # an older release's advert: keyed by topic, the server in a header
+        topic, server = key, headers.get(SERVER)
+    if not topic or not isinstance(server, str) or not server:
+        return
+    servers = topics.setdefault(topic, set())
     if headers.get(WITHDRAWN):
         servers.discard(server)
     else:
