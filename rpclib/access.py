@@ -13,8 +13,10 @@ renders into its broker's own permissions:
   topic permissions (``rpclib.transports.rabbit.access``);
 - ``etcd://``: etcd roles over key ranges (``rpclib.transports.etcd.access``).
 
-Every principal may also always use its own reply inbox, send replies, and
-send dead letters; transports name a principal's private queues (inboxes,
+Every principal may also always use its own reply inbox and send dead
+letters, and a principal that serves something may send replies (on
+``rabbit://`` and ``amqp1://`` only those; a pure caller writes no reply);
+transports name a principal's private queues (inboxes,
 fanout and advert queues) with the principal first, so those can be granted
 by prefix. That is why principals used here are restricted to letters,
 digits, ``_`` and ``-``: no ``.`` or ``/`` that a prefix match could cross.
@@ -63,7 +65,8 @@ class Grants:
     ``send`` holds ``(exchange, topic)`` pairs: the topic's shared queue, any
     server of it and its fanout. ``advertise`` holds the server addresses
     whose adverts it writes; ``watch`` the ``(exchange, topic)`` adverts it
-    reads. Inboxes, replies and dead letters are implied for everyone.
+    reads. Its own inbox and dead letters are implied for everyone; replies
+    for those that consume (serve) something.
     """
 
     principal: str
