@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import rpclib
+from services.common.upgrade_levels import AUTO
 from services.objects import Instance
 from services.scheduler.manager import NAMESPACE, VERSION
 
@@ -13,11 +14,13 @@ ERROR_MODULES = ("services.scheduler.manager", "services.conductor.errors")
 
 
 class SchedulerAPI:
-    def __init__(self, transport: rpclib.Transport, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, transport: rpclib.Transport, *, timeout: float = 60.0, version_cap: str = AUTO
+    ) -> None:
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
-            version_cap="auto",
+            version_cap=version_cap,  # "auto", or the operator's pin (upgrade_levels)
             timeout=timeout,
             allowed_remote_exmods=ERROR_MODULES,
         )

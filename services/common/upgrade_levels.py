@@ -1,0 +1,134 @@
+"""Per-service version pins (``upgrade_levels``), as oslo's ``[upgrade_levels]``.
+
+A pin holds the interface version a service's clients send to another
+service, instead of ``version_cap="auto"`` (the lowest version its live
+servers advertise). Operators pin while they upgrade, so that nothing is
+sent at a version an older node (or a node rolled back) cannot honour, and
+remove the pin once every node runs the new release (docs/upgrades.md).
+
+Settings, merged per service (command line > environment > config file)::
+
+    [upgrade_levels]            # config file, for every service
+    compute = "1.0"
+    --upgrade-level compute=1.0 # command line, repeatable
+    RPCLIB_UPGRADE_LEVELS="compute=1.0,conductor=auto"
+
+A value is ``"auto"`` or a version of the interface this code speaks (same
+major, not above it); anything else is a :class:`BadUpgradeLevel` naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rpclib.versioning import parse_version
+
+AUTO = "auto"
+LOG = logging.getLogger("services.upgrade_levels")
+
+
+class BadUpgradeLevel(argparse.ArgumentTypeError, ValueError):
+    """An upgrade level names an unknown service or a version this code cannot send."""
+
+
+def interface_versions() -> dict[str, str]:
+    """The newest version of each service's interface this code speaks (its pin ceiling)."""
+    # imported here: the interfaces import services.common, not the other way round
+    from services.billing.service import VERSION as BILLING
+    from services.compute.rpcapi import VERSION as COMPUTE
+    from services.conductor.rpcapi import VERSION as CONDUCTOR
+    from services.scheduler.manager import VERSION as SCHEDULER
+
+    return {"billing": BILLING, "compute": COMPUTE, "conductor": CONDUCTOR, "scheduler": SCHEDULER}
+
+
+def check(service: str, level: str) -> str:
+    """``level`` for ``service`` as it will be used (``auto`` or ``X.Y``), or BadUpgradeLevel."""
+    spoken = interface_versions()
+    if service not in spoken:
+        raise BadUpgradeLevel(f"unknown service {service!r} (one of {', '.join(sorted(spoken))})")
+    text = str(level).strip()
+    if text.lower() == AUTO:
+        return AUTO
+    try:
+        version = parse_version(text)
+    except ValueError:
+        raise BadUpgradeLevel(
+            f"{service}: {level!r} is not a version ('MAJOR.MINOR', e.g. '1.0') or 'auto'"
+        ) from None
+    newest = parse_version(spoken[service])
+    if not newest.can_honour(version):
+        raise BadUpgradeLevel(
+            f"{service}: {level!r} is above what this release speaks ({service} {newest}; "
+            f"a pin must be {newest.major}.0 to {newest})"
+        )
+    return str(version)
+
+
+def parse(value: Any) -> dict[str, str]:
+    """``{"compute": "1.0"}``, ``"compute=1.0,conductor=auto"`` or a list of such strings."""
+    if isinstance(value, Mapping):
+        pairs: Iterable[tuple[Any, Any]] = value.items()
+    else:
+        items = [value] if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            for entry in filter(None, (part.strip() for part in str(item).split(","))):
+                service, sep, level = entry.partition("=")
+                if not sep:
+                    raise BadUpgradeLevel(f"{entry!r} is not SERVICE=VERSION (e.g. compute=1.0)")
+                pairs.append((service.strip(), level.strip()))
+    return {str(service): check(str(service), level) for service, level in pairs}
+
+
+def cap_for(levels: Mapping[str, str] | None, service: str) -> str:
+    """The ``version_cap`` for clients of ``service``: its pin, else ``"auto"``."""
+    return (levels or {}).get(service, AUTO)
+
+
+def describe_caps(levels: Mapping[str, str] | None, services: Iterable[str]) -> str:
+    """One line for a service's start log: the cap it uses towards each of ``services``."""
+    parts = []
+    for service in services:
+        level = cap_for(levels, service)
+        parts.append(
+            f"{service} auto (the lowest version its live servers advertise)"
+            if level == AUTO
+            else f"{service} pinned at {level} (upgrade_levels)"
+        )
+    return "version caps: " + "; ".join(parts)
+
+
+class CapWatch:
+    """Logs, per destination, the cap a client sends at whenever it changes.
+
+    An operator follows a rolling upgrade in these lines: with ``auto`` a
+    node's cap rises when it comes back on the new release; with a pin it
+    stays put until the pin is lifted.
+    """
+
+    def __init__(self, service: str, level: str) -> None:
+        self.service = service
+        self.level = level
+        self._seen: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def note(self, where: str, version: str | None) -> None:
+        with self._lock:
+            if where in self._seen and self._seen[where] == version:
+                return
+            before = self._seen.get(where, "none")
+            self._seen[where] = version
+        how = "pinned by upgrade_levels" if self.level != AUTO else "auto"
+        LOG.info(
+            "%s %s: sending at version cap %s (was %s; %s)",
+            self.service,
+            where,
+            version or "none (no server advertised yet)",
+            before or "none",
+            how,
+        )
