@@ -1,0 +1,137 @@
+"""Per-service version pins: where they come from, what they refuse, what clients send."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rpclib
+from services.common import config as cfg
+from services.compute.rpcapi import ComputeAPI
+from services.objects import Flavor, Instance
+from tests.rpc.helpers import wait_until
+
+NAMES = ("transport_url", "upgrade_levels")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(argv: list[str], env: dict[str, str] | None = None) -> cfg.ServiceConfig:
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, NAMES)
+    return cfg.load("scheduler", parser.parse_args(argv), NAMES, environ=env or {})
+
+
+def test_no_pin_means_auto_everywhere() -> None:
+    assert load([]).upgrade_levels == {}
+
+
+def test_pins_merge_per_service_flag_over_environment_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "rpclib.toml"
+    path.write_text(
+        '[upgrade_levels]\ncompute = "1.0"\nconductor = "1.0"\nbilling = "1.0"\n'
+        '[scheduler.upgrade_levels]\nbilling = "auto"\n'
+    )
+    env = {"RPCLIB_CONFIG": str(path), "RPCLIB_UPGRADE_LEVELS": "conductor=auto,scheduler=1.0"}
+    config = load(["--upgrade-level", "compute=1.1", "--upgrade-level", "scheduler=1.1"], env)
+    assert config.upgrade_levels == {
+        "compute": "1.1",  # the flag over the file
+        "conductor": "auto",  # the environment over the file
+        "billing": "auto",  # the service's own table over the shared one
+        "scheduler": "1.1",  # the flag over the environment
+    }
+
+
+@pytest.mark.parametrize(
+    ("pin", "problem"),
+    [
+        ("nova=1.0", "unknown service 'nova' (one of billing, compute, conductor, scheduler)"),
+        ("compute=one", "compute: 'one' is not a version"),
+        ("compute=1.9", "compute: '1.9' is above what this release speaks (compute 1.1"),
+        ("compute=2.0", "compute: '2.0' is above what this release speaks"),
+        ("compute", "'compute' is not SERVICE=VERSION"),
+    ],
+)
+def test_a_bad_pin_in_the_environment_is_one_line_naming_it(pin: str, problem: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load([], {"RPCLIB_UPGRADE_LEVELS": pin})
+    message = str(exc.value)
+    assert message.startswith("environment variable RPCLIB_UPGRADE_LEVELS: upgrade_levels: ")
+    assert problem in message and "\n" not in message
+
+
+def test_a_bad_pin_in_the_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "rpclib.toml"
+    path.write_text('[upgrade_levels]\ncompute = "1.5"\n')
+    with pytest.raises(SystemExit, match=f"config file {path}: upgrade_levels: compute: '1.5'"):
+        load(["--config", str(path)])
+
+
+def test_a_service_started_with_a_bad_pin_exits_naming_the_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.scheduler.service", "--upgrade-level", "compute=7.0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "rpclib-scheduler: error: argument --upgrade-level: compute: '7.0' is above what "
+        "this release speaks (compute 1.1; a pin must be 1.0 to 1.1)"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+class RecordingCompute:
+    """A compute node's endpoint at 1.1 that records the version each build arrived at."""
+
+    target = rpclib.Target(namespace="compute", version="1.1")
+
+    def __init__(self) -> None:
+        self.builds: list[tuple[str, str | None]] = []
+
+    def build_instance(
+        self,
+        ctx: dict[str, Any],
+        instance: Instance,
+        allocation: dict[str, Any],
+        image: str,
+        network: str | None = None,
+    ) -> None:
+        request = rpclib.current_request()
+        assert request is not None
+        self.builds.append((request.version, network))
+
+
+def _instance() -> Instance:
+    return Instance(
+        uuid="6f1c3c1e-4a8e-4e4b-9a53-0d1f7a0a2b10",
+        name="vm",
+        project_id="p",
+        user_id="u",
+        flavor=Flavor(vcpus=1, memory_mb=64, disk_gb=1),
+        image="img",
+    )
+
+
+@pytest.mark.parametrize(("cap", "sent"), [("auto", ("1.1", "net")), ("1.0", ("1.0", None))])
+def test_a_pin_replaces_auto_for_builds_to_a_newer_node(
+    transport: rpclib.Transport, cap: str, sent: tuple[str, str | None]
+) -> None:
+    node = RecordingCompute()
+    server = rpclib.RPCServer(transport, rpclib.Target(topic="compute", server="c1"), [node])
+    server.start()
+    try:
+        api = ComputeAPI(transport, version_cap=cap)
+        api.build_instance({}, "c1", _instance(), {"VCPU": 1}, "img", network="net")
+        wait_until(lambda: len(node.builds) == 1, what="the build")
+    finally:
+        server.stop()
+        server.wait(10)
+    assert node.builds == [sent]
