@@ -64,15 +64,22 @@ def old_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``rpclib`` and ``services`` packages (a PYTHONPATH directory)."""
     root = tmp_path_factory.mktemp("old-release")
     archive = root / "old.tar"
-    subprocess.run(
+    made = subprocess.run(
         ["git", "-C", str(NEW), "archive", "-o", str(archive), OLD_RELEASE, "rpclib", "services"],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if made.returncode != 0:
+        pytest.fail(
+            f"the previous release {OLD_RELEASE} is not in this clone ({made.stderr.strip()}); "
+            "a shallow clone needs `git fetch --unshallow`"
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")
     archive.unlink()
-    subprocess.run(["git", "apply", str(PATCH)], cwd=root, check=True, capture_output=True)
+    # no repository above root: git apply must patch these files, not a repository's
+    env = os.environ | {"GIT_CEILING_DIRECTORIES": str(root.parent)}
+    subprocess.run(["git", "apply", str(PATCH)], cwd=root, env=env, check=True)
     return root
 
 

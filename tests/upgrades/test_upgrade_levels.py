@@ -135,3 +135,39 @@ def test_a_pin_replaces_auto_for_builds_to_a_newer_node(
         server.stop()
         server.wait(10)
     assert node.builds == [sent]
+
+
+class OldCompute:
+    """A compute node of the previous release: interface 1.0, no ``network``."""
+
+    target = rpclib.Target(namespace="compute", version="1.0")
+
+    def __init__(self) -> None:
+        self.builds: list[str] = []
+
+    def build_instance(
+        self, ctx: dict[str, Any], instance: Instance, allocation: dict[str, Any], image: str
+    ) -> None:
+        self.builds.append(image)
+
+
+def test_a_pin_above_a_live_node_gets_its_builds_refused_and_dead_lettered(
+    transport: rpclib.Transport,
+) -> None:
+    node = OldCompute()
+    server = rpclib.RPCServer(transport, rpclib.Target(topic="compute", server="c1"), [node])
+    server.start()
+    try:
+        ComputeAPI(transport, version_cap="1.1").build_instance(
+            {}, "c1", _instance(), {"VCPU": 1}, "img"
+        )
+        wait_until(lambda: bool(transport.driver.dead_letters()), what="a dead letter")
+        ComputeAPI(transport, version_cap="1.0").build_instance(
+            {}, "c1", _instance(), {"VCPU": 1}, "img2"
+        )
+        wait_until(lambda: node.builds == ["img2"], what="the build at the pin")
+    finally:
+        server.stop()
+        server.wait(10)
+    [letter] = transport.driver.dead_letters()
+    assert "1.1" in letter.reason and "1.0" in letter.reason
