@@ -190,9 +190,12 @@ class Cloud:
 class BootLoop:
     """Boots instances one after another until stopped; each must reach ACTIVE.
 
-    Every boot is made through the scheduler, waited for (ACTIVE or not) and
-    deleted, so the hosts never fill up. What each boot ended as, and on
-    which host, is kept per upgrade step.
+    Every boot is made through the scheduler and waited for (ACTIVE or not).
+    Once a boot is ACTIVE the one before it is deleted and its allocation
+    released before the next boot, so exactly one instance holds resources
+    when the scheduler places: spreading puts the next one on the other node,
+    and the boots alternate between the two nodes. What each boot ended as,
+    and on which host, is kept per upgrade step.
     """
 
     def __init__(self, transport: rpclib.Transport, image: Path) -> None:
@@ -200,6 +203,7 @@ class BootLoop:
         self.conductor = ConductorAPI(transport, timeout=30)
         self.image = image
         self.step = "previous release"
+        self.previous: str | None = None
         self.active: list[tuple[str, str]] = []  # (step, host)
         self.failures: list[str] = []
         self.in_flight = ""
@@ -244,7 +248,14 @@ class BootLoop:
             )
             return
         self.active.append((step, str(final.host)))
-        self.scheduler.delete({}, uuid)  # keeps the hosts from filling up
+        if self.previous is not None:
+            self.scheduler.delete({}, self.previous)
+            poll_until(lambda: self._vcpus_used() == 1, SETTLE, "the delete to release")
+        self.previous = uuid
+
+    def _vcpus_used(self) -> int:
+        hosts = self.conductor.allocation_candidates({}, 1, 1, 1)
+        return sum(h["capacity"]["VCPU"] - h["free"]["VCPU"] for h in hosts)
 
     def _settled(self, uuid: str) -> bool:
         return self.conductor.get_instance({}, uuid).vm_state in ("ACTIVE", "ERROR")
