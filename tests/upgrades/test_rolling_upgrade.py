@@ -321,6 +321,8 @@ def test_cloud_upgraded_node_by_node_keeps_booting(cloud: Cloud) -> None:
         boots.enter("scheduler upgrade, pinned")
         pinned = cloud.scheduler("sched2", "--config", str(pins))
         sched_old.stop()
+        boots.enter("scheduler upgraded, pinned")  # from here on only sched2 places
+        boots.confirm("c1", "c2")
 
         boots.enter("c1 upgrade")
         c1_old.stop()
