@@ -15,6 +15,7 @@ from services.common import config as cfg
 from services.compute.rpcapi import ComputeAPI
 from services.objects import Flavor, Instance
 from tests.rpc.helpers import wait_until
+from tests.services.test_scheduler import OLD_OBJECTS
 
 NAMES = ("transport_url", "upgrade_levels")
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,3 +172,66 @@ def test_a_pin_above_a_live_node_gets_its_builds_refused_and_dead_lettered(
         server.wait(10)
     [letter] = transport.driver.dead_letters()
     assert "1.1" in letter.reason and "1.0" in letter.reason
+
+
+class OldObjectsCompute(OldCompute):
+    """A node of a release before Instance 1.1: builds arrive in its 1.0 classes."""
+
+    def build_instance(
+        self, ctx: dict[str, Any], instance: Any, allocation: dict[str, Any], image: str
+    ) -> None:
+        self.builds.append(f"{type(instance).__name__} {instance.VERSION}")
+
+
+def _old_objects_node(
+    transport: rpclib.Transport, indirection: rpclib.RPCIndirection | None = None
+) -> tuple[OldObjectsCompute, rpclib.RPCServer]:
+    node = OldObjectsCompute()
+    server = rpclib.RPCServer(
+        transport,
+        rpclib.Target(topic="compute", server="c1"),
+        [node],
+        serializer=rpclib.Serializer(OLD_OBJECTS, indirection=indirection),
+    )
+    server.start()
+    return node, server
+
+
+@pytest.mark.parametrize("cap", ["auto", "1.0"])
+def test_objects_follow_auto_but_not_a_pin(transport: rpclib.Transport, cap: str) -> None:
+    node, server = _old_objects_node(transport)
+    try:
+        ComputeAPI(transport, version_cap=cap).build_instance(
+            {}, "c1", _instance(), {"VCPU": 1}, "img"
+        )
+        if cap == "auto":  # backported to the Instance 1.0 the node advertises
+            wait_until(lambda: node.builds == ["InstanceV10 1.0"], what="the build")
+        else:  # sent as Instance 1.1, which the node cannot decode
+            wait_until(lambda: bool(transport.driver.dead_letters()), what="a dead letter")
+            [letter] = transport.driver.dead_letters()
+            assert "is newer and no indirection service is configured" in letter.reason
+            assert node.builds == []
+    finally:
+        server.stop()
+        server.wait(10)
+
+
+def test_a_pinned_build_reaches_an_old_node_that_asks_the_conductor_to_backport(
+    transport: rpclib.Transport,
+) -> None:
+    backports = [rpclib.ObjectBackportEndpoint()]
+    conductor = rpclib.RPCServer(
+        transport, rpclib.Target(topic="conductor", server="cond"), backports
+    )
+    conductor.start()
+    indirection = rpclib.RPCIndirection(transport, rpclib.Target(topic="conductor"))
+    node, server = _old_objects_node(transport, indirection)
+    try:
+        ComputeAPI(transport, version_cap="1.0").build_instance(
+            {}, "c1", _instance(), {"VCPU": 1}, "img"
+        )
+        wait_until(lambda: node.builds == ["InstanceV10 1.0"], what="the backported build")
+    finally:
+        for s in (server, conductor):
+            s.stop()
+            s.wait(10)
