@@ -235,3 +235,31 @@ def test_a_pinned_build_reaches_an_old_node_that_asks_the_conductor_to_backport(
         for s in (server, conductor):
             s.stop()
             s.wait(10)
+
+
+@pytest.mark.parametrize(("cap", "built"), [("auto", False), ("1.0", True)])
+def test_builds_queued_for_a_node_never_seen_go_at_the_pin_or_uncapped(
+    make_transport: Any, cap: str, built: bool
+) -> None:
+    """A scheduler started while an old node is down has never seen its advert."""
+    node_bus, scheduler_bus = make_transport(), make_transport()
+    node = OldCompute()
+    target = rpclib.Target(topic="compute", server="c1")
+    server = rpclib.RPCServer(node_bus, target, [node])
+    server.start()  # declares the node's queue; then the node goes down for its upgrade
+    server.stop()
+    server.wait(10)
+    ComputeAPI(scheduler_bus, version_cap=cap).build_instance(
+        {}, "c1", _instance(), {"VCPU": 1}, "img", network="net"
+    )
+    server = rpclib.RPCServer(node_bus, target, [node])
+    server.start()  # back, still on the old release
+    try:
+        if built:
+            wait_until(lambda: node.builds == ["img"], what="the build at the pin")
+        else:
+            wait_until(lambda: bool(node_bus.driver.dead_letters()), what="the refusal")
+            assert node.builds == []
+    finally:
+        server.stop()
+        server.wait(10)
