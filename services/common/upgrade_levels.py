@@ -20,6 +20,7 @@ major, not above it); anything else is a :class:`BadUpgradeLevel` naming it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -35,22 +36,32 @@ class BadUpgradeLevel(argparse.ArgumentTypeError, ValueError):
     """An upgrade level names an unknown service or a version this code cannot send."""
 
 
-def interface_versions() -> dict[str, str]:
-    """The newest version of each service's interface this code speaks (its pin ceiling)."""
-    # imported here: the interfaces import services.common, not the other way round
-    from services.billing.service import VERSION as BILLING
-    from services.compute.rpcapi import VERSION as COMPUTE
-    from services.conductor.rpcapi import VERSION as CONDUCTOR
-    from services.scheduler.manager import VERSION as SCHEDULER
+INTERFACES = {
+    "billing": "services.billing.service",
+    "compute": "services.compute.rpcapi",
+    "conductor": "services.conductor.rpcapi",
+    "scheduler": "services.scheduler.manager",
+}
+"""Where each service's interface version (``VERSION``) is defined: the ceiling of its pins."""
 
-    return {"billing": BILLING, "compute": COMPUTE, "conductor": CONDUCTOR, "scheduler": SCHEDULER}
+
+def interface_version(service: str) -> str:
+    """The newest version of ``service``'s interface this code speaks.
+
+    Imported on demand, one service at a time: the interface modules import
+    services.common, and a compute node must not load billing's ledger (and
+    its database driver) to check a pin it does not use.
+    """
+    version: str = importlib.import_module(INTERFACES[service]).VERSION
+    return version
 
 
 def check(service: str, level: str) -> str:
     """``level`` for ``service`` as it will be used (``auto`` or ``X.Y``), or BadUpgradeLevel."""
-    spoken = interface_versions()
-    if service not in spoken:
-        raise BadUpgradeLevel(f"unknown service {service!r} (one of {', '.join(sorted(spoken))})")
+    if service not in INTERFACES:
+        raise BadUpgradeLevel(
+            f"unknown service {service!r} (one of {', '.join(sorted(INTERFACES))})"
+        )
     text = str(level).strip()
     if text.lower() == AUTO:
         return AUTO
@@ -60,7 +71,7 @@ def check(service: str, level: str) -> str:
         raise BadUpgradeLevel(
             f"{service}: {level!r} is not a version ('MAJOR.MINOR', e.g. '1.0') or 'auto'"
         ) from None
-    newest = parse_version(spoken[service])
+    newest = parse_version(interface_version(service))
     if not newest.can_honour(version):
         raise BadUpgradeLevel(
             f"{service}: {level!r} is above what this release speaks ({service} {newest}; "

@@ -263,3 +263,18 @@ def test_builds_queued_for_a_node_never_seen_go_at_the_pin_or_uncapped(
     finally:
         server.stop()
         server.wait(10)
+
+
+def test_a_compute_node_checking_its_conductor_pin_loads_no_database_module() -> None:
+    probe = (
+        "import sys\n"
+        "from services.common import config as cfg\n"
+        "cfg._convert('upgrade_levels', 'conductor=1.0', 'test')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', 'sqlalchemy')"
+        " or m.startswith(('services.billing', 'services.conductor.db'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
