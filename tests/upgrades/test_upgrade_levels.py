@@ -12,7 +12,7 @@ import pytest
 
 import rpclib
 from services.common import config as cfg
-from services.compute.rpcapi import ComputeAPI
+from services.compute.rpcapi import VERSION as COMPUTE, ComputeAPI
 from services.objects import Flavor, Instance
 from tests.rpc.helpers import wait_until
 from tests.services.test_scheduler import OLD_OBJECTS
@@ -52,7 +52,7 @@ def test_pins_merge_per_service_flag_over_environment_over_file(tmp_path: Path) 
     [
         ("nova=1.0", "unknown service 'nova' (one of billing, compute, conductor, scheduler)"),
         ("compute=one", "compute: 'one' is not a version"),
-        ("compute=1.9", "compute: '1.9' is above what this release speaks (compute 1.1"),
+        ("compute=1.99", f"compute: '1.99' is above what this release speaks (compute {COMPUTE}"),
         ("compute=2.0", "compute: '2.0' is above what this release speaks"),
         ("compute", "'compute' is not SERVICE=VERSION"),
     ],
@@ -67,8 +67,8 @@ def test_a_bad_pin_in_the_environment_is_one_line_naming_it(pin: str, problem: s
 
 def test_a_bad_pin_in_the_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "rpclib.toml"
-    path.write_text('[upgrade_levels]\ncompute = "1.5"\n')
-    with pytest.raises(SystemExit, match=f"config file {path}: upgrade_levels: compute: '1.5'"):
+    path.write_text('[upgrade_levels]\ncompute = "1.99"\n')
+    with pytest.raises(SystemExit, match=f"config file {path}: upgrade_levels: compute: '1.99'"):
         load(["--config", str(path)])
 
 
@@ -84,7 +84,7 @@ def test_a_service_started_with_a_bad_pin_exits_naming_the_option() -> None:
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == [
         "rpclib-scheduler: error: argument --upgrade-level: compute: '7.0' is above what "
-        "this release speaks (compute 1.1; a pin must be 1.0 to 1.1)"
+        f"this release speaks (compute {COMPUTE}; a pin must be 1.0 to {COMPUTE})"
     ]
     assert "Traceback" not in result.stderr
 
