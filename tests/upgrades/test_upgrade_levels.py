@@ -12,7 +12,8 @@ import pytest
 
 import rpclib
 from services.common import config as cfg
-from services.compute.rpcapi import VERSION as COMPUTE, ComputeAPI
+from services.compute.rpcapi import VERSION as COMPUTE
+from services.compute.rpcapi import ComputeAPI
 from services.objects import Flavor, Instance
 from tests.rpc.helpers import wait_until
 from tests.services.test_scheduler import OLD_OBJECTS
