@@ -56,13 +56,15 @@ def interface_version(service: str) -> str:
     return version
 
 
-def check(service: str, level: str) -> str:
+def check(service: str, level: object) -> str:
     """``level`` for ``service`` as it will be used (``auto`` or ``X.Y``), or BadUpgradeLevel."""
     if service not in INTERFACES:
         raise BadUpgradeLevel(
             f"unknown service {service!r} (one of {', '.join(sorted(INTERFACES))})"
         )
-    text = str(level).strip()
+    if not isinstance(level, str):  # a TOML number would turn 1.10 into 1.1
+        raise BadUpgradeLevel(f'{service}: write the version as a string, e.g. "1.0"')
+    text = level.strip()
     if text.lower() == AUTO:
         return AUTO
     try:

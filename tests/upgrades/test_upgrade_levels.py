@@ -73,6 +73,13 @@ def test_a_bad_pin_in_the_file_names_the_file(tmp_path: Path) -> None:
         load(["--config", str(path)])
 
 
+def test_a_version_written_as_a_toml_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rpclib.toml"
+    path.write_text("[upgrade_levels]\ncompute = 1.10\n")  # a float: 1.1, not 1.10
+    with pytest.raises(SystemExit, match="compute: write the version as a string"):
+        load(["--config", str(path)])
+
+
 def test_a_service_started_with_a_bad_pin_exits_naming_the_option() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.scheduler.service", "--upgrade-level", "compute=7.0"],
