@@ -78,11 +78,13 @@ class BillingService:
 class BillingAPI:
     """Client for usage queries."""
 
-    def __init__(self, transport: rpclib.Transport, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, transport: rpclib.Transport, *, timeout: float = 30.0, version_cap: str = "auto"
+    ) -> None:
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
-            version_cap="auto",
+            version_cap=version_cap,  # "auto", or the operator's pin (upgrade_levels)
             timeout=timeout,
             max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
         )

@@ -18,6 +18,12 @@ A service's signing key and trust store are options of its transport URL
 (``etcd://compute-h1:PW@host/cloud?signing_key=PATH&signing_trust=DIR``, any
 scheme; rpclib.signing.signing_from_url), so they come from wherever the URL
 does; ``rpclib-cloud accounts`` writes such URLs on etcd://.
+
+``upgrade_levels`` pins the interface versions a service's clients send
+(services.common.upgrade_levels): a ``[upgrade_levels]`` table (top level, or
+``[scheduler.upgrade_levels]`` for one service), ``RPCLIB_UPGRADE_LEVELS=
+"compute=1.0"``, ``--upgrade-level compute=1.0`` (repeatable). Unlike the other
+settings they merge per service: a higher source overrides the pins it names.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from services.common import upgrade_levels
 
 DEFAULT_TRANSPORT_URL = "memory://"
 DEFAULT_LIBVIRT_URI = "test:///default"
@@ -62,6 +70,7 @@ class ServiceConfig:
     heartbeat_interval: float = 10.0
     image_dirs: str | None = None
     authorization: bool = True
+    upgrade_levels: dict[str, str] = field(default_factory=dict)
 
     def image_dir_list(self) -> list[Path] | None:
         """``image_dirs`` split on the path separator (None: no local image paths allowed)."""
@@ -121,7 +130,7 @@ def logger_levels(spec: str) -> dict[str, str]:
     return levels
 
 
-_OPTIONS: dict[str, tuple[str, type]] = {
+_OPTIONS: dict[str, tuple[str, Any]] = {
     "transport_url": (
         "transport URL (memory://, rabbit://...; ?signing_key=PATH&signing_trust=DIR to sign)",
         str,
@@ -144,6 +153,11 @@ _OPTIONS: dict[str, tuple[str, type]] = {
         "cannot authenticate senders (logged loudly)",
         bool,
     ),
+    "upgrade_levels": (
+        "hold the interface version sent to SERVICE (conductor, scheduler, compute, "
+        "billing) at VERSION instead of auto, during an upgrade; repeatable",
+        upgrade_levels.parse,
+    ),
 }
 
 
@@ -153,7 +167,16 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
     for name in names:
         help_text, kind = _OPTIONS[name]
         flag = f"--{name.replace('_', '-')}"
-        if kind is bool:
+        if name == "upgrade_levels":
+            parser.add_argument(
+                "--upgrade-level",
+                dest=name,
+                action="append",
+                type=upgrade_levels.parse,
+                metavar="SERVICE=VERSION",
+                help=help_text,
+            )
+        elif kind is bool:
             parser.add_argument(flag, type=parse_boolean, metavar="true|false", help=help_text)
         else:
             parser.add_argument(flag, type=kind, help=help_text)
@@ -174,11 +197,11 @@ def load(
     for name in names:
         text = env.get(f"RPCLIB_{name.upper()}")
         if text is not None:
-            values[name] = _convert(name, text, f"environment variable RPCLIB_{name.upper()}")
+            _set(values, name, _convert(name, text, f"environment variable RPCLIB_{name.upper()}"))
     for name in names:
         value = getattr(args, name, None)
         if value is not None:
-            values[name] = value
+            _set(values, name, value)
     config = ServiceConfig(service=service, **values)
     config.log_level = str(config.log_level).upper()
     if config.log_level not in LOG_LEVELS:
@@ -196,6 +219,9 @@ def _from_file(path: Path, service: str, names: Sequence[str]) -> dict[str, Any]
     known = {f.name for f in fields(ServiceConfig)} - {"service"}
     section = data.get(service, {})
     merged = {k: v for k, v in data.items() if not isinstance(v, dict)} | section
+    top, own = data.get("upgrade_levels"), section.get("upgrade_levels", {})
+    if isinstance(top, dict):  # [upgrade_levels] for every service, [SERVICE.upgrade_levels]
+        merged["upgrade_levels"] = top | own if isinstance(own, dict) else own
     out: dict[str, Any] = {}
     for key, value in merged.items():
         if key not in known:
@@ -219,8 +245,23 @@ def parse_boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def _set(values: dict[str, Any], name: str, value: Any) -> None:
+    """``values[name] = value``; upgrade pins merge per service (the higher source wins)."""
+    if name == "upgrade_levels":
+        pins = value if isinstance(value, dict) else {}
+        for part in value if isinstance(value, list) else ():  # --upgrade-level, repeated
+            pins |= part
+        value = values.get(name, {}) | pins
+    values[name] = value
+
+
 def _convert(name: str, value: Any, where: str) -> Any:
     kind = _OPTIONS[name][1]
+    if name == "upgrade_levels":
+        try:
+            return upgrade_levels.parse(value)
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"{where}: upgrade_levels: {exc}") from None
     if kind is bool:
         try:
             return parse_boolean(value)

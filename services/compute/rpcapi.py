@@ -8,8 +8,10 @@ Version history (the server side is ``services.compute.manager``):
 
 Calls go to one node (``compute.<host>``) under ``version_cap="auto"``: a node
 still on 1.0 gets build_instance without ``network``, and the Instance
-backported to the versions it advertises. Builds and deletes are at-least-once
-casts: a node that is restarting gets them when it is back.
+backported to the versions it advertises. An operator's pin
+(``upgrade_levels``, ``version_cap="1.0"``) replaces ``auto``; each node's cap
+is logged when it changes. Builds and deletes are at-least-once casts: a node
+that is restarting gets them when it is back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import rpclib
+from services.common.upgrade_levels import AUTO, CapWatch
 from services.objects import Instance
 
 TOPIC = "compute"
@@ -30,14 +33,15 @@ CHECK_IMAGE = rpclib.Method("check_image", since="1.2")
 class ComputeAPI:
     """Typed wrappers over an RPCClient to compute nodes."""
 
-    def __init__(self, transport: rpclib.Transport) -> None:
+    def __init__(self, transport: rpclib.Transport, *, version_cap: str = AUTO) -> None:
         self.transport = transport
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
-            version_cap="auto",
+            version_cap=version_cap,
             at_least_once=True,
         )
+        self.caps = CapWatch(TOPIC, version_cap)
 
     def build_instance(
         self,
@@ -48,7 +52,9 @@ class ComputeAPI:
         image: str,
         network: str | None = None,
     ) -> None:
-        self.client.prepare(server=host).cast(
+        client = self.client.prepare(server=host)
+        self.caps.note(host, client.version_cap)
+        client.cast(
             ctx,
             BUILD_INSTANCE,
             instance=instance,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import rpclib
 from services.common import identities
 from services.common.process import run_service
+from services.common.upgrade_levels import cap_for, describe_caps
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
 from services.compute.rpcapi import TOPIC, VERSION
@@ -35,6 +36,7 @@ OPTIONS = (
     "heartbeat_interval",
     "image_dirs",
     "authorization",
+    "upgrade_levels",
 )
 
 
@@ -53,10 +55,12 @@ class ComputeService:
         register_timeout: float = 600.0,
         image_dirs: Sequence[Path] | None = None,
         authorization: bool = True,
+        upgrade_levels: Mapping[str, str] | None = None,
     ) -> None:
         identities.principal(identities.COMPUTE, host)  # a host that cannot name one fails here
         self.host = host
-        self.conductor = ConductorAPI(transport)
+        self.levels = dict(upgrade_levels or {})
+        self.conductor = ConductorAPI(transport, version_cap=cap_for(self.levels, "conductor"))
         self.driver = LibvirtDriver(libvirt_uri, instances_dir=state_dir / "instances" / host)
         # Users name images; a path must not let them read compute's own files.
         self.images = ImageCache(state_dir / "images", allowed_dirs=image_dirs or ())
@@ -85,6 +89,12 @@ class ComputeService:
         self._register(r)
         threading.Thread(target=self._heartbeats, name="compute-heartbeat", daemon=True).start()
         LOG.info("compute %s up: %d vCPU, %d MB, %d GB", self.host, r.vcpus, r.memory_mb, r.disk_gb)
+        LOG.info(
+            "compute %s serves compute %s; %s",
+            self.host,
+            VERSION,
+            describe_caps(self.levels, ("conductor",)),
+        )
 
     def _register(self, r: HostResources) -> None:
         """Register with the conductor, waiting for it if it is not up yet (any start order)."""
@@ -132,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=c.heartbeat_interval,
             image_dirs=c.image_dir_list(),
             authorization=c.authorization,
+            upgrade_levels=c.upgrade_levels,
         ),
     )
 

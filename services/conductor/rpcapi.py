@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import rpclib
+from services.common.upgrade_levels import AUTO
 from services.objects import Flavor, Instance
 
 TOPIC = "conductor"
@@ -26,11 +27,13 @@ FORGET_COMPUTE = rpclib.Method("forget_compute", since="1.1")
 class ConductorAPI:
     """Typed wrappers over an RPCClient to the conductor topic."""
 
-    def __init__(self, transport: rpclib.Transport, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, transport: rpclib.Transport, *, timeout: float = 30.0, version_cap: str = AUTO
+    ) -> None:
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=BASE_VERSION),
-            version_cap="auto",
+            version_cap=version_cap,  # "auto", or the operator's pin (upgrade_levels)
             timeout=timeout,
             max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
             allowed_remote_exmods=ERROR_MODULES,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import rpclib
+from services.common.upgrade_levels import AUTO
 from services.objects import Instance
 from services.scheduler.manager import NAMESPACE, VERSION
 
@@ -16,11 +17,13 @@ COMPUTE_STATUS = rpclib.Method("compute_status", since="1.2")
 
 
 class SchedulerAPI:
-    def __init__(self, transport: rpclib.Transport, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, transport: rpclib.Transport, *, timeout: float = 60.0, version_cap: str = AUTO
+    ) -> None:
         self.client = rpclib.RPCClient(
             transport,
             rpclib.Target(topic=TOPIC, namespace=NAMESPACE, version=VERSION),
-            version_cap="auto",
+            version_cap=version_cap,  # "auto", or the operator's pin (upgrade_levels)
             timeout=timeout,
             max_time=10 * timeout,  # a stuck handler that still beats can't hold us forever
             allowed_remote_exmods=ERROR_MODULES,

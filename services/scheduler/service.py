@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 
 import rpclib
 from services.common import identities
 from services.common.process import run_service
+from services.common.upgrade_levels import cap_for, describe_caps
 from services.compute.rpcapi import ComputeAPI
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.manager import SchedulerManager
 from services.scheduler.rpcapi import TOPIC
 
-OPTIONS = ("transport_url", "host", "log_level", "strategy", "authorization")
+LOG = logging.getLogger("services.scheduler")
+OPTIONS = ("transport_url", "host", "log_level", "strategy", "authorization", "upgrade_levels")
 
 
 class SchedulerService:
@@ -25,10 +28,14 @@ class SchedulerService:
         host: str,
         strategy: str = "spread",
         authorization: bool = True,
+        upgrade_levels: Mapping[str, str] | None = None,
     ):
         identities.principal(identities.SCHEDULER, host)  # a host that cannot name one fails here
+        self.levels = dict(upgrade_levels or {})
         self.manager = manager = SchedulerManager(
-            ConductorAPI(transport), ComputeAPI(transport), strategy=strategy
+            ConductorAPI(transport, version_cap=cap_for(self.levels, "conductor")),
+            ComputeAPI(transport, version_cap=cap_for(self.levels, "compute")),
+            strategy=strategy,
         )
         self.server = rpclib.RPCServer(
             transport,
@@ -40,6 +47,7 @@ class SchedulerService:
     def start(self) -> None:
         self.manager.compute.live_hosts()  # watch compute adverts now, not on the first boot
         self.server.start()
+        LOG.info("scheduler %s", describe_caps(self.levels, ("conductor", "compute")))
 
     def stop(self) -> None:
         self.server.stop()
@@ -53,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         OPTIONS,
         __doc__,
         lambda c, t: SchedulerService(
-            t, host=c.host, strategy=c.strategy, authorization=c.authorization
+            t,
+            host=c.host,
+            strategy=c.strategy,
+            authorization=c.authorization,
+            upgrade_levels=c.upgrade_levels,
         ),
     )
 
