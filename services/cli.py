@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rpclib
+from rpclib import console
 from services.billing.service import BillingAPI
 from services.common import config as cfg
 from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_kept
@@ -31,6 +32,7 @@ from services.objects import Instance
 from services.scheduler.rpcapi import SchedulerAPI
 
 SETTLED = ("ACTIVE", "ERROR", "DELETED")
+GLOBAL_OPTIONS = ("transport_url", "log_level")  # accepted before or after the subcommand
 
 
 class Cloud:
@@ -163,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cfg.add_arguments(parser, ("transport_url", "log_level"))
+    cfg.add_arguments(parser, GLOBAL_OPTIONS)
+    console.add_standard_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     boot = sub.add_parser("boot", help="boot an instance")
     boot.add_argument("name")
@@ -195,12 +198,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     accounts.add_argument("--scheduler", required=True, metavar="HOST")
     accounts.add_argument("--billing", required=True, metavar="HOST")
     accounts.add_argument("--compute", required=True, action="append", metavar="HOST")
+    for command in sub.choices.values():  # global options after the subcommand too
+        cfg.add_arguments(command, GLOBAL_OPTIONS, default=argparse.SUPPRESS)
+        console.add_standard_options(command, default=argparse.SUPPRESS, version_flag=False)
     args = parser.parse_args(argv)
-    config = cfg.load("cli", args, ("transport_url", "log_level"))
+    return console.run(
+        "rpclib-cloud",
+        lambda: _command(args),
+        debug=args.debug,
+        settings={rpclib.TransportError: "--transport-url"},
+    )
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors propagate to :func:`rpclib.console.run` (one line)."""
+    config = cfg.load("cli", args, GLOBAL_OPTIONS)
     config.setup_logging()
     if args.command == "accounts":
         return _accounts(config.transport_url, args)
-    transport = rpclib.get_transport(config.transport_url)
+    with console.setting("--transport-url", (rpclib.TransportError,)):
+        transport = rpclib.get_transport(config.transport_url)
     cloud = Cloud(transport)
     try:
         if args.command == "boot":
@@ -226,11 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             end = args.until or dt.datetime.now(dt.UTC)
             print(cloud.usage_table(args.since or end - dt.timedelta(days=1), end))
         return 0
-    except rpclib.MessagingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # remote errors re-raised as their own class (e.g. NoValidHost)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
     finally:
         transport.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
