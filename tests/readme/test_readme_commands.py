@@ -238,7 +238,7 @@ def services_started(
 ) -> Iterator[Path]:
     """The block up to the services, run in bash; yields the services' log; stops them."""
     start, _ = walk_through()
-    start = start.replace(README_RABBIT, walk_through_vhost + "/")
+    start = start.replace(README_RABBIT, walk_through_vhost)
     log, pids = home / "services.log", home / "services.pids"
     with log.open("w") as out:
         subprocess.run(
