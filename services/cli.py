@@ -213,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     """Run the parsed command; errors propagate to :func:`rpclib.console.run` (one line)."""
     config = cfg.load("cli", args, GLOBAL_OPTIONS)
+    if config.transport_url == cfg.DEFAULT_TRANSPORT_URL:  # nothing given: no cloud to reach
+        raise console.UsageError(
+            "--transport-url: not given; pass the cloud's broker URL (--transport-url or "
+            "RPCLIB_TRANSPORT_URL; `rpclib-cloud accounts` writes the admin's as admin.url)"
+        )
     config.setup_logging()
     if args.command == "accounts":
         return _accounts(config.transport_url, args)

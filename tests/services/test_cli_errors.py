@@ -180,6 +180,11 @@ def test_a_service_without_a_transport_url_refuses_to_start(service: str, tmp_pa
     assert "RPCLIB_TRANSPORT_URL" in error and "rpclib-allinone" in error
 
 
+def test_the_user_command_without_a_transport_url_says_what_to_pass() -> None:
+    error = one_error_line(run("rpclib-cloud", "list"), "rpclib-cloud", 2)
+    assert error.startswith("--transport-url: not given;") and "RPCLIB_TRANSPORT_URL" in error
+
+
 def test_a_service_given_a_named_memory_bus_refuses_too() -> None:
     result = run("rpclib-scheduler", "--host", "s1", "--transport-url", "memory://cloud")
     error = one_error_line(result, "rpclib-scheduler", 2)
