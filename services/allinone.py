@@ -287,10 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """The story; errors propagate to :func:`rpclib.console.run` (one line)."""
     logging.basicConfig(level=logging.WARNING, format="   [%(levelname)s] %(name)s: %(message)s")
-    state = args.state_dir or Path(tempfile.mkdtemp(prefix="rpclib-cloud-"))
-    image = make_image(state)
     with console.setting("--transport-url", (rpclib.TransportError,)):
         rpclib.get_transport(args.transport_url).close()  # a bad URL or login, named up front
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="rpclib-cloud-"))
+    image = make_image(state)
     embedded = args.transport_url.startswith("memory:")
     kind = Embedded if embedded else Processes
     try:
