@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rpclib import console
 from rpclib.access import Access, Account, load_spec, provision, render
 from rpclib.exceptions import MessagingError
 
@@ -67,23 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("admin_url", help="a transport URL with administrator credentials")
     parser.add_argument("spec", type=Path, help="TOML file of [[principal]] tables")
     parser.add_argument("--secrets", type=Path, help="directory of one password file per principal")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    console.add_standard_options(parser)
     args = parser.parse_args(argv)
     if args.action == "apply" and args.secrets is None:
         parser.error("apply needs --secrets DIR (where each principal's password is kept)")
-    try:
+    return console.run("rpclib-access", lambda: _act(args), debug=args.debug)
+
+
+def _act(args: argparse.Namespace) -> int:
+    """Print or apply; a bad spec or secret exits 2, a broker that fails 1."""
+    try:  # the spec's and the secrets' messages name their files
         accesses = load_spec(args.spec)
         accounts = accounts_for(accesses, args.secrets, create=args.action == "apply")
+    except (ValueError, OSError) as exc:
+        raise console.UsageError(console.describe(exc)) from exc
+    with console.setting("ADMIN_URL", (MessagingError, ImportError)):
         if args.action == "print":
             print(render(args.admin_url, accounts))
         else:
             provision(args.admin_url, accounts)
             print(f"{len(accounts)} account(s) provisioned; passwords in {args.secrets}")
-    except (ValueError, OSError, MessagingError, ImportError) as exc:
-        if args.debug:
-            raise
-        print(f"rpclib-access: error: {exc}", file=sys.stderr)
-        return 2
     return 0
 
 

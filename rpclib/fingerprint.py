@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any
 
+from rpclib import console
 from rpclib.objects.base import Registry, VersionedObject, default_registry
 
 __all__ = [
@@ -270,8 +271,16 @@ def main(argv: Sequence[str] | None = None, *, out: Callable[[str], object] = pr
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--write", metavar="PATH", help="write the table to PATH")
     action.add_argument("--check", metavar="PATH", help="compare with the table at PATH")
+    console.add_standard_options(parser)
     args = parser.parse_args(argv)
+    prog = parser.prog
+    return console.run(prog, lambda: _fingerprint(parser, args, out), debug=args.debug)
 
+
+def _fingerprint(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, out: Callable[[str], object]
+) -> int:
+    """Write or check the table ``args`` asks for; 1 if the check finds problems."""
     modules = _split_list(args.objects)
     endpoint_specs = _split_list(args.endpoints)
     if not modules and not endpoint_specs:
@@ -291,15 +300,15 @@ def main(argv: Sequence[str] | None = None, *, out: Callable[[str], object] = pr
         parts.append(f"--objects {','.join(modules)}")
     parts += [f"--endpoints {spec}" for spec in endpoint_specs]
     if args.write:
-        write_table(table, args.write)
+        with console.setting(f"--write {args.write}", (OSError,)):
+            write_table(table, args.write)
         out(f"wrote {len(table)} fingerprints to {args.write}")
         return 0
     hint = f"python -m rpclib.fingerprint {' '.join(parts)} --write {args.check}"
     try:
         expected = load_table(args.check)
     except (OSError, ValueError) as exc:
-        print(f"cannot read {args.check}: {exc}", file=sys.stderr)
-        return 2
+        raise console.UsageError(f"--check: cannot read {args.check}: {exc}") from exc
     problems = check_fingerprints(table, expected, hint=hint)
     if problems:
         print(f"{len(problems)} fingerprint problem(s) against {args.check}:", file=sys.stderr)

@@ -28,6 +28,18 @@ SERVICE_PACKAGES=(qemu-utils libvirt-dev pkg-config gcc python3-dev)
 TEST_PACKAGES=(openssl etcd-server etcd-client debootstrap libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-network
     qemu-system-x86 dnsmasq-base iptables busybox-static)
 
+# Every extra a deployment may need: the services and each transport (scripts/install).
+DEPLOY_EXTRAS="services,rabbit,etcd,amqp1,signing"
+
+transport_extra() {
+    # The extra the transport URL $1 needs, by its scheme (nothing for memory://).
+    case "$1" in
+    rabbit://* | rabbits://*) echo rabbit ;;
+    etcd://* | etcds://*) echo etcd ;;
+    amqp1://* | amqps://* | qpid://*) echo amqp1 ;;
+    esac
+}
+
 find_python() {
     local candidate
     for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do

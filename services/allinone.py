@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import rpclib
+from rpclib import console
+from rpclib.exceptions import InvalidTransportURL, UnknownTransport
 from rpclib.transports.url import parse_url
 from services.billing.service import BillingService
 from services.cli import Cloud
@@ -47,7 +49,7 @@ from services.common.accounts import (
     provision_cloud,
 )
 from services.compute.service import ComputeService
-from services.compute.virt import simulated_node_uri
+from services.compute.virt import VirtError, simulated_node_uri
 from services.conductor.rpcapi import ConductorAPI
 from services.conductor.service import ConductorService
 from services.scheduler.service import SchedulerService
@@ -310,8 +312,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no per-service accounts and no authorization (one shared account, senders "
         "unchecked): only for a bus that cannot authenticate",
     )
+    console.add_standard_options(parser)
     args = parser.parse_args(argv)
+    transport_errors = (rpclib.TransportError, InvalidTransportURL, UnknownTransport)
+    return console.run(
+        "rpclib-allinone",
+        lambda: _run(args),
+        debug=args.debug,
+        settings=dict.fromkeys(transport_errors, "--transport-url") | {VirtError: "--libvirt-uri"},
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The story; errors propagate to :func:`rpclib.console.run` (one line)."""
     logging.basicConfig(level=logging.WARNING, format="   [%(levelname)s] %(name)s: %(message)s")
+    with console.setting("--transport-url", (rpclib.TransportError,)):
+        rpclib.get_transport(args.transport_url).close()  # a bad URL or login, named up front
     state = args.state_dir or own_state_dir()
     image = make_image(state)
     embedded = args.transport_url.startswith("memory:")
@@ -321,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.transport_url, state, args.libvirt_uri, authorization=not args.insecure
         )
     except (ProvisioningUnavailable, identities.BadHost) as exc:
-        print(f"rpclib-allinone: {exc}", file=sys.stderr)
-        return 2
+        raise console.UsageError(str(exc)) from None
     transport = rpclib.get_transport(cloud_services.admin_url)
     mode = "in this process" if embedded else "as separate processes"
     say(f"== starting conductor, scheduler, billing, {', '.join(COMPUTE_HOSTS)} {mode}")

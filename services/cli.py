@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rpclib
+from rpclib import console
 from rpclib.ops_cli import topic_view
 from rpclib.transports.base import Address
 from services.billing.service import BillingAPI
@@ -42,6 +43,7 @@ from services.objects import Instance
 from services.scheduler.rpcapi import SchedulerAPI
 
 SETTLED = ("ACTIVE", "ERROR", "DELETED")
+GLOBAL_OPTIONS = ("transport_url", "log_level")  # accepted before or after the subcommand
 
 
 class UnknownInstance(LookupError):
@@ -426,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cfg.add_arguments(parser, ("transport_url", "log_level"))
+    cfg.add_arguments(parser, GLOBAL_OPTIONS)
+    console.add_standard_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     boot = sub.add_parser("boot", help="boot an instance")
     boot.add_argument("name")
@@ -485,12 +488,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "services", help="the cloud's services: versions, last heartbeats, adverts"
     )
     services.add_argument("--json", action="store_true", help="print JSON for scripts")
+    for command in sub.choices.values():  # global options after the subcommand too
+        cfg.add_arguments(command, GLOBAL_OPTIONS, default=argparse.SUPPRESS)
+        console.add_standard_options(command, default=argparse.SUPPRESS, version_flag=False)
     args = parser.parse_args(argv)
-    config = cfg.load("cli", args, ("transport_url", "log_level"))
+    return console.run(
+        "rpclib-cloud",
+        lambda: _command(args),
+        debug=args.debug,
+        settings={rpclib.TransportError: "--transport-url"},
+    )
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors propagate to :func:`rpclib.console.run` (one line)."""
+    config = cfg.load("cli", args, GLOBAL_OPTIONS)
+    if config.transport_url == cfg.DEFAULT_TRANSPORT_URL:  # nothing given: no cloud to reach
+        raise console.UsageError(
+            "--transport-url: not given; pass the cloud's broker URL (--transport-url or "
+            "RPCLIB_TRANSPORT_URL; `rpclib-cloud accounts` writes the admin's as admin.url)"
+        )
     config.setup_logging()
     if args.command == "accounts":
         return _accounts(config.transport_url, args)
-    transport = rpclib.get_transport(config.transport_url)
+    with console.setting("--transport-url", (rpclib.TransportError,)):
+        transport = rpclib.get_transport(config.transport_url)
     cloud = Cloud(transport)
     try:
         if args.command == "boot":
@@ -524,11 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "usage":
             print(cloud.usage_table(*usage_window(args.since, args.until)))
         return 0
-    except rpclib.MessagingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # remote errors re-raised as their own class (e.g. NoValidHost)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
     finally:
         transport.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,11 +38,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rpclib.console import UsageError
 from services.common import upgrade_levels
 
 DEFAULT_TRANSPORT_URL = "memory://"
 DEFAULT_LIBVIRT_URI = "test:///default"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STRATEGIES = ("spread", "pack")
+# Settings with a fixed set of values (checked on the command line, in the environment and files).
+CHOICES: dict[str, tuple[str, ...]] = {"strategy": STRATEGIES}
+
+
+class ConfigError(UsageError):
+    """A setting is malformed or unknown; the message names it and where it came from."""
 
 
 def default_state_dir() -> Path:
@@ -97,7 +105,7 @@ class ServiceConfig:
         try:
             asked = logger_levels(os.environ.get("RPCLIB_LOG_LEVELS", ""))
         except ValueError as exc:
-            raise SystemExit(str(exc)) from None  # one line, as for every setting
+            raise ConfigError(f"RPCLIB_LOG_LEVELS: {exc}") from None
         for name, level in asked.items():
             logging.getLogger(name).setLevel(level)
 
@@ -161,9 +169,15 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """The standard options ``names`` plus ``--config``."""
-    parser.add_argument("--config", type=Path, help="TOML config file")
+def add_arguments(
+    parser: argparse.ArgumentParser, names: Sequence[str], *, default: Any = None
+) -> None:
+    """The standard options ``names`` plus ``--config``.
+
+    ``default=argparse.SUPPRESS`` on a subcommand's parser accepts them after
+    the subcommand too, without overwriting those given before it.
+    """
+    parser.add_argument("--config", type=Path, default=default, help="TOML config file")
     for name in names:
         help_text, kind = _OPTIONS[name]
         flag = f"--{name.replace('_', '-')}"
@@ -174,12 +188,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
                 action="append",
                 type=upgrade_levels.parse,
                 metavar="SERVICE=VERSION",
+                default=default,
                 help=help_text,
             )
         elif kind is bool:
-            parser.add_argument(flag, type=parse_boolean, metavar="true|false", help=help_text)
+            parser.add_argument(
+                flag, type=parse_boolean, metavar="true|false", default=default, help=help_text
+            )
+        elif name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[name], default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, help=help_text)
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
 
 
 def load(
@@ -205,7 +224,9 @@ def load(
     config = ServiceConfig(service=service, **values)
     config.log_level = str(config.log_level).upper()
     if config.log_level not in LOG_LEVELS:
-        raise SystemExit(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        raise ConfigError(
+            f"--log-level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}"
+        )
     return config
 
 
@@ -213,9 +234,9 @@ def _from_file(path: Path, service: str, names: Sequence[str]) -> dict[str, Any]
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise SystemExit(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"--config: cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SystemExit(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"--config: config file {path} is not valid TOML: {exc}") from None
     known = {f.name for f in fields(ServiceConfig)} - {"service"}
     section = data.get(service, {})
     merged = {k: v for k, v in data.items() if not isinstance(v, dict)} | section
@@ -225,7 +246,7 @@ def _from_file(path: Path, service: str, names: Sequence[str]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, value in merged.items():
         if key not in known:
-            raise SystemExit(f"config file {path}: unknown setting {key!r}")
+            raise ConfigError(f"--config: config file {path}: unknown setting {key!r}")
         if key in names:
             out[key] = _convert(key, value, f"config file {path}")
     return out
@@ -261,13 +282,18 @@ def _convert(name: str, value: Any, where: str) -> Any:
         try:
             return upgrade_levels.parse(value)
         except (ValueError, TypeError) as exc:
-            raise SystemExit(f"{where}: upgrade_levels: {exc}") from None
+            raise ConfigError(f"{where}: upgrade_levels: {exc}") from None
     if kind is bool:
         try:
             return parse_boolean(value)
         except ValueError:
-            raise SystemExit(f"{where}: {name} must be true or false, got {value!r}") from None
+            raise ConfigError(f"{where}: {name} must be true or false, got {value!r}") from None
     try:
-        return kind(value)
+        converted = kind(value)
     except (TypeError, ValueError):
-        raise SystemExit(f"{where}: {name} must be a {kind.__name__}, got {value!r}") from None
+        raise ConfigError(f"{where}: {name} must be a {kind.__name__}, got {value!r}") from None
+    if name in CHOICES and converted not in CHOICES[name]:
+        raise ConfigError(
+            f"{where}: {name} must be one of {', '.join(CHOICES[name])}, got {value!r}"
+        )
+    return converted

@@ -14,13 +14,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import rpclib
+from rpclib import console
 from services.common import identities
+from services.common.config import ServiceConfig
 from services.common.process import run_service
 from services.common.upgrade_levels import cap_for, describe_caps
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
 from services.compute.rpcapi import TOPIC, VERSION
-from services.compute.virt import HostResources, LibvirtDriver
+from services.compute.virt import HostResources, LibvirtDriver, VirtError
 from services.conductor.rpcapi import ConductorAPI
 
 LOG = logging.getLogger("services.compute")
@@ -128,13 +130,10 @@ class ComputeService:
         self.driver.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_service(
-        "compute",
-        argv,
-        OPTIONS,
-        __doc__,
-        lambda c, t: ComputeService(
+def _build(c: ServiceConfig, t: rpclib.Transport) -> ComputeService:
+    # a libvirt URI with no known domain type is refused here (ValueError: a usage error)
+    with console.setting("--libvirt-uri", (VirtError,)):
+        return ComputeService(
             t,
             host=c.host,
             libvirt_uri=c.libvirt_uri,
@@ -143,8 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_dirs=c.image_dir_list(),
             authorization=c.authorization,
             upgrade_levels=c.upgrade_levels,
-        ),
-    )
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # libvirt is first connected at start, to learn the host's resources
+    return run_service("compute", argv, OPTIONS, __doc__, _build, {VirtError: "--libvirt-uri"})
 
 
 if __name__ == "__main__":

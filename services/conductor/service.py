@@ -15,9 +15,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
 import rpclib
+from rpclib import console
 from services import notifications
 from services.common import identities
+from services.common.config import ServiceConfig
 from services.common.process import run_service
 from services.conductor.db import ConductorDB, create_engine, migrations
 from services.conductor.manager import ConductorManager
@@ -135,25 +139,28 @@ class ConductorService:
         self.engine.dispose()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_service(
-            "conductor",
-            argv,
-            OPTIONS,
-            __doc__,
-            lambda c, t: ConductorService(
-                t,
-                host=c.host,
-                db_url=c.db_url,
-                state_dir=c.state_dir,
-                audit_interval=c.audit_interval,
-                authorization=c.authorization,
-            ),
+def _build(c: ServiceConfig, t: rpclib.Transport) -> ConductorService:
+    # a malformed URL or a missing database driver is named as the --db-url's fault
+    with console.setting("--db-url", (SQLAlchemyError, ImportError)):
+        service = ConductorService(
+            t,
+            host=c.host,
+            db_url=c.db_url,
+            state_dir=c.state_dir,
+            audit_interval=c.audit_interval,
+            authorization=c.authorization,
         )
-    except DatabaseConflict as exc:
-        print(f"rpclib-conductor: error: {exc}", file=sys.stderr)
-        return 1
+    try:  # an unreachable database or a refused login, said before anything is served
+        service.engine.connect().close()
+    except DBAPIError as exc:
+        service.stop()
+        reason = console.describe(exc.orig) if exc.orig is not None else console.describe(exc)
+        raise console.SettingError("--db-url", f"{service.engine.url}: {reason}") from exc
+    return service
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service("conductor", argv, OPTIONS, __doc__, _build, {SQLAlchemyError: "--db-url"})
 
 
 if __name__ == "__main__":

@@ -43,15 +43,15 @@ def test_file_then_environment_then_flags_win(tmp_path: Path) -> None:
 def test_unknown_setting_in_the_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('transport_ulr = "x"\n')
-    with pytest.raises(SystemExit, match="unknown setting 'transport_ulr'"):
+    with pytest.raises(cfg.ConfigError, match="unknown setting 'transport_ulr'"):
         load(["--config", str(path)])
 
 
 def test_bad_value_names_where_it_came_from() -> None:
-    with pytest.raises(SystemExit, match="RPCLIB_AUDIT_INTERVAL.*must be a float"):
+    with pytest.raises(cfg.ConfigError, match="RPCLIB_AUDIT_INTERVAL.*must be a float"):
         load([], {"RPCLIB_AUDIT_INTERVAL": "hourly"})
 
 
 def test_bad_log_level_is_refused() -> None:
-    with pytest.raises(SystemExit, match="log-level"):
+    with pytest.raises(cfg.ConfigError, match="log-level"):
         load(["--log-level", "loud"])

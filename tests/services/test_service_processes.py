@@ -1,8 +1,10 @@
 """Each service runs as a process, says it is running, and stops cleanly on SIGTERM.
 
-Compute is not here: it waits for a conductor to register with, so its
-process is covered by the RabbitMQ tests that start the whole cloud as
-processes (tests/rabbit/test_cloud_processes.py).
+They run on RabbitMQ: a service process refuses ``memory://``, which no
+other process could reach (tests/services/test_cli_errors.py). Compute is
+not here: it waits for a conductor to register with, so its process is
+covered by the RabbitMQ tests that start the whole cloud as processes
+(tests/rabbit/test_cloud_processes.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
         ("services.billing.service", ["--state-dir", "{state}"]),
     ],
 )
-def test_service_starts_and_stops_on_sigterm(module: str, extra: list[str], tmp_path: Path) -> None:
+def test_service_starts_and_stops_on_sigterm(
+    module: str, extra: list[str], tmp_path: Path, rabbit_url: str
+) -> None:
     args = [a.format(state=tmp_path) for a in extra]
     proc = subprocess.Popen(
         [
@@ -35,7 +39,7 @@ def test_service_starts_and_stops_on_sigterm(module: str, extra: list[str], tmp_
             "-m",
             module,
             "--transport-url",
-            "memory://solo",
+            rabbit_url,  # a lone service process refuses an in-process bus
             "--host",
             "h1",
             "--log-level",

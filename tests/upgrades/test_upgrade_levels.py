@@ -59,7 +59,7 @@ def test_pins_merge_per_service_flag_over_environment_over_file(tmp_path: Path) 
     ],
 )
 def test_a_bad_pin_in_the_environment_is_one_line_naming_it(pin: str, problem: str) -> None:
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(cfg.ConfigError) as exc:
         load([], {"RPCLIB_UPGRADE_LEVELS": pin})
     message = str(exc.value)
     assert message.startswith("environment variable RPCLIB_UPGRADE_LEVELS: upgrade_levels: ")
@@ -69,14 +69,16 @@ def test_a_bad_pin_in_the_environment_is_one_line_naming_it(pin: str, problem: s
 def test_a_bad_pin_in_the_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "rpclib.toml"
     path.write_text('[upgrade_levels]\ncompute = "1.99"\n')
-    with pytest.raises(SystemExit, match=f"config file {path}: upgrade_levels: compute: '1.99'"):
+    with pytest.raises(
+        cfg.ConfigError, match=f"config file {path}: upgrade_levels: compute: '1.99'"
+    ):
         load(["--config", str(path)])
 
 
 def test_a_version_written_as_a_toml_number_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rpclib.toml"
     path.write_text("[upgrade_levels]\ncompute = 1.10\n")  # a float: 1.1, not 1.10
-    with pytest.raises(SystemExit, match="compute: write the version as a string"):
+    with pytest.raises(cfg.ConfigError, match="compute: write the version as a string"):
         load(["--config", str(path)])
 
 
