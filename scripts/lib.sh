@@ -35,7 +35,7 @@ transport_extra() {
     # The extra the transport URL $1 needs, by its scheme (nothing for memory://).
     case "$1" in
     rabbit://* | rabbits://*) echo rabbit ;;
-    etcd://* | etcds://*) echo etcd ;;
+    etcd://* | etcds://*) echo etcd,signing ;; # no verified sender on etcd: services sign
     amqp1://* | amqps://* | qpid://*) echo amqp1 ;;
     esac
 }
