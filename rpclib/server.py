@@ -237,6 +237,10 @@ class RPCServer(Consumer):
         assert self.target.topic is not None
         return Address(self._exchange, self.target.topic, server=self.target.server)
 
+    def waiting(self, sender: str | None) -> int:
+        """How many of ``sender``'s messages wait for a worker (its backlog here)."""
+        return self._pool.waiting(sender)
+
     # --- lifecycle (see rpclib.consumer) ---------------------------------------
 
     def _subscribe(self) -> list[Subscription]:
