@@ -9,7 +9,7 @@ per other active sender, not for another sender's backlog. Each key's items
 come out in the order they went in, so one sender's order is kept.
 
 Not thread-safe by itself: the owner (:class:`rpclib.executor.WorkerPool`)
-holds a lock around every call.
+holds its lock around every call.
 """
 
 from __future__ import annotations
