@@ -26,6 +26,11 @@ class FairQueue(Generic[T]):
 
     __slots__ = ("_queues", "_ring")
 
+    _KEEP_IDLE = 256
+    """Empty per-key queues kept for reuse (a key that keeps up empties its queue after
+    every item; reusing it saves an allocation per message); beyond this many keys,
+    empty ones are dropped."""
+
     def __init__(self) -> None:
         self._queues: dict[Hashable, deque[T]] = {}
         self._ring: deque[Hashable] = deque()
@@ -40,10 +45,10 @@ class FairQueue(Generic[T]):
         """Add ``item`` after the items of ``key`` (a new key is served after the others)."""
         queue = self._queues.get(key)
         if queue is None:
-            self._queues[key] = deque((item,))
+            queue = self._queues[key] = deque()
+        if not queue:
             self._ring.append(key)
-        else:
-            queue.append(item)
+        queue.append(item)
 
     def pop(self) -> T:
         """The oldest item of the key whose turn it is; that key goes to the back of the ring.
@@ -55,6 +60,6 @@ class FairQueue(Generic[T]):
         item = queue.popleft()
         if queue:
             self._ring.append(key)
-        else:
+        elif len(self._queues) > self._KEEP_IDLE:
             del self._queues[key]
         return item
