@@ -301,19 +301,26 @@ class RPCServer(Consumer):
     # --- receiving -------------------------------------------------------------
 
     def _on_message(self, incoming: Incoming) -> None:
-        """Driver thread: queue the message under its sender, cheaply (see the class doc)."""
+        """Driver thread: read the header, queue the message under its sender (class doc)."""
         sender = incoming.sender
+        decoded: Envelope | MessagingError
+        try:
+            decoded = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
+        except (MalformedMessage, MessageTooLarge) as exc:
+            decoded = exc
         admission = self._pool.submit_within(
-            lambda: self._admit(incoming), sender, self.sender_limit
+            lambda: self._admit(incoming, decoded), sender, self.sender_limit
         )
         if admission is Admission.ACCEPTED:
             return
         if admission is Admission.CLOSED:
             incoming.requeue()  # shutting down: another server takes it
             return
-        self._over_share(incoming, sender)
+        self._over_share(incoming, sender, decoded)
 
-    def _over_share(self, incoming: Incoming, sender: str | None) -> None:
+    def _over_share(
+        self, incoming: Incoming, sender: str | None, decoded: Envelope | MessagingError
+    ) -> None:
         """Driver thread: ``sender`` already has its share waiting; look at this one now.
 
         What is malformed, or at-most-once and refused by the policy, is shed:
@@ -323,11 +330,10 @@ class RPCServer(Consumer):
         same: it is not dropped, and the transport's prefetch bounds how many
         wait.
         """
-        try:
-            env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
-        except (MalformedMessage, MessageTooLarge) as exc:
-            self._shed(incoming, sender, f"malformed message: {exc}", "malformed")
+        if isinstance(decoded, MessagingError):
+            self._shed(incoming, sender, f"malformed message: {decoded}", "malformed")
             return
+        env = decoded
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
             self._shed(incoming, sender, f"unexpected {env.kind.name} envelope", "malformed")
             return
@@ -345,7 +351,7 @@ class RPCServer(Consumer):
                     refusal = Forbidden(sender, method, namespace, decision.rule)
                     self._reject(env, incoming, refusal)
                     return
-        if not self._pool.submit(lambda: self._admit(incoming), sender):
+        if not self._pool.submit(lambda: self._admit(incoming, env), sender):
             incoming.requeue()
 
     def _shed(self, incoming: Incoming, sender: str | None, what: str, kind: str) -> None:
@@ -364,11 +370,10 @@ class RPCServer(Consumer):
         )
         incoming.ack()
 
-    def _admit(self, incoming: Incoming) -> None:
+    def _admit(self, incoming: Incoming, decoded: Envelope | MessagingError) -> None:
         """Worker thread, in the sender's turn: check the header, reject, or handle it."""
-        try:
-            env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
-        except (MalformedMessage, MessageTooLarge) as exc:
+        if isinstance(decoded, MessagingError):
+            exc = decoded
             self.stats.add("malformed")
             self._log.log(
                 logging.ERROR,
@@ -379,6 +384,7 @@ class RPCServer(Consumer):
             )
             incoming.dead_letter(f"malformed message: {exc}")
             return
+        env = decoded
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
             self.stats.add("malformed")
             self._log.log(
