@@ -1,9 +1,9 @@
 """RPCServer: listens on a target and dispatches requests to endpoints.
 
-On the driver's thread a request is only queued under its authenticated
-sender; a bounded thread pool takes them round robin across senders (a
-flooding sender delays others by about one message each), checks the
-header, and answers (calls) or dead-letters with the reason (casts) a
+On the driver's thread a request's envelope header is read (not its body) and
+the request queued under its authenticated sender; a bounded thread pool
+takes them round robin across senders (a flooding sender delays others by
+about one message each), checks the header, and answers (calls) or dead-letters with the reason (casts) a
 malformed envelope, a passed deadline, a refused sender, an unknown method or
 a version the server cannot honour before any handler runs. What a sender
 sends beyond its share of the queue is looked at on arrival and, if it is
