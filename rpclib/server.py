@@ -3,11 +3,12 @@
 On the driver's thread a request's envelope header is read (not its body) and
 the request queued under its authenticated sender; a bounded thread pool
 takes them round robin across senders (a flooding sender delays others by
-about one message each), checks the header, and answers (calls) or dead-letters with the reason (casts) a
-malformed envelope, a passed deadline, a refused sender, an unknown method or
-a version the server cannot honour before any handler runs. What a sender
-sends beyond its share of the queue is looked at on arrival and, if it is
-malformed or a refused at-most-once request, shed (see :class:`RPCServer`).
+about one message each), checks the header, and answers (calls) or
+dead-letters with the reason (casts) a malformed envelope, a passed
+deadline, a refused sender, an unknown method or a version the server cannot
+honour before any handler runs. What a sender sends beyond its share of the
+queue is looked at on arrival and, if it is malformed or a refused
+at-most-once request, shed (see :class:`RPCServer`).
 
 Settlement follows the request's guarantee. At-most-once requests are
 acknowledged just before their handler starts, so a crash can never run them
