@@ -1,8 +1,10 @@
 """A node flooding a server harms only itself: a valid caller's latency with and without a flood.
 
 One server (a policy allowing only the caller's ``echo``), one valid caller
-making sequential calls, and, in the *flood* phase, a rogue node with valid
-credentials of its own sending, as fast as it can: garbage straight into the
+making sequential calls; in the *cpu burner* phase a process that sends
+nothing spins on one core (what sharing the 2 cores costs by itself); in the
+*flood* phases a rogue node with valid credentials of its own sends, paced
+(``--rate``) and then as fast as it can: garbage straight into the
 server's queues (at-most-once and at-least-once) and casts its policy
 forbids (at-most-once and at-least-once). Phases alternate, quiet then
 flood, for several rounds; the table gives the caller's p50 and p99 per
@@ -14,9 +16,8 @@ the flood within 2x of quiet.
 - ``rabbit://``: the shared broker, a vhost and a broker user per principal
   made for the run; server and rogue are processes of their own, the caller
   is this one. Senders are the broker-verified users (``user_id``); *signed*
-  adds Ed25519 signatures. With ``--base`` the older server cannot tell
-  senders apart, so it runs without a policy and the rogue's casts name a
-  method it lacks instead (refused by the same path).
+  adds Ed25519 signatures. ``--base DIR`` runs the rabbit:// server a
+  second time from the rpclib in DIR (e.g. a checkout of main), same run.
 
 Run: ``bench/run flood`` (or ``python bench/bench_flood.py``); ``--quick`` for a short run.
 """
@@ -152,6 +153,30 @@ def measure(transport: rpclib.Transport, calls: int, budget: float) -> list[floa
 Phases = dict[str, list[float]]
 
 
+def _burn(stop: Any) -> None:
+    """Spin on the CPU, sending nothing, until ``stop`` is set (the *cpu burner* phase)."""
+    n = 0
+    while not stop.is_set():
+        for _ in range(10_000):
+            n += 1
+
+
+def measure_burning(caller: rpclib.Transport, calls: int) -> list[float]:
+    """The caller's latencies while a process that sends nothing takes a core.
+
+    Separates what sharing the 2 cores costs from what the flood's messages do.
+    """
+    stop = CTX.Event()
+    burner = CTX.Process(target=_burn, args=(stop,), daemon=True)
+    burner.start()
+    time.sleep(0.5)
+    try:
+        return measure(caller, calls, 60)
+    finally:
+        stop.set()
+        burner.join(30)
+
+
 def run_phases(
     caller: rpclib.Transport,
     start_rogue: Callable[[float], Callable[[], int]],
@@ -163,9 +188,10 @@ def run_phases(
 ) -> Phases:
     """Quiet, then each flood (started, measured, stopped, drained), ``rounds`` times."""
     measure(caller, 20, 10)  # warm up
-    out: Phases = {"quiet": [], **{name: [] for name in rates}}
+    out: Phases = {"quiet": [], "cpu burner": [], **{name: [] for name in rates}}
     for round_ in range(rounds):
         out["quiet"] += measure(caller, calls, 60)
+        out["cpu burner"] += measure_burning(caller, calls)
         for name, rate in rates.items():
             last = round_ == rounds - 1 and name == list(rates)[-1]
             stop = start_rogue(rate)
@@ -247,7 +273,7 @@ def _serve_main(url: str, keys: str | None, policy: bool) -> None:
     print(
         f"  rabbit:// server (rpclib from {os.path.dirname(os.path.dirname(rpclib.__file__))}): "
         f"malformed {stats.malformed}, rejected {stats.rejected}, forbidden {stats.forbidden}, "
-        f"dead-lettered {stats.dead_lettered}",
+        f"dead-lettered {stats.dead_lettered}, shed {getattr(stats, 'shed', '-')}",
         flush=True,
     )
     transport.close()
@@ -265,9 +291,7 @@ class ServerProcess:
         env = dict(os.environ)
         if base is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [base, env.get("PYTHONPATH")]))
-        args = [sys.executable, os.path.abspath(__file__), "--serve", url]
-        if base is None:
-            args.append("--policy")
+        args = [sys.executable, os.path.abspath(__file__), "--serve", url, "--policy"]
         if keys is not None:
             args += ["--keys", keys]
         pipe = subprocess.PIPE
@@ -332,7 +356,7 @@ def rabbit_rounds(
     def start_rogue(rate: float) -> Callable[[], int]:
         stop, sent = CTX.Event(), CTX.Value("q", 0)
         rogue = CTX.Process(
-            target=_rogue_process, args=(url("rogue"), key_dir, rate, stop, sent, base is None)
+            target=_rogue_process, args=(url("rogue"), key_dir, rate, stop, sent, True)
         )
         rogue.start()
 

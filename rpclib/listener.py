@@ -494,7 +494,9 @@ class NotificationListener(_ListenerBase):
         )
 
     def _accept(self, received: _Received) -> None:
-        if not self._pool.submit(lambda: self._handle(received)):
+        # Waits per publisher (its authenticated sender), served round robin: one
+        # publisher's burst delays another's notifications by about one each.
+        if not self._pool.submit(lambda: self._handle(received), received.incoming.sender):
             received.incoming.requeue()  # shutting down: another listener of the pool takes it
 
     def _handle(self, received: _Received) -> None:

@@ -1,9 +1,14 @@
 """RPCServer: listens on a target and dispatches requests to endpoints.
 
-On the driver's thread a request's header is checked at once: a malformed
-envelope, a passed deadline, an unknown method or a version the server cannot
-honour is answered (calls) or dead-lettered with the reason (casts) without
-touching the handler pool. Accepted requests run on a bounded thread pool.
+On the driver's thread a request's envelope header is read (not its body) and
+the request queued under its authenticated sender; a bounded thread pool
+takes them round robin across senders (a flooding sender delays others by
+about one message each), checks the header, and answers (calls) or
+dead-letters with the reason (casts) a malformed envelope, a passed
+deadline, a refused sender, an unknown method or a version the server cannot
+honour before any handler runs. What a sender sends beyond its share of the
+queue is looked at on arrival and, if it is malformed or a refused
+at-most-once request, shed (see :class:`RPCServer`).
 
 Settlement follows the request's guarantee. At-most-once requests are
 acknowledged just before their handler starts, so a crash can never run them
@@ -42,6 +47,7 @@ from rpclib.exceptions import (
     UnsupportedVersion,
     is_retryable,
 )
+from rpclib.executor import Admission
 from rpclib.failures import to_failure
 from rpclib.logsummary import SummaryLog
 from rpclib.policy import Policy
@@ -94,6 +100,9 @@ class ServerStats(Counters):
     requeued: int = 0
     dead_lettered: int = 0
     forbidden: int = 0
+    shed: int = 0
+    """Of the malformed and forbidden: dropped at once, from a sender over its share (no reply,
+    no dead letter)."""
 
 
 class _Heartbeats:
@@ -172,6 +181,17 @@ class RPCServer(Consumer):
     does not allow is refused before anything else is looked at: a call gets
     :class:`rpclib.Forbidden`, a cast is dead-lettered with the reason, and
     the handler never runs.
+
+    Requests wait for a worker per authenticated sender and are served round
+    robin across senders (:mod:`rpclib.fairness`), so one sender's backlog
+    delays another's request by about one message, not by the backlog; one
+    sender's requests start in the order they arrived. A sender with
+    ``sender_limit`` messages waiting (default: ``executor_threads``) is over
+    its share: its further messages are looked at as they arrive, and the
+    malformed ones and the at-most-once ones the policy refuses are *shed*
+    (dropped without a reply or dead letter, counted in ``stats.shed``).
+    ``prefetch`` (per subscription; default ``2 * executor_threads + 2 *
+    sender_limit``) bounds what waits in all.
     """
 
     def __init__(
@@ -186,11 +206,14 @@ class RPCServer(Consumer):
         advert_interval: float = 10.0,
         prefetch: int | None = None,
         policy: Policy | None = None,
+        sender_limit: int | None = None,
     ) -> None:
         if not target.topic or not target.server:
             raise ValueError(f"an RPC server needs a topic and a server name, got {target!r}")
         if max_attempts < 1 or not 0 < advert_interval < math.inf:
             raise ValueError("max_attempts and advert_interval must be positive")
+        if sender_limit is not None and sender_limit < 1:
+            raise ValueError(f"sender_limit must be positive, got {sender_limit}")
         super().__init__(executor_threads=executor_threads, thread_name=f"rpclib-{target.topic}")
         self.transport = transport
         self.target = target
@@ -202,7 +225,11 @@ class RPCServer(Consumer):
         self.stats = ServerStats()
         self._log = SummaryLog(LOG)
         self._exchange = target.exchange or transport.default_exchange
-        self._prefetch = prefetch or executor_threads * 2
+        self.sender_limit = sender_limit or executor_threads
+        """How many messages of one sender wait for a worker before it is over its share."""
+        # Room for a sender's share plus everyone else's: a flooding sender's excess is
+        # shed as it arrives, so the window keeps moving past it.
+        self._prefetch = prefetch or executor_threads * 2 + self.sender_limit * 2
         self._heartbeats = _Heartbeats(self._send_progress)
         self._advert_stop = threading.Event()
         self._started_at: float | None = None
@@ -212,6 +239,10 @@ class RPCServer(Consumer):
         """This server's own address."""
         assert self.target.topic is not None
         return Address(self._exchange, self.target.topic, server=self.target.server)
+
+    def waiting(self, sender: str | None) -> int:
+        """How many of ``sender``'s messages wait for a worker (its backlog here)."""
+        return self._pool.waiting(sender)
 
     # --- lifecycle (see rpclib.consumer) ---------------------------------------
 
@@ -275,13 +306,82 @@ class RPCServer(Consumer):
     # --- receiving -------------------------------------------------------------
 
     def _on_message(self, incoming: Incoming) -> None:
-        """Driver thread: check the header, reject at once or hand to the pool."""
+        """Driver thread: read the header, queue the message under its sender (class doc)."""
+        sender = incoming.sender
+        decoded: Envelope | MessagingError
         try:
-            env = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
-        except UnsupportedEnvelope as exc:
+            decoded = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
+        except UnsupportedEnvelope as exc:  # rare (a newer sender): answered at once
             self._unsupported_envelope(incoming, exc)
             return
         except (MalformedMessage, MessageTooLarge) as exc:
+            decoded = exc
+        admission = self._pool.submit_within(
+            lambda: self._admit(incoming, decoded), sender, self.sender_limit
+        )
+        if admission is Admission.ACCEPTED:
+            return
+        if admission is Admission.CLOSED:
+            incoming.requeue()  # shutting down: another server takes it
+            return
+        self._over_share(incoming, sender, decoded)
+
+    def _over_share(
+        self, incoming: Incoming, sender: str | None, decoded: Envelope | MessagingError
+    ) -> None:
+        """Driver thread: ``sender`` already has its share waiting; look at this one now.
+
+        What is malformed, or at-most-once and refused by the policy, is shed:
+        acknowledged without a dead letter or a reply (they would cost as much
+        as handling it), counted and summarised in the log. At-least-once
+        refusals are dead-lettered as usual. Anything else is queued all the
+        same: it is not dropped, and the transport's prefetch bounds how many
+        wait.
+        """
+        if isinstance(decoded, MessagingError):
+            self._shed(incoming, sender, f"malformed message: {decoded}", "malformed")
+            return
+        env = decoded
+        if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
+            self._shed(incoming, sender, f"unexpected {env.kind.name} envelope", "malformed")
+            return
+        at_least_once = env.kind is Kind.CAST and bool(env.get(envelope.AT_LEAST_ONCE))
+        if self.policy is not None:
+            method, namespace = env.header[envelope.METHOD], env.get(envelope.NAMESPACE)
+            if type(method) is str and (namespace is None or type(namespace) is str):
+                decision = self.policy.check_call(sender, namespace, method)
+                if not decision.allowed:
+                    if not at_least_once:
+                        why = f"{method!r} is forbidden ({decision.rule})"
+                        self._shed(incoming, sender, why, "forbidden")
+                        return
+                    self.stats.add("forbidden")
+                    refusal = Forbidden(sender, method, namespace, decision.rule)
+                    self._reject(env, incoming, refusal)
+                    return
+        if not self._pool.submit(lambda: self._admit(incoming, env), sender):
+            incoming.requeue()
+
+    def _shed(self, incoming: Incoming, sender: str | None, what: str, kind: str) -> None:
+        """Drop it; counted under ``kind`` (malformed, forbidden) as well as ``shed``."""
+        self.stats.add(kind)
+        self.stats.add("shed")
+        self._log.log(
+            logging.WARNING,
+            f"shed messages from {sender}",
+            "server %s: %s already has %d messages waiting (its share); dropping one without "
+            "a reply or dead letter: %s",
+            self.target.server,
+            sender or "an unauthenticated sender",
+            self.sender_limit,
+            what,
+        )
+        incoming.ack()
+
+    def _admit(self, incoming: Incoming, decoded: Envelope | MessagingError) -> None:
+        """Worker thread, in the sender's turn: check the header, reject, or handle it."""
+        if isinstance(decoded, MessagingError):
+            exc = decoded
             self.stats.add("malformed")
             self._log.log(
                 logging.ERROR,
@@ -292,6 +392,7 @@ class RPCServer(Consumer):
             )
             incoming.dead_letter(f"malformed message: {exc}")
             return
+        env = decoded
         if env.kind is not Kind.CALL and env.kind is not Kind.CAST:
             self.stats.add("malformed")
             self._log.log(
@@ -326,8 +427,7 @@ class RPCServer(Consumer):
             bad = MalformedMessage(f"bad method/version/namespace fields: {exc}")
             self._reject(env, incoming, bad)
             return
-        if not self._pool.submit(lambda: self._handle(env, entry, incoming)):
-            incoming.requeue()  # shutting down: another server takes it
+        self._handle(env, entry, incoming)
 
     def _allowed(self, env: Envelope, incoming: Incoming) -> bool:
         """Apply the policy (before lookup, so a refused sender learns nothing of the API)."""

@@ -55,4 +55,7 @@ def test_a_flood_of_garbage_is_counted_exactly_and_logged_in_a_few_lines(
     held = sum(
         int(m.split(" more ")[0].rsplit(" ", 1)[-1].lstrip("(")) for m in records if " more " in m
     )
-    assert held == 2 * FLOOD - 2
+    # One line at once per kind (malformed, forbidden, and shed once the rogue is over its
+    # share of the server's queue), every other bad message counted in a summary.
+    at_once = [m for m in records if " more " not in m]
+    assert held + len(at_once) == 2 * FLOOD, records
