@@ -311,9 +311,6 @@ class RPCServer(Consumer):
         decoded: Envelope | MessagingError
         try:
             decoded = envelope.decode(incoming.body, max_size=self.transport.max_message_size)
-        except UnsupportedEnvelope as exc:  # rare (a newer sender): answered at once
-            self._unsupported_envelope(incoming, exc)
-            return
         except (MalformedMessage, MessageTooLarge) as exc:
             decoded = exc
         admission = self._pool.submit_within(
@@ -380,6 +377,9 @@ class RPCServer(Consumer):
 
     def _admit(self, incoming: Incoming, decoded: Envelope | MessagingError) -> None:
         """Worker thread, in the sender's turn: check the header, reject, or handle it."""
+        if isinstance(decoded, UnsupportedEnvelope):  # a newer sender's: answered from its prefix
+            self._unsupported_envelope(incoming, decoded)
+            return
         if isinstance(decoded, MessagingError):
             exc = decoded
             self.stats.add("malformed")
