@@ -7,6 +7,9 @@ and claims here; the user command lists here. Interface version history
 - 1.0: register_compute, heartbeat, instance_update, release_allocation,
   create_instance, allocation_candidates, claim, fail_unplaced, get_instance,
   list_instances, list_services.
+- 1.1: create_instance takes ``key_data`` and ``user_data`` (checked by
+  services.common.guestdata before any row exists); get_instance_metadata
+  (a compute node's metadata service asks who has an address on its host).
 
 Who may call what is :data:`services.common.identities.CONDUCTOR_POLICY`. With
 authorization on (the default), the compute host of register_compute,
@@ -27,7 +30,7 @@ from typing import Any
 import rpclib
 from rpclib.logsummary import SummaryLog
 from services import notifications
-from services.common import identities
+from services.common import guestdata, identities
 from services.conductor.db import (
     DISK_GB,
     MEMORY_MB,
@@ -63,6 +66,8 @@ def to_object(record: InstanceRecord) -> Instance:
         launched_at=record.launched_at,
         deleted_at=record.deleted_at,
         sequence=record.sequence,
+        key_data=record.key_data,
+        user_data=record.user_data,
     )
 
 
@@ -213,6 +218,19 @@ class ConductorManager:
                 )
         return self.db.release(instance_uuid)
 
+    def get_instance_metadata(
+        self, ctx: dict[str, Any], host: str, address: str
+    ) -> Instance | None:
+        """The live instance at ``address`` on the asking compute node's host, or None.
+
+        A compute node's metadata service asks this for the source address of
+        a guest's request; it learns only about instances placed on its own
+        host (the authenticated sender's: naming another host is Forbidden).
+        """
+        host = self._acting_host("get_instance_metadata", host)
+        record = self.db.instance_at_address(host, address)
+        return to_object(record) if record is not None else None
+
     # --- the scheduler ---------------------------------------------------------------------
 
     def create_instance(
@@ -223,7 +241,13 @@ class ConductorManager:
         user_id: str,
         flavor: Flavor,
         image: str,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
+        if key_data is not None:
+            key_data = guestdata.check_public_key(key_data)
+        if user_data is not None:
+            user_data = guestdata.check_user_data(user_data)
         record = self.db.create_instance(
             name=name,
             project_id=project_id,
@@ -232,6 +256,8 @@ class ConductorManager:
             memory_mb=flavor.memory_mb,
             disk_gb=flavor.disk_gb,
             image=image,
+            key_data=key_data,
+            user_data=user_data,
         )
         return to_object(record)
 

@@ -15,8 +15,12 @@ from services.objects import Flavor, Instance
 
 TOPIC = "conductor"
 NAMESPACE = "conductor"
-VERSION = "1.0"  # the history is in services.conductor.manager
-ERROR_MODULES = ("services.conductor.errors",)
+VERSION = "1.1"  # the history is in services.conductor.manager
+ERROR_MODULES = ("services.conductor.errors", "services.common.guestdata")
+CREATE_INSTANCE = rpclib.Method(
+    "create_instance", since="1.0", args={"key_data": "1.1", "user_data": "1.1"}
+)
+GET_INSTANCE_METADATA = rpclib.Method("get_instance_metadata", since="1.1")
 
 
 class ConductorAPI:
@@ -76,6 +80,14 @@ class ConductorAPI:
     def release_allocation(self, ctx: Mapping[str, Any], instance_uuid: str) -> None:
         self._reliable.cast(ctx, "release_allocation", instance_uuid=instance_uuid)
 
+    def get_instance_metadata(
+        self, ctx: Mapping[str, Any], host: str, address: str
+    ) -> Instance | None:
+        result: Instance | None = self.client.call(
+            ctx, GET_INSTANCE_METADATA, host=host, address=address
+        )
+        return result
+
     # the scheduler
     def create_instance(
         self,
@@ -85,15 +97,19 @@ class ConductorAPI:
         user_id: str,
         flavor: Flavor,
         image: str,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
+        guest = {"key_data": key_data, "user_data": user_data}
         result: Instance = self.client.call(
             ctx,
-            "create_instance",
+            CREATE_INSTANCE,
             name=name,
             project_id=project_id,
             user_id=user_id,
             flavor=flavor,
             image=image,
+            **{k: v for k, v in guest.items() if v is not None},
         )
         return result
 

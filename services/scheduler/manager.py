@@ -5,6 +5,9 @@ Version history:
 - 1.0: boot, delete.
 - 1.1: boot takes an optional ``metadata`` (key/value pairs put on the Instance
   cast to compute, e.g. for direct kernel boot; not stored by the conductor).
+- 1.2: boot takes an optional ``key_data`` (an OpenSSH public key) and
+  ``user_data`` (base64), checked before anything is created and stored
+  with the instance for the metadata service.
 
 boot creates the instance record, asks the conductor for candidates, orders
 them (``spread``: most free first, the default; ``pack``: least free first),
@@ -20,6 +23,7 @@ import logging
 from typing import Any
 
 import rpclib
+from services.common import guestdata
 from services.compute.rpcapi import ComputeAPI
 from services.conductor.errors import ClaimError
 from services.conductor.rpcapi import ConductorAPI
@@ -27,7 +31,7 @@ from services.objects import Flavor, Instance
 
 LOG = logging.getLogger("services.scheduler")
 NAMESPACE = "scheduler"
-VERSION = "1.1"
+VERSION = "1.2"
 STRATEGIES = ("spread", "pack")
 
 
@@ -62,13 +66,21 @@ class SchedulerManager:
         network: str | None = None,
         strategy: str | None = None,
         metadata: dict[str, str] | None = None,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
         """Create, place and build an instance; returns it as placed (BUILDING)."""
         order = strategy or self.strategy
         if order not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {order!r}")
+        if key_data is not None:
+            key_data = guestdata.check_public_key(key_data)
+        if user_data is not None:
+            user_data = guestdata.check_user_data(user_data)
         flavor = Flavor(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
-        instance = self.conductor.create_instance(ctx, name, project_id, user_id, flavor, image)
+        instance = self.conductor.create_instance(
+            ctx, name, project_id, user_id, flavor, image, key_data=key_data, user_data=user_data
+        )
         uuid = str(instance.uuid)
         wanted = {"VCPU": vcpus, "MEMORY_MB": memory_mb, "DISK_GB": disk_gb}
         candidates = self.conductor.allocation_candidates(ctx, vcpus, memory_mb, disk_gb)

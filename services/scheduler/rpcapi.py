@@ -9,7 +9,11 @@ from services.objects import Instance
 from services.scheduler.manager import NAMESPACE, VERSION
 
 TOPIC = "scheduler"
-ERROR_MODULES = ("services.scheduler.manager", "services.conductor.errors")
+ERROR_MODULES = (
+    "services.scheduler.manager",
+    "services.conductor.errors",
+    "services.common.guestdata",
+)
 
 
 class SchedulerAPI:
