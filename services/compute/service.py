@@ -18,6 +18,7 @@ from services.common import identities
 from services.common.process import run_service
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
+from services.compute.metadata import MetadataService
 from services.compute.rpcapi import TOPIC, VERSION
 from services.compute.virt import HostResources, LibvirtDriver
 from services.conductor.rpcapi import ConductorAPI
@@ -32,6 +33,8 @@ OPTIONS = (
     "heartbeat_interval",
     "image_dirs",
     "authorization",
+    "metadata_address",
+    "metadata_port",
 )
 
 
@@ -50,7 +53,9 @@ class ComputeService:
         register_timeout: float = 600.0,
         image_dirs: Sequence[Path] | None = None,
         authorization: bool = True,
+        metadata: tuple[str, int] | None = None,
     ) -> None:
+        """``metadata``: the (address, port) of this node's metadata service (None: none)."""
         identities.principal(identities.COMPUTE, host)  # a host that cannot name one fails here
         self.host = host
         self.conductor = ConductorAPI(transport)
@@ -74,12 +79,22 @@ class ComputeService:
         self.register_timeout = register_timeout
         self._resources = resources
         self._stop = threading.Event()
+        self.metadata: MetadataService | None = None
+        if metadata is not None:
+            self.metadata = MetadataService(
+                host,
+                lambda address: self.conductor.get_instance_metadata({}, host, address),
+                address=metadata[0],
+                port=metadata[1],
+            )
 
     def start(self) -> None:
         r = self._resources or self.driver.host_resources()
         self.server.start()
         self._register(r)
         threading.Thread(target=self._heartbeats, name="compute-heartbeat", daemon=True).start()
+        if self.metadata is not None:
+            self._start_metadata(self.metadata)
         LOG.info("compute %s up: %d vCPU, %d MB, %d GB", self.host, r.vcpus, r.memory_mb, r.disk_gb)
 
     def _register(self, r: HostResources) -> None:
@@ -100,6 +115,23 @@ class ComputeService:
                     raise
                 delay = min(delay * 2, 10.0)
 
+    def _start_metadata(self, metadata: MetadataService) -> None:
+        """Serve guests their metadata; a node that cannot bind the address still builds."""
+        try:
+            metadata.start()
+        except OSError as exc:
+            address, port = metadata.address
+            LOG.error(
+                "compute %s: no metadata service, cannot listen on %s:%d (%s); guests get no "
+                "keys (add the address to the host, see docs/metadata.md, or set "
+                "--metadata-address)",
+                self.host,
+                address,
+                port,
+                exc.strerror or exc,
+            )
+            self.metadata = None
+
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
             try:
@@ -109,6 +141,8 @@ class ComputeService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.metadata is not None:
+            self.metadata.stop()
         self.server.stop()
         self.server.wait(60)
         self.driver.close()
@@ -128,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=c.heartbeat_interval,
             image_dirs=c.image_dir_list(),
             authorization=c.authorization,
+            metadata=None if c.metadata_address == "off" else (c.metadata_address, c.metadata_port),
         ),
     )
 
