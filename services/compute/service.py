@@ -119,7 +119,7 @@ class ComputeService:
         """Serve guests their metadata; a node that cannot bind the address still builds."""
         try:
             metadata.start()
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # taken, not ours, or no such port
             address, port = metadata.address
             LOG.error(
                 "compute %s: no metadata service, cannot listen on %s:%d (%s); guests get no "
@@ -128,7 +128,7 @@ class ComputeService:
                 self.host,
                 address,
                 port,
-                exc.strerror or exc,
+                getattr(exc, "strerror", None) or exc,
             )
             self.metadata = None
 

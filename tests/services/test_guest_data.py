@@ -211,3 +211,15 @@ def test_the_command_refuses_a_bad_key_file_in_one_line(
     assert code == 1
     assert len(err.splitlines()) == 1 and "not a valid OpenSSH public key" in err
     assert conductor.db.list_instances(include_deleted=True) == []
+
+
+def test_the_command_refuses_too_much_user_data_in_one_line(
+    tmp_path: Path, bus_url: str, conductor: Conductor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "user-data"
+    big.write_bytes(b"x" * 60_000)
+    code = main(["--transport-url", bus_url, "boot", "vm", "--image", "x", "--user-data", str(big)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "more than the 65535 allowed" in err
+    assert conductor.db.list_instances(include_deleted=True) == []

@@ -15,6 +15,7 @@ import http.client
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +217,26 @@ def test_only_compute_nodes_may_ask_for_metadata(guests: Guests) -> None:
     admin = ConductorAPI(guests.cloud.login(identities.ADMIN), timeout=10)
     with pytest.raises(rpclib.Forbidden):
         admin.get_instance_metadata({}, "compute1", ADDRESSES["compute1"])
+
+
+def test_a_node_that_cannot_bind_its_metadata_address_says_so_and_still_serves(
+    tmp_path: Path, bus_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cloud = Embedded(
+        bus_url, tmp_path, "test:///default", metadata={"compute1": ("127.0.0.1", port)}
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="services.compute"):
+            cloud.start()
+        admin = cloud.login(identities.ADMIN)
+        wait_until(lambda: registered_computes(ConductorAPI(admin)) == 2, 30, "compute nodes")
+        (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert f"compute compute1: no metadata service, cannot listen on 127.0.0.1:{port}" in error
+        assert "\n" not in error
+    finally:
+        cloud.stop()
+        taken.close()
