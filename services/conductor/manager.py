@@ -48,8 +48,8 @@ from services.objects import Flavor, Instance
 LOG = logging.getLogger("services.conductor")
 
 
-def to_object(record: InstanceRecord) -> Instance:
-    """The versioned object for a database row."""
+def to_object(record: InstanceRecord, *, user_data: bool = True) -> Instance:
+    """The versioned object for a database row (``user_data=False``: None in its place)."""
     return Instance(
         uuid=record.uuid,
         name=record.name,
@@ -67,7 +67,7 @@ def to_object(record: InstanceRecord) -> Instance:
         deleted_at=record.deleted_at,
         sequence=record.sequence,
         key_data=record.key_data,
-        user_data=record.user_data,
+        user_data=record.user_data if user_data else None,
     )
 
 
@@ -291,8 +291,10 @@ class ConductorManager:
     def list_instances(
         self, ctx: dict[str, Any], project_id: str | None = None, include_deleted: bool = False
     ) -> list[Instance]:
+        """Instances with ``user_data`` None (up to 64 KiB each: a long list would
+        outgrow a message); get_instance has it."""
         return [
-            to_object(r)
+            to_object(r, user_data=False)
             for r in self.db.list_instances(project_id, include_deleted=include_deleted)
         ]
 

@@ -155,6 +155,20 @@ def test_boot_stores_the_key_and_user_data_with_the_instance(
         server.wait(10)
 
 
+def test_listings_leave_the_user_data_out(
+    transport: rpclib.Transport, scheduler: SchedulerAPI, api: ConductorAPI
+) -> None:
+    _node, server = compute_node(transport, api, "c1", None)
+    try:
+        scheduler.boot(CTX, **REQUEST, key_data=public_key(), user_data="eA==")
+        (listed,) = api.list_instances(CTX)
+        assert listed.key_data is not None and listed.user_data is None
+        assert api.get_instance(CTX, str(listed.uuid)).user_data == "eA=="
+    finally:
+        server.stop()
+        server.wait(10)
+
+
 def test_an_instance_booted_without_them_has_none(
     transport: rpclib.Transport, scheduler: SchedulerAPI, api: ConductorAPI
 ) -> None:
