@@ -242,6 +242,10 @@ class MetadataService:
                         request.path, source, exc)  # fmt: skip
             self._send(request, Answer(503, b"metadata temporarily unavailable\n"))
             return
+        except Exception:  # e.g. a conductor too old for get_instance_metadata
+            LOG.exception("metadata %s from %s: 500", request.path, source)
+            self._send(request, Answer(500, b"metadata service error\n"))
+            return
         if instance is None:
             LOG.info("metadata %s from %s: 404, no instance of host %s has this address",
                      request.path, source, self.host)  # fmt: skip

@@ -240,3 +240,16 @@ def test_a_node_that_cannot_bind_its_metadata_address_says_so_and_still_serves(
     finally:
         cloud.stop()
         taken.close()
+
+
+def test_a_conductor_that_does_not_answer_gives_503_and_the_service_goes_on(
+    guests: Guests,
+) -> None:
+    port, me = guests.port("compute1"), ADDRESSES["compute1"]
+    assert get(port, "/latest/meta-data/instance-id", me)[0] == 200
+    server = guests.cloud.conductor.server
+    assert server is not None
+    server.stop()
+    server.wait(30)
+    assert get(port, "/latest/meta-data/instance-id", UNKNOWN)[0] == 503  # not cached: asked
+    assert get(port, "/latest/meta-data/hostname", UNKNOWN)[0] == 503  # and it still serves
