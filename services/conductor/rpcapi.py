@@ -17,9 +17,10 @@ TOPIC = "conductor"
 NAMESPACE = "conductor"
 VERSION = "1.1"  # the history is in services.conductor.manager
 ERROR_MODULES = ("services.conductor.errors", "services.common.guestdata")
-CREATE_INSTANCE = rpclib.Method(
-    "create_instance", since="1.0", args={"key_data": "1.1", "user_data": "1.1"}
-)
+CREATE_INSTANCE = rpclib.Method("create_instance", since="1.0")
+# With a key or user data the call needs 1.1: a conductor still on 1.0 is refused
+# (VersionCapError) rather than sent a build that silently loses them.
+CREATE_INSTANCE_WITH_GUEST_DATA = rpclib.Method("create_instance", since="1.1")
 GET_INSTANCE_METADATA = rpclib.Method("get_instance_metadata", since="1.1")
 
 
@@ -100,16 +101,17 @@ class ConductorAPI:
         key_data: str | None = None,
         user_data: str | None = None,
     ) -> Instance:
-        guest = {"key_data": key_data, "user_data": user_data}
+        given = (("key_data", key_data), ("user_data", user_data))
+        guest = {k: v for k, v in given if v is not None}
         result: Instance = self.client.call(
             ctx,
-            CREATE_INSTANCE,
+            CREATE_INSTANCE_WITH_GUEST_DATA if guest else CREATE_INSTANCE,
             name=name,
             project_id=project_id,
             user_id=user_id,
             flavor=flavor,
             image=image,
-            **{k: v for k, v in guest.items() if v is not None},
+            **guest,
         )
         return result
 

@@ -23,6 +23,8 @@ from services.cli import main
 from services.common import guestdata
 from services.common.guestdata import BadGuestData
 from services.compute.rpcapi import ComputeAPI
+from services.conductor.db import ConductorDB, create_engine, migrations
+from services.conductor.manager import ConductorManager
 from services.conductor.rpcapi import ConductorAPI
 from services.objects import VM_STATES, Flavor, Instance
 from services.scheduler.manager import SchedulerManager
@@ -237,3 +239,36 @@ def test_the_command_refuses_too_much_user_data_in_one_line(
     assert code == 1
     assert len(err.splitlines()) == 1 and "more than the 65535 allowed" in err
     assert conductor.db.list_instances(include_deleted=True) == []
+
+
+class ConductorV10(ConductorManager):
+    """The real conductor endpoint, advertising the interface before key and user data."""
+
+    target = rpclib.Target(namespace="conductor", version="1.0")
+
+
+def test_a_conductor_still_on_1_0_is_never_sent_a_key_it_would_drop(
+    transport: rpclib.Transport, tmp_path: Path
+) -> None:
+    engine = create_engine(state_dir=tmp_path)
+    migrations.upgrade(engine)
+    db = ConductorDB(engine)
+    notifier = rpclib.Notifier(transport, publisher_id="conductor.old")
+    server = rpclib.RPCServer(
+        transport,
+        rpclib.Target(topic="conductor", server="old"),
+        [ConductorV10(db, notifier, authorization=False)],
+    )
+    server.start()
+    try:
+        api = ConductorAPI(transport, timeout=10)
+        flavor = Flavor(vcpus=1, memory_mb=1, disk_gb=1)
+        with pytest.raises(rpclib.VersionCapError, match="create_instance"):
+            api.create_instance(CTX, "vm", "p", "u", flavor, "i", key_data=public_key())
+        assert db.list_instances(include_deleted=True) == []
+        assert api.create_instance(CTX, "vm", "p", "u", flavor, "i").key_data is None
+    finally:
+        server.stop()
+        server.wait(10)
+        notifier.close()
+        engine.dispose()
