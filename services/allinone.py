@@ -113,10 +113,12 @@ class Embedded:
         accounts: bool | None = None,
         signing: Callable[[str], Signing] | None = None,
         hosts: CloudHosts = HOSTS,
+        metadata: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         """``accounts`` (default: as ``authorization``) provisions one per service;
         ``signing`` gives each principal's :class:`~rpclib.signing.Signing` (to sign
-        on a bus without accounts)."""
+        on a bus without accounts); ``metadata`` maps a compute host to the (address,
+        port) of its metadata service (default: none)."""
         self.urls = login_urls(url, hosts, authorization if accounts is None else accounts)
         self.signing = signing
         self.transports: dict[str, rpclib.Transport] = {}
@@ -151,6 +153,7 @@ class Embedded:
                     state_dir=state,
                     image_dirs=[state],
                     authorization=on,
+                    metadata=(metadata or {}).get(h),
                 )
                 for h in hosts.computes
             ),
@@ -228,6 +231,7 @@ class Processes:
                     "services.compute.service",
                     [
                         *("--host", h, "--libvirt-uri", _node_uri(libvirt_uri, state, n)),
+                        *("--metadata-address", "off"),  # guests of test:// ask nothing
                         *("--image-dirs", str(state), *files),
                     ],
                 )

@@ -1,6 +1,7 @@
 """rpclib-cloud: the user command. Boot, list, show and delete instances; show usage.
 
-    rpclib-cloud boot vm1 --vcpus 1 --memory 256 --disk 1 --image cirros.qcow2
+    rpclib-cloud boot vm1 --vcpus 1 --memory 256 --disk 1 --image cirros.qcow2 \
+        --key ~/.ssh/id_ed25519.pub --user-data cloud-config.yaml
     rpclib-cloud list
     rpclib-cloud show vm1
     rpclib-cloud delete vm1
@@ -35,6 +36,7 @@ from rpclib.ops_cli import topic_view
 from rpclib.transports.base import Address
 from services.billing.service import BillingAPI
 from services.common import config as cfg
+from services.common import guestdata
 from services.common.accounts import CloudHosts, ProvisioningUnavailable, provision_kept
 from services.common.tables import render
 from services.compute.rpcapi import TOPIC as COMPUTE_TOPIC
@@ -336,6 +338,16 @@ def usage_window(
     return start, end
 
 
+def guest_data(key: Path | None, user_data: Path | None) -> dict[str, str]:
+    """``boot``'s key_data/user_data from files, checked here before anything is sent."""
+    guest: dict[str, str] = {}
+    if key is not None:
+        guest["key_data"] = guestdata.check_public_key(key.read_text(errors="replace"))
+    if user_data is not None:
+        guest["user_data"] = guestdata.encode_user_data(user_data.read_bytes())
+    return guest
+
+
 def _when(text: str) -> dt.datetime:
     value = dt.datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -441,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     boot.add_argument("--strategy", choices=("spread", "pack"))
     boot.add_argument("--no-wait", action="store_true")
     boot.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    boot.add_argument(
+        "--key", type=Path, metavar="PUBKEY_FILE", help="SSH public key the guest is given"
+    )
+    boot.add_argument(
+        "--user-data", type=Path, metavar="FILE", help="user data for the guest (at most 48 KiB)"
+    )
     lst = sub.add_parser("list", help="list instances")
     lst.add_argument("--project")
     lst.add_argument("--all", action="store_true", help="include deleted instances")
@@ -516,6 +534,7 @@ def _command(args: argparse.Namespace) -> int:
     cloud = Cloud(transport)
     try:
         if args.command == "boot":
+            guest = guest_data(args.key, args.user_data)
             instance = cloud.boot(
                 args.name,
                 wait=None if args.no_wait else args.timeout,
@@ -525,6 +544,7 @@ def _command(args: argparse.Namespace) -> int:
                 image=image_location(args.image),
                 project_id=args.project,
                 strategy=args.strategy,
+                **guest,
             )
             print(cloud.show_table(str(instance.uuid)))
             return 0 if instance.vm_state != "ERROR" else 1

@@ -11,7 +11,9 @@ Version history:
 
 - Flavor 1.0: vcpus, memory_mb, disk_gb, name. 1.1: swap_mb.
 - Instance 1.0: identity, placement, flavor, image, states, timestamps,
-  sequence. 1.1: metadata (user key/value pairs).
+  sequence. 1.1: metadata (user key/value pairs). 1.2: key_data (the SSH
+  public key the metadata service gives the guest) and user_data (base64,
+  as Nova's), both None when not given.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Flavor(VersionedObject):
 class Instance(VersionedObject):
     """A virtual machine, as the services pass it around."""
 
-    VERSION = "1.1"
+    VERSION = "1.2"
     fields = {
         "uuid": fields.UUID(),
         "name": fields.String(),
@@ -57,4 +59,6 @@ class Instance(VersionedObject):
         "deleted_at": fields.DateTime(nullable=True, default=None),
         "sequence": fields.Integer(default=0),
         "metadata": fields.Dict(fields.String(), default={}, since="1.1"),
+        "key_data": fields.String(nullable=True, default=None, since="1.2"),
+        "user_data": fields.String(nullable=True, default=None, since="1.2"),
     }

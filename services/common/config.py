@@ -79,6 +79,8 @@ class ServiceConfig:
     image_dirs: str | None = None
     authorization: bool = True
     upgrade_levels: dict[str, str] = field(default_factory=dict)
+    metadata_address: str = "169.254.169.254"
+    metadata_port: int = 80
 
     def image_dir_list(self) -> list[Path] | None:
         """``image_dirs`` split on the path separator (None: no local image paths allowed)."""
@@ -156,6 +158,12 @@ _OPTIONS: dict[str, tuple[str, Any]] = {
         "(default: none, so only http(s) URLs are accepted)",
         str,
     ),
+    "metadata_address": (
+        "compute: the address its metadata service listens on (169.254.169.254, as "
+        "Nova's; 'off': none)",
+        str,
+    ),
+    "metadata_port": ("compute: the metadata service's port (80)", int),
     "authorization": (
         "check who sends each request (true, the default); false only for a bus that "
         "cannot authenticate senders (logged loudly)",

@@ -126,6 +126,12 @@ CONDUCTOR_POLICY = rpclib.Policy(
             name="conductors compare their databases before sharing a bus",
         ),
         rpclib.Allow(
+            "role:compute",
+            namespace="conductor",
+            methods=["get_instance_metadata"],
+            name="a compute node's metadata service reads its own host's guests",
+        ),
+        rpclib.Allow(
             "role:scheduler",
             namespace="conductor",
             methods=[

@@ -21,6 +21,7 @@ from services.common.process import run_service
 from services.common.upgrade_levels import cap_for, describe_caps
 from services.compute.images import ImageCache
 from services.compute.manager import ComputeManager
+from services.compute.metadata import MetadataService
 from services.compute.rpcapi import TOPIC, VERSION
 from services.compute.virt import HostResources, LibvirtDriver, VirtError
 from services.conductor.rpcapi import ConductorAPI
@@ -39,6 +40,8 @@ OPTIONS = (
     "image_dirs",
     "authorization",
     "upgrade_levels",
+    "metadata_address",
+    "metadata_port",
 )
 
 
@@ -58,7 +61,9 @@ class ComputeService:
         image_dirs: Sequence[Path] | None = None,
         authorization: bool = True,
         upgrade_levels: Mapping[str, str] | None = None,
+        metadata: tuple[str, int] | None = None,
     ) -> None:
+        """``metadata``: the (address, port) of this node's metadata service (None: none)."""
         identities.principal(identities.COMPUTE, host)  # a host that cannot name one fails here
         self.host = host
         self.levels = dict(upgrade_levels or {})
@@ -84,12 +89,22 @@ class ComputeService:
         self.register_timeout = register_timeout
         self._resources = resources
         self._stop = threading.Event()
+        self.metadata: MetadataService | None = None
+        if metadata is not None:
+            self.metadata = MetadataService(
+                host,
+                lambda address: self.conductor.get_instance_metadata({}, host, address),
+                address=metadata[0],
+                port=metadata[1],
+            )
 
     def start(self) -> None:
         r = self._resources or self.driver.host_resources()
         self.server.start()
         self._register(r)
         threading.Thread(target=self._heartbeats, name="compute-heartbeat", daemon=True).start()
+        if self.metadata is not None:
+            self._start_metadata(self.metadata)
         LOG.info("compute %s up: %d vCPU, %d MB, %d GB", self.host, r.vcpus, r.memory_mb, r.disk_gb)
         LOG.info(
             "compute %s serves compute %s; %s",
@@ -116,6 +131,23 @@ class ComputeService:
                     raise
                 delay = min(delay * 2, 10.0)
 
+    def _start_metadata(self, metadata: MetadataService) -> None:
+        """Serve guests their metadata; a node that cannot bind the address still builds."""
+        try:
+            metadata.start()
+        except (OSError, OverflowError) as exc:  # taken, not ours, or no such port
+            address, port = metadata.address
+            LOG.error(
+                "compute %s: no metadata service, cannot listen on %s:%d (%s); guests get no "
+                "keys (add the address to the host, see docs/metadata.md, or set "
+                "--metadata-address)",
+                self.host,
+                address,
+                port,
+                getattr(exc, "strerror", None) or exc,
+            )
+            self.metadata = None
+
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
             try:
@@ -125,6 +157,8 @@ class ComputeService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.metadata is not None:
+            self.metadata.stop()
         self.server.stop()
         self.server.wait(60)
         self.driver.close()
@@ -142,6 +176,7 @@ def _build(c: ServiceConfig, t: rpclib.Transport) -> ComputeService:
             image_dirs=c.image_dir_list(),
             authorization=c.authorization,
             upgrade_levels=c.upgrade_levels,
+            metadata=None if c.metadata_address == "off" else (c.metadata_address, c.metadata_port),
         )
 
 

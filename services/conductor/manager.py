@@ -10,6 +10,9 @@ and claims here; the user command lists here. Interface version history
 - 1.1: database_id (conductors compare it before sharing a bus), begin_delete
   (an unplaced instance is DELETED at once, a placed one shows ``deleting``),
   forget_compute (an operator removes a retired compute host).
+- 1.2: create_instance takes ``key_data`` and ``user_data`` (checked by
+  services.common.guestdata before any row exists); get_instance_metadata
+  (a compute node's metadata service asks who has an address on its host).
 
 Who may call what is :data:`services.common.identities.CONDUCTOR_POLICY`. With
 authorization on (the default), the compute host of register_compute,
@@ -30,7 +33,7 @@ from typing import Any
 import rpclib
 from rpclib.logsummary import SummaryLog
 from services import notifications
-from services.common import identities
+from services.common import guestdata, identities
 from services.conductor.db import (
     DISK_GB,
     MEMORY_MB,
@@ -48,8 +51,8 @@ from services.objects import Flavor, Instance
 LOG = logging.getLogger("services.conductor")
 
 
-def to_object(record: InstanceRecord) -> Instance:
-    """The versioned object for a database row."""
+def to_object(record: InstanceRecord, *, user_data: bool = True) -> Instance:
+    """The versioned object for a database row (``user_data=False``: None in its place)."""
     return Instance(
         uuid=record.uuid,
         name=record.name,
@@ -66,6 +69,8 @@ def to_object(record: InstanceRecord) -> Instance:
         launched_at=record.launched_at,
         deleted_at=record.deleted_at,
         sequence=record.sequence,
+        key_data=record.key_data,
+        user_data=record.user_data if user_data else None,
     )
 
 
@@ -216,6 +221,19 @@ class ConductorManager:
                 )
         return self.db.release(instance_uuid)
 
+    def get_instance_metadata(
+        self, ctx: dict[str, Any], host: str, address: str
+    ) -> Instance | None:
+        """The live instance at ``address`` on the asking compute node's host, or None.
+
+        A compute node's metadata service asks this for the source address of
+        a guest's request; it learns only about instances placed on its own
+        host (the authenticated sender's: naming another host is Forbidden).
+        """
+        host = self._acting_host("get_instance_metadata", host)
+        record = self.db.instance_at_address(host, address)
+        return to_object(record) if record is not None else None
+
     # --- the scheduler ---------------------------------------------------------------------
 
     def create_instance(
@@ -226,7 +244,13 @@ class ConductorManager:
         user_id: str,
         flavor: Flavor,
         image: str,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
+        if key_data is not None:
+            key_data = guestdata.check_public_key(key_data)
+        if user_data is not None:
+            user_data = guestdata.check_user_data(user_data)
         record = self.db.create_instance(
             name=name,
             project_id=project_id,
@@ -235,6 +259,8 @@ class ConductorManager:
             memory_mb=flavor.memory_mb,
             disk_gb=flavor.disk_gb,
             image=image,
+            key_data=key_data,
+            user_data=user_data,
         )
         return to_object(record)
 
@@ -285,8 +311,10 @@ class ConductorManager:
     def list_instances(
         self, ctx: dict[str, Any], project_id: str | None = None, include_deleted: bool = False
     ) -> list[Instance]:
+        """Instances with ``user_data`` None (up to 64 KiB each: a long list would
+        outgrow a message); get_instance has it."""
         return [
-            to_object(r)
+            to_object(r, user_data=False)
             for r in self.db.list_instances(project_id, include_deleted=include_deleted)
         ]
 

@@ -16,12 +16,17 @@ from services.objects import Flavor, Instance
 
 TOPIC = "conductor"
 NAMESPACE = "conductor"
-VERSION = "1.1"  # the history is in services.conductor.manager
+VERSION = "1.2"  # the history is in services.conductor.manager
 BASE_VERSION = "1.0"  # methods named by string: sent as 1.0, so a 1.0 conductor takes them
-ERROR_MODULES = ("services.conductor.errors",)
+ERROR_MODULES = ("services.conductor.errors", "services.common.guestdata")
 BEGIN_DELETE = rpclib.Method("begin_delete", since="1.1")
 DATABASE_ID = rpclib.Method("database_id", since="1.1")
 FORGET_COMPUTE = rpclib.Method("forget_compute", since="1.1")
+CREATE_INSTANCE = rpclib.Method("create_instance", since="1.0")
+# With a key or user data the call needs 1.2: an older conductor is refused
+# (VersionCapError) rather than sent a build that silently loses them.
+CREATE_INSTANCE_WITH_GUEST_DATA = rpclib.Method("create_instance", since="1.2")
+GET_INSTANCE_METADATA = rpclib.Method("get_instance_metadata", since="1.2")
 
 
 class ConductorAPI:
@@ -83,6 +88,14 @@ class ConductorAPI:
     def release_allocation(self, ctx: Mapping[str, Any], instance_uuid: str) -> None:
         self._reliable.cast(ctx, "release_allocation", instance_uuid=instance_uuid)
 
+    def get_instance_metadata(
+        self, ctx: Mapping[str, Any], host: str, address: str
+    ) -> Instance | None:
+        result: Instance | None = self.client.call(
+            ctx, GET_INSTANCE_METADATA, host=host, address=address
+        )
+        return result
+
     # the scheduler
     def create_instance(
         self,
@@ -92,15 +105,20 @@ class ConductorAPI:
         user_id: str,
         flavor: Flavor,
         image: str,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
+        given = (("key_data", key_data), ("user_data", user_data))
+        guest = {k: v for k, v in given if v is not None}
         result: Instance = self.client.call(
             ctx,
-            "create_instance",
+            CREATE_INSTANCE_WITH_GUEST_DATA if guest else CREATE_INSTANCE,
             name=name,
             project_id=project_id,
             user_id=user_id,
             flavor=flavor,
             image=image,
+            **guest,
         )
         return result
 

@@ -9,6 +9,9 @@ Version history:
   (Same version, no signature change: boot refuses bad requests with
   :class:`BadRequest` before creating anything; delete deletes an instance
   that was never placed at once.)
+- 1.3: boot takes an optional ``key_data`` (an OpenSSH public key) and
+  ``user_data`` (base64), checked before anything is created and stored
+  with the instance for the metadata service.
 
 boot checks the request (name, sizes, image location) and refuses a bad one
 with :class:`BadRequest` before anything is created. It asks the conductor for
@@ -31,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rpclib
+from services.common import guestdata
 from services.compute.rpcapi import ComputeAPI
 from services.conductor.errors import ClaimError
 from services.conductor.rpcapi import ConductorAPI
@@ -38,7 +42,7 @@ from services.objects import Flavor, Instance
 
 LOG = logging.getLogger("services.scheduler")
 NAMESPACE = "scheduler"
-VERSION = "1.2"
+VERSION = "1.3"
 STRATEGIES = ("spread", "pack")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NAME_RULE = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -102,12 +106,18 @@ class SchedulerManager:
         network: str | None = None,
         strategy: str | None = None,
         metadata: dict[str, str] | None = None,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
         """Create, place and build an instance; returns it as placed (BUILDING)."""
         order = strategy or self.strategy
         if order not in STRATEGIES:
             raise BadRequest(f"strategy must be one of {', '.join(STRATEGIES)}, got {order!r}")
         check_request(name, vcpus, memory_mb, disk_gb, image)
+        if key_data is not None:
+            key_data = guestdata.check_public_key(key_data)
+        if user_data is not None:
+            user_data = guestdata.check_user_data(user_data)
         flavor = Flavor(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
         wanted = {"VCPU": vcpus, "MEMORY_MB": memory_mb, "DISK_GB": disk_gb}
         fitting = self.conductor.allocation_candidates(ctx, vcpus, memory_mb, disk_gb)
@@ -119,7 +129,9 @@ class SchedulerManager:
         candidates.sort(key=_room, reverse=order == "spread")
         if candidates:
             self._check_image(ctx, candidates[0]["host"], image)
-        instance = self.conductor.create_instance(ctx, name, project_id, user_id, flavor, image)
+        instance = self.conductor.create_instance(
+            ctx, name, project_id, user_id, flavor, image, key_data=key_data, user_data=user_data
+        )
         uuid = str(instance.uuid)
         for candidate in candidates:
             host = candidate["host"]

@@ -10,8 +10,15 @@ from services.objects import Instance
 from services.scheduler.manager import NAMESPACE, VERSION
 
 TOPIC = "scheduler"
-ERROR_MODULES = ("services.scheduler.manager", "services.conductor.errors")
+ERROR_MODULES = (
+    "services.scheduler.manager",
+    "services.conductor.errors",
+    "services.common.guestdata",
+)
 BOOT = rpclib.Method("boot", since="1.0", args={"metadata": "1.1"})
+# With a key or user data a boot needs 1.3: an older scheduler is refused
+# (VersionCapError) rather than sent a boot that silently loses them.
+BOOT_WITH_GUEST_DATA = rpclib.Method("boot", since="1.3")
 DELETE = rpclib.Method("delete", since="1.0")
 COMPUTE_STATUS = rpclib.Method("compute_status", since="1.2")
 
@@ -30,7 +37,8 @@ class SchedulerAPI:
         )
 
     def boot(self, ctx: dict[str, Any], **request: Any) -> Instance:
-        result: Instance = self.client.call(ctx, BOOT, **request)
+        guest = request.get("key_data") is not None or request.get("user_data") is not None
+        result: Instance = self.client.call(ctx, BOOT_WITH_GUEST_DATA if guest else BOOT, **request)
         return result
 
     def delete(self, ctx: dict[str, Any], instance_uuid: str) -> Instance:

@@ -42,7 +42,7 @@ class InstanceV10(VersionedObject):
     fields = {
         name: field
         for name, field in Instance.fields.items()  # type: ignore[attr-defined]
-        if name != "metadata"
+        if name not in ("metadata", "key_data", "user_data")
     } | {"flavor": fields.Object("Flavor"), "vm_state": fields.Enum(VM_STATES, default="BUILDING")}
 
 

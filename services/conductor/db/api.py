@@ -376,8 +376,14 @@ class ConductorDB:
         disk_gb: int,
         image: str,
         uuid: str | UUID | None = None,
+        key_data: str | None = None,
+        user_data: str | None = None,
     ) -> Instance:
-        """Record a new instance in BUILDING, unplaced, at sequence 0 (uuid generated if None)."""
+        """Record a new instance in BUILDING, unplaced, at sequence 0 (uuid generated if None).
+
+        ``key_data`` and ``user_data`` are stored as given: the conductor's
+        endpoint checks them (services.common.guestdata) before calling this.
+        """
         instance_uuid = _uuid(uuid) if uuid is not None else str(uuid4())
         _request(resources(vcpus, memory_mb, disk_gb))
 
@@ -399,6 +405,8 @@ class ConductorDB:
                 created_at=now,
                 updated_at=now,
                 sequence=0,
+                key_data=key_data,
+                user_data=user_data,
             )
             s.add(row)
             s.flush()
@@ -443,6 +451,26 @@ class ConductorDB:
             stmt = stmt.where(InstanceRow.vm_state != VmState.DELETED.value)
         with self._reader() as s:
             return [_instance(row) for row in s.scalars(stmt)]
+
+    def instance_at_address(self, host: str, address: str) -> Instance | None:
+        """The live (not DELETED) instance on ``host`` with IP ``address``, if any.
+
+        Asked per host because each compute node's private network may reuse
+        addresses another node's network also hands out.
+        """
+        stmt = (
+            select(InstanceRow)
+            .where(
+                InstanceRow.host == host,
+                InstanceRow.ip_address == address,
+                InstanceRow.vm_state != VmState.DELETED.value,
+            )
+            .order_by(InstanceRow.updated_at.desc())
+            .limit(1)
+        )
+        with self._reader() as s:
+            row = s.scalars(stmt).first()
+            return _instance(row) if row is not None else None
 
     def apply_instance_update(
         self,
@@ -850,6 +878,8 @@ def _instance(row: InstanceRow) -> Instance:
         launched_at=row.launched_at,
         deleted_at=row.deleted_at,
         sequence=row.sequence,
+        key_data=row.key_data,
+        user_data=row.user_data,
     )
 
 

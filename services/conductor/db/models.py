@@ -124,6 +124,8 @@ class InstanceRow(Base):
     launched_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
     sequence: Mapped[int] = mapped_column(BigInteger)
+    key_data: Mapped[str | None] = mapped_column(Text)
+    user_data: Mapped[str | None] = mapped_column(Text)
 
 
 class AllocationRow(Base):

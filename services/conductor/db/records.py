@@ -151,6 +151,9 @@ class Instance:
     launched_at: datetime | None
     deleted_at: datetime | None
     sequence: int
+    key_data: str | None = None
+    user_data: str | None = None
+    """Base64, as the user gave it to the metadata service."""
 
     @property
     def resources(self) -> dict[str, int]:
