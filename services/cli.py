@@ -338,13 +338,21 @@ def usage_window(
     return start, end
 
 
+def _read(path: Path, option: str) -> bytes:
+    try:
+        return path.expanduser().read_bytes()  # "~" too: the help's example, quoted
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
 def guest_data(key: Path | None, user_data: Path | None) -> dict[str, str]:
     """``boot``'s key_data/user_data from files, checked here before anything is sent."""
     guest: dict[str, str] = {}
     if key is not None:
-        guest["key_data"] = guestdata.check_public_key(key.read_text(errors="replace"))
+        text = _read(key, "--key").decode(errors="replace")
+        guest["key_data"] = guestdata.check_public_key(text)
     if user_data is not None:
-        guest["user_data"] = guestdata.encode_user_data(user_data.read_bytes())
+        guest["user_data"] = guestdata.encode_user_data(_read(user_data, "--user-data"))
     return guest
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rpclib.transports.memory import reset_bus
 from services import cli
@@ -174,6 +176,14 @@ def test_the_help_examples_work(
     # The examples name the image relative to where the user stands.
     shutil.copy(cloud.images / "tiny.qcow2", cloud.images / "cirros.qcow2")
     monkeypatch.chdir(cloud.images)
+    home = cloud.images / "home"  # the user's key, where the example names it
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate().public_key()
+    (home / ".ssh" / "id_ed25519.pub").write_bytes(
+        key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    monkeypatch.setenv("HOME", str(home))
+    (cloud.images / "cloud-config.yaml").write_text("#cloud-config\nhostname: vm1\n")
     assert cli.__doc__ is not None
     examples = [
         line.split()[1:]

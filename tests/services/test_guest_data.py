@@ -32,7 +32,13 @@ from services.scheduler.rpcapi import SchedulerAPI
 from tests.services.conftest import Conductor
 
 CTX: dict[str, Any] = {"request_id": "req-guest"}
-REQUEST = {"name": "vm", "vcpus": 1, "memory_mb": 256, "disk_gb": 1, "image": "cirros"}
+REQUEST = {
+    "name": "vm",
+    "vcpus": 1,
+    "memory_mb": 256,
+    "disk_gb": 1,
+    "image": "/images/cirros.qcow2",
+}
 
 
 def public_key(comment: str = "user@example") -> str:
