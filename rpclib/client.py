@@ -4,8 +4,9 @@
 lowest version the live servers of the target implement, followed as they are
 upgraded (see :mod:`rpclib.directory`). A request above the cap is refused
 locally with :class:`~rpclib.exceptions.VersionCapError` before anything is
-sent. With ``"auto"`` versioned objects are also backported to the versions
-the live servers know.
+sent. With ``"auto"`` or a fixed cap, versioned objects are also backported to
+the versions the live servers advertise; every call states the object versions
+this process knows, and its reply is backported to them.
 """
 
 from __future__ import annotations
@@ -252,6 +253,9 @@ class RPCClient:
         }
         if self.target.namespace is not None:
             header[envelope.NAMESPACE] = self.target.namespace
+        known = self.serializer.registry.manifest()
+        if known:  # the reply's objects come back no newer than these
+            header[envelope.OBJECTS] = known
         data = self._encode(Kind.CALL, message_id, header, kwargs)
         address = self._address()
         pending = replies.expect(message_id)
@@ -466,7 +470,9 @@ class RPCClient:
         self, kind: Kind, message_id: bytes, header: dict[str, Any], kwargs: dict[str, Any]
     ) -> bytes:
         manifest = None
-        if self._options.version_cap == AUTO:
+        if self._options.version_cap is not None:
+            # "auto", or a pinned interface version: either way objects go at the versions
+            # the live servers advertise (a pin holds the interface, not the objects).
             view, server = self._live_view()
             manifest = view.object_manifest(server)
         return envelope.encode(

@@ -14,7 +14,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rpclib.exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
@@ -56,6 +56,17 @@ class MethodEntry:
     required: frozenset[str]
     var_keyword: bool
     checkers: Mapping[str, tuple[Checker, str]]
+    reply_objects: Mapping[Version, Mapping[str, str]] = field(default_factory=dict)
+    """The endpoint's ``reply_object_versions`` (see :func:`reply_object_versions`)."""
+
+    def reply_manifest(self, requested: Version) -> Mapping[str, str] | None:
+        """The newest object versions a reply to a request at ``requested`` may carry.
+
+        The bound of the oldest declared interface version at or above
+        ``requested`` (same major); None when none applies (no backport).
+        """
+        bounds = [b for b in self.reply_objects if b.major == requested.major and b >= requested]
+        return self.reply_objects[min(bounds)] if bounds else None
 
     def check(self, kwargs: Mapping[str, Any]) -> None:
         """Raise InvalidArguments if ``kwargs`` do not fit this method."""
@@ -79,12 +90,42 @@ class MethodEntry:
                 raise InvalidArguments(self.name, f"argument {key!r} expects {expected}, got {got}")
 
 
+def reply_object_versions(endpoint: object) -> dict[Version, dict[str, str]]:
+    """An endpoint's ``reply_object_versions``: what its replies carry to older callers.
+
+    A caller that asks for interface X.Y was written against the objects of
+    X.Y, and may not know newer object versions (it has no indirection to
+    backport them). An endpoint declares, per interface version, the newest
+    object versions that version's replies may carry, e.g. ``{"1.1":
+    {"Instance": "1.1"}}``: a request at 1.0 or 1.1 gets its Instance
+    backported to 1.1, a request at 1.2 gets the current one. ValueError
+    names a malformed declaration.
+    """
+    declared = getattr(endpoint, "reply_object_versions", None) or {}
+    if not isinstance(declared, Mapping):
+        raise ValueError(f"{type(endpoint).__name__}.reply_object_versions must be a mapping")
+    out: dict[Version, dict[str, str]] = {}
+    for interface, objects in declared.items():
+        if not isinstance(objects, Mapping):
+            raise ValueError(
+                f"{type(endpoint).__name__}.reply_object_versions[{interface!r}] must map "
+                "object names to versions"
+            )
+        out[parse_version(interface)] = {
+            str(name): str(parse_version(version)) for name, version in objects.items()
+        }
+    return out
+
+
 def _make_entry(endpoint: object, name: str, func: Callable[..., Any]) -> MethodEntry:
     namespace, version = endpoint_interface(endpoint)
+    replies = reply_object_versions(endpoint)
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
-        return MethodEntry(name, func, version, namespace, frozenset(), frozenset(), True, {})
+        return MethodEntry(
+            name, func, version, namespace, frozenset(), frozenset(), True, {}, replies
+        )
     parameters = list(sig.parameters.values())
     if not parameters or parameters[0].kind not in (
         inspect.Parameter.POSITIONAL_ONLY,
@@ -110,7 +151,9 @@ def _make_entry(endpoint: object, name: str, func: Callable[..., Any]) -> Method
             built = _checker_for(hints[pname])
             if built is not None:
                 checkers[pname] = built
-    return MethodEntry(name, func, version, namespace, params, required, var_keyword, checkers)
+    return MethodEntry(
+        name, func, version, namespace, params, required, var_keyword, checkers, replies
+    )
 
 
 def _checker_for(annotation: Any) -> tuple[Checker, str] | None:

@@ -77,6 +77,8 @@ FAILED = "f"
 PRIORITY = "p"
 EVENT_TYPE = "e"
 PUBLISHER = "pub"
+OBJECTS = "ov"
+"""A call's object versions (name -> version) its caller knows: its reply goes no newer."""
 
 _REQUIRED: dict[Kind, tuple[str, ...]] = {
     Kind.CALL: (METHOD, VERSION, CONTEXT, DEADLINE, REPLY_TO),

@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ from rpclib.serializer import Serializer
 from rpclib.target import Target
 from rpclib.transport import Transport
 from rpclib.transports.base import Address, Incoming, Subscription
+from rpclib.versioning import parse_version
 
 LOG = logging.getLogger("rpclib.server")
 
@@ -565,7 +566,7 @@ class RPCServer(Consumer):
             self._log_handled(env, info, ctx, started, "ok")
         self.stats.add("handled")
         if env.kind is Kind.CALL:
-            self._reply(env, result, failed=False)
+            self._reply(env, result, failed=False, manifest=self._reply_objects(env, entry))
         elif at_least_once:
             incoming.ack()
 
@@ -649,7 +650,20 @@ class RPCServer(Consumer):
 
     # --- sending back ----------------------------------------------------------------
 
-    def _reply(self, env: Envelope, result: Any, *, failed: bool) -> None:
+    @staticmethod
+    def _reply_objects(env: Envelope, entry: MethodEntry) -> Mapping[str, str] | None:
+        """The newest object versions the caller can read: what it said it knows, or
+        (a caller too old to say) what its interface version's replies carried."""
+        known = env.get(envelope.OBJECTS)
+        if isinstance(known, dict):
+            return {str(name): str(version) for name, version in known.items()}
+        if entry.reply_objects:
+            return entry.reply_manifest(parse_version(str(env.header[envelope.VERSION])))
+        return None
+
+    def _reply(
+        self, env: Envelope, result: Any, *, failed: bool, manifest: Mapping[str, str] | None = None
+    ) -> None:
         reply_to = env.get(envelope.REPLY_TO)
         if not isinstance(reply_to, str):
             LOG.error("call %s has no usable reply address", env.message_id.hex())
@@ -662,6 +676,7 @@ class RPCServer(Consumer):
                 env.message_id,
                 header,
                 result,
+                manifest=manifest,
                 max_size=self.transport.max_message_size,
                 scope=str(env.header.get(envelope.METHOD)),
             )

@@ -107,7 +107,7 @@ class ServiceConfig:
         try:
             asked = logger_levels(os.environ.get("RPCLIB_LOG_LEVELS", ""))
         except ValueError as exc:
-            raise ConfigError(f"RPCLIB_LOG_LEVELS: {exc}") from None
+            raise ConfigError(str(exc)) from None  # it names RPCLIB_LOG_LEVELS
         for name, level in asked.items():
             logging.getLogger(name).setLevel(level)
 

@@ -97,6 +97,10 @@ class ConductorManager:
     """RPC endpoint over :class:`ConductorDB`."""
 
     target = rpclib.Target(namespace=NAMESPACE, version=VERSION)
+    # Callers at 1.1 or older were written against Instance 1.1 (key_data and user_data
+    # came with Instance 1.2): their replies carry it backported, so an older caller
+    # without an indirection can still read them during a rolling upgrade.
+    reply_object_versions = {"1.1": {"Instance": "1.1"}}
 
     def __init__(
         self, db: ConductorDB, notifier: rpclib.Notifier, *, authorization: bool = True

@@ -83,6 +83,10 @@ class SchedulerManager:
     """Places instances and casts builds."""
 
     target = rpclib.Target(namespace=NAMESPACE, version=VERSION)
+    # Callers at 1.2 or older were written against Instance 1.1 (key_data and user_data
+    # came with Instance 1.2): their replies carry it backported, so an older caller
+    # without an indirection can still read them during a rolling upgrade.
+    reply_object_versions = {"1.2": {"Instance": "1.1"}}
 
     def __init__(
         self, conductor: ConductorAPI, compute: ComputeAPI, *, strategy: str = "spread"

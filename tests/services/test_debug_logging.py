@@ -78,21 +78,18 @@ def test_a_bad_logger_level_entry_is_named() -> None:
         logger_levels("amqp")
 
 
-def test_a_bad_logger_level_stops_the_service_with_one_line(
-    rabbit_url: str, tmp_path: Path
-) -> None:
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE)
+def test_a_bad_logger_level_stops_the_service_with_one_line(rabbit_url: str) -> None:
+    service = [sys.executable, "-m", "services.scheduler.service"]
     result = subprocess.run(
-        [sys.executable, str(script), rabbit_url, "unused"],
+        [*service, "--transport-url", rabbit_url, "--host", "s1"],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT), "RPCLIB_LOG_LEVELS": "amqp=LOUD"},
         check=False,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "RPCLIB_LOG_LEVELS entry 'amqp=LOUD' is not LOGGER=LEVEL "
+        "rpclib-scheduler: error: RPCLIB_LOG_LEVELS entry 'amqp=LOUD' is not LOGGER=LEVEL "
         "(LEVEL one of DEBUG, INFO, WARNING, ERROR, CRITICAL)"
     ]
