@@ -10,6 +10,12 @@ import pytest
 import rpclib
 from rpclib.transports.memory import reset_bus
 
+# The shared contract suites' asserts get pytest's rewriting, whichever test package
+# (tests/etcd, tests/amqp1...) imports them first.
+pytest.register_assert_rewrite(
+    "tests.transports.driver_contract", "tests.transports.envelope_contract"
+)
+
 pytest_plugins = [
     "tests.support.rabbit",
     "tests.support.rabbit_node",
