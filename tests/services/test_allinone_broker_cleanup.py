@@ -121,3 +121,18 @@ def test_a_run_stopped_by_sigterm_removes_its_accounts_and_queues(
     assert permitted(vhost) == {USER}
     assert left_over(vhost) == set()
     assert set(list_queues(vhost)) == {naming.DEAD_LETTER_QUEUE}
+
+
+def test_a_failed_clean_up_is_one_warning_line(
+    fresh_rabbit_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cloud = allinone.Processes(fresh_rabbit_url, tmp_path, "test:///default")
+    rabbitmqctl("clear_permissions", "-p", vhost_of(fresh_rabbit_url), USER)  # admin locked out
+
+    cloud.clean_up()  # raises nothing
+
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert message.startswith("could not remove this run's accounts and queues: ")
+    assert "\n" not in message
