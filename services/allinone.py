@@ -11,11 +11,14 @@ Every service instance logs in as itself (services.common.identities): on
 ``memory://`` this creates one account per service on the bus, with exactly
 the grants it needs; on a broker it creates them through the broker's
 ``rpclib.access`` module with random passwords, using the URL's credentials as
-the administrator's. On ``etcd://``, where only a signature tells who sent a
-message, each service also gets its own signing key (in the state directory's
-``keys/``, the public halves in ``keys/trust/``) through the signing options
-of its URL. ``--insecure`` skips all this and turns authorization off
-(everyone shares the URL's account and senders are not checked), loudly.
+the administrator's, and once the services have stopped (at the end, on Ctrl-C
+or SIGTERM) removes those accounts and the durable queues they consumed again
+(``rpclib.access.deprovision``: ``rabbit://``; elsewhere a warning says what
+stays). On ``etcd://``, where only a signature tells who sent a message, each
+service also gets its own signing key (in the state directory's ``keys/``, the
+public halves in ``keys/trust/``) through the signing options of its URL.
+``--insecure`` skips all this and turns authorization off (everyone shares the
+URL's account and senders are not checked), loudly.
 """
 
 from __future__ import annotations

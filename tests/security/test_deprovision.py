@@ -20,7 +20,8 @@ SERVER = Access("svc-a").serve(Target(topic="work", server="svc-a"))
 
 
 def users() -> set[str]:
-    return set(rabbitmqctl("list_users", "-q", "--no-table-headers").split())
+    out = rabbitmqctl("list_users", "-q", "--no-table-headers")
+    return {line.split("\t")[0] for line in out.splitlines()}
 
 
 def declare_as(url: str, *queues: str) -> None:
