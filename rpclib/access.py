@@ -262,7 +262,8 @@ _ACCESS_MODULES = {
     "etcd": "rpclib.transports.etcd.access",
     "etcds": "rpclib.transports.etcd.access",
 }
-"""Each module has ``render(admin_url, accounts) -> str`` and ``apply(admin_url, accounts)``."""
+"""Each module has ``render(admin_url, accounts) -> str`` and ``apply(admin_url, accounts)``,
+and may have ``remove(admin_url, accesses) -> Removed`` (:func:`deprovision`)."""
 
 
 def _module(admin_url: str) -> Any:
@@ -316,3 +317,36 @@ def provision(admin_url: str, accounts: Iterable[Account]) -> None:
     changed password or access replaces the old one.
     """
     _module(admin_url).apply(admin_url, list(accounts))
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What :func:`deprovision` removed: broker accounts and durable queues, by name."""
+
+    accounts: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{len(self.accounts)} account(s), {len(self.queues)} queue(s)"
+
+
+def deprovision(admin_url: str, accesses: Iterable[Access]) -> Removed:
+    """Remove the accounts of ``accesses`` and the durable queues they consumed.
+
+    The undoing of :func:`provision` once the principals' services have
+    stopped; shared exchanges and the dead-letter queue stay. Accounts or
+    queues already gone are skipped. A transport whose access module has no
+    ``remove`` raises ValueError saying so.
+    """
+    module = _module(admin_url)
+    remove = getattr(module, "remove", None)
+    if remove is None:
+        from rpclib.transports.url import parse_url
+
+        raise ValueError(
+            f"{parse_url(admin_url).scheme}:// cannot remove accounts yet: remove them "
+            "with the broker's own tools"
+        )
+    removed = remove(admin_url, list(accesses))
+    assert isinstance(removed, Removed)
+    return removed

@@ -11,11 +11,14 @@ Every service instance logs in as itself (services.common.identities): on
 ``memory://`` this creates one account per service on the bus, with exactly
 the grants it needs; on a broker it creates them through the broker's
 ``rpclib.access`` module with random passwords, using the URL's credentials as
-the administrator's. On ``etcd://``, where only a signature tells who sent a
-message, each service also gets its own signing key (in the state directory's
-``keys/``, the public halves in ``keys/trust/``) through the signing options
-of its URL. ``--insecure`` skips all this and turns authorization off
-(everyone shares the URL's account and senders are not checked), loudly.
+the administrator's, and once the services have stopped (at the end, on Ctrl-C
+or SIGTERM) removes those accounts and the durable queues they consumed again
+(``rpclib.access.deprovision``: ``rabbit://``; elsewhere a warning says what
+stays). On ``etcd://``, where only a signature tells who sent a message, each
+service also gets its own signing key (in the state directory's ``keys/``, the
+public halves in ``keys/trust/``) through the signing options of its URL.
+``--insecure`` skips all this and turns authorization off (everyone shares the
+URL's account and senders are not checked), loudly.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import rpclib
 from rpclib import console
+from rpclib.access import Access, deprovision
 from rpclib.exceptions import InvalidTransportURL, UnknownTransport
 from rpclib.transports.url import parse_url
 from services.billing.service import BillingService
@@ -45,6 +50,7 @@ from services.common import identities
 from services.common.accounts import (
     CloudHosts,
     ProvisioningUnavailable,
+    admin_url_for,
     needs_signing,
     provision_cloud,
 )
@@ -201,8 +207,13 @@ class Processes:
     ) -> None:
         """``urls``: each principal's login URL, if provisioned already (default: made
         here); ``log_dir``: each process's stderr in ``log_dir/PRINCIPAL.log``."""
+        self.provisioned: list[Access] = []
+        """The accesses whose accounts this run made (removed again by :meth:`clean_up`)."""
+        self.admin = admin_url_for(url)
         if urls is None:
             urls = login_urls(url, hosts, authorization, state / "keys")
+            if authorization:
+                self.provisioned = hosts.accesses()
         self.urls = dict(urls)
         self.log_dir = log_dir
         common = ["--log-level", "WARNING", "--authorization", str(authorization).lower()]
@@ -269,6 +280,22 @@ class Processes:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+    def clean_up(self) -> None:
+        """After :meth:`stop`: remove the durable queues of the accounts this run made,
+        then the accounts; one line says what, a failure is one warning line."""
+        if not self.provisioned:
+            return
+        try:
+            removed = deprovision(self.admin, self.provisioned)
+        except Exception as exc:  # never a traceback nor another exit status: only a warning
+            LOG.warning("could not remove this run's accounts and queues: %s", exc)
+            return
+        say(
+            f"== removed this run's {len(removed.queues)} queue(s) and "
+            f"{len(removed.accounts)} account(s) from the broker"
+        )
 
 
 def _node_uri(libvirt_uri: str, state: Path, index: int) -> str:
@@ -336,6 +363,9 @@ def _run(args: argparse.Namespace) -> int:
     image = make_image(state)
     embedded = args.transport_url.startswith("memory:")
     kind = Embedded if embedded else Processes
+    if not embedded and threading.current_thread() is threading.main_thread():
+        # SIGTERM as SystemExit, so the services stop and the broker is cleaned up.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         cloud_services = kind(
             args.transport_url, state, args.libvirt_uri, authorization=not args.insecure
@@ -393,6 +423,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         cloud_services.stop()
         transport.close()
+        if isinstance(cloud_services, Processes):
+            cloud_services.clean_up()
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rpclib.access import Account
+from rpclib.access import Access, Account, Removed
 from rpclib.exceptions import InvalidTransportURL
 from rpclib.transports import memory
 from rpclib.transports.url import parse_url
 
-__all__ = ["apply", "render"]
+__all__ = ["apply", "remove", "render"]
 
 
 def _bus(admin_url: str) -> str:
@@ -60,3 +60,17 @@ def apply(admin_url: str, accounts: Sequence[Account]) -> None:
     for account in accounts:
         grants = account.access.grants()
         memory.add_account(bus, grants.principal, account.password, grants=grants)
+
+
+def remove(admin_url: str, accesses: Sequence[Access]) -> Removed:
+    """Remove each access's account from the bus; an account already gone is skipped.
+    (The bus's queues live in this process and go with it.)"""
+    bus = _bus(admin_url)
+    removed = []
+    for access in accesses:
+        try:
+            memory.remove_account(bus, access.principal)
+        except KeyError:
+            continue
+        removed.append(access.principal)
+    return Removed(accounts=tuple(removed))

@@ -124,6 +124,21 @@ class ManagementClient:
             body = {"exchange": topic.exchange, "write": topic.write, "read": topic.read}
             self.request("PUT", f"/topic-permissions/{user}", body)
 
+    def user_vhosts(self, user: str) -> set[str] | None:
+        """The vhosts ``user`` has permissions on; None if there is no such user."""
+        if self.request("GET", f"/users/{_q(user)}", missing_ok=True) is None:
+            return None
+        held = self.request("GET", f"/users/{_q(user)}/permissions") or []
+        return {str(p["vhost"]) for p in held if isinstance(p, dict) and "vhost" in p}
+
+    def clear_permissions(self, vhost: str, user: str) -> None:
+        """Take ``user``'s permissions on ``vhost`` away (none there is fine)."""
+        self.request("DELETE", f"/permissions/{_q(vhost)}/{_q(user)}", missing_ok=True)
+
+    def delete_user(self, user: str) -> None:
+        """Delete ``user`` (already gone is fine)."""
+        self.request("DELETE", f"/users/{_q(user)}", missing_ok=True)
+
     def declare_exchange(self, vhost: str, name: str, kind: str = "topic") -> None:
         """Declare a durable exchange of type ``kind`` (no-op if it exists alike)."""
         body = {"type": kind, "durable": True, "auto_delete": False, "arguments": {}}

@@ -82,7 +82,7 @@ from rpclib.transports.rabbitmq_management import ManagementClient, Permissions,
 from rpclib.transports.url import TransportURL, parse_url
 
 if TYPE_CHECKING:
-    from rpclib.access import Account, Grants
+    from rpclib.access import Access, Account, Grants, Removed
 
 ADMIN_OPTIONS: Final = frozenset({"management", "rabbitmqctl", "node"})
 """Options of the admin URL that say how to reach the broker's administration."""
@@ -508,3 +508,87 @@ def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
         conn.close()
     finally:
         close_quietly(conn)
+
+
+# --- remove ------------------------------------------------------------------------------
+
+
+def queues_of(accesses: Iterable[Access]) -> list[str]:
+    """The durable queues (and their ``.live`` companions) the accesses consume: their
+    server, topic and listener-pool queues. Private queues (inboxes, fanout and advert
+    queues) die with their connections; the dead-letter queue is shared."""
+    found: set[str] = set()
+    for access in accesses:
+        for consume in access.grants().consume:
+            if not consume.address.fanout:
+                name = naming.queue_name(consume.address, consume.group)
+                found.update((name, name + naming.LIVE_SUFFIX))
+    return sorted(found)
+
+
+def remove(admin_url: str, accesses: list[Access], *, run: Runner | None = None) -> Removed:
+    """Delete the accesses' durable queues on the admin URL's vhost (over AMQP, as the
+    admin), then their users; a user that still has permissions on another vhost only
+    loses this one's. Queues and users already gone are skipped."""
+    from rpclib.access import Removed
+
+    admin = admin_of(admin_url)
+    queues = _delete_queues(admin, queues_of(accesses))
+    principals = [a.principal for a in accesses]
+    removed: list[str] = []
+    if admin.management is not None:
+        api = ManagementClient(admin.management, admin.user, admin.password, timeout=30)
+        for user in principals:
+            vhosts = api.user_vhosts(user)
+            if vhosts is None:
+                continue
+            if vhosts - {admin.vhost}:
+                api.clear_permissions(admin.vhost, user)
+                continue
+            api.delete_user(user)
+            removed.append(user)
+    else:
+        ctl = run or _cli(admin)
+        users = set(ctl(["list_users", "-q", "--no-table-headers"]).split())
+        for user in principals:
+            if user not in users:
+                continue
+            held = ctl(["list_user_permissions", "-q", "--no-table-headers", "--", user])
+            vhosts = {line.split("\t")[0] for line in held.splitlines() if line.strip()}
+            if vhosts - {admin.vhost}:
+                ctl(["clear_permissions", "-p", admin.vhost, "--", user])
+                continue
+            ctl(["delete_user", "--", user])
+            removed.append(user)
+    return Removed(accounts=tuple(removed), queues=tuple(queues))
+
+
+def _delete_queues(admin: Admin, names: Sequence[str]) -> list[str]:
+    """Delete the queues ``names`` that exist on the admin's vhost; those deleted."""
+    import amqp
+
+    from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
+    from rpclib.transports.rabbit.options import parse_options
+
+    options = parse_options(parse_url(admin.amqp_url))
+    conn = connect(
+        replace(options, heartbeat=0),
+        HostRing(options.hosts),
+        name="rpclib access",
+        read_timeout=None,
+    )
+    deleted = []
+    try:
+        channel = conn.channel()
+        for name in names:
+            try:
+                channel.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                channel = conn.channel()  # the broker closed the channel: not there
+                continue
+            channel.queue_delete(name)
+            deleted.append(name)
+        conn.close()
+    finally:
+        close_quietly(conn)
+    return deleted
