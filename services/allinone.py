@@ -129,6 +129,8 @@ class Embedded:
         self.signing = signing
         self.transports: dict[str, rpclib.Transport] = {}
         on = authorization
+        self._state, self._libvirt_uri, self._authorization = state, libvirt_uri, on
+        self._metadata = dict(metadata or {})
 
         def login(service: str, host: str) -> rpclib.Transport:
             return self.login(identities.principal(service, host))
@@ -151,19 +153,33 @@ class Embedded:
                 state_dir=state,
                 authorization=on,
             ),
-            *(
-                ComputeService(
-                    login("compute", h),
-                    host=h,
-                    libvirt_uri=libvirt_uri,
-                    state_dir=state,
-                    image_dirs=[state],
-                    authorization=on,
-                    metadata=(metadata or {}).get(h),
-                )
-                for h in hosts.computes
-            ),
+            *(self._new_compute(h) for h in hosts.computes),
         ]
+
+    def _new_compute(self, host: str) -> ComputeService:
+        return ComputeService(
+            self.login(identities.principal("compute", host)),
+            host=host,
+            libvirt_uri=self._libvirt_uri,
+            state_dir=self._state,
+            image_dirs=[self._state],
+            authorization=self._authorization,
+            metadata=self._metadata.get(host),
+        )
+
+    def compute(self, host: str) -> ComputeService:
+        """The compute service of ``host``."""
+        (node,) = [s for s in self.services if isinstance(s, ComputeService) and s.host == host]
+        return node
+
+    def restart_compute(self, host: str) -> ComputeService:
+        """Start a new compute service for ``host`` in place of its stopped one (as a
+        restarted process would: same login, it takes over the old one's queue)."""
+        old = self.compute(host)
+        new = self._new_compute(host)
+        new.start()
+        self.services[self.services.index(old)] = new
+        return new
 
     @property
     def admin_url(self) -> str:

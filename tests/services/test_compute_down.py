@@ -16,7 +16,6 @@ import pytest
 from rpclib.transports.memory import reset_bus
 from services.allinone import Embedded, make_image, registered_computes, wait_until
 from services.cli import Cloud, main
-from services.common import identities
 from services.compute.service import ComputeService
 
 
@@ -28,26 +27,14 @@ class Running:
         self.cloud = Cloud(services.login("admin"), out=io.StringIO())
 
     def compute(self, host: str) -> ComputeService:
-        (node,) = [
-            s for s in self.services.services if isinstance(s, ComputeService) and s.host == host
-        ]
-        return node
+        return self.services.compute(host)
 
     def stop_compute(self, host: str) -> None:
         self.compute(host).stop()
 
     def start_compute(self, host: str) -> None:
         """A new compute process for ``host`` (it takes over the stopped one's queue)."""
-        old = self.compute(host)
-        new = ComputeService(
-            self.services.login(identities.principal("compute", host)),
-            host=host,
-            libvirt_uri="test:///default",
-            state_dir=self.state,
-            image_dirs=[self.state],
-        )
-        new.start()
-        self.services.services[self.services.services.index(old)] = new
+        self.services.restart_compute(host)
 
 
 @pytest.fixture(scope="module")

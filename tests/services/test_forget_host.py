@@ -18,7 +18,6 @@ from rpclib.transports.base import Address
 from rpclib.transports.memory import reset_bus
 from services.allinone import Embedded, make_image, registered_computes, wait_until
 from services.cli import Cloud, main
-from services.common import identities
 from services.common.accounts import CloudHosts
 from services.compute.service import ComputeService
 
@@ -36,23 +35,11 @@ class Running:
         return main(["--transport-url", self.services.admin_url, *args])
 
     def compute(self, host: str) -> ComputeService:
-        (node,) = [
-            s for s in self.services.services if isinstance(s, ComputeService) and s.host == host
-        ]
-        return node
+        return self.services.compute(host)
 
     def restart(self, host: str) -> None:
         """A new compute process for ``host`` in place of the stopped one."""
-        old = self.compute(host)
-        new = ComputeService(
-            self.services.login(identities.principal("compute", host)),
-            host=host,
-            libvirt_uri="test:///default",
-            state_dir=self.state,
-            image_dirs=[self.state],
-        )
-        new.start()
-        self.services.services[self.services.services.index(old)] = new
+        self.services.restart_compute(host)
 
     def hosts(self) -> set[str]:
         services = self.cloud.conductor.client.call({}, "list_services")
