@@ -88,9 +88,13 @@ def _heard(topics: dict[str, set[str]], message: Any) -> None:
     headers = headers_of(message)
     if not isinstance(key, str) or key.endswith(naming.SYNC_SUFFIX):
         return
-    topic, separator, named = key.partition(naming.ADVERT_SEPARATOR)
-    server: object = named
-    if not separator:  # an older release's advert: keyed by topic, the server in a header
+    split = naming.split_advert_key(key)
+    server: object
+    if split is not None:
+        topic, server = split
+    elif naming.ADVERT_SEPARATOR in key:  # a malformed server-keyed advert
+        return
+    else:  # an older release's advert: keyed by topic, the server in a header
         topic, server = key, headers.get(SERVER)
     if not topic or not isinstance(server, str) or not server:
         return

@@ -214,9 +214,18 @@ def advert_binding(topic: str) -> str:
     return f"{topic}{ADVERT_SEPARATOR}#"
 
 
+def split_advert_key(key: str) -> tuple[str, str] | None:
+    """``(topic, server)`` of an advert key ``T.@.S``, or None if it is no such key.
+
+    A topic holds no ``@``, so the first separator is the one after the topic.
+    """
+    topic, separator, server = key.partition(ADVERT_SEPARATOR)
+    if not separator or not topic or not server:
+        return None
+    return topic, server
+
+
 def server_of_advert_key(key: str, topic: str) -> str | None:
     """The server an advert key of ``topic`` names, or None if it is no such key."""
-    prefix = topic + ADVERT_SEPARATOR
-    if not key.startswith(prefix) or len(key) == len(prefix):
-        return None
-    return key[len(prefix) :]
+    split = split_advert_key(key)
+    return split[1] if split is not None and split[0] == topic else None
