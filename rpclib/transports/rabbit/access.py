@@ -83,6 +83,8 @@ from rpclib.transports.url import TransportURL, parse_url
 
 if TYPE_CHECKING:
     from rpclib.access import Access, Account, Grants, Removed
+    from rpclib.transports.rabbit.connection import BrokerConnection
+    from rpclib.transports.rabbit.options import RabbitOptions
 
 ADMIN_OPTIONS: Final = frozenset({"management", "rabbitmqctl", "node"})
 """Options of the admin URL that say how to reach the broker's administration."""
@@ -462,23 +464,35 @@ def _ensure_vhost_cli(ctl: Runner, vhost: str, admin: str) -> None:
         ctl(["set_permissions", "-p", vhost, admin, ".*", ".*", ".*"])
 
 
-def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
-    """Declare the accounts' exchanges, listener pools and the dead-letter queue over AMQP,
-    as the admin, and bind the queues to ``rpclib.queues`` by their names."""
-    from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
-    from rpclib.transports.rabbit.declarations import (
-        dead_letter_queue_arguments,
-        durable_queue_arguments,
-    )
+def _admin_options(admin: Admin) -> RabbitOptions:
     from rpclib.transports.rabbit.options import parse_options
 
-    options = parse_options(parse_url(admin.amqp_url))
-    conn = connect(
+    return parse_options(parse_url(admin.amqp_url))
+
+
+def _admin_connection(options: RabbitOptions) -> BrokerConnection:
+    """An AMQP connection as the admin (no heartbeats: it lives for one short operation)."""
+    from rpclib.transports.rabbit.connection import HostRing, connect
+
+    return connect(
         replace(options, heartbeat=0),
         HostRing(options.hosts),
         name="rpclib access",
         read_timeout=None,
     )
+
+
+def declare_shared(admin: Admin, accounts: Sequence[Account]) -> None:
+    """Declare the accounts' exchanges, listener pools and the dead-letter queue over AMQP,
+    as the admin, and bind the queues to ``rpclib.queues`` by their names."""
+    from rpclib.transports.rabbit.connection import close_quietly
+    from rpclib.transports.rabbit.declarations import (
+        dead_letter_queue_arguments,
+        durable_queue_arguments,
+    )
+
+    options = _admin_options(admin)
+    conn = _admin_connection(options)
     try:
         channel = conn.channel()
         for name, kind in exchanges_of(accounts):
@@ -567,16 +581,9 @@ def _delete_queues(admin: Admin, names: Sequence[str]) -> list[str]:
     """Delete the queues ``names`` that exist on the admin's vhost; those deleted."""
     import amqp
 
-    from rpclib.transports.rabbit.connection import HostRing, close_quietly, connect
-    from rpclib.transports.rabbit.options import parse_options
+    from rpclib.transports.rabbit.connection import close_quietly
 
-    options = parse_options(parse_url(admin.amqp_url))
-    conn = connect(
-        replace(options, heartbeat=0),
-        HostRing(options.hosts),
-        name="rpclib access",
-        read_timeout=None,
-    )
+    conn = _admin_connection(_admin_options(admin))
     deleted = []
     try:
         channel = conn.channel()
